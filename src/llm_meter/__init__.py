@@ -1,0 +1,28 @@
+"""llm_meter: every billed OpenAI/Anthropic call becomes exactly one Polar ``ai_usage`` event.
+
+```python
+from openai import OpenAI
+from llm_meter import meter
+
+client = meter(OpenAI(), customer="cus_123")
+```
+"""
+
+from __future__ import annotations
+
+from ._client import meter
+from ._customer import customer
+from ._exceptions import ConfigurationError, LLMMeterError, MissingCustomerError
+from ._meter import Meter, MeterStats
+
+__all__ = [
+    "ConfigurationError",
+    "LLMMeterError",
+    "Meter",
+    "MeterStats",
+    "MissingCustomerError",
+    "customer",
+    "meter",
+]
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,715 @@
+"""Metered clients: a subclass of the SDK client that overrides its internal hooks.
+
+Data path (see docs/architecture.md):
+
+1. A public SDK method is called through a :class:`_ResourceProxy`. The proxy removes the
+   per-call ``customer=`` / ``customer_id=`` arguments, resolves the customer *now*
+   (per-call > ``customer(...)`` block > the client's own) and passes it along inside
+   ``extra_headers`` under a private key. ``FinalRequestOptions`` carries it through the
+   SDK's helpers (``.stream(...)`` managers, raw and streaming-response wrappers, async
+   coroutines) until the request is built.
+2. ``_build_request`` removes the private key before the HTTP request exists (nothing
+   reaches the wire), decides whether the endpoint is billed, raises
+   ``MissingCustomerError`` if nobody can be billed, lets the provider adjust the body
+   (``stream_options``), and attaches a :class:`Call` to the built request.
+3. ``_process_response_data`` is the SDK's single parse point, for whole bodies and for
+   every stream event alike. The provider reads the usage off the typed object and the
+   :class:`Call` emits one :class:`~llm_meter._events.UsageRecord`, once.
+4. Streams are built from a metered subclass of the SDK's own ``Stream`` class: it hides
+   the usage chunk the wrapper asked for and finishes the call on every exit (end,
+   ``break``, ``close()``, an exception, garbage collection).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import types
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, get_args, get_origin
+
+import wrapt
+
+from ._customer import Customer, current_customer, make_customer
+from ._events import UsageRecord
+from ._exceptions import ConfigurationError, MissingCustomerError
+from ._meter import Meter, default_meter
+
+__all__ = ["Call", "ClientConfig", "Provider", "meter", "metered_class"]
+
+log = logging.getLogger("llm_meter")
+
+T = TypeVar("T")
+
+#: Key under which the resolved customer travels in ``FinalRequestOptions.headers``.
+#: It is removed in ``_build_request``, before any HTTP request is built.
+MARKER: Final = "x-llm-meter-customer"
+#: Attribute of the built HTTP request (and of metered streams) holding its :class:`Call`.
+CALL_ATTR: Final = "_llm_meter_call"
+
+
+class Provider(Protocol):
+    """What a provider module (``_openai``, ``_anthropic``) supplies to the shared mechanism."""
+
+    name: str
+    resource_types: tuple[type, ...]
+    sync_stream: type
+    async_stream: type
+
+    def billed_kind(self, options: Any) -> str | None:
+        """The kind of billed endpoint *options* targets, or ``None`` if not billed."""
+
+    def prepare(self, client: Any, options: Any, call: Call) -> None:
+        """Adjust the request (e.g. ask for stream usage) and fill the call's request facts."""
+
+    def observe(self, call: Call, obj: object, response: Any) -> None:
+        """Read usage (and stream progress) off one parsed object."""
+
+    def estimate(self, call: Call, record: UsageRecord) -> None:
+        """Fill *record* with estimated token counts (runs on the background worker)."""
+
+    def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
+        """If *exc* rejects a ``stream_options`` the wrapper added, remember it; return that call."""
+
+
+class ClientConfig:
+    """The metering settings of one client instance."""
+
+    __slots__ = ("customer", "meter")
+
+    def __init__(self, meter: Meter, customer: Customer | None) -> None:
+        self.meter = meter
+        self.customer = customer
+
+
+class Call:
+    """Metering state of one HTTP attempt to a billed endpoint; emits at most one record."""
+
+    __slots__ = (
+        "__weakref__",
+        "_once",
+        "body",
+        "customer",
+        "external_id",
+        "hide",
+        "injected",
+        "kind",
+        "meter",
+        "model",
+        "original_body",
+        "provider",
+        "response_id",
+        "stream",
+        "text",
+    )
+
+    def __init__(self, provider: Provider, meter: Meter, customer: Customer, kind: str) -> None:
+        self.provider = provider
+        self.meter = meter
+        self.customer = customer
+        self.kind = kind
+        self.stream = False
+        self.injected = False
+        self.body: Any = None
+        self.original_body: Any = None
+        self.model: str | None = None
+        self.response_id: str | None = None
+        self.external_id: str | None = None
+        #: Delivered text pieces, kept only while an estimate may be needed.
+        self.text: list[str] | None = None
+        #: ``hide(item) -> bool`` for stream items the caller did not ask for.
+        self.hide: Callable[[Any], bool] | None = None
+        self._once = [True]
+
+    @property
+    def done(self) -> bool:
+        return not self._once
+
+    def _claim(self) -> bool:
+        # list.pop is atomic under the GIL: exactly one caller wins, without a lock.
+        try:
+            self._once.pop()
+        except IndexError:
+            return False
+        return True
+
+    def ensure_external_id(self, response: Any) -> str:
+        """A deterministic id for this provider response (response id, else request id)."""
+        if self.external_id is None:
+            ident = self.response_id
+            if not ident and response is not None:
+                ident = response.headers.get("x-request-id") or response.headers.get("request-id")
+            self.external_id = f"{self.provider.name}:{ident or uuid.uuid4().hex}"
+        return self.external_id
+
+    def emit(
+        self,
+        response: Any,
+        request_tokens: int,
+        response_tokens: int,
+        *,
+        cached_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        extra: dict[str, int | float | str | bool] | None = None,
+    ) -> None:
+        """Emit the exact usage of this response (the first emit or finish wins)."""
+        if not self._claim():
+            return
+        self.text = None
+        self.meter.emit(
+            UsageRecord(
+                provider=self.provider.name,
+                customer=self.customer,
+                external_id=self.ensure_external_id(response),
+                timestamp=time.time(),
+                model=self.model or "unknown",
+                request_tokens=request_tokens,
+                response_tokens=response_tokens,
+                cached_tokens=cached_tokens,
+                cache_write_tokens=cache_write_tokens,
+                reasoning_tokens=reasoning_tokens,
+                extra=extra,
+            )
+        )
+
+    def finish(self, response: Any = None) -> None:
+        """The response ended without usage (early exit, error, no usage sent): estimate or skip."""
+        if not self._claim():
+            return
+        if not self.meter.estimate_incomplete:
+            log.debug("llm_meter: incomplete stream %s not billed (incomplete_streams='skip')", self.response_id)
+            return
+        provider = self.provider
+        self.meter.emit(
+            UsageRecord(
+                provider=provider.name,
+                customer=self.customer,
+                external_id=self.ensure_external_id(response),
+                timestamp=time.time(),
+                model=self.model or "unknown",
+                estimated=True,
+                estimate=lambda record: provider.estimate(self, record),
+            )
+        )
+
+
+def _call_of(response: Any) -> Call | None:
+    try:
+        return getattr(response.request, CALL_ATTR, None)
+    except Exception:
+        return None
+
+
+# -- per-call customer arguments ---------------------------------------------------------
+
+_accepts_cache: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _accepts_extra_headers(method: Callable[..., Any]) -> bool:
+    key = getattr(inspect.unwrap(method), "__func__", None) or inspect.unwrap(method)
+    try:
+        return _accepts_cache[key]
+    except (KeyError, TypeError):
+        pass
+    try:
+        params = inspect.signature(method).parameters
+        accepts = "extra_headers" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):
+        accepts = False
+    try:
+        _accepts_cache[key] = accepts
+    except TypeError:
+        pass
+    return accepts
+
+
+def _bind_customer(method: Callable[..., Any], client: Any) -> Callable[..., Any]:
+    accepts = _accepts_extra_headers(method)
+
+    def call_with_customer(*args: Any, **kwargs: Any) -> Any:
+        customer = kwargs.pop("customer", None)
+        customer_id = kwargs.pop("customer_id", None)
+        if customer is not None or customer_id is not None:
+            who = make_customer(customer, customer_id)
+        else:
+            who = current_customer() or client._llm_meter.customer
+        if who is not None and accepts:
+            headers = kwargs.get("extra_headers")
+            if not headers:
+                kwargs["extra_headers"] = {MARKER: who}
+            elif MARKER not in headers:
+                kwargs["extra_headers"] = {**headers, MARKER: who}
+        return method(*args, **kwargs)
+
+    call_with_customer.__name__ = getattr(method, "__name__", "call_with_customer")
+    call_with_customer.__doc__ = getattr(method, "__doc__", None)
+    return call_with_customer
+
+
+class _ResourceProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """Transparent proxy of an SDK resource that accepts ``customer=`` on every method.
+
+    ``isinstance`` and every attribute behave as on the resource; public methods gain the
+    per-call customer arguments; nested resources and raw/streaming-response wrappers
+    are proxied the same way.
+    """
+
+    def __init__(self, wrapped: Any, client: Any) -> None:
+        super().__init__(wrapped)
+        self._self_client = client
+        self._self_cache: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return getattr(self.__wrapped__, name)
+        cache = self._self_cache
+        try:
+            return cache[name]
+        except KeyError:
+            pass
+        value = getattr(self.__wrapped__, name)
+        client = self._self_client
+        if _is_container(value, client):
+            value = _ResourceProxy(value, client)
+        elif callable(value) and not isinstance(value, type):
+            value = _bind_customer(value, client)
+        else:
+            return value
+        cache[name] = value
+        return value
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("metered SDK resources cannot be pickled")
+
+
+def _is_container(value: object, client: Any) -> bool:
+    if isinstance(value, _ResourceProxy | type):
+        return False
+    if isinstance(value, client._llm_meter_provider.resource_types):
+        return True
+    name = type(value).__name__
+    return name.endswith(("WithRawResponse", "WithStreamingResponse"))
+
+
+class _ProxiedResource:
+    """Replaces one of the SDK client's ``cached_property`` resources with a proxied one."""
+
+    def __init__(self, name: str, func: Callable[[Any], Any]) -> None:
+        self.name = name
+        self.func = func
+        self.__doc__ = getattr(func, "__doc__", None)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = _ResourceProxy(self.func(obj), obj)
+        obj.__dict__[self.name] = value  # cached like cached_property: next access is a dict hit
+        return value
+
+
+# -- metered streams ---------------------------------------------------------------------
+
+def _metered_iter(inner: Iterator[Any], call: Call, response: Any) -> Iterator[Any]:
+    hide = call.hide
+    try:
+        if hide is None:
+            yield from inner
+        else:
+            for item in inner:
+                if not hide(item):
+                    yield item
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
+        call.finish(response)
+
+
+async def _metered_aiter(inner: Any, call: Call, response: Any) -> Any:
+    hide = call.hide
+    try:
+        async for item in inner:
+            if hide is None or not hide(item):
+                yield item
+    finally:
+        try:
+            await inner.aclose()
+        finally:
+            call.finish(response)
+
+
+def _finish_stream(stream: Any) -> None:
+    call = stream.__dict__.get(CALL_ATTR)
+    if call is not None:
+        call.finish(stream.response)
+
+
+def _sync_stream_methods(origin: Any) -> dict[str, Any]:
+    """Overrides for a sync SDK ``Stream``: hide injected items, finish on every exit."""
+
+    def __stream__(self: Any) -> Iterator[Any]:
+        inner = origin.__stream__(self)
+        call = _call_of(self.response)
+        if call is None:
+            return inner  # type: ignore[no-any-return]
+        self.__dict__[CALL_ATTR] = call
+        return _metered_iter(inner, call, self.response)
+
+    def __iter__(self: Any) -> Iterator[Any]:
+        try:
+            yield from self._iterator
+        finally:
+            # A `break` or an exception in the caller's loop: bill what was delivered, now.
+            _finish_stream(self)
+
+    def close(self: Any) -> None:
+        try:
+            origin.close(self)
+        finally:
+            _finish_stream(self)
+
+    def __del__(self: Any) -> None:
+        try:
+            _finish_stream(self)
+        except Exception:
+            pass
+
+    return {"__stream__": __stream__, "__iter__": __iter__, "close": close, "__del__": __del__}
+
+
+def _async_stream_methods(origin: Any) -> dict[str, Any]:
+    """Async twin of :func:`_sync_stream_methods` for the SDK's ``AsyncStream``."""
+
+    def __stream__(self: Any) -> Any:
+        inner = origin.__stream__(self)
+        call = _call_of(self.response)
+        if call is None:
+            return inner
+        self.__dict__[CALL_ATTR] = call
+        return _metered_aiter(inner, call, self.response)
+
+    async def __aiter__(self: Any) -> Any:
+        try:
+            async for item in self._iterator:
+                yield item
+        finally:
+            _finish_stream(self)
+
+    async def close(self: Any) -> None:
+        try:
+            await origin.close(self)
+        finally:
+            _finish_stream(self)
+
+    def __del__(self: Any) -> None:
+        try:
+            _finish_stream(self)
+        except Exception:
+            pass
+
+    return {"__stream__": __stream__, "__aiter__": __aiter__, "close": close, "__del__": __del__}
+
+
+_stream_classes: dict[Any, Any] = {}
+
+
+def metered_stream_cls(stream_cls: Any, provider: Provider) -> Any:
+    """The metered subclass of an SDK stream class such as ``Stream[ChatCompletionChunk]``.
+
+    The subclass has the parametrised SDK class as its only base, so the SDK still finds
+    the chunk type in ``__orig_bases__``; ``isinstance(s, openai.Stream)`` holds.
+    """
+    try:
+        return _stream_classes[stream_cls]
+    except (KeyError, TypeError):
+        pass
+    origin = get_origin(stream_cls) or stream_cls
+    if not isinstance(origin, type) or getattr(origin, "_llm_meter_stream", False):
+        return stream_cls
+    if issubclass(origin, provider.async_stream):
+        methods = _async_stream_methods(origin)
+    elif issubclass(origin, provider.sync_stream):
+        methods = _sync_stream_methods(origin)
+    else:
+        return stream_cls
+    methods["_llm_meter_stream"] = True
+    methods["__module__"] = origin.__module__
+    cls = types.new_class(origin.__name__, (stream_cls,), {}, lambda ns: ns.update(methods))
+    cls.__qualname__ = origin.__qualname__
+    try:
+        _stream_classes[stream_cls] = cls
+    except TypeError:
+        pass
+    return cls
+
+
+# -- metered client classes --------------------------------------------------------------
+
+if TYPE_CHECKING:
+    _ClientBase = Any
+else:
+    _ClientBase = object
+
+
+class _MeteredClient(_ClientBase):  # type: ignore[misc]
+    """Behaviour shared by every metered client class (sync and async)."""
+
+    __slots__ = ()
+    _llm_meter: ClientConfig
+    _llm_meter_provider: Provider
+    _llm_meter_base: type
+
+    def __init__(
+        self,
+        *args: Any,
+        customer: str | None = None,
+        customer_id: str | None = None,
+        meter: Meter | None = None,
+        **kwargs: Any,
+    ) -> None:
+        config = ClientConfig(_check_meter(meter), make_customer(customer, customer_id))
+        super().__init__(*args, **kwargs)
+        _install(self, config)
+
+    # `copy` and `with_options` keep metering and take the drop-in keyword arguments.
+    def copy(
+        self,
+        *args: Any,
+        customer: str | None = None,
+        customer_id: str | None = None,
+        meter: Meter | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Like the SDK's ``copy()``; also accepts ``customer=``, ``customer_id=``, ``meter=``."""
+        config = _derive(self._llm_meter, customer, customer_id, meter)
+        new = super().copy(*args, **kwargs)
+        new._llm_meter = config
+        return new
+
+    with_options = copy
+
+    def with_customer(self, customer: str | None = None, *, customer_id: str | None = None) -> Any:
+        """A metered client like this one, billed to another customer."""
+        if customer is None and customer_id is None:
+            raise ConfigurationError("with_customer() needs customer= or customer_id=")
+        return self.copy(customer=customer, customer_id=customer_id)
+
+    def _build_request(self, options: Any, *, retries_taken: int = 0) -> Any:
+        headers = options.headers
+        who: Customer | None = None
+        if headers and MARKER in headers:
+            who = headers[MARKER]
+            options.headers = {k: v for k, v in headers.items() if k != MARKER}
+        provider = self._llm_meter_provider
+        kind = provider.billed_kind(options)
+        if kind is None:
+            return super()._build_request(options, retries_taken=retries_taken)
+        config = self._llm_meter
+        if who is None:
+            who = current_customer() or config.customer
+        if who is None:
+            what = f"{options.method.upper()} {options.url}"
+            if config.meter.raise_on_missing_customer:
+                raise MissingCustomerError(
+                    f"no customer to bill for {what}: pass customer= to meter(), to the call, "
+                    "or use `with llm_meter.customer(...)`"
+                )
+            config.meter.warn_missing_customer(what)
+            return super()._build_request(options, retries_taken=retries_taken)
+        call = Call(provider, config.meter, who, kind)
+        try:
+            provider.prepare(self, options, call)
+        except Exception:  # metering must never break the caller's call
+            log.exception("llm_meter: could not prepare metering for %s", options.url)
+        request = super()._build_request(options, retries_taken=retries_taken)
+        setattr(request, CALL_ATTR, call)
+        return request
+
+    def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
+        obj = super()._process_response_data(data=data, cast_to=cast_to, response=response)
+        call = _call_of(response)
+        if call is not None and not call.done:
+            try:
+                self._llm_meter_provider.observe(call, obj, response)
+            except Exception:
+                log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
+        return obj
+
+    def _llm_meter_stream_cls(self, kwargs: dict[str, Any]) -> None:
+        stream_cls = kwargs.get("stream_cls")
+        if stream_cls is not None:
+            kwargs["stream_cls"] = metered_stream_cls(stream_cls, self._llm_meter_provider)
+
+
+class _SyncMeteredClient(_MeteredClient):
+    __slots__ = ()
+
+    def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        self._llm_meter_stream_cls(kwargs)
+        try:
+            return super().request(cast_to, options, *args, **kwargs)
+        except Exception as exc:
+            call = self._llm_meter_provider.rejected_stream_options(self, exc)
+            if call is None:
+                raise
+            # Resend the caller's request as they wrote it; usage will be estimated.
+            options.json_data = call.original_body
+            return super().request(cast_to, options, *args, **kwargs)
+
+
+class _AsyncMeteredClient(_MeteredClient):
+    __slots__ = ()
+
+    async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        self._llm_meter_stream_cls(kwargs)
+        try:
+            return await super().request(cast_to, options, *args, **kwargs)
+        except Exception as exc:
+            call = self._llm_meter_provider.rejected_stream_options(self, exc)
+            if call is None:
+                raise
+            # Resend the caller's request as they wrote it; usage will be estimated.
+            options.json_data = call.original_body
+            return await super().request(cast_to, options, *args, **kwargs)
+
+
+def _check_meter(meter: object) -> Meter:
+    if meter is None:
+        return default_meter()
+    if not isinstance(meter, Meter):
+        raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
+    return meter
+
+
+def _derive(config: ClientConfig, customer: str | None, customer_id: str | None, meter: Meter | None) -> ClientConfig:
+    who = make_customer(customer, customer_id)
+    return ClientConfig(
+        _check_meter(meter) if meter is not None else config.meter,
+        who if who is not None else config.customer,
+    )
+
+
+def _install(client: Any, config: ClientConfig) -> None:
+    """Attach *config*; proxy resources the SDK stored as plain instance attributes."""
+    client._llm_meter = config
+    attrs = client.__dict__
+    for name, value in list(attrs.items()):
+        if not name.startswith("_") and _is_container(value, client):
+            attrs[name] = _ResourceProxy(value, client)
+
+
+_classes: dict[type, type] = {}
+_registered: list[tuple[Callable[[type], Provider | None], str]] = []
+
+
+def register_provider(detect: Callable[[type], Provider | None], label: str) -> None:
+    """Register a provider module's ``detect(client_class)`` hook."""
+    _registered.append((detect, label))
+
+
+def _find_provider(cls: type) -> Provider | None:
+    for detect, _ in _registered:
+        provider = detect(cls)
+        if provider is not None:
+            return provider
+    return None
+
+
+def metered_class(base: type, *, name: str | None = None, module: str | None = None) -> type:
+    """The metered subclass of an SDK client class (built once per class)."""
+    try:
+        return _classes[base]
+    except KeyError:
+        pass
+    if issubclass(base, _MeteredClient):
+        return base
+    _load_providers()
+    provider = _find_provider(base)
+    if provider is None:
+        supported = ", ".join(label for _, label in _registered) or "none installed"
+        raise TypeError(
+            f"llm_meter cannot meter {base.__module__}.{base.__qualname__}; supported clients: {supported}"
+        )
+    mixin = _AsyncMeteredClient if inspect.iscoroutinefunction(base.request) else _SyncMeteredClient
+    namespace: dict[str, Any] = {
+        "__slots__": (),
+        "_llm_meter_provider": provider,
+        "_llm_meter_base": base,
+        "__module__": module or base.__module__,
+        "__doc__": base.__doc__,
+    }
+    for klass in reversed(base.__mro__):
+        for attr, value in vars(klass).items():
+            func = getattr(value, "func", None)
+            if (
+                not attr.startswith("_")
+                and type(value).__name__ == "cached_property"
+                and callable(func)
+            ):
+                namespace[attr] = _ProxiedResource(attr, func)
+    default_stream = getattr(base, "_default_stream_cls", None)
+    if default_stream is not None:
+        namespace["_default_stream_cls"] = metered_stream_cls(default_stream, provider)
+    cls = types.new_class(name or base.__name__, (mixin, base), {}, lambda ns: ns.update(namespace))
+    cls.__qualname__ = name or base.__qualname__
+    _classes[base] = cls
+    return cls
+
+
+def adopt_class(cls: type, base: type) -> None:
+    """Register a hand-written drop-in class (``llm_meter.openai.OpenAI``) as *base*'s metered class."""
+    _classes[base] = cls
+
+
+_providers_loaded = False
+
+
+def _load_providers() -> None:
+    global _providers_loaded
+    if _providers_loaded:
+        return
+    _providers_loaded = True
+    from . import _openai
+
+    _openai.register()
+
+
+def meter(
+    client: T,
+    *,
+    customer: str | None = None,
+    customer_id: str | None = None,
+    meter: Meter | None = None,
+) -> T:
+    """Return a metered copy of an OpenAI or Anthropic client.
+
+    The copy is an instance of a subclass of ``type(client)`` sharing its connection pool;
+    *client* itself is left unmetered. Every billed call made through the copy emits one
+    ``ai_usage`` event to *meter* (default: the process-wide default meter).
+
+    ```python
+    client = meter(OpenAI(), customer="cus_123")
+    ```
+
+    Raises:
+        TypeError: *client* is not a supported SDK client.
+        ConfigurationError: both ``customer`` and ``customer_id``, or an invalid value.
+    """
+    if isinstance(client, _MeteredClient):
+        return client.copy(customer=customer, customer_id=customer_id, meter=meter)  # type: ignore[no-any-return]
+    cls = metered_class(type(client))
+    config = ClientConfig(_check_meter(meter), make_customer(customer, customer_id))
+    # The SDK's own copy() builds `self.__class__(...)` on the same connection pool: run it
+    # on a metered shell holding the original's settings, so the copy is born metered.
+    shell = cls.__new__(cls)
+    shell.__dict__.update(client.__dict__)
+    new: Any = cls._llm_meter_base.copy(shell)  # type: ignore[attr-defined]
+    new._llm_meter = config
+    return new  # type: ignore[no-any-return]

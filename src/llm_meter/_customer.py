@@ -1,0 +1,90 @@
+"""Who is billed: the customer value, its validation, and the ``customer(...)`` block.
+
+Precedence, resolved when the call is made: per-call argument > ``customer(...)`` block >
+the client's own customer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Final
+
+from ._exceptions import ConfigurationError
+
+__all__ = ["Customer", "current_customer", "customer", "make_customer"]
+
+_EXTERNAL: Final = "external_customer_id"
+_POLAR_ID: Final = "customer_id"
+
+
+class Customer:
+    """A validated billing subject: Polar's ``external_customer_id`` or ``customer_id``."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key = key  # the wire field name
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Customer({self.key}={self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Customer) and other.key == self.key and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.value))
+
+
+def make_customer(customer: str | None, customer_id: str | None) -> Customer | None:
+    """Validate a ``customer=`` / ``customer_id=`` pair; ``None`` when both are omitted."""
+    if customer is not None:
+        if customer_id is not None:
+            raise ConfigurationError("give either customer= or customer_id=, not both")
+        if not isinstance(customer, str) or not customer or len(customer) > 500 or "\x00" in customer:
+            raise ConfigurationError(
+                f"customer= must be a non-empty string of at most 500 characters, got {customer!r}"
+            )
+        return Customer(_EXTERNAL, customer)
+    if customer_id is not None:
+        try:
+            parsed = uuid.UUID(str(customer_id))
+        except ValueError:
+            raise ConfigurationError(
+                f"customer_id= must be a Polar customer UUID, got {customer_id!r}"
+            ) from None
+        return Customer(_POLAR_ID, str(parsed))
+    return None
+
+
+_current: ContextVar[Customer | None] = ContextVar("llm_meter_customer", default=None)
+
+
+def current_customer() -> Customer | None:
+    """The customer of the innermost active ``customer(...)`` block, if any."""
+    return _current.get()
+
+
+@contextmanager
+def customer(customer: str | None = None, *, customer_id: str | None = None) -> Iterator[Customer]:
+    """Bill every metered call in the block to this customer.
+
+    A ``contextvars`` scope: it follows asyncio tasks and threads started with a copied
+    context, and is undone on exit even when the block raises.
+
+    ```python
+    with llm_meter.customer("cus_456"):
+        client.chat.completions.create(...)
+    ```
+    """
+    who = make_customer(customer, customer_id)
+    if who is None:
+        raise ConfigurationError("customer(...) needs customer= or customer_id=")
+    token = _current.set(who)
+    try:
+        yield who
+    finally:
+        _current.reset(token)

@@ -1,0 +1,196 @@
+"""The ``ai_usage`` event: the record built on the caller's path and its Polar wire shape.
+
+The metered call only fills a :class:`UsageRecord` (a few attribute stores) and hands it
+over. Turning it into the wire dict, token estimation included, happens on the background
+worker (:func:`to_wire`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from ._customer import Customer
+from ._exceptions import ConfigurationError
+
+__all__ = ["EVENT_NAME", "EventOptions", "UsageRecord", "to_wire", "validate_metadata"]
+
+EVENT_NAME: Final = "ai_usage"
+
+#: Keys llm_meter itself writes; user metadata may not reuse them.
+_CORE_KEYS: Final = frozenset({"model", "requests", "total_tokens", "request_tokens", "response_tokens"})
+_DETAIL_KEYS: Final = frozenset(
+    {"provider", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "estimated"}
+)
+_RESERVED: Final = frozenset({"_llm", "_cost"})
+_MAX_KEYS: Final = 50
+_MAX_KEY_LEN: Final = 40
+_MAX_STR_LEN: Final = 500
+
+
+class UsageRecord:
+    """One billed provider response, as captured on the caller's path.
+
+    ``estimate`` is set for responses whose usage never arrived (a stream that ended
+    early): the worker calls it to fill in token counts before the event is built.
+    """
+
+    __slots__ = (
+        "cache_write_tokens",
+        "cached_tokens",
+        "customer",
+        "estimate",
+        "estimated",
+        "external_id",
+        "extra",
+        "model",
+        "provider",
+        "reasoning_tokens",
+        "request_tokens",
+        "response_tokens",
+        "timestamp",
+    )
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        customer: Customer,
+        external_id: str,
+        timestamp: float,
+        model: str,
+        request_tokens: int = 0,
+        response_tokens: int = 0,
+        cached_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        extra: dict[str, int | float | str | bool] | None = None,
+        estimated: bool = False,
+        estimate: Callable[[UsageRecord], None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.customer = customer
+        self.external_id = external_id
+        self.timestamp = timestamp
+        self.model = model
+        self.request_tokens = request_tokens
+        self.response_tokens = response_tokens
+        self.cached_tokens = cached_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.extra = extra
+        self.estimated = estimated
+        self.estimate = estimate
+
+    def __repr__(self) -> str:
+        return (
+            f"UsageRecord({self.external_id!r}, {self.customer!r}, model={self.model!r}, "
+            f"request_tokens={self.request_tokens}, response_tokens={self.response_tokens}, "
+            f"estimated={self.estimated})"
+        )
+
+
+class EventOptions:
+    """The event-shaping settings of a :class:`~llm_meter.Meter`, validated once."""
+
+    __slots__ = ("details", "metadata", "polar_llm")
+
+    def __init__(
+        self, *, details: bool = False, metadata: Mapping[str, object] | None = None, polar_llm: bool = False
+    ) -> None:
+        self.details = bool(details)
+        self.polar_llm = bool(polar_llm)
+        self.metadata = validate_metadata(metadata, details=self.details)
+
+
+def validate_metadata(
+    metadata: Mapping[str, object] | None, *, details: bool = False
+) -> dict[str, str | int | float | bool]:
+    """Check static user metadata against Polar's event rules; raise ``ConfigurationError``.
+
+    Polar rejects a whole batch for one bad value (polar-ingest-contract §5), so the check
+    happens here, at configuration time, instead of as a 422 in the sender.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ConfigurationError(f"metadata= must be a mapping, got {type(metadata).__name__}")
+    taken = _CORE_KEYS | (_DETAIL_KEYS if details else frozenset())
+    if len(metadata) + len(taken) > _MAX_KEYS:
+        raise ConfigurationError(f"metadata= has too many keys: Polar allows {_MAX_KEYS} per event")
+    clean: dict[str, str | int | float | bool] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LEN:
+            raise ConfigurationError(f"metadata key {key!r} must be a string of 1 to {_MAX_KEY_LEN} characters")
+        if key in taken or key in _RESERVED:
+            raise ConfigurationError(f"metadata key {key!r} is reserved by llm_meter or Polar")
+        if isinstance(value, bool | int):
+            clean[key] = value
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigurationError(f"metadata[{key!r}] must be a finite number, got {value!r}")
+            clean[key] = value
+        elif isinstance(value, str):
+            if not value or len(value) > _MAX_STR_LEN or "\x00" in value:
+                raise ConfigurationError(
+                    f"metadata[{key!r}] must be a string of 1 to {_MAX_STR_LEN} characters without NUL"
+                )
+            clean[key] = value
+        else:
+            raise ConfigurationError(
+                f"metadata[{key!r}] must be a str, int, float or bool (Polar accepts no "
+                f"{type(value).__name__}), got {value!r}"
+            )
+    return clean
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_wire(record: UsageRecord, options: EventOptions) -> dict[str, Any]:
+    """Build the Polar wire dict of one record (runs on the background worker)."""
+    if record.estimate is not None:
+        estimate, record.estimate = record.estimate, None
+        estimate(record)
+    request_tokens = record.request_tokens
+    response_tokens = record.response_tokens
+    total = request_tokens + response_tokens
+    metadata: dict[str, Any] = {
+        "model": record.model,
+        "requests": 1,
+        "total_tokens": total,
+        "request_tokens": request_tokens,
+        "response_tokens": response_tokens,
+    }
+    if options.details:
+        metadata["provider"] = record.provider
+        if record.cached_tokens is not None:
+            metadata["cached_tokens"] = record.cached_tokens
+        if record.cache_write_tokens is not None:
+            metadata["cache_write_tokens"] = record.cache_write_tokens
+        if record.reasoning_tokens is not None:
+            metadata["reasoning_tokens"] = record.reasoning_tokens
+        if record.extra:
+            metadata.update(record.extra)
+        metadata["estimated"] = record.estimated
+    if options.metadata:
+        metadata.update(options.metadata)
+    if options.polar_llm:
+        metadata["_llm"] = {
+            "vendor": record.provider,
+            "model": record.model,
+            "input_tokens": request_tokens,
+            "output_tokens": response_tokens,
+            "total_tokens": total,
+            "cached_input_tokens": record.cached_tokens or 0,
+        }
+    return {
+        "name": EVENT_NAME,
+        record.customer.key: record.customer.value,
+        "external_id": record.external_id,
+        "timestamp": _iso(record.timestamp),
+        "metadata": metadata,
+    }

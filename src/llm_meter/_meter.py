@@ -1,0 +1,174 @@
+"""The :class:`Meter`: event settings, the hand-off to the transport, stats and lifecycle."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from ._dispatch import Dispatcher
+from ._events import EventOptions, UsageRecord
+from ._exceptions import ConfigurationError
+from .transports import Transport, check_transport
+
+__all__ = ["Meter", "MeterStats", "default_meter"]
+
+log = logging.getLogger("llm_meter")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class MeterStats:
+    """A snapshot of a meter's counters (all integers)."""
+
+    emitted: int
+    """Events accepted from metered calls."""
+    delivered: int
+    """Events the transport acknowledged."""
+    pending: int
+    """Events accepted and not yet acknowledged (or dead-lettered)."""
+    retried: int
+    """Failed send attempts that were retried."""
+    dead_lettered: int
+    """Events set aside as undeliverable."""
+    duplicates: int
+    """Events the destination reported as already stored (Polar ``duplicates``)."""
+
+
+class Meter:
+    """Turns metered calls into ``ai_usage`` events and delivers them in the background.
+
+    Args:
+        transport: where events go (see :mod:`llm_meter.transports`). ``None`` keeps
+            events pending in memory and logs a warning once.
+        details: add the flat breakdown (``provider``, ``cached_tokens``,
+            ``cache_write_tokens``, ``reasoning_tokens``, ``estimated``) to every event.
+        metadata: static metadata added to every event; checked against Polar's rules now.
+        polar_llm: add Polar's ``_llm`` object (vendor, model, input/output/total tokens,
+            ``cached_input_tokens``).
+        incomplete_streams: ``"estimate"`` (default) bills a stream that ended before its
+            usage arrived with local estimates; ``"skip"`` emits nothing for it.
+        on_missing_customer: ``"raise"`` (default) raises ``MissingCustomerError`` before
+            a billed call with no customer is sent; ``"warn"`` sends it, logs a warning and
+            emits no event.
+        exit_timeout: seconds spent delivering pending events at interpreter exit.
+        batch_size: most events per ``transport.send`` call.
+        flush_interval: longest wait, in seconds, before a partial batch is sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport | None = None,
+        details: bool = False,
+        metadata: Mapping[str, object] | None = None,
+        polar_llm: bool = False,
+        incomplete_streams: Literal["estimate", "skip"] = "estimate",
+        on_missing_customer: Literal["raise", "warn"] = "raise",
+        exit_timeout: float = 2.0,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+    ) -> None:
+        if transport is not None:
+            check_transport(transport)
+        if incomplete_streams not in ("estimate", "skip"):
+            raise ConfigurationError(
+                f"incomplete_streams= must be 'estimate' or 'skip', got {incomplete_streams!r}"
+            )
+        if on_missing_customer not in ("raise", "warn"):
+            raise ConfigurationError(
+                f"on_missing_customer= must be 'raise' or 'warn', got {on_missing_customer!r}"
+            )
+        for name, value in (("exit_timeout", exit_timeout), ("flush_interval", flush_interval)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigurationError(f"{name}= must be a number of seconds >= 0, got {value!r}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigurationError(f"batch_size= must be a positive integer, got {batch_size!r}")
+        self.transport = transport
+        self.options = EventOptions(details=details, metadata=metadata, polar_llm=polar_llm)
+        self.estimate_incomplete = incomplete_streams == "estimate"
+        self.raise_on_missing_customer = on_missing_customer == "raise"
+        self.exit_timeout = float(exit_timeout)
+        self._dispatcher = Dispatcher(
+            transport, self.options, batch_size=batch_size, flush_interval=float(flush_interval)
+        )
+        self._missing_customer_warned = False
+        ref = weakref.ref(self)
+        atexit.register(_flush_at_exit, ref)
+
+    def __repr__(self) -> str:
+        return f"Meter(transport={self.transport!r})"
+
+    def wrap(self, client: T, *, customer: str | None = None, customer_id: str | None = None) -> T:
+        """Return a metered copy of *client* that reports to this meter.
+
+        Same as ``llm_meter.meter(client, customer=..., customer_id=..., meter=self)``.
+        """
+        from ._client import meter
+
+        return meter(client, customer=customer, customer_id=customer_id, meter=self)
+
+    def emit(self, record: UsageRecord) -> None:
+        """Hand one usage record to the background worker (the metered call's only cost)."""
+        self._dispatcher.submit(record)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until every event accepted so far is acknowledged, at most *timeout* seconds.
+
+        Returns ``True`` when everything was delivered, ``False`` when the time ran out.
+        """
+        return self._dispatcher.flush(timeout)
+
+    async def aflush(self, timeout: float = 5.0) -> bool:
+        """Async :meth:`flush`: waits without blocking the running event loop."""
+        return await self._dispatcher.aflush(timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush (bounded by *timeout*), then stop the worker and close the transport."""
+        return self._dispatcher.close(timeout)
+
+    def stats(self) -> MeterStats:
+        """Current counters; see :class:`MeterStats`."""
+        d = self._dispatcher
+        return MeterStats(
+            emitted=d.emitted,
+            delivered=d.delivered,
+            pending=d.pending,
+            retried=d.retried,
+            dead_lettered=0,
+            duplicates=0,
+        )
+
+    def warn_missing_customer(self, what: str) -> None:
+        """Log (once per meter) that a billed call went out with no customer."""
+        if not self._missing_customer_warned:
+            self._missing_customer_warned = True
+            log.warning("llm_meter: %s was sent with no customer; no usage event was emitted", what)
+        else:
+            log.debug("llm_meter: %s was sent with no customer; no usage event was emitted", what)
+
+
+def _flush_at_exit(ref: weakref.ref[Meter]) -> None:
+    meter = ref()
+    if meter is not None and meter.stats().pending:
+        if not meter.flush(meter.exit_timeout):
+            log.warning("llm_meter: %d usage events were not delivered before exit", meter.stats().pending)
+
+
+_default: Meter | None = None
+_default_lock = threading.Lock()
+
+
+def default_meter() -> Meter:
+    """The process-wide meter used by ``meter()`` when no ``meter=`` is given."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Meter()
+    return _default
