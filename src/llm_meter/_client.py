@@ -29,7 +29,7 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, get_origin
 
 import wrapt
 
@@ -181,7 +181,9 @@ class Call:
         if not self._claim():
             return
         if not self.meter.estimate_incomplete:
-            log.debug("llm_meter: incomplete stream %s not billed (incomplete_streams='skip')", self.response_id)
+            log.debug(
+                "llm_meter: incomplete stream %s not billed (incomplete_streams='skip')", self.response_id
+            )
             return
         provider = self.provider
         self.meter.emit(
@@ -250,7 +252,7 @@ def _bind_customer(method: Callable[..., Any], client: Any) -> Callable[..., Any
     return call_with_customer
 
 
-class _ResourceProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ResourceProxy(wrapt.ObjectProxy[Any]):
     """Transparent proxy of an SDK resource that accepts ``customer=`` on every method.
 
     ``isinstance`` and every attribute behave as on the resource; public methods gain the
@@ -315,6 +317,7 @@ class _ProxiedResource:
 
 
 # -- metered streams ---------------------------------------------------------------------
+
 
 def _metered_iter(inner: Iterator[Any], call: Call, response: Any) -> Iterator[Any]:
     hide = call.hide
@@ -588,7 +591,9 @@ def _check_meter(meter: object) -> Meter:
     return meter
 
 
-def _derive(config: ClientConfig, customer: str | None, customer_id: str | None, meter: Meter | None) -> ClientConfig:
+def _derive(
+    config: ClientConfig, customer: str | None, customer_id: str | None, meter: Meter | None
+) -> ClientConfig:
     who = make_customer(customer, customer_id)
     return ClientConfig(
         _check_meter(meter) if meter is not None else config.meter,
@@ -637,7 +642,11 @@ def metered_class(base: type, *, name: str | None = None, module: str | None = N
         raise TypeError(
             f"llm_meter cannot meter {base.__module__}.{base.__qualname__}; supported clients: {supported}"
         )
-    mixin = _AsyncMeteredClient if inspect.iscoroutinefunction(base.request) else _SyncMeteredClient
+    mixin = (
+        _AsyncMeteredClient
+        if inspect.iscoroutinefunction(getattr(base, "request", None))
+        else _SyncMeteredClient
+    )
     namespace: dict[str, Any] = {
         "__slots__": (),
         "_llm_meter_provider": provider,
@@ -648,11 +657,7 @@ def metered_class(base: type, *, name: str | None = None, module: str | None = N
     for klass in reversed(base.__mro__):
         for attr, value in vars(klass).items():
             func = getattr(value, "func", None)
-            if (
-                not attr.startswith("_")
-                and type(value).__name__ == "cached_property"
-                and callable(func)
-            ):
+            if not attr.startswith("_") and type(value).__name__ == "cached_property" and callable(func):
                 namespace[attr] = _ProxiedResource(attr, func)
     default_stream = getattr(base, "_default_stream_cls", None)
     if default_stream is not None:
@@ -708,7 +713,7 @@ def meter(
     config = ClientConfig(_check_meter(meter), make_customer(customer, customer_id))
     # The SDK's own copy() builds `self.__class__(...)` on the same connection pool: run it
     # on a metered shell holding the original's settings, so the copy is born metered.
-    shell = cls.__new__(cls)
+    shell: Any = object.__new__(cls)
     shell.__dict__.update(client.__dict__)
     new: Any = cls._llm_meter_base.copy(shell)  # type: ignore[attr-defined]
     new._llm_meter = config

@@ -160,7 +160,9 @@ class Dispatcher:
         self.taken += len(batch)
         return batch
 
-    def _deliver(self, loop: asyncio.AbstractEventLoop, transport: Transport, batch: list[UsageRecord]) -> bool:
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop, transport: Transport, batch: list[UsageRecord]
+    ) -> bool:
         """Send one batch until it is acknowledged; ``False`` if shutdown interrupted it."""
         events = []
         for record in batch:

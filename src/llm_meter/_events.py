@@ -123,7 +123,9 @@ def validate_metadata(
     clean: dict[str, str | int | float | bool] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LEN:
-            raise ConfigurationError(f"metadata key {key!r} must be a string of 1 to {_MAX_KEY_LEN} characters")
+            raise ConfigurationError(
+                f"metadata key {key!r} must be a string of 1 to {_MAX_KEY_LEN} characters"
+            )
         if key in taken or key in _RESERVED:
             raise ConfigurationError(f"metadata key {key!r} is reserved by llm_meter or Polar")
         if isinstance(value, bool | int):

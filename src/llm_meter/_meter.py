@@ -155,9 +155,8 @@ class Meter:
 
 def _flush_at_exit(ref: weakref.ref[Meter]) -> None:
     meter = ref()
-    if meter is not None and meter.stats().pending:
-        if not meter.flush(meter.exit_timeout):
-            log.warning("llm_meter: %d usage events were not delivered before exit", meter.stats().pending)
+    if meter is not None and meter.stats().pending and not meter.flush(meter.exit_timeout):
+        log.warning("llm_meter: %d usage events were not delivered before exit", meter.stats().pending)
 
 
 _default: Meter | None = None

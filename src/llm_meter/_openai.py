@@ -176,11 +176,10 @@ class OpenAIProvider:
                 usage = getattr(obj, "usage", None)
                 if usage is not None:
                     self._emit_usage(call, usage, response)
-        elif kind == "images":
-            if isinstance(event_type, str) and event_type.endswith(".completed"):
-                usage = getattr(obj, "usage", None)
-                if usage is not None:
-                    self._emit_usage(call, usage, response)
+        elif kind == "images" and isinstance(event_type, str) and event_type.endswith(".completed"):
+            usage = getattr(obj, "usage", None)
+            if usage is not None:
+                self._emit_usage(call, usage, response)
 
     def _observe_body(self, call: Call, obj: object, response: Any) -> None:
         usage = getattr(obj, "usage", None)
@@ -205,7 +204,9 @@ class OpenAIProvider:
         response_tokens = _int(getattr(usage, "completion_tokens", None))
         if response_tokens is None:
             response_tokens = _int(getattr(usage, "output_tokens", None)) or 0
-        details_in = getattr(usage, "prompt_tokens_details", None) or getattr(usage, "input_tokens_details", None)
+        details_in = getattr(usage, "prompt_tokens_details", None) or getattr(
+            usage, "input_tokens_details", None
+        )
         details_out = getattr(usage, "completion_tokens_details", None) or getattr(
             usage, "output_tokens_details", None
         )

@@ -27,28 +27,48 @@ if TYPE_CHECKING:
 
     class OpenAI(_sdk.OpenAI):
         def __init__(
-            self, *args: Any, customer: str | None = ..., customer_id: str | None = ..., meter: Meter | None = ...,
+            self,
+            *args: Any,
+            customer: str | None = ...,
+            customer_id: str | None = ...,
+            meter: Meter | None = ...,
             **kwargs: Any,
         ) -> None: ...
         def with_customer(self, customer: str | None = None, *, customer_id: str | None = None) -> OpenAI: ...
 
     class AsyncOpenAI(_sdk.AsyncOpenAI):
         def __init__(
-            self, *args: Any, customer: str | None = ..., customer_id: str | None = ..., meter: Meter | None = ...,
+            self,
+            *args: Any,
+            customer: str | None = ...,
+            customer_id: str | None = ...,
+            meter: Meter | None = ...,
             **kwargs: Any,
         ) -> None: ...
-        def with_customer(self, customer: str | None = None, *, customer_id: str | None = None) -> AsyncOpenAI: ...
+        def with_customer(
+            self, customer: str | None = None, *, customer_id: str | None = None
+        ) -> AsyncOpenAI: ...
 
     class AzureOpenAI(_sdk.AzureOpenAI):
         def __init__(
-            self, *args: Any, customer: str | None = ..., customer_id: str | None = ..., meter: Meter | None = ...,
+            self,
+            *args: Any,
+            customer: str | None = ...,
+            customer_id: str | None = ...,
+            meter: Meter | None = ...,
             **kwargs: Any,
         ) -> None: ...
-        def with_customer(self, customer: str | None = None, *, customer_id: str | None = None) -> AzureOpenAI: ...
+        def with_customer(
+            self, customer: str | None = None, *, customer_id: str | None = None
+        ) -> AzureOpenAI: ...
 
     class AsyncAzureOpenAI(_sdk.AsyncAzureOpenAI):
         def __init__(
-            self, *args: Any, customer: str | None = ..., customer_id: str | None = ..., meter: Meter | None = ...,
+            self,
+            *args: Any,
+            customer: str | None = ...,
+            customer_id: str | None = ...,
+            meter: Meter | None = ...,
             **kwargs: Any,
         ) -> None: ...
         def with_customer(

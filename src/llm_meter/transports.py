@@ -83,7 +83,9 @@ class JSONLTransport:
         self.fsync = fsync
 
     async def send(self, events: list[Event], /) -> None:
-        data = "".join(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n" for event in events)
+        data = "".join(
+            json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n" for event in events
+        )
         with open(self.path, "a", encoding="utf-8") as file:
             file.write(data)
             file.flush()
@@ -103,7 +105,9 @@ class CallbackTransport:
     An exception from ``fn`` means the batch was not delivered: it is retried.
     """
 
-    def __init__(self, fn: Callable[[list[Event]], object] | Callable[[list[Event]], Awaitable[object]]) -> None:
+    def __init__(
+        self, fn: Callable[[list[Event]], object] | Callable[[list[Event]], Awaitable[object]]
+    ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"CallbackTransport needs a callable, got {fn!r}")
         self.fn = fn
@@ -118,5 +122,3 @@ class CallbackTransport:
 
     def __repr__(self) -> str:
         return f"CallbackTransport({self.fn!r})"
-
-

@@ -1,0 +1,1 @@
+"""Test doubles for provider APIs, shared by the test-suite, the demo and the benchmarks."""

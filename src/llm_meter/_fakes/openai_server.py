@@ -1,0 +1,867 @@
+"""A local fake of the OpenAI HTTP API that the real ``openai`` SDK can talk to over loopback.
+
+Used by the test-suite, ``llm-meter demo`` and the benchmarks, so it speaks keep-alive HTTP/1.1, returns
+bodies and SSE streams shaped like the real API, and does as little work per request as possible.
+
+Usage numbers are deterministic so tests can assert exact values:
+
+* input tokens (``prompt_tokens`` / ``input_tokens``) = :meth:`FakeOpenAIServer.count_input` of the body:
+  whitespace-separated words of all input text, plus 3 per chat message;
+* ``cached_tokens`` = input tokens // 2 (chat and responses);
+* chat: ``completion_tokens`` = ``chunks * n + 2`` (the 2 are ``reasoning_tokens``);
+* responses: ``output_tokens`` = ``chunks + 2`` (the 2 are ``reasoning_tokens``);
+* legacy completions: ``completion_tokens`` = ``chunks * n`` (no reasoning);
+* ``total_tokens`` = input + output everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import secrets
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import BaseServer, TCPServer
+from typing import Any, cast
+from urllib.parse import parse_qsl
+
+__all__ = ["FakeOpenAIServer", "RecordedRequest"]
+
+REASONING_TOKENS = 2
+"""Reasoning tokens reported by chat and responses; they are part of the output/completion tokens."""
+
+IMAGE_OUTPUT_TOKENS = 1056
+"""Output tokens reported per generated image (a 1024x1024 low-quality image)."""
+
+AUDIO_INPUT_TOKENS = 14
+"""Audio input tokens reported by every transcription."""
+
+EMBEDDING_DIMENSIONS = 8
+
+_STORE_LIMIT = 256
+_FLUSH_BYTES = 16384
+_JSON_SEPARATORS = (",", ":")
+_SYSTEM_FINGERPRINT = "fp_fake0000"
+_CONTENT_FILTER_RESULTS = {
+    name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")
+}
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server received it, for assertions in tests."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any
+
+
+class _HTTPError(Exception):
+    """Aborts a request with an OpenAI-shaped error body."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=_JSON_SEPARATORS)
+
+
+def _hex() -> str:
+    return secrets.token_hex(12)
+
+
+def _count_words(value: Any) -> int:
+    """Words in a text value: strings, token ids, lists of either, and content parts/items with text."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return 1
+    if isinstance(value, list):
+        return sum(_count_words(item) for item in value)
+    if isinstance(value, Mapping):
+        text = value.get("text")
+        if isinstance(text, str):
+            return len(text.split())
+        return _count_words(value.get("content"))
+    return 0
+
+
+@functools.lru_cache(maxsize=64)
+def _pieces(chunks: int, text: str | None, content: str | None) -> tuple[str, ...]:
+    """The content pieces of one choice: ``content`` cut into ``chunks`` parts, else one word per chunk."""
+    if chunks <= 0:
+        return ()
+    if content is not None:
+        size = len(content)
+        return tuple(content[i * size // chunks : (i + 1) * size // chunks] for i in range(chunks))
+    words = text.split() if text else []
+    if words:
+        return tuple(f"{words[i % len(words)]} " for i in range(chunks))
+    return tuple(f"tok{i} " for i in range(chunks))
+
+
+@functools.lru_cache(maxsize=64)
+def _json_pieces(pieces: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(json.dumps(piece) for piece in pieces)
+
+
+def _png_1x1() -> str:
+    """Base64 of a valid 1x1 grey PNG, built here to avoid shipping binary blobs."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", binascii.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x80"))
+    return base64.b64encode(png + chunk(b"IEND", b"")).decode("ascii")
+
+
+_PNG_B64 = _png_1x1()
+_EMBEDDING = [i / EMBEDDING_DIMENSIONS for i in range(EMBEDDING_DIMENSIONS)]
+_EMBEDDING_B64 = base64.b64encode(struct.pack(f"<{EMBEDDING_DIMENSIONS}f", *_EMBEDDING)).decode("ascii")
+
+
+def _parse_multipart(raw: bytes, content_type: str) -> dict[str, Any]:
+    """The non-file fields of a multipart/form-data body (repeated fields become lists)."""
+    boundary = ""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip('"')
+    fields: dict[str, Any] = {}
+    if not boundary:
+        return fields
+    for part in raw.split(b"--" + boundary.encode("latin-1"))[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, data = part.partition(b"\r\n\r\n")
+        name: str | None = None
+        is_file = False
+        for line in head.decode("latin-1").split("\r\n"):
+            if not line.lower().startswith("content-disposition:"):
+                continue
+            for param in line.split(";")[1:]:
+                key, _, value = param.strip().partition("=")
+                if key == "name":
+                    name = value.strip('"')
+                elif key == "filename":
+                    is_file = True
+        if name is None or is_file:
+            continue
+        value = data.removesuffix(b"\r\n").decode("utf-8", "replace")
+        previous = fields.get(name)
+        if previous is None:
+            fields[name] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            fields[name] = [previous, value]
+    return fields
+
+
+def _response_body(
+    rid: str,
+    msg_id: str,
+    model: str,
+    created: int,
+    body: Mapping[str, Any],
+    *,
+    text: str | None,
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A ``response`` object; ``text=None`` gives the in-progress shape with no output and no usage."""
+    output: list[dict[str, Any]] = []
+    if text is not None:
+        part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        output.append(
+            {"id": msg_id, "type": "message", "status": "completed", "content": [part], "role": "assistant"}
+        )
+    text_config = body.get("text")
+    text_format = text_config.get("format") if isinstance(text_config, Mapping) else None
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": "in_progress" if text is None else "completed",
+        "background": False,
+        "completed_at": None if text is None else created,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": None,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": None,
+        "reasoning": {"effort": None, "summary": None},
+        "safety_identifier": None,
+        "service_tier": "default",
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": text_format or {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
+        "metadata": body.get("metadata") or {},
+    }
+
+
+class _Request:
+    """What a route handler gets: the parsed request plus per-request settings."""
+
+    __slots__ = ("azure", "body", "headers", "method", "query", "route")
+
+    def __init__(
+        self,
+        method: str,
+        route: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: Any,
+        azure: bool,
+    ) -> None:
+        self.method = method
+        self.route = route
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.azure = azure
+
+    def json_body(self) -> Mapping[str, Any]:
+        if not isinstance(self.body, Mapping):
+            raise _HTTPError(400, "We could not parse the JSON body of your request.")
+        return self.body
+
+
+_Reply = tuple[int, str, bytes] | Iterable[str]
+"""A route's answer: ``(status, content type, body)`` or an iterable of SSE events (whole event strings)."""
+
+
+class FakeOpenAIServer:
+    """A fake OpenAI-compatible server on 127.0.0.1 with deterministic content and usage.
+
+    All public attributes may be changed between calls; each request reads them when it arrives.
+    ``content`` (or the ``x-fake-content`` request header) replaces the generated text verbatim, cut into
+    ``chunks`` pieces when streamed; otherwise each chunk carries one word (``text`` words cycled, or
+    ``"tok{i} "``). Completion tokens follow the chunk count (see the module docstring), not the text.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunks: int = 5,
+        text: str | None = None,
+        model: str = "gpt-4.1-nano-2025-04-14",
+        reject_stream_options: bool = False,
+        azure_filter_chunks: bool = False,
+        stream_usage: bool = True,
+    ) -> None:
+        self.chunks = chunks
+        self.text = text
+        self.model = model
+        self.reject_stream_options = reject_stream_options
+        self.azure_filter_chunks = azure_filter_chunks
+        self.stream_usage = stream_usage
+        self.content: str | None = None
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._chat_store: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._response_store: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._base = ""
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL for ``OpenAI(base_url=...)``."""
+        return self._started_base() + "/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        """Endpoint for ``AzureOpenAI(azure_endpoint=...)``."""
+        return self._started_base()
+
+    def _started_base(self) -> str:
+        if not self._base:
+            raise RuntimeError("FakeOpenAIServer is not running; call start() first")
+        return self._base
+
+    def start(self) -> FakeOpenAIServer:
+        """Bind an ephemeral loopback port and serve in a background thread."""
+        if self._httpd is not None:
+            return self
+        httpd = _HTTPServer(self)
+        thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai-server", daemon=True
+        )
+        thread.start()
+        self._httpd, self._thread = httpd, thread
+        self._base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop open keep-alive connections and join every thread."""
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        self._base = ""
+        if httpd is None:
+            return
+        httpd.shutdown()
+        if thread is not None:
+            thread.join()
+        httpd.close_connections()
+        httpd.server_close()
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- usage -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def count_input(body: Any) -> int:
+        """Input tokens reported for a request body: words of all input text, +3 per chat message."""
+        if not isinstance(body, Mapping):
+            return 0
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            contents = (m.get("content") if isinstance(m, Mapping) else None for m in messages)
+            return sum(3 + _count_words(content) for content in contents)
+        if "prompt" in body:
+            return _count_words(body["prompt"])
+        return _count_words(body.get("input"))
+
+    # -- dispatch --------------------------------------------------------------------------------------
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _store(self, store: OrderedDict[str, dict[str, Any]], obj: dict[str, Any]) -> None:
+        with self._lock:
+            store[obj["id"]] = obj
+            while len(store) > _STORE_LIMIT:
+                store.popitem(last=False)
+
+    def _route(self, request: _Request) -> _Reply:
+        route, method = request.route, request.method
+        if method == "POST":
+            post = _POST_ROUTES.get(route)
+            if post is not None:
+                return post(self, request)
+        elif method == "GET":
+            if route == "/chat/completions":
+                return self._chat_list(request)
+            prefix, _, ident = route.rpartition("/")
+            if ident and prefix == "/chat/completions":
+                return self._chat_retrieve(ident)
+            if ident and prefix == "/responses":
+                return self._response_retrieve(ident)
+        raise _HTTPError(404, f"Invalid URL ({method} {route})")
+
+    def _pieces_for(self, request: _Request) -> tuple[str, ...]:
+        content = request.headers.get("x-fake-content", self.content)
+        return _pieces(self.chunks, self.text, content)
+
+    # -- chat completions ------------------------------------------------------------------------------
+
+    def _chat_usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": prompt // 2, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": REASONING_TOKENS,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def _chat_completion(self, cid: str, prompt: int, n: int, pieces: tuple[str, ...]) -> dict[str, Any]:
+        content = "".join(pieces)
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+        message["annotations"] = []
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {"index": i, "message": message, "logprobs": None, "finish_reason": "stop"} for i in range(n)
+            ],
+            "usage": self._chat_usage(prompt, len(pieces) * n + REASONING_TOKENS),
+            "service_tier": "default",
+            "system_fingerprint": _SYSTEM_FINGERPRINT,
+        }
+
+    def _check_stream_options(self, body: Mapping[str, Any]) -> bool:
+        """Whether a usage chunk was asked for; rejects ``stream_options`` like old Azure api-versions."""
+        if "stream_options" in body and self.reject_stream_options:
+            raise _HTTPError(400, "Unrecognized request argument supplied: stream_options")
+        options = body.get("stream_options")
+        return isinstance(options, Mapping) and options.get("include_usage") is True
+
+    def _chat(self, request: _Request) -> _Reply:
+        body = request.json_body()
+        include_usage = self._check_stream_options(body)
+        n = int(body.get("n") or 1)
+        pieces = self._pieces_for(request)
+        prompt = self.count_input(body)
+        cid = f"chatcmpl-{_hex()}"
+        if body.get("stream") is not True:
+            completion = self._chat_completion(cid, prompt, n, pieces)
+            self._store(self._chat_store, completion)
+            return _json_reply(completion)
+        return self._chat_stream(cid, prompt, n, pieces, include_usage)
+
+    def _chat_stream(
+        self, cid: str, prompt: int, n: int, pieces: tuple[str, ...], include_usage: bool
+    ) -> Iterator[str]:
+        head = (
+            f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{int(time.time())},'
+            f'"model":{json.dumps(self.model)},"service_tier":"default",'
+            f'"system_fingerprint":"{_SYSTEM_FINGERPRINT}","choices":['
+        )
+        tail = '],"usage":null}\n\n' if include_usage else "]}\n\n"
+        for i in range(n):
+            yield f'{head}{{"index":{i},"delta":{{"role":"assistant","content":""}},"logprobs":null,' + (
+                f'"finish_reason":null}}{tail}'
+            )
+        for piece in _json_pieces(pieces):
+            for i in range(n):
+                yield (
+                    f'{head}{{"index":{i},"delta":{{"content":{piece}}},"logprobs":null,'
+                    f'"finish_reason":null}}{tail}'
+                )
+        for i in range(n):
+            yield f'{head}{{"index":{i},"delta":{{}},"logprobs":null,"finish_reason":"stop"}}{tail}'
+        if include_usage and self.stream_usage:
+            usage = _dumps(self._chat_usage(prompt, len(pieces) * n + REASONING_TOKENS))
+            yield f'{head}],"usage":{usage}}}\n\n'
+        if self.azure_filter_chunks:
+            yield from _azure_filter_chunks(n, len("".join(pieces)))
+        yield "data: [DONE]\n\n"
+
+    def _chat_retrieve(self, cid: str) -> _Reply:
+        with self._lock:
+            stored = self._chat_store.get(cid)
+        if stored is None:
+            stored = self._chat_completion(cid, 0, 1, _pieces(self.chunks, self.text, self.content))
+        return _json_reply(stored)
+
+    def _chat_list(self, request: _Request) -> _Reply:
+        limit = int(request.query.get("limit") or 20)
+        with self._lock:
+            data = list(self._chat_store.values())[-limit:]
+        return _json_reply(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )
+
+    # -- legacy completions ----------------------------------------------------------------------------
+
+    def _completions(self, request: _Request) -> _Reply:
+        body = request.json_body()
+        include_usage = self._check_stream_options(body)
+        n = int(body.get("n") or 1)
+        pieces = self._pieces_for(request)
+        prompt = self.count_input(body)
+        completion = len(pieces) * n
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        usage["total_tokens"] = prompt + completion
+        cid = f"cmpl-{_hex()}"
+        created = int(time.time())
+        if body.get("stream") is not True:
+            text = "".join(pieces)
+            return _json_reply(
+                {
+                    "id": cid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": self.model,
+                    "choices": [
+                        {"text": text, "index": i, "logprobs": None, "finish_reason": "stop"}
+                        for i in range(n)
+                    ],
+                    "usage": usage,
+                    "system_fingerprint": _SYSTEM_FINGERPRINT,
+                }
+            )
+        return self._completions_stream(cid, created, n, pieces, usage if include_usage else None)
+
+    def _completions_stream(
+        self, cid: str, created: int, n: int, pieces: tuple[str, ...], usage: dict[str, Any] | None
+    ) -> Iterator[str]:
+        head = f'data: {{"id":"{cid}","object":"text_completion","created":{created},"choices":['
+        meta = f'],"model":{json.dumps(self.model)},"system_fingerprint":"{_SYSTEM_FINGERPRINT}"'
+        tail = meta + (',"usage":null}\n\n' if usage is not None else "}\n\n")
+        for piece in _json_pieces(pieces):
+            for i in range(n):
+                yield f'{head}{{"text":{piece},"index":{i},"logprobs":null,"finish_reason":null}}{tail}'
+        for i in range(n):
+            yield f'{head}{{"text":"","index":{i},"logprobs":null,"finish_reason":"stop"}}{tail}'
+        if usage is not None and self.stream_usage:
+            yield f'{head}{meta},"usage":{_dumps(usage)}}}\n\n'
+        yield "data: [DONE]\n\n"
+
+    # -- responses -------------------------------------------------------------------------------------
+
+    def _responses_usage(self, prompt: int, output: int) -> dict[str, Any]:
+        return {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": prompt // 2, "cache_write_tokens": 0},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": REASONING_TOKENS},
+            "total_tokens": prompt + output,
+        }
+
+    def _responses(self, request: _Request) -> _Reply:
+        body = request.json_body()
+        pieces = self._pieces_for(request)
+        usage = self._responses_usage(self.count_input(body), len(pieces) + REASONING_TOKENS)
+        rid, msg_id, created = f"resp_{_hex()}", f"msg_{_hex()}", int(time.time())
+        final = _response_body(rid, msg_id, self.model, created, body, text="".join(pieces), usage=usage)
+        self._store(self._response_store, final)
+        if body.get("stream") is not True:
+            return _json_reply(final)
+        started = _response_body(rid, msg_id, self.model, created, body, text=None, usage=None)
+        return _responses_stream(started, final, msg_id, pieces)
+
+    def _response_retrieve(self, rid: str) -> _Reply:
+        with self._lock:
+            stored = self._response_store.get(rid)
+        if stored is None:
+            raise _HTTPError(404, f"Response with id '{rid}' not found.")
+        return _json_reply(stored)
+
+    def _input_tokens(self, request: _Request) -> _Reply:
+        body = request.json_body()
+        return _json_reply({"object": "response.input_tokens", "input_tokens": self.count_input(body)})
+
+    # -- embeddings, images, audio ---------------------------------------------------------------------
+
+    def _embeddings(self, request: _Request) -> _Reply:
+        body = request.json_body()
+        inputs = body.get("input")
+        count = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else 1
+        vector: Any = _EMBEDDING_B64 if body.get("encoding_format") == "base64" else _EMBEDDING
+        prompt = self.count_input(body)
+        model = body.get("model")
+        return _json_reply(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)],
+                "model": model if isinstance(model, str) and not request.azure else self.model,
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+            }
+        )
+
+    def _images(self, request: _Request) -> _Reply:
+        body = request.json_body()
+        n = int(body.get("n") or 1)
+        prompt = self.count_input(body)
+        output = IMAGE_OUTPUT_TOKENS * n
+        return _json_reply(
+            {
+                "created": int(time.time()),
+                "background": "opaque",
+                "data": [{"b64_json": _PNG_B64} for _ in range(n)],
+                "output_format": "png",
+                "quality": "low",
+                "size": "1024x1024",
+                "usage": {
+                    "input_tokens": prompt,
+                    "input_tokens_details": {"text_tokens": prompt, "image_tokens": 0},
+                    "output_tokens": output,
+                    "total_tokens": prompt + output,
+                },
+            }
+        )
+
+    def _transcriptions(self, request: _Request) -> _Reply:
+        body = request.json_body()
+        pieces = self._pieces_for(request)
+        text = "".join(pieces)
+        if request.headers.get("x-fake-content", self.content) is None:
+            text = text.rstrip()
+        words = len(text.split())
+        usage = {
+            "type": "tokens",
+            "input_tokens": AUDIO_INPUT_TOKENS,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": AUDIO_INPUT_TOKENS},
+            "output_tokens": words,
+            "total_tokens": AUDIO_INPUT_TOKENS + words,
+        }
+        if str(body.get("stream", "")).lower() == "true":
+            return _transcription_stream(pieces, text, usage)
+        response_format = body.get("response_format") or "json"
+        if response_format in ("text", "srt", "vtt"):
+            return 200, "text/plain; charset=utf-8", text.encode("utf-8")
+        if response_format == "verbose_json":
+            return _json_reply(
+                {"task": "transcribe", "language": "english", "duration": 1.0, "text": text, "segments": []}
+            )
+        return _json_reply({"text": text, "usage": usage})
+
+
+_POST_ROUTES: dict[str, Callable[[FakeOpenAIServer, _Request], _Reply]] = {
+    "/chat/completions": FakeOpenAIServer._chat,
+    "/completions": FakeOpenAIServer._completions,
+    "/responses": FakeOpenAIServer._responses,
+    "/responses/input_tokens": FakeOpenAIServer._input_tokens,
+    "/embeddings": FakeOpenAIServer._embeddings,
+    "/images/generations": FakeOpenAIServer._images,
+    "/images/edits": FakeOpenAIServer._images,
+    "/audio/transcriptions": FakeOpenAIServer._transcriptions,
+}
+
+
+def _json_reply(obj: Any, status: int = 200) -> tuple[int, str, bytes]:
+    return status, "application/json", _dumps(obj).encode("utf-8")
+
+
+def _azure_filter_chunks(n: int, length: int) -> Iterator[str]:
+    """Azure's trailing content-filter chunks: two per choice, no id, no model, empty delta."""
+    for i in range(n):
+        for start in (0, length // 2):
+            choice = {
+                "content_filter_offsets": {"check_offset": 0, "start_offset": start, "end_offset": length},
+                "content_filter_results": _CONTENT_FILTER_RESULTS,
+                "delta": {},
+                "finish_reason": None,
+                "index": i,
+            }
+            chunk = {"choices": [choice], "created": 0, "id": "", "model": "", "object": ""}
+            yield f"data: {_dumps(chunk)}\n\n"
+
+
+def _responses_stream(
+    started: dict[str, Any], final: dict[str, Any], msg_id: str, pieces: tuple[str, ...]
+) -> Iterator[str]:
+    """Responses API SSE events; usage appears only in the terminal ``response.completed`` event."""
+    seq = 0
+
+    def event(kind: str, payload: str) -> str:
+        nonlocal seq
+        seq += 1
+        return f'event: {kind}\ndata: {{"type":"{kind}","sequence_number":{seq - 1},{payload}}}\n\n'
+
+    started_json = _dumps(started)
+    yield event("response.created", f'"response":{started_json}')
+    yield event("response.in_progress", f'"response":{started_json}')
+    item = {"id": msg_id, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
+    yield event("response.output_item.added", f'"output_index":0,"item":{_dumps(item)}')
+    where = f'"item_id":"{msg_id}","output_index":0,"content_index":0'
+    empty_part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
+    yield event("response.content_part.added", f'{where},"part":{_dumps(empty_part)}')
+    for piece in _json_pieces(pieces):
+        yield event("response.output_text.delta", f'{where},"delta":{piece},"logprobs":[]')
+    message = final["output"][0]
+    part = message["content"][0]
+    yield event("response.output_text.done", f'{where},"text":{json.dumps(part["text"])},"logprobs":[]')
+    yield event("response.content_part.done", f'{where},"part":{_dumps(part)}')
+    yield event("response.output_item.done", f'"output_index":0,"item":{_dumps(message)}')
+    yield event("response.completed", f'"response":{_dumps(final)}')
+
+
+def _transcription_stream(pieces: tuple[str, ...], text: str, usage: dict[str, Any]) -> Iterator[str]:
+    for piece in _json_pieces(pieces):
+        yield f'data: {{"type":"transcript.text.delta","delta":{piece},"logprobs":[]}}\n\n'
+    done = {"type": "transcript.text.done", "text": text, "logprobs": [], "usage": usage}
+    yield f"data: {_dumps(done)}\n\n"
+
+
+def _split_path(path: str) -> tuple[str, bool]:
+    """Map ``/v1/x`` and Azure ``/openai[/deployments/<name>|/v1]/x`` to ``(/x, is_azure)``."""
+    if path.startswith("/openai/"):
+        rest = path[len("/openai") :]
+        if rest.startswith("/deployments/"):
+            _, _, tail = rest[len("/deployments/") :].partition("/")
+            return "/" + tail, True
+        return rest.removeprefix("/v1"), True
+    return path.removeprefix("/v1"), False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Parses one request at a time on a keep-alive connection and writes the reply in few syscalls."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-openai"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: benchmarks and tests must not print a line per request."""
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline(65537).split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        fake = cast(_HTTPServer, self.server).fake
+        raw = self._read_body()
+        path, _, query_string = self.path.partition("?")
+        query = dict(parse_qsl(query_string, keep_blank_values=True))
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        content_type = headers.get("content-type", "")
+        body: Any = None
+        bad_json = False
+        if content_type.startswith("multipart/form-data"):
+            body = _parse_multipart(raw, content_type)
+        elif raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                bad_json = True
+        fake._record(RecordedRequest(self.command, path, query, headers, body))
+        route, azure = _split_path(path)
+        try:
+            if bad_json:
+                raise _HTTPError(400, "We could not parse the JSON body of your request.")
+            reply = fake._route(_Request(self.command, route, query, headers, body, azure))
+        except _HTTPError as error:
+            reply = _json_reply(error.body, error.status)
+        if isinstance(reply, tuple):
+            self._send(*reply)
+        else:
+            self._send_sse(reply)
+
+    def _head(self, status: int, fields: str) -> bytes:
+        connection = "Connection: close\r\n" if self.close_connection else ""
+        phrase = HTTPStatus(status).phrase
+        return f"HTTP/1.1 {status} {phrase}\r\n{fields}x-request-id: req_{_hex()}\r\n{connection}\r\n".encode(
+            "latin-1"
+        )
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        fields = f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        self.wfile.write(self._head(status, fields) + body)
+
+    def _send_sse(self, events: Iterable[str]) -> None:
+        """Chunked transfer-encoding; each HTTP chunk holds whole SSE events, flushed in ~16 KB groups."""
+        fields = (
+            "Content-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
+            "Cache-Control: no-cache\r\n"
+        )
+        out = bytearray(self._head(200, fields))
+        group: list[str] = []
+        size = 0
+        for event in events:
+            group.append(event)
+            size += len(event)
+            if size >= _FLUSH_BYTES:
+                data = "".join(group).encode("utf-8")
+                out += b"%x\r\n%s\r\n" % (len(data), data)
+                self.wfile.write(out)
+                out.clear()
+                group.clear()
+                size = 0
+        if group:
+            data = "".join(group).encode("utf-8")
+            out += b"%x\r\n%s\r\n" % (len(data), data)
+        out += b"0\r\n\r\n"
+        self.wfile.write(out)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Threaded loopback server that tracks its connections so ``stop()`` can close them and join."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, fake: FakeOpenAIServer) -> None:
+        self.fake = fake
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def server_bind(self) -> None:
+        """Skip HTTPServer's reverse-DNS lookup of the host name; it can be slow and is not needed."""
+        TCPServer.server_bind(self)
+        self.server_name = "127.0.0.1"
+        self.server_port = self.server_address[1]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._connections_lock:
+            self._connections.add(conn)
+        return conn, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Wake handler threads blocked on idle keep-alive connections so they exit."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up mid-stream is normal (early ``break``); anything else still gets reported."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        BaseServer.handle_error(self, request, client_address)

@@ -1,0 +1,40 @@
+"""Shared fixtures: a fake OpenAI server on loopback and a meter with an in-memory transport."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from llm_meter import Meter
+from llm_meter._fakes.openai_server import FakeOpenAIServer
+from llm_meter.transports import MemoryTransport
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
+    """The session's fake OpenAI server, reset to defaults for each test."""
+    defaults = FakeOpenAIServer()
+    for name in ("chunks", "text", "model", "reject_stream_options", "azure_filter_chunks", "stream_usage", "content"):
+        setattr(_server, name, getattr(defaults, name))
+    _server.requests.clear()
+    yield _server
+
+
+@pytest.fixture
+def transport() -> MemoryTransport:
+    return MemoryTransport()
+
+
+@pytest.fixture
+def meter_(transport: MemoryTransport) -> Iterator[Meter]:
+    """A meter delivering to ``transport``, flushed quickly and closed after the test."""
+    m = Meter(transport=transport, flush_interval=0.01)
+    yield m
+    m.close(timeout=5.0)
