@@ -1,0 +1,140 @@
+"""Tests for llm_meter._events: metadata validation and the Polar wire shape."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llm_meter import ConfigurationError
+from llm_meter._customer import Customer
+from llm_meter._events import EventOptions, UsageRecord, to_wire, validate_metadata
+
+CUS = Customer("external_customer_id", "cus_1")
+
+
+def _record(**kwargs: object) -> UsageRecord:
+    fields: dict[str, object] = {
+        "provider": "openai",
+        "customer": CUS,
+        "external_id": "openai:chatcmpl-1",
+        "timestamp": 1_795_000_000.1234,
+        "model": "gpt-4.1-nano",
+        "request_tokens": 58,
+        "response_tokens": 19,
+    }
+    fields.update(kwargs)
+    return UsageRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_default_event_has_exactly_the_five_metadata_keys() -> None:
+    """Without opt-ins, metadata is model, requests and the three token counts."""
+    wire = to_wire(_record(cached_tokens=10, reasoning_tokens=3), EventOptions())
+    assert wire == {
+        "name": "ai_usage",
+        "external_customer_id": "cus_1",
+        "external_id": "openai:chatcmpl-1",
+        "timestamp": wire["timestamp"],
+        "metadata": {
+            "model": "gpt-4.1-nano",
+            "requests": 1,
+            "total_tokens": 77,
+            "request_tokens": 58,
+            "response_tokens": 19,
+        },
+    }
+
+
+def test_timestamp_is_utc_iso_with_milliseconds() -> None:
+    """Polar needs a timezone-aware timestamp."""
+    wire = to_wire(_record(), EventOptions())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", wire["timestamp"])
+
+
+def test_customer_id_replaces_external_customer_id() -> None:
+    """A Polar customer_id is sent as customer_id and never together with external_customer_id."""
+    wire = to_wire(
+        _record(customer=Customer("customer_id", "0b4e2e4c-7c5a-4d7e-9b1a-3f6e2d1c0a9b")), EventOptions()
+    )
+    assert wire["customer_id"] == "0b4e2e4c-7c5a-4d7e-9b1a-3f6e2d1c0a9b"
+    assert "external_customer_id" not in wire
+
+
+def test_details_add_flat_breakdown() -> None:
+    """details=True adds provider, cache, reasoning and estimated keys, all flat scalars."""
+    wire = to_wire(
+        _record(cached_tokens=10, cache_write_tokens=4, reasoning_tokens=3), EventOptions(details=True)
+    )
+    meta = wire["metadata"]
+    assert meta["provider"] == "openai"
+    assert (meta["cached_tokens"], meta["cache_write_tokens"], meta["reasoning_tokens"]) == (10, 4, 3)
+    assert meta["estimated"] is False
+    assert all(isinstance(v, str | int | float | bool) for v in meta.values())
+
+
+def test_details_omit_breakdown_the_provider_did_not_report() -> None:
+    """Absent cache or reasoning figures are left out, not sent as null."""
+    meta = to_wire(_record(), EventOptions(details=True))["metadata"]
+    assert "cached_tokens" not in meta and "reasoning_tokens" not in meta
+    assert None not in meta.values()
+
+
+def test_polar_llm_object() -> None:
+    """polar_llm=True adds Polar's _llm with input including cache and cached reads apart."""
+    llm = to_wire(_record(cached_tokens=10), EventOptions(polar_llm=True))["metadata"]["_llm"]
+    assert llm == {
+        "vendor": "openai",
+        "model": "gpt-4.1-nano",
+        "input_tokens": 58,
+        "output_tokens": 19,
+        "total_tokens": 77,
+        "cached_input_tokens": 10,
+    }
+
+
+def test_static_metadata_is_added() -> None:
+    """Meter(metadata=...) keys appear on every event."""
+    meta = to_wire(_record(), EventOptions(metadata={"app": "chat", "tier": 2}))["metadata"]
+    assert meta["app"] == "chat" and meta["tier"] == 2
+
+
+def test_estimate_runs_on_build_once() -> None:
+    """A deferred estimate fills the token counts when the wire dict is built, then is dropped."""
+    calls: list[int] = []
+
+    def estimate(record: UsageRecord) -> None:
+        calls.append(1)
+        record.request_tokens, record.response_tokens = 7, 5
+
+    record = _record(request_tokens=0, response_tokens=0, estimated=True, estimate=estimate)
+    assert to_wire(record, EventOptions())["metadata"]["total_tokens"] == 12
+    to_wire(record, EventOptions())
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"model": "x"},
+        {"_llm": "x"},
+        {"k": None},
+        {"k": [1]},
+        {"k": {"a": 1}},
+        {"k": ""},
+        {"k": "x" * 501},
+        {"k": float("nan")},
+        {"x" * 41: 1},
+        {f"k{i}": i for i in range(46)},
+    ],
+)
+def test_bad_metadata_fails_at_configuration_time(metadata: dict[str, object]) -> None:
+    """Values Polar would reject with a 422 are refused up front with a ValueError."""
+    with pytest.raises(ConfigurationError):
+        validate_metadata(metadata)
+
+
+def test_detail_keys_are_reserved_only_with_details() -> None:
+    """'provider' is free for user metadata unless details=True uses it."""
+    assert validate_metadata({"provider": "x"}) == {"provider": "x"}
+    with pytest.raises(ConfigurationError):
+        validate_metadata({"provider": "x"}, details=True)

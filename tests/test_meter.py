@@ -1,0 +1,256 @@
+"""Tests for llm_meter._meter and _dispatch: hand-off, flush, stats, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from llm_meter import ConfigurationError, Meter, MeterStats
+from llm_meter._customer import Customer
+from llm_meter._events import UsageRecord
+from llm_meter.transports import CallbackTransport, MemoryTransport
+
+
+def _record(n: int = 0) -> UsageRecord:
+    return UsageRecord(
+        provider="openai",
+        customer=Customer("external_customer_id", "cus_1"),
+        external_id=f"openai:{n}-{uuid.uuid4().hex}",
+        timestamp=time.time(),
+        model="gpt-4o",
+        request_tokens=3,
+        response_tokens=2,
+    )
+
+
+def test_emit_then_flush_delivers_wire_events() -> None:
+    """Events handed over from sync code reach the transport as wire dicts after flush()."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport)
+    for n in range(5):
+        m.emit(_record(n))
+    assert m.flush(timeout=5.0) is True
+    assert [e["metadata"]["total_tokens"] for e in transport.events] == [5] * 5
+    assert m.stats() == MeterStats(
+        emitted=5, delivered=5, pending=0, retried=0, dead_lettered=0, duplicates=0
+    )
+    m.close()
+
+
+def test_events_are_batched() -> None:
+    """A backlog is sent in batches of at most batch_size."""
+    sizes: list[int] = []
+    release = threading.Event()
+
+    def fn(batch: list[dict[str, object]]) -> None:
+        release.wait(5)
+        sizes.append(len(batch))
+
+    m = Meter(transport=CallbackTransport(fn), batch_size=10, flush_interval=0.01)
+    for n in range(35):
+        m.emit(_record(n))
+    release.set()
+    assert m.flush(5.0)
+    assert sum(sizes) == 35 and max(sizes) <= 10
+    m.close()
+
+
+def test_emit_does_not_wait_for_the_transport() -> None:
+    """A slow transport never slows down the hand-off."""
+    gate = threading.Event()
+    m = Meter(transport=CallbackTransport(lambda batch: gate.wait(5)), flush_interval=0.0)
+    m.emit(_record())
+    started = time.perf_counter()
+    for n in range(100):
+        m.emit(_record(n))
+    assert time.perf_counter() - started < 1.0  # generous: the send blocks for 5 s
+    assert m.flush(0.05) is False
+    gate.set()
+    assert m.flush(5.0) is True
+    m.close()
+
+
+def test_flush_is_bounded_by_its_timeout() -> None:
+    """flush() returns False once the timeout is over when the transport keeps failing."""
+
+    def fail(batch: list[dict[str, object]]) -> None:
+        raise RuntimeError("down")
+
+    m = Meter(transport=CallbackTransport(fail), flush_interval=0.01)
+    m.emit(_record())
+    started = time.monotonic()
+    assert m.flush(timeout=0.3) is False
+    assert time.monotonic() - started < 2.0
+    stats = m.stats()
+    assert stats.pending == 1 and stats.delivered == 0 and stats.retried >= 1
+    m.close(timeout=0.1)
+
+
+def test_failed_batch_is_retried_with_the_same_events() -> None:
+    """A batch that failed is resent unchanged (same external_id) until it is acknowledged."""
+    attempts: list[list[str]] = []
+
+    def flaky(batch: list[dict[str, object]]) -> None:
+        attempts.append([str(e["external_id"]) for e in batch])
+        if len(attempts) < 3:
+            raise ConnectionError("flaky")
+
+    m = Meter(transport=CallbackTransport(flaky), flush_interval=0.01)
+    m.emit(_record())
+    assert m.flush(timeout=10.0) is True
+    assert len(attempts) == 3 and attempts[0] == attempts[1] == attempts[2]
+    assert m.stats().retried == 2 and m.stats().delivered == 1
+    m.close()
+
+
+def test_failing_transport_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Delivery failures are reported on the llm_meter logger."""
+
+    def fail(batch: list[dict[str, object]]) -> None:
+        raise RuntimeError("boom")
+
+    m = Meter(transport=CallbackTransport(fail), flush_interval=0.01)
+    with caplog.at_level(logging.WARNING, logger="llm_meter"):
+        m.emit(_record())
+        m.flush(timeout=0.2)
+    assert any("boom" in r.getMessage() for r in caplog.records)
+    m.close(timeout=0.1)
+
+
+def test_aflush_inside_a_running_loop() -> None:
+    """Events emitted from a coroutine are delivered and aflush() does not block the loop."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport)
+
+    async def main() -> bool:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        m.emit(_record())
+        ok = await m.aflush(timeout=5.0)
+        task.cancel()
+        return ok and ticks > 0
+
+    assert asyncio.run(main())
+    assert len(transport.events) == 1
+    m.close()
+
+
+def test_no_transport_keeps_events_pending_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a transport, events stay pending and one warning is logged."""
+    m = Meter()
+    with caplog.at_level(logging.WARNING, logger="llm_meter"):
+        m.emit(_record(1))
+        m.emit(_record(2))
+    assert m.flush(0.01) is False
+    assert m.stats().pending == 2
+    assert sum("no transport" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_close_closes_the_transport() -> None:
+    """close() delivers what is pending and calls transport.aclose()."""
+    closed: list[bool] = []
+
+    class Closing(MemoryTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    transport = Closing()
+    m = Meter(transport=transport)
+    m.emit(_record())
+    assert m.close(timeout=5.0) is True
+    assert len(transport.events) == 1 and closed == [True]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"incomplete_streams": "drain"},
+        {"on_missing_customer": "ignore"},
+        {"exit_timeout": -1},
+        {"batch_size": 0},
+        {"flush_interval": "1"},
+        {"metadata": {"k": None}},
+    ],
+)
+def test_bad_settings_fail_at_construction(kwargs: dict[str, object]) -> None:
+    """Invalid Meter settings raise ConfigurationError (a ValueError) immediately."""
+    with pytest.raises(ConfigurationError):
+        Meter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_pending_events_are_flushed_at_interpreter_exit(tmp_path: object) -> None:
+    """A process that exits right after a call still delivers within exit_timeout."""
+    code = """
+import sys, time
+from llm_meter import Meter
+from llm_meter._customer import Customer
+from llm_meter._events import UsageRecord
+from llm_meter.transports import CallbackTransport
+def send(batch):
+    time.sleep(0.2)
+    print("delivered", len(batch), flush=True)
+m = Meter(transport=CallbackTransport(send), flush_interval=10, exit_timeout=5)
+m.emit(UsageRecord(provider="openai", customer=Customer("external_customer_id", "c"), external_id="openai:x",
+                   timestamp=time.time(), model="m"))
+"""
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "delivered 1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forked_child_starts_clean_and_delivers_its_own_events() -> None:
+    """After fork the child neither resends the parent's queued events nor loses its own."""
+    read_fd, write_fd = os.pipe()
+    gate = threading.Event()
+    sent: list[str] = []
+
+    def send(batch: list[dict[str, object]]) -> None:
+        gate.wait(5)
+        sent.extend(str(e["external_id"]) for e in batch)
+        os.write(write_fd, f"{os.getpid()}:{len(batch)}\n".encode())
+
+    m = Meter(transport=CallbackTransport(send), flush_interval=0.01)
+    m.emit(_record(1))
+    m.emit(_record(2))
+    time.sleep(0.1)  # the parent worker holds the first batch at the gate
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            gate.set()
+            m.emit(_record(3))
+            ok = m.flush(5.0)
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    gate.set()
+    assert m.flush(5.0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        lines = pipe.read().split()
+    m.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    counts = {}
+    for line in lines:
+        who, n = line.split(":")
+        counts[int(who)] = counts.get(int(who), 0) + int(n)
+    assert counts == {os.getpid(): 2, pid: 1}
