@@ -14,22 +14,26 @@ __all__ = ["main"]
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        import openai
+        import openai  # noqa: F401
     except ImportError:
         print("llm-meter demo needs the OpenAI SDK: pip install 'llm-meter[openai]'", file=sys.stderr)
         return 2
 
-    from . import Meter, customer, meter
+    from openai.types.chat import ChatCompletionMessageParam
+
+    from . import Meter, customer
     from ._fakes.openai_server import FakeOpenAIServer
+    from .openai import OpenAI
     from .transports import MemoryTransport
 
     transport = MemoryTransport()
     m = Meter(transport=transport, details=args.details)
-    messages = [{"role": "user", "content": "Write a haiku about metering every token."}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Write a haiku about metering every token."}
+    ]
     with FakeOpenAIServer(chunks=12) as server:
         print(f"fake OpenAI server on {server.url} (no keys, no network)\n")
-        with openai.OpenAI(base_url=server.url, api_key="demo", max_retries=0) as plain:
-            acme = meter(plain, customer="cus_acme", meter=m)
+        with OpenAI(base_url=server.url, api_key="demo", max_retries=0, customer="cus_acme", meter=m) as acme:
             globex = acme.with_customer("cus_globex")
 
             reply = acme.chat.completions.create(model="gpt-4.1-nano", messages=messages)
@@ -47,7 +51,9 @@ def _demo(args: argparse.Namespace) -> int:
                         break
             print(f"cus_acme   broken stream   -> {first!r} then break (billed with an estimate)")
 
-            globex.embeddings.create(model="text-embedding-3-small", input="billable text", customer="cus_acme")
+            globex.embeddings.create(
+                model="text-embedding-3-small", input="billable text", customer="cus_acme"
+            )
             print("cus_acme   per-call override on the cus_globex client (embeddings)")
 
             with customer("cus_globex"):
@@ -67,7 +73,8 @@ def _demo(args: argparse.Namespace) -> int:
         for key in ("requests", "request_tokens", "response_tokens", "total_tokens"):
             totals[who][key] += int(meta[key])
     print("\nper-customer totals:")
-    print(f"  {'customer':<12} {'requests':>8} {'request_tokens':>15} {'response_tokens':>16} {'total_tokens':>13}")
+    header = ("customer", "requests", "request_tokens", "response_tokens", "total_tokens")
+    print("  {:<12} {:>8} {:>15} {:>16} {:>13}".format(*header))
     for who in sorted(totals):
         t = totals[who]
         print(
@@ -79,7 +86,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llm-meter`` console script."""
-    parser = argparse.ArgumentParser(prog="llm-meter", description="Meter LLM usage into Polar ai_usage events.")
+    parser = argparse.ArgumentParser(
+        prog="llm-meter", description="Meter LLM usage into Polar ai_usage events."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run metered calls against an embedded fake OpenAI server")
     demo.add_argument("--details", action="store_true", help="add the flat usage breakdown to events")

@@ -252,7 +252,13 @@ def _bind_customer(method: Callable[..., Any], client: Any) -> Callable[..., Any
     return call_with_customer
 
 
-class _ResourceProxy(wrapt.ObjectProxy[Any]):
+if TYPE_CHECKING:
+    _ProxyBase = wrapt.ObjectProxy[Any]
+else:
+    _ProxyBase = wrapt.ObjectProxy  # not subscriptable at run time before wrapt 2
+
+
+class _ResourceProxy(_ProxyBase):
     """Transparent proxy of an SDK resource that accepts ``customer=`` on every method.
 
     ``isinstance`` and every attribute behave as on the resource; public methods gain the
