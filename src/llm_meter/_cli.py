@@ -51,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
                         break
             print(f"cus_acme   broken stream   -> {first!r} then break (billed with an estimate)")
 
-            globex.embeddings.create(
+            globex.embeddings.create(  # type: ignore[call-arg]
                 model="text-embedding-3-small", input="billable text", customer="cus_acme"
             )
             print("cus_acme   per-call override on the cus_globex client (embeddings)")
