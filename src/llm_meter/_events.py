@@ -8,6 +8,7 @@ worker (:func:`to_wire`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -149,6 +150,8 @@ def validate_metadata(
 
 
 def _iso(ts: float) -> str:
+    # Polar rejects timestamps later than its own clock: never send one from the future.
+    ts = min(ts, time.time())
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -160,8 +163,9 @@ def to_wire(record: UsageRecord, options: EventOptions) -> dict[str, Any]:
     request_tokens = record.request_tokens
     response_tokens = record.response_tokens
     total = request_tokens + response_tokens
+    model = record.model[:_MAX_STR_LEN] or "unknown"  # Polar: strings of 1 to 500 characters
     metadata: dict[str, Any] = {
-        "model": record.model,
+        "model": model,
         "requests": 1,
         "total_tokens": total,
         "request_tokens": request_tokens,
@@ -183,7 +187,7 @@ def to_wire(record: UsageRecord, options: EventOptions) -> dict[str, Any]:
     if options.polar_llm:
         metadata["_llm"] = {
             "vendor": record.provider,
-            "model": record.model,
+            "model": model,
             "input_tokens": request_tokens,
             "output_tokens": response_tokens,
             "total_tokens": total,

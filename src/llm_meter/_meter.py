@@ -98,6 +98,8 @@ class Meter:
             transport, self.options, batch_size=batch_size, flush_interval=float(flush_interval)
         )
         self._missing_customer_warned = False
+        #: Metering failures that were logged instead of raised (hand-off, parsing).
+        self.errors = 0
         ref = weakref.ref(self)
         atexit.register(_flush_at_exit, ref)
 
@@ -114,8 +116,15 @@ class Meter:
         return meter(client, customer=customer, customer_id=customer_id, meter=self)
 
     def emit(self, record: UsageRecord) -> None:
-        """Hand one usage record to the background worker (the metered call's only cost)."""
-        self._dispatcher.submit(record)
+        """Hand one usage record to the background worker (the metered call's only cost).
+
+        Never raises: a failure here is logged and counted, not passed to the caller's call.
+        """
+        try:
+            self._dispatcher.submit(record)
+        except Exception:
+            self.errors += 1
+            log.exception("llm_meter: could not hand over the usage event %r", record)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until every event accepted so far is acknowledged, at most *timeout* seconds.

@@ -48,6 +48,25 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_TEXT_RESPONSES: Final = frozenset(
+    {"ChatCompletion", "ParsedChatCompletion", "Completion", "Response", "ParsedResponse"}
+)
+
+
+def _response_text(obj: Any) -> list[str]:
+    """The generated text of a whole (non-stream) response, for an estimate."""
+    texts: list[str] = []
+    for choice in getattr(obj, "choices", None) or ():
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
+        if isinstance(text, str):
+            texts.append(text)
+    output_text = getattr(obj, "output_text", None) if not texts else None
+    if isinstance(output_text, str):
+        texts.append(output_text)
+    return texts
+
+
 def _hide_usage_chunk(chunk: Any) -> bool:
     """The usage-only chunk the wrapper asked for: ``choices == []`` with usage."""
     return chunk.usage is not None and not chunk.choices
@@ -82,18 +101,20 @@ class OpenAIProvider:
         model = body.get("model")
         if isinstance(model, str):
             call.model = model
-        if body.get("stream") is not True:
-            return
-        call.stream = True
         if call.meter.estimate_incomplete:
-            call.text = []
-            # A shallow snapshot: callers often append to `messages` right after the call.
+            # Kept for a possible estimate, which runs later on the worker: a shallow
+            # snapshot, since callers often append to `messages` right after the call.
             snapshot = dict(body)
             for key in ("messages", "input", "prompt"):
                 value = snapshot.get(key)
                 if isinstance(value, list):
                     snapshot[key] = list(value)
             call.body = snapshot
+        if body.get("stream") is not True:
+            return
+        call.stream = True
+        if call.meter.estimate_incomplete:
+            call.text = []
         if call.kind not in _INJECTABLE:
             return
         stream_options = body.get("stream_options")
@@ -183,15 +204,20 @@ class OpenAIProvider:
 
     def _observe_body(self, call: Call, obj: object, response: Any) -> None:
         usage = getattr(obj, "usage", None)
-        if usage is None:
-            return  # e.g. parse(to=str), DALL-E images, text-format transcriptions
         ident = getattr(obj, "id", None)
         if isinstance(ident, str) and ident:
             call.response_id = ident
         model = getattr(obj, "model", None)
         if isinstance(model, str) and model:
             call.model = model
-        self._emit_usage(call, usage, response)
+        if usage is not None:
+            self._emit_usage(call, usage, response)
+        elif type(obj).__name__ in _TEXT_RESPONSES:
+            # A generation whose server reported no usage (some OpenAI-compatible servers):
+            # bill it with an estimate rather than not at all.
+            call.text = _response_text(obj)
+            call.finish(response)
+        # Otherwise no usage to bill: DALL-E images, whisper durations, parse(to=OtherType).
 
     def _emit_usage(self, call: Call, usage: Any, response: Any) -> None:
         request_tokens = _int(getattr(usage, "prompt_tokens", None))

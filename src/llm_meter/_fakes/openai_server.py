@@ -269,6 +269,7 @@ class FakeOpenAIServer:
     ``content`` (or the ``x-fake-content`` request header) replaces the generated text verbatim, cut into
     ``chunks`` pieces when streamed; otherwise each chunk carries one word (``text`` words cycled, or
     ``"tok{i} "``). Completion tokens follow the chunk count (see the module docstring), not the text.
+    The last 256 chat completions and responses (streamed or not) are kept for GET retrieve/list.
     """
 
     def __init__(
@@ -438,18 +439,17 @@ class FakeOpenAIServer:
         n = int(body.get("n") or 1)
         pieces = self._pieces_for(request)
         prompt = self.count_input(body)
-        cid = f"chatcmpl-{_hex()}"
+        completion = self._chat_completion(f"chatcmpl-{_hex()}", prompt, n, pieces)
+        self._store(self._chat_store, completion)
         if body.get("stream") is not True:
-            completion = self._chat_completion(cid, prompt, n, pieces)
-            self._store(self._chat_store, completion)
             return _json_reply(completion)
-        return self._chat_stream(cid, prompt, n, pieces, include_usage)
+        return self._chat_stream(completion["id"], completion["created"], prompt, n, pieces, include_usage)
 
     def _chat_stream(
-        self, cid: str, prompt: int, n: int, pieces: tuple[str, ...], include_usage: bool
+        self, cid: str, created: int, prompt: int, n: int, pieces: tuple[str, ...], include_usage: bool
     ) -> Iterator[str]:
         head = (
-            f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{int(time.time())},'
+            f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
             f'"model":{json.dumps(self.model)},"service_tier":"default",'
             f'"system_fingerprint":"{_SYSTEM_FINGERPRINT}","choices":['
         )
@@ -477,7 +477,7 @@ class FakeOpenAIServer:
         with self._lock:
             stored = self._chat_store.get(cid)
         if stored is None:
-            stored = self._chat_completion(cid, 0, 1, _pieces(self.chunks, self.text, self.content))
+            raise _HTTPError(404, f"Chat completion with id '{cid}' not found.")
         return _json_reply(stored)
 
     def _chat_list(self, request: _Request) -> _Reply:
@@ -832,6 +832,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.fake = fake
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._handler_threads: list[threading.Thread] = []
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def server_bind(self) -> None:
@@ -846,6 +847,26 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.add(conn)
         return conn, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One daemon thread per connection, tracked (ThreadingMixIn forgets daemon threads) for joining."""
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name="fake-openai-connection",
+            daemon=True,
+        )
+        with self._connections_lock:
+            self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
+            self._handler_threads.append(thread)
+        thread.start()
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._connections_lock:
+            threads, self._handler_threads = self._handler_threads, []
+        for thread in threads:
+            thread.join(timeout=5.0)
 
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
