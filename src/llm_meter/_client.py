@@ -95,8 +95,10 @@ class Call:
         "customer",
         "external_id",
         "hide",
+        "http_response",
         "injected",
         "kind",
+        "left_early",
         "meter",
         "model",
         "original_body",
@@ -122,6 +124,9 @@ class Call:
         self.text: list[str] | None = None
         #: ``hide(item) -> bool`` for stream items the caller did not ask for.
         self.hide: Callable[[Any], bool] | None = None
+        #: The caller's loop over this stream ended early (see ``_left_early``).
+        self.left_early = False
+        self.http_response: Any = None
         self._once = [True]
 
     @property
@@ -134,12 +139,15 @@ class Call:
             self._once.pop()
         except IndexError:
             return False
+        self.meter.untrack_open(self)
         return True
 
     def ensure_external_id(self, response: Any) -> str:
         """A deterministic id for this provider response (response id, else request id)."""
         if self.external_id is None:
             ident = self.response_id
+            if response is None:
+                response = self.http_response
             if not ident and response is not None:
                 ident = response.headers.get("x-request-id") or response.headers.get("request-id")
             self.external_id = f"{self.provider.name}:{ident or uuid.uuid4().hex}"
@@ -303,7 +311,8 @@ def _is_container(value: object, client: Any) -> bool:
     if isinstance(value, client._llm_meter_provider.resource_types):
         return True
     name = type(value).__name__
-    return name.endswith(("WithRawResponse", "WithStreamingResponse"))
+    # openai < 1.x.y names its client-level container `OpenAIWithStreamedResponse`.
+    return name.endswith(("WithRawResponse", "WithStreamingResponse", "WithStreamedResponse"))
 
 
 class _ProxiedResource:
@@ -354,10 +363,57 @@ async def _metered_aiter(inner: Any, call: Call, response: Any) -> Any:
             call.finish(response)
 
 
-def _finish_stream(stream: Any) -> None:
+def _attach(stream: Any, call: Call, *, is_async: bool) -> None:
+    """Tie *call* to the stream's HTTP response: closing the response finishes the call.
+
+    Stream helpers (``ChatCompletionStream``, ``ResponseStream``, ...) close the HTTP
+    response directly instead of the ``Stream``, so the response's own ``close`` is where
+    every explicit exit meets.
+    """
+    stream.__dict__[CALL_ATTR] = call
+    response = stream.response
+    call.http_response = response
+    call.meter.track_open(call)
+    if is_async:
+        original_aclose = response.aclose
+
+        async def aclose() -> None:
+            try:
+                await original_aclose()
+            finally:
+                call.finish(response)
+
+        response.aclose = aclose
+    else:
+        original_close = response.close
+
+        def close() -> None:
+            try:
+                original_close()
+            finally:
+                call.finish(response)
+
+        response.close = close
+
+
+def _left_early(stream: Any) -> None:
+    """The caller's loop ended before the stream did (``break`` or an exception).
+
+    The stream may still be resumed, so nothing is billed yet: the call is finished when
+    the stream is closed or collected, at the next ``Meter.flush()``, or at exit.
+    """
+    call = stream.__dict__.get(CALL_ATTR)
+    if call is not None and not call.done:
+        call.left_early = True
+
+
+def _collected(stream: Any) -> None:
     call = stream.__dict__.get(CALL_ATTR)
     if call is not None:
-        call.finish(stream.response)
+        try:
+            call.finish(stream.response)
+        except Exception:
+            pass
 
 
 def _sync_stream_methods(origin: Any) -> dict[str, Any]:
@@ -368,29 +424,21 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
         call = _call_of(self.response)
         if call is None:
             return inner  # type: ignore[no-any-return]
-        self.__dict__[CALL_ATTR] = call
+        _attach(self, call, is_async=False)
         return _metered_iter(inner, call, self.response)
 
     def __iter__(self: Any) -> Iterator[Any]:
+        # Like the SDK: a `break` leaves the shared iterator open, so iteration can resume.
         try:
-            yield from self._iterator
+            for item in self._iterator:  # noqa: UP028 - `yield from` would close it on break
+                yield item
         finally:
-            # A `break` or an exception in the caller's loop: bill what was delivered, now.
-            _finish_stream(self)
-
-    def close(self: Any) -> None:
-        try:
-            origin.close(self)
-        finally:
-            _finish_stream(self)
+            _left_early(self)
 
     def __del__(self: Any) -> None:
-        try:
-            _finish_stream(self)
-        except Exception:
-            pass
+        _collected(self)
 
-    return {"__stream__": __stream__, "__iter__": __iter__, "close": close, "__del__": __del__}
+    return {"__stream__": __stream__, "__iter__": __iter__, "__del__": __del__}
 
 
 def _async_stream_methods(origin: Any) -> dict[str, Any]:
@@ -401,7 +449,7 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
         call = _call_of(self.response)
         if call is None:
             return inner
-        self.__dict__[CALL_ATTR] = call
+        _attach(self, call, is_async=True)
         return _metered_aiter(inner, call, self.response)
 
     async def __aiter__(self: Any) -> Any:
@@ -409,21 +457,12 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
             async for item in self._iterator:
                 yield item
         finally:
-            _finish_stream(self)
-
-    async def close(self: Any) -> None:
-        try:
-            await origin.close(self)
-        finally:
-            _finish_stream(self)
+            _left_early(self)
 
     def __del__(self: Any) -> None:
-        try:
-            _finish_stream(self)
-        except Exception:
-            pass
+        _collected(self)
 
-    return {"__stream__": __stream__, "__aiter__": __aiter__, "close": close, "__del__": __del__}
+    return {"__stream__": __stream__, "__aiter__": __aiter__, "__del__": __del__}
 
 
 _stream_classes: dict[Any, Any] = {}

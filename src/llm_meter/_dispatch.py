@@ -76,6 +76,10 @@ class Dispatcher:
         return self.taken + len(self._queue) - self.delivered - self.failed
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def emitted(self) -> int:
         return self.taken + len(self._queue)
 

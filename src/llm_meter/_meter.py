@@ -8,7 +8,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ._dispatch import Dispatcher
 from ._events import EventOptions, UsageRecord
@@ -100,6 +100,9 @@ class Meter:
         self._missing_customer_warned = False
         #: Metering failures that were logged instead of raised (hand-off, parsing).
         self.errors = 0
+        #: Streams in progress (objects with ``finish()`` and ``left_early``), finished at
+        #: the latest by flush() (those the caller stopped reading) or at exit (all).
+        self._open: set[Any] = set()
         ref = weakref.ref(self)
         atexit.register(_flush_at_exit, ref)
 
@@ -126,20 +129,44 @@ class Meter:
             self.errors += 1
             log.exception("llm_meter: could not hand over the usage event %r", record)
 
+    def track_open(self, stream_call: Any) -> None:
+        """Remember a stream in progress until it finishes."""
+        self._open.add(stream_call)
+
+    def untrack_open(self, stream_call: Any) -> None:
+        self._open.discard(stream_call)
+
+    def _finish_open(self, *, all_streams: bool) -> None:
+        for stream_call in list(self._open):
+            if all_streams or stream_call.left_early:
+                try:
+                    stream_call.finish()
+                except Exception:
+                    self.errors += 1
+                    log.exception("llm_meter: could not finish an open stream")
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until every event accepted so far is acknowledged, at most *timeout* seconds.
 
-        Returns ``True`` when everything was delivered, ``False`` when the time ran out.
+        Streams the caller stopped reading (``break``) are billed first. Returns ``True``
+        when everything was delivered, ``False`` when the time ran out.
         """
+        self._finish_open(all_streams=False)
         return self._dispatcher.flush(timeout)
 
     async def aflush(self, timeout: float = 5.0) -> bool:
         """Async :meth:`flush`: waits without blocking the running event loop."""
+        self._finish_open(all_streams=False)
         return await self._dispatcher.aflush(timeout)
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Flush (bounded by *timeout*), then stop the worker and close the transport."""
+        """Bill open streams, flush (bounded by *timeout*), stop the worker, close the transport."""
+        self._finish_open(all_streams=True)
         return self._dispatcher.close(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._dispatcher.closed
 
     def stats(self) -> MeterStats:
         """Current counters; see :class:`MeterStats`."""
@@ -164,7 +191,10 @@ class Meter:
 
 def _flush_at_exit(ref: weakref.ref[Meter]) -> None:
     meter = ref()
-    if meter is not None and meter.stats().pending and not meter.flush(meter.exit_timeout):
+    if meter is None or meter.closed:
+        return
+    meter._finish_open(all_streams=True)  # the process is ending: every open stream is over
+    if meter.stats().pending and not meter.flush(meter.exit_timeout):
         log.warning("llm_meter: %d usage events were not delivered before exit", meter.stats().pending)
 
 

@@ -1,0 +1,661 @@
+"""Async OpenAI clients through llm_meter, plus customer attribution under concurrency (tasks and threads).
+
+No pytest-asyncio: each test drives its coroutine with ``asyncio.run``. Expected numbers follow the fake
+server's documented formulas (``llm_meter._fakes.openai_server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import openai
+import pydantic
+import pytest
+
+import llm_meter
+from llm_meter import Meter, MissingCustomerError
+from llm_meter._estimate import count_text
+from llm_meter._fakes.openai_server import REASONING_TOKENS, FakeOpenAIServer
+from llm_meter.transports import MemoryTransport
+
+MODEL = "gpt-4o-mini"
+SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
+MESSAGES: list[Any] = [{"role": "user", "content": "An async hello to you"}]
+CHAT_BODY: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
+CHAT_PROMPT = FakeOpenAIServer.count_input(CHAT_BODY)
+RESPONSES_INPUT = "an async responses call"
+RESPONSES_PROMPT = FakeOpenAIServer.count_input({"input": RESPONSES_INPUT})
+FULL_TEXT = "tok0 tok1 tok2 tok3 tok4 "
+JSON_CONTENT = '{"name": "Ada", "age": 36}'
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def run_metered(
+    server: FakeOpenAIServer,
+    m: Meter,
+    body: Callable[[Any, Any], Awaitable[Any]],
+    *,
+    customer: str | None = "cus_1",
+) -> Any:
+    """Run ``body(metered, plain)`` on an AsyncOpenAI client and its metered copy, closing both."""
+
+    async def main() -> Any:
+        plain = openai.AsyncOpenAI(api_key="test", base_url=server.url, max_retries=0)
+        metered = llm_meter.meter(plain, customer=customer, meter=m)
+        try:
+            return await body(metered, plain)
+        finally:
+            await metered.close()
+            await plain.close()
+
+    return asyncio.run(main())
+
+
+def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
+    assert m.flush(5), "events were not delivered in time"
+    return list(transport.events)
+
+
+def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
+    events = delivered(m, transport)
+    assert len(events) == 1, events
+    return events[0]
+
+
+def usage(event: dict[str, Any]) -> tuple[int, int, int]:
+    md = event["metadata"]
+    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
+
+
+def chat_expect(n: int = 1, chunks: int = 5) -> tuple[int, int, int]:
+    out = chunks * n + REASONING_TOKENS
+    return CHAT_PROMPT, out, CHAT_PROMPT + out
+
+
+def responses_expect() -> tuple[int, int, int]:
+    out = 5 + REASONING_TOKENS
+    return RESPONSES_PROMPT, out, RESPONSES_PROMPT + out
+
+
+def text_of(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def assert_estimated(event: dict[str, Any], delivered_text: str) -> None:
+    md = event["metadata"]
+    assert md["estimated"] is True
+    assert md["request_tokens"] > 0
+    assert md["response_tokens"] == count_text(delivered_text, md["model"])
+    assert md["total_tokens"] == md["request_tokens"] + md["response_tokens"]
+
+
+@pytest.fixture
+def details() -> Any:
+    """A meter with details=True (events say whether they were estimated)."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, details=True)
+    yield m, transport
+    m.close(5)
+
+
+def chat_parse(c: Any) -> Any:
+    completions = c.chat.completions
+    return completions.parse if hasattr(completions, "parse") else c.beta.chat.completions.parse
+
+
+def chat_stream(c: Any) -> Any:
+    completions = c.chat.completions
+    return completions.stream if hasattr(completions, "stream") else c.beta.chat.completions.stream
+
+
+async def settle() -> None:
+    """Let the loop run scheduled async-generator finalizers."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+
+def test_async_chat_create_emits_one_event(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """AsyncOpenAI chat.completions.create emits one exact event."""
+
+    async def body(c: Any, _: Any) -> Any:
+        assert isinstance(c, openai.AsyncOpenAI)
+        return await c.chat.completions.create(**CHAT_BODY)
+
+    completion = run_metered(server, meter_, body)
+    event = only_event(meter_, transport)
+    assert event["external_id"] == f"openai:{completion.id}"
+    assert event["external_customer_id"] == "cus_1"
+    assert event["metadata"]["model"] == SERVED_MODEL
+    assert usage(event) == chat_expect()
+
+
+def test_async_chat_parse_is_metered(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Async chat.completions.parse (GA or beta) returns the parsed model and emits one event."""
+    server.content = JSON_CONTENT
+
+    async def body(c: Any, _: Any) -> Any:
+        return await chat_parse(c)(model=MODEL, messages=MESSAGES, response_format=Person, customer="cus_p")
+
+    completion = run_metered(server, meter_, body)
+    assert completion.choices[0].message.parsed == Person(name="Ada", age=36)
+    event = only_event(meter_, transport)
+    assert event["external_customer_id"] == "cus_p"
+    assert usage(event) == chat_expect()
+
+
+def test_async_chat_stream_helper_emits_one_event_and_matches_unwrapped(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """`async with client.chat.completions.stream(...)` bills once; its final completion is unchanged."""
+
+    async def body(c: Any, plain: Any) -> Any:
+        finals = []
+        for client in (c, plain):
+            async with chat_stream(client)(model=MODEL, messages=MESSAGES) as stream:
+                async for _ in stream:
+                    pass
+                finals.append(await stream.get_final_completion())
+        return finals
+
+    metered, plain = run_metered(server, meter_, body)
+    exclude = {"id", "created"}
+    assert metered.model_dump(exclude=exclude) == plain.model_dump(exclude=exclude)
+    assert metered.choices[0].message.content == FULL_TEXT
+    event = only_event(meter_, transport)
+    assert event["external_id"] == f"openai:{metered.id}"
+    assert usage(event) == chat_expect()
+
+
+def test_async_chat_stream_helper_exited_early_emits_one_event(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Leaving an async chat .stream(...) helper after the first delta bills once, estimated."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> list[dict[str, Any]]:
+        async with chat_stream(c)(model=MODEL, messages=MESSAGES) as stream:
+            async for event in stream:
+                if event.type == "content.delta" and event.delta:
+                    break
+        await settle()
+        assert await m.aflush(5)
+        return list(transport.events)  # while the helper's stream object is still alive
+
+    events = run_metered(server, m, body)
+    assert len(events) == 1, events
+    assert_estimated(events[0], "tok0 ")
+
+
+def test_async_responses_create_and_stream_are_metered(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Async responses.create, streamed and not, each bill response usage once."""
+
+    async def body(c: Any, _: Any) -> Any:
+        response = await c.responses.create(model=MODEL, input=RESPONSES_INPUT)
+        stream = await c.responses.create(model=MODEL, input=RESPONSES_INPUT, stream=True)
+        events = [event async for event in stream]
+        return response, events
+
+    response, events = run_metered(server, meter_, body)
+    assert events[-1].type == "response.completed"
+    assert "stream_options" not in server.requests[1].json
+    first, second = delivered(meter_, transport)
+    assert first["external_id"] == f"openai:{response.id}"
+    assert second["external_id"] == f"openai:{events[-1].response.id}"
+    assert usage(first) == usage(second) == responses_expect()
+
+
+def test_async_responses_stream_helper_is_metered(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """`async with client.responses.stream(...)` bills once."""
+
+    async def body(c: Any, _: Any) -> Any:
+        if not hasattr(c.responses, "stream"):
+            pytest.skip("this openai SDK has no responses.stream")
+        async with c.responses.stream(model=MODEL, input=RESPONSES_INPUT) as stream:
+            async for _ in stream:
+                pass
+            return await stream.get_final_response()
+
+    final = run_metered(server, meter_, body)
+    event = only_event(meter_, transport)
+    assert event["external_id"] == f"openai:{final.id}"
+    assert usage(event) == responses_expect()
+
+
+def test_async_raw_response_meters_once_on_parse(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Async with_raw_response bills only when parsed, once even if parsed twice."""
+
+    async def body(c: Any, _: Any) -> Any:
+        raw = await c.chat.completions.with_raw_response.create(**CHAT_BODY, customer="cus_raw")
+        assert await meter_.aflush(5)
+        assert transport.events == []
+        first = raw.parse()
+        first = await first if asyncio.iscoroutine(first) else first
+        second = raw.parse()
+        second = await second if asyncio.iscoroutine(second) else second
+        assert first.id == second.id
+        return first
+
+    completion = run_metered(server, meter_, body)
+    event = only_event(meter_, transport)
+    assert event["external_customer_id"] == "cus_raw"
+    assert event["external_id"] == f"openai:{completion.id}"
+    assert usage(event) == chat_expect()
+
+
+def test_async_streaming_response_meters_on_parse(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """`async with ...with_streaming_response.create(...)` bills once when parsed, streams included."""
+
+    async def body(c: Any, _: Any) -> Any:
+        async with c.chat.completions.with_streaming_response.create(**CHAT_BODY) as response:
+            completion = await response.parse()
+        async with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+            stream = await response.parse()
+            chunks = [chunk async for chunk in stream]
+        return completion, chunks
+
+    completion, chunks = run_metered(server, meter_, body)
+    assert text_of(chunks) == FULL_TEXT
+    first, second = delivered(meter_, transport)
+    assert first["external_id"] == f"openai:{completion.id}"
+    assert usage(first) == usage(second) == chat_expect()
+
+
+def test_async_azure_bills_the_reported_model(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """AsyncAzureOpenAI: the event's model is the one the response reports, not the deployment."""
+    server.azure_filter_chunks = True
+
+    async def main() -> Any:
+        azure = openai.AsyncAzureOpenAI(
+            azure_endpoint=server.azure_endpoint, api_key="test", api_version="2024-10-21", max_retries=0
+        )
+        c = llm_meter.meter(azure, customer="cus_az", meter=meter_)
+        try:
+            assert isinstance(c, openai.AsyncAzureOpenAI)
+            completion = await c.chat.completions.create(model="my-deployment", messages=MESSAGES)
+            stream = await c.chat.completions.create(model="my-deployment", messages=MESSAGES, stream=True)
+            chunks = [chunk async for chunk in stream]
+            return completion, chunks
+        finally:
+            await c.close()
+            await azure.close()
+
+    completion, chunks = asyncio.run(main())
+    assert text_of(chunks) == FULL_TEXT
+    first, second = delivered(meter_, transport)
+    assert first["external_id"] == f"openai:{completion.id}"
+    assert first["metadata"]["model"] == second["metadata"]["model"] == SERVED_MODEL
+    assert usage(first) == usage(second) == chat_expect()
+
+
+def test_async_drop_in_client_is_metered(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """llm_meter.openai.AsyncOpenAI(customer=...) is an openai.AsyncOpenAI that bills its customer."""
+    from llm_meter.openai import AsyncOpenAI
+
+    async def main() -> Any:
+        async with AsyncOpenAI(
+            api_key="test", base_url=server.url, max_retries=0, customer="cus_drop", meter=meter_
+        ) as c:
+            assert isinstance(c, openai.AsyncOpenAI)
+            return await c.chat.completions.create(**CHAT_BODY)
+
+    completion = asyncio.run(main())
+    event = only_event(meter_, transport)
+    assert event["external_customer_id"] == "cus_drop"
+    assert event["external_id"] == f"openai:{completion.id}"
+
+
+def test_async_endpoint_rejecting_stream_options_still_streams(
+    details: tuple[Meter, MemoryTransport],
+) -> None:
+    """Async: a server rejecting stream_options gets the request again without it; one estimated event."""
+    m, transport = details
+    # Its own server: the rejection is remembered per endpoint for the whole process.
+    with FakeOpenAIServer(reject_stream_options=True) as own:
+
+        async def body(c: Any, _: Any) -> list[list[Any]]:
+            out = []
+            for _ in range(2):
+                stream = await c.chat.completions.create(**CHAT_BODY, stream=True)
+                out.append([chunk async for chunk in stream])
+            return out
+
+        first, second = run_metered(own, m, body)
+        assert [r.json.get("stream_options") for r in own.requests] == [{"include_usage": True}, None, None]
+    assert text_of(first) == text_of(second) == FULL_TEXT
+    events = delivered(m, transport)
+    assert len(events) == 2
+    for event in events:
+        assert_estimated(event, FULL_TEXT)
+
+
+def test_async_missing_customer_raises_before_sending(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """An async billed call with no customer raises MissingCustomerError and sends nothing."""
+
+    async def body(c: Any, _: Any) -> None:
+        with pytest.raises(MissingCustomerError):
+            await c.chat.completions.create(**CHAT_BODY)
+        with pytest.raises(MissingCustomerError):
+            await c.chat.completions.create(**CHAT_BODY, stream=True)
+
+    run_metered(server, meter_, body, customer=None)
+    assert server.requests == []
+    assert delivered(meter_, transport) == []
+
+
+# -- async streams: every exit --------------------------------------------------------------------
+
+
+def test_async_stream_full_consumption_hides_usage_chunk_and_bills_exactly(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A fully read async stream: include_usage injected, its chunk hidden, one exact event."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> Any:
+        stream = await c.chat.completions.create(**CHAT_BODY, stream=True)
+        assert isinstance(stream, openai.AsyncStream)
+        assert stream.response.status_code == 200
+        return [chunk async for chunk in stream]
+
+    chunks = run_metered(server, m, body)
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert all(chunk.choices for chunk in chunks)
+    assert text_of(chunks) == FULL_TEXT
+    event = only_event(m, transport)
+    assert event["metadata"]["estimated"] is False
+    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert usage(event) == chat_expect()
+
+
+def test_async_stream_break_emits_one_estimated_event(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """`break` out of `async for` bills once, estimated from the delivered text."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> None:
+        stream = await c.chat.completions.create(**CHAT_BODY, stream=True)
+        async for chunk in stream:
+            if chunk.choices[0].delta.content:
+                break
+        await settle()
+        assert await m.aflush(5)
+        assert len(transport.events) == 1
+        await stream.close()
+
+    run_metered(server, m, body)
+    assert_estimated(only_event(m, transport), "tok0 ")
+
+
+def test_async_stream_close_emits_one_event(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """`await stream.close()` mid-stream bills once, and a second close adds nothing."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> None:
+        stream = await c.chat.completions.create(**CHAT_BODY, stream=True)
+        await stream.__anext__()
+        await stream.__anext__()
+        await stream.close()
+        await stream.close()
+
+    run_metered(server, m, body)
+    gc.collect()
+    assert_estimated(only_event(m, transport), "tok0 ")
+
+
+def test_async_stream_async_with_exited_early_emits_one_event(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Leaving `async with stream:` early bills once."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> None:
+        async with await c.chat.completions.create(**CHAT_BODY, stream=True) as stream:
+            await stream.__anext__()
+
+    run_metered(server, m, body)
+    gc.collect()
+    assert_estimated(only_event(m, transport), "")
+
+
+def test_async_abandoned_iteration_collected_in_another_task_emits_one_event(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """An async iteration abandoned inside another task and garbage-collected bills once."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> None:
+        streams = [await c.chat.completions.create(**CHAT_BODY, stream=True)]
+        response = streams[0].response
+
+        async def consume(held: list[Any]) -> None:
+            async for chunk in held[0]:
+                if chunk.choices[0].delta.content:
+                    return  # abandons the async generator mid-iteration
+
+        await asyncio.create_task(consume(streams))
+        streams.clear()
+        gc.collect()
+        await settle()
+        assert await m.aflush(5)
+        assert len(transport.events) == 1
+        await response.aclose()
+
+    run_metered(server, m, body)
+    gc.collect()
+    assert_estimated(only_event(m, transport), "tok0 ")
+
+
+def test_async_stream_resumed_after_break_bills_the_provider_usage(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """An async stream peeked with `break` then read to the end bills the usage that arrived, once."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> list[Any]:
+        stream = await c.chat.completions.create(**CHAT_BODY, stream=True)
+        async for chunk in stream:
+            first = chunk
+            break
+        await settle()
+        rest = [chunk async for chunk in stream]
+        return [first, *rest]
+
+    chunks = run_metered(server, m, body)
+    assert text_of(chunks) == FULL_TEXT
+    event = only_event(m, transport)
+    assert event["metadata"]["estimated"] is False
+    assert usage(event) == chat_expect()
+
+
+# -- attribution under concurrency ----------------------------------------------------------------
+
+
+def test_twenty_concurrent_tasks_bill_their_own_customers(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """20 tasks on one async client (per-call and customer(...) blocks, streams and not) are billed right."""
+
+    async def task(c: Any, i: int) -> tuple[str, str]:
+        who = f"cus_task_{i}"
+        headers = {"x-fake-content": f"marker-{i}"}
+        await asyncio.sleep(0.001 * (i % 3))
+        if i % 2:
+            with llm_meter.customer(who):
+                if i % 4 == 1:
+                    stream = await c.chat.completions.create(**CHAT_BODY, stream=True, extra_headers=headers)
+                    chunks = [chunk async for chunk in stream]
+                    assert text_of(chunks) == f"marker-{i}"
+                    return chunks[0].id, who
+                completion = await c.chat.completions.create(**CHAT_BODY, extra_headers=headers)
+        elif i % 4 == 0:
+            stream = await c.chat.completions.create(
+                **CHAT_BODY, stream=True, extra_headers=headers, customer=who
+            )
+            chunks = [chunk async for chunk in stream]
+            return chunks[0].id, who
+        else:
+            completion = await c.chat.completions.create(**CHAT_BODY, extra_headers=headers, customer=who)
+        assert completion.choices[0].message.content == f"marker-{i}"
+        return completion.id, who
+
+    async def body(c: Any, _: Any) -> list[tuple[str, str]]:
+        return await asyncio.gather(*(task(c, i) for i in range(20)))
+
+    expected = dict(run_metered(server, meter_, body, customer="cus_client"))
+    events = delivered(meter_, transport)
+    assert len(events) == 20
+    got = {e["external_id"].removeprefix("openai:"): e["external_customer_id"] for e in events}
+    assert got == expected
+
+
+def test_customer_block_follows_tasks_created_inside_it(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A task created inside `customer(...)` keeps that customer after the block exits."""
+
+    async def body(c: Any, _: Any) -> Any:
+        gate = asyncio.Event()
+
+        async def call() -> Any:
+            await gate.wait()
+            return await c.chat.completions.create(**CHAT_BODY)
+
+        with llm_meter.customer("cus_task"):
+            task = asyncio.create_task(call())
+        gate.set()
+        return await task
+
+    completion = run_metered(server, meter_, body, customer=None)
+    event = only_event(meter_, transport)
+    assert event["external_customer_id"] == "cus_task"
+    assert event["external_id"] == f"openai:{completion.id}"
+
+
+def test_eight_threads_share_one_sync_client_with_right_customers(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """8 threads x 5 calls on one sync client (blocks and per-call customers) are billed right."""
+    expected: dict[str, str] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+    base = openai.OpenAI(api_key="test", base_url=server.url, max_retries=0)
+    c: Any = llm_meter.meter(base, customer="cus_client", meter=meter_)
+
+    def worker(t: int) -> None:
+        try:
+            barrier.wait(5)
+            for k in range(5):
+                who = f"cus_thread_{t}_{k % 2}"
+                if k % 2:
+                    ident = c.chat.completions.create(**CHAT_BODY, customer=who).id
+                else:
+                    with llm_meter.customer(who):
+                        if k == 2:
+                            ident = next(iter(c.chat.completions.create(**CHAT_BODY, stream=True))).id
+                        else:
+                            ident = c.responses.create(model=MODEL, input=RESPONSES_INPUT).id
+                with lock:
+                    expected[ident] = who
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        c.close()
+        base.close()
+    gc.collect()
+    assert errors == []
+    assert len(expected) == 40
+    events = delivered(meter_, transport)
+    assert len(events) == 40
+    got = {e["external_id"].removeprefix("openai:"): e["external_customer_id"] for e in events}
+    assert got == expected
+
+
+def test_customer_block_follows_copied_context_into_threads(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """contextvars.copy_context().run carries a customer(...) block into another thread."""
+    results: list[Any] = []
+    with openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as base:
+        c = llm_meter.meter(base, meter=meter_)
+        with llm_meter.customer("cus_ctx"):
+            ctx = contextvars.copy_context()
+
+        def call() -> None:
+            results.append(c.chat.completions.create(**CHAT_BODY))
+
+        thread = threading.Thread(target=ctx.run, args=(call,))
+        thread.start()
+        thread.join(10)
+        c.close()
+    assert len(results) == 1
+    event = only_event(meter_, transport)
+    assert event["external_customer_id"] == "cus_ctx"
+    assert event["external_id"] == f"openai:{results[0].id}"
+
+
+def test_thread_without_copied_context_does_not_inherit_the_block(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A plain thread started inside customer(...) has no customer: the call raises, nothing is sent."""
+    errors: list[BaseException] = []
+    with openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as base:
+        c = llm_meter.meter(base, meter=meter_)
+
+        def call() -> None:
+            try:
+                c.chat.completions.create(**CHAT_BODY)
+            except BaseException as exc:
+                errors.append(exc)
+
+        with llm_meter.customer("cus_outer"):
+            thread = threading.Thread(target=call)
+            thread.start()
+            thread.join(10)
+        c.close()
+    assert [type(e) for e in errors] == [MissingCustomerError]
+    assert server.requests == []
+    assert delivered(meter_, transport) == []

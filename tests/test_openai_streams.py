@@ -1,0 +1,622 @@
+"""Sync OpenAI streams through a metered client: include_usage handling, every exit, estimates, delivery.
+
+Expected numbers follow the fake server's documented formulas (``llm_meter._fakes.openai_server``).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+import llm_meter
+from llm_meter import Meter
+from llm_meter._estimate import count_text
+from llm_meter._fakes.openai_server import AUDIO_INPUT_TOKENS, REASONING_TOKENS, FakeOpenAIServer
+from llm_meter.transports import CallbackTransport, MemoryTransport
+
+MODEL = "gpt-4o-mini"
+SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
+MESSAGES: list[Any] = [{"role": "user", "content": "Stream me a few words please"}]
+CHAT_BODY: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
+CHAT_PROMPT = FakeOpenAIServer.count_input(CHAT_BODY)
+FULL_TEXT = "tok0 tok1 tok2 tok3 tok4 "
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def sdk_client(server: FakeOpenAIServer, **kwargs: Any) -> openai.OpenAI:
+    return openai.OpenAI(api_key="test", base_url=server.url, max_retries=0, **kwargs)
+
+
+@pytest.fixture
+def base(server: FakeOpenAIServer) -> Iterator[openai.OpenAI]:
+    with sdk_client(server) as client:
+        yield client
+
+
+@pytest.fixture
+def client(base: openai.OpenAI, meter_: Meter) -> Iterator[openai.OpenAI]:
+    with llm_meter.meter(base, customer="cus_1", meter=meter_) as metered:
+        yield metered
+
+
+@pytest.fixture
+def details() -> Iterator[tuple[Meter, MemoryTransport]]:
+    """A meter with details=True (so events say whether they were estimated)."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, details=True)
+    yield m, transport
+    m.close(5)
+
+
+@pytest.fixture
+def dclient(base: openai.OpenAI, details: tuple[Meter, MemoryTransport]) -> Iterator[openai.OpenAI]:
+    with llm_meter.meter(base, customer="cus_1", meter=details[0]) as metered:
+        yield metered
+
+
+def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
+    assert m.flush(5), "events were not delivered in time"
+    return list(transport.events)
+
+
+def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
+    events = delivered(m, transport)
+    assert len(events) == 1, events
+    return events[0]
+
+
+def usage(event: dict[str, Any]) -> tuple[int, int, int]:
+    md = event["metadata"]
+    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
+
+
+def chat_expect(n: int = 1, chunks: int = 5, prompt: int = CHAT_PROMPT) -> tuple[int, int, int]:
+    out = chunks * n + REASONING_TOKENS
+    return prompt, out, prompt + out
+
+
+def dump(chunks: list[Any]) -> list[Any]:
+    return [c.model_dump(exclude={"id", "created"}) for c in chunks]
+
+
+def text_of(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def assert_estimated(event: dict[str, Any], delivered_text: str) -> None:
+    md = event["metadata"]
+    assert md["estimated"] is True
+    assert md["request_tokens"] > 0
+    assert md["response_tokens"] == count_text(delivered_text, md["model"])
+    assert md["total_tokens"] == md["request_tokens"] + md["response_tokens"]
+
+
+def assert_no_second_event(m: Meter, transport: MemoryTransport) -> None:
+    gc.collect()
+    assert len(delivered(m, transport)) == 1
+
+
+def read_until_content(stream: Any) -> str:
+    """Iterate until the first chunk with text, then break; return the delivered text."""
+    text = ""
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+            break
+        text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    return text
+
+
+# -- include_usage injection ----------------------------------------------------------------------
+
+
+def test_injected_include_usage_is_sent_but_its_chunk_is_hidden(
+    server: FakeOpenAIServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """The wrapper asks for include_usage and the caller sees exactly the chunks of a plain stream."""
+    metered = list(client.chat.completions.create(**CHAT_BODY, stream=True))
+    plain = list(base.chat.completions.create(**CHAT_BODY, stream=True))
+    plain_with_usage = list(
+        base.chat.completions.create(**CHAT_BODY, stream=True, stream_options={"include_usage": True})
+    )
+    sent = dict(server.requests[0].json)
+    assert sent.pop("stream_options") == {"include_usage": True}
+    assert sent == server.requests[1].json  # nothing else changed in the body
+    leaks = [
+        k
+        for k, v in server.requests[0].headers.items()
+        if "llm-meter" in k or "customer" in f"{k} {v}".lower()
+    ]
+    assert leaks == []
+    assert dump(metered) == dump(plain)
+    assert len(plain_with_usage) == len(metered) + 1
+    assert dump(plain_with_usage[:-1]) == dump(metered)
+    assert all(chunk.choices for chunk in metered)
+    assert text_of(metered) == FULL_TEXT
+    event = only_event(meter_, transport)
+    assert event["external_id"] == f"openai:{metered[0].id}"
+    assert usage(event) == chat_expect()
+
+
+def test_callers_stream_options_and_messages_are_not_mutated(
+    server: FakeOpenAIServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Injection copies: the caller's stream_options and messages are left as they were."""
+    options: dict[str, Any] = {"include_obfuscation": False}
+    messages = [{"role": "user", "content": "keep me as I am"}]
+    before = (copy.deepcopy(options), copy.deepcopy(messages))
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=messages, stream=True, stream_options=options)
+    )
+    assert (options, messages) == before
+    assert server.requests[0].json["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert all(chunk.usage is None for chunk in chunks)
+    assert len(delivered(meter_, transport)) == 1
+
+
+def test_caller_asking_include_usage_sees_the_usage_chunk(
+    server: FakeOpenAIServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """When the caller asked for include_usage they get the usage chunk as usual, and one event."""
+    chunks = list(
+        client.chat.completions.create(**CHAT_BODY, stream=True, stream_options={"include_usage": True})
+    )
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.prompt_tokens == CHAT_PROMPT
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+def test_stream_options_in_extra_body_are_the_callers_and_visible(
+    server: FakeOpenAIServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """include_usage set through extra_body is the caller's: sent as is, usage chunk visible, billed once."""
+    chunks = list(
+        client.chat.completions.create(
+            **CHAT_BODY, stream=True, extra_body={"stream_options": {"include_usage": True}}
+        )
+    )
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+def test_messages_appended_after_the_call_do_not_change_the_estimate(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """The input estimate uses the request as sent, even if the caller appends to messages afterwards."""
+    m, transport = details
+    estimates = []
+    for grow in (False, True):
+        messages = [dict(message) for message in MESSAGES]
+        stream = dclient.chat.completions.create(model=MODEL, messages=messages, stream=True)
+        read_until_content(stream)
+        stream.close()
+        if grow:
+            messages.append({"role": "assistant", "content": "a long reply " * 50})
+        estimates.append(usage(delivered(m, transport)[-1]))
+    assert estimates[0] == estimates[1]
+
+
+# -- every exit: exactly one event ----------------------------------------------------------------
+
+
+def test_full_consumption_emits_one_exact_event(dclient: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """A fully read stream bills the provider's usage exactly once, not estimated."""
+    m, transport = details
+    chunks = list(dclient.chat.completions.create(**CHAT_BODY, stream=True))
+    event = only_event(m, transport)
+    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert event["metadata"] == {
+        "model": SERVED_MODEL,
+        "requests": 1,
+        "total_tokens": CHAT_PROMPT + 7,
+        "request_tokens": CHAT_PROMPT,
+        "response_tokens": 7,
+        "provider": "openai",
+        "cached_tokens": CHAT_PROMPT // 2,
+        "reasoning_tokens": REASONING_TOKENS,
+        "estimated": False,
+    }
+    del chunks
+    assert_no_second_event(m, transport)
+
+
+def test_break_after_first_content_chunk_emits_one_estimated_event(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """break bills input estimated from the request and output counted from the delivered text."""
+    m, transport = details
+    stream = dclient.chat.completions.create(**CHAT_BODY, stream=True)
+    text = read_until_content(stream)
+    assert text == "tok0 "
+    event = only_event(m, transport)
+    assert event["metadata"]["model"] == SERVED_MODEL
+    assert event["external_customer_id"] == "cus_1"
+    assert_estimated(event, text)
+    stream.close()
+    del stream
+    assert_no_second_event(m, transport)
+
+
+def test_with_block_exited_early_emits_one_event(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Leaving `with stream:` before the end bills once, estimated."""
+    m, transport = details
+    with dclient.chat.completions.create(**CHAT_BODY, stream=True) as stream:
+        first = next(stream)
+        second = next(stream)
+    delivered_text = (first.choices[0].delta.content or "") + (second.choices[0].delta.content or "")
+    assert delivered_text == "tok0 "
+    assert stream.response.is_closed
+    assert_estimated(only_event(m, transport), delivered_text)
+    del stream
+    assert_no_second_event(m, transport)
+
+
+def test_close_before_iterating_emits_one_event(dclient: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """close() before reading anything bills the request input and zero output, once."""
+    m, transport = details
+    stream = dclient.chat.completions.create(**CHAT_BODY, stream=True)
+    request_id = stream.response.headers["x-request-id"]
+    stream.close()
+    stream.close()
+    event = only_event(m, transport)
+    assert_estimated(event, "")
+    assert event["metadata"]["response_tokens"] == 0
+    assert event["external_id"] == f"openai:{request_id}"
+    del stream
+    assert_no_second_event(m, transport)
+
+
+def test_exception_in_loop_body_emits_one_event(dclient: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """An exception raised by the caller inside the loop propagates and bills once."""
+    m, transport = details
+    stream = dclient.chat.completions.create(**CHAT_BODY, stream=True)
+    delivered_text = ""
+    with pytest.raises(KeyError, match="boom"):
+        for chunk in stream:
+            delivered_text += chunk.choices[0].delta.content or ""
+            if delivered_text:
+                raise KeyError("boom")
+    assert_estimated(only_event(m, transport), delivered_text)
+    stream.close()
+    del stream
+    assert_no_second_event(m, transport)
+
+
+def test_abandoned_stream_collected_by_gc_emits_one_event(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A stream dropped half-read is billed once when garbage-collected."""
+    m, transport = details
+    stream = dclient.chat.completions.create(**CHAT_BODY, stream=True)
+    next(stream)
+    chunk = next(stream)
+    assert chunk.choices[0].delta.content == "tok0 "
+    del stream, chunk
+    gc.collect()
+    assert_estimated(only_event(m, transport), "tok0 ")
+    assert_no_second_event(m, transport)
+
+
+def test_never_iterated_stream_collected_by_gc_emits_one_event(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A stream created and dropped without reading bills its input once, estimated."""
+    m, transport = details
+    stream = dclient.chat.completions.create(**CHAT_BODY, stream=True)
+    request_id = stream.response.headers["x-request-id"]
+    del stream
+    gc.collect()
+    event = only_event(m, transport)
+    assert event["external_id"] == f"openai:{request_id}"
+    assert_estimated(event, "")
+    assert_no_second_event(m, transport)
+
+
+def test_resuming_iteration_after_break_yields_the_rest_of_the_stream(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Like the SDK's own Stream, a metered stream can be resumed after `break` (peek, then loop)."""
+
+    def peek_then_rest(c: Any) -> tuple[Any, list[Any]]:
+        stream = c.chat.completions.create(**CHAT_BODY, stream=True)
+        for chunk in stream:
+            first = chunk
+            break
+        rest = list(stream)
+        stream.close()
+        return first, rest
+
+    plain_first, plain_rest = peek_then_rest(base)
+    metered_first, metered_rest = peek_then_rest(client)
+    assert dump([metered_first]) == dump([plain_first])
+    assert dump(metered_rest) == dump(plain_rest)
+    assert len(delivered(meter_, transport)) == 1
+
+
+def test_server_ignoring_include_usage_bills_one_estimated_event(
+    server: FakeOpenAIServer, dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A fully read stream whose server never sends usage is billed once from the delivered text."""
+    m, transport = details
+    server.stream_usage = False
+    chunks = list(dclient.chat.completions.create(**CHAT_BODY, stream=True))
+    assert text_of(chunks) == FULL_TEXT
+    event = only_event(m, transport)
+    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert_estimated(event, FULL_TEXT)
+
+
+def test_chat_stream_helper_exited_early_emits_one_event(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Leaving a chat .stream(...) helper after the first content delta bills once, estimated."""
+    m, transport = details
+    completions = dclient.chat.completions
+    helper = completions.stream if hasattr(completions, "stream") else dclient.beta.chat.completions.stream
+    with helper(model=MODEL, messages=MESSAGES, customer="cus_helper") as stream:
+        for event in stream:
+            if event.type == "content.delta" and event.delta:
+                break
+    event = only_event(m, transport)
+    assert event["external_customer_id"] == "cus_helper"
+    assert_estimated(event, "tok0 ")
+
+
+def test_responses_stream_helper_exited_early_emits_one_event(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Leaving a responses .stream(...) helper after the first text delta bills once, estimated."""
+    m, transport = details
+    if not hasattr(dclient.responses, "stream"):
+        pytest.skip("this openai SDK has no responses.stream")
+    with dclient.responses.stream(model=MODEL, input="a responses stream") as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break
+    assert_estimated(only_event(m, transport), "tok0 ")
+
+
+def test_skip_policy_bills_nothing_for_broken_stream_but_bills_complete_one(base: Any) -> None:
+    """Meter(incomplete_streams='skip') emits nothing for a broken stream and one event for a complete one."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, incomplete_streams="skip")
+    try:
+        with m.wrap(base, customer="cus_1") as c:
+            broken = c.chat.completions.create(**CHAT_BODY, stream=True)
+            read_until_content(broken)
+            broken.close()
+            assert delivered(m, transport) == []
+            list(c.chat.completions.create(**CHAT_BODY, stream=True))
+        assert usage(only_event(m, transport)) == chat_expect()
+    finally:
+        m.close(5)
+
+
+# -- provider quirks ------------------------------------------------------------------------------
+
+
+def test_azure_trailing_content_filter_chunks_keep_usage(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Azure's content-filter chunks after the usage chunk do not lose the usage."""
+    server.azure_filter_chunks = True
+    azure = openai.AzureOpenAI(
+        azure_endpoint=server.azure_endpoint, api_key="test", api_version="2024-10-21", max_retries=0
+    )
+    with azure, llm_meter.meter(azure, customer="cus_az", meter=meter_) as c:
+        chunks = list(c.chat.completions.create(model="my-deployment", messages=MESSAGES, stream=True))
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert chunks[-1].id == "" and chunks[-1].choices[0].delta.content is None
+    assert text_of(chunks) == FULL_TEXT
+    assert all(c.usage is None for c in chunks)
+    event = only_event(meter_, transport)
+    assert event["metadata"]["model"] == SERVED_MODEL
+    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert usage(event) == chat_expect()
+
+
+def test_endpoint_rejecting_stream_options_is_retried_without_and_remembered() -> None:
+    """A server rejecting stream_options: the call works, one estimated event, the next stream skips it."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, details=True)
+    # Its own server: the rejection is remembered per endpoint for the whole process.
+    with FakeOpenAIServer(reject_stream_options=True) as own, sdk_client(own) as sdk:
+        try:
+            with m.wrap(sdk, customer="cus_1") as c:
+                first = list(c.chat.completions.create(**CHAT_BODY, stream=True))
+                assert len(own.requests) == 2
+                assert own.requests[0].json["stream_options"] == {"include_usage": True}
+                assert "stream_options" not in own.requests[1].json
+                assert text_of(first) == FULL_TEXT
+                assert [c.choices[0].finish_reason for c in first][-1] == "stop"
+                events = delivered(m, transport)
+                assert len(events) == 1
+                assert_estimated(events[0], FULL_TEXT)
+                assert events[0]["metadata"]["model"] == SERVED_MODEL
+
+                second = list(c.chat.completions.create(**CHAT_BODY, stream=True))
+                assert len(own.requests) == 3
+                assert "stream_options" not in own.requests[2].json
+                assert text_of(second) == FULL_TEXT
+                events = delivered(m, transport)
+                assert len(events) == 2
+                assert_estimated(events[1], FULL_TEXT)
+        finally:
+            m.close(5)
+
+
+def test_callers_own_rejected_stream_options_error_is_not_swallowed() -> None:
+    """If the caller set stream_options and the server rejects it, the caller gets the SDK error."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01)
+    with FakeOpenAIServer(reject_stream_options=True) as own, sdk_client(own) as sdk:
+        try:
+            with m.wrap(sdk, customer="cus_1") as c, pytest.raises(openai.BadRequestError):
+                c.chat.completions.create(**CHAT_BODY, stream=True, stream_options={"include_usage": True})
+            assert len(own.requests) == 1
+            assert delivered(m, transport) == []
+        finally:
+            m.close(5)
+
+
+# -- other stream endpoints -----------------------------------------------------------------------
+
+
+def test_legacy_completions_stream_is_metered_and_usage_chunk_hidden(
+    server: FakeOpenAIServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Legacy completions streams get include_usage, hide its chunk and bill exactly."""
+    chunks = list(
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="one two three", stream=True)
+    )
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert all(chunk.choices for chunk in chunks)
+    assert "".join(chunk.choices[0].text for chunk in chunks) == FULL_TEXT
+    event = only_event(meter_, transport)
+    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert usage(event) == (3, 5, 8)
+
+
+def test_responses_stream_bills_response_completed_usage(
+    server: FakeOpenAIServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """responses.create(stream=True) bills response.completed's usage; no stream_options is sent."""
+    prompt = FakeOpenAIServer.count_input({"input": "a responses stream"})
+    events = list(client.responses.create(model=MODEL, input="a responses stream", stream=True))
+    assert "stream_options" not in server.requests[0].json
+    assert events[-1].type == "response.completed"
+    event = only_event(meter_, transport)
+    assert event["external_id"] == f"openai:{events[-1].response.id}"
+    assert event["metadata"]["model"] == SERVED_MODEL
+    assert usage(event) == (prompt, 5 + REASONING_TOKENS, prompt + 5 + REASONING_TOKENS)
+
+
+def test_responses_stream_broken_early_is_estimated_under_the_response_id(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A responses stream broken after the first delta bills once, estimated, under the response id."""
+    m, transport = details
+    stream = dclient.responses.create(model=MODEL, input="a responses stream", stream=True)
+    created_id = None
+    for event in stream:
+        if event.type == "response.created":
+            created_id = event.response.id
+        if event.type == "response.output_text.delta":
+            break
+    stream.close()
+    event = only_event(m, transport)
+    assert event["external_id"] == f"openai:{created_id}"
+    assert_estimated(event, "tok0 ")
+
+
+def test_transcription_stream_bills_done_event_usage(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """audio.transcriptions.create(stream=True) bills the usage of transcript.text.done."""
+    try:
+        from openai.types.audio import TranscriptionTextDoneEvent
+    except ImportError:
+        pytest.skip("this openai SDK cannot stream transcriptions")
+    if "usage" not in TranscriptionTextDoneEvent.model_fields:
+        pytest.skip("this openai SDK's transcript.text.done has no usage")
+    wav = ("speech.wav", b"RIFF\x24\x00\x00\x00WAVEfmt fake audio", "audio/wav")
+    events = list(client.audio.transcriptions.create(model="gpt-4o-transcribe", file=wav, stream=True))
+    assert events[-1].type == "transcript.text.done"
+    event = only_event(meter_, transport)
+    assert event["metadata"]["model"] == "gpt-4o-transcribe"
+    assert usage(event) == (AUDIO_INPUT_TOKENS, 5, AUDIO_INPUT_TOKENS + 5)
+
+
+def test_n2_stream_emits_one_event(client: Any, meter_: Meter, transport: MemoryTransport) -> None:
+    """A streamed n=2 completion is one response: one event with both choices' tokens."""
+    chunks = list(client.chat.completions.create(**CHAT_BODY, stream=True, n=2))
+    assert {c.choices[0].index for c in chunks} == {0, 1}
+    assert usage(only_event(meter_, transport)) == chat_expect(n=2)
+
+
+def test_500_chunk_stream_emits_one_exact_event(
+    server: FakeOpenAIServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A long stream (500 content chunks) bills once with exact numbers."""
+    server.chunks = 500
+    chunks = list(client.chat.completions.create(**CHAT_BODY, stream=True))
+    assert len(chunks) == 500 + 2
+    assert usage(only_event(meter_, transport)) == chat_expect(chunks=500)
+
+
+def test_stream_keeps_the_sdk_stream_contract(client: Any, meter_: Meter, transport: MemoryTransport) -> None:
+    """The metered stream is an openai.Stream with .response, a context manager and an iterator."""
+    stream = client.chat.completions.create(**CHAT_BODY, stream=True)
+    assert isinstance(stream, openai.Stream)
+    assert stream.response.status_code == 200
+    assert stream.response.headers["x-request-id"].startswith("req_")
+    with stream as same:
+        assert same is stream
+        assert iter(stream) is not None
+        chunks = list(same)
+    assert text_of(chunks) == FULL_TEXT
+    assert len(delivered(meter_, transport)) == 1
+
+
+def test_raw_response_stream_parsed_is_metered_once(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """with_raw_response.create(stream=True).parse() gives a metered stream billed once."""
+    raw = client.chat.completions.with_raw_response.create(**CHAT_BODY, stream=True, customer="cus_raw")
+    stream = raw.parse()
+    assert isinstance(stream, openai.Stream)
+    chunks = list(stream)
+    assert all(c.choices for c in chunks)
+    event = only_event(meter_, transport)
+    assert event["external_customer_id"] == "cus_raw"
+    assert usage(event) == chat_expect()
+
+
+def test_streaming_response_stream_parsed_is_metered_once(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """with_streaming_response.create(stream=True) then .parse() iterates a metered stream."""
+    with client.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+        chunks = list(response.parse())
+    assert text_of(chunks) == FULL_TEXT
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+# -- delivery failures never reach the caller --------------------------------------------------------
+
+
+def test_failing_transport_never_affects_calls(base: Any) -> None:
+    """A transport that always raises leaves calls untouched; flush reports False and retries are counted."""
+
+    def refuse(batch: list[dict[str, Any]]) -> None:
+        raise ConnectionError("polar is down")
+
+    m = Meter(transport=CallbackTransport(refuse), flush_interval=0.01, exit_timeout=0)
+    try:
+        with m.wrap(base, customer="cus_1") as c:
+            completion = c.chat.completions.create(**CHAT_BODY)
+            chunks = list(c.chat.completions.create(**CHAT_BODY, stream=True))
+            broken = c.chat.completions.create(**CHAT_BODY, stream=True)
+            read_until_content(broken)
+            broken.close()
+        assert completion.choices[0].message.content == FULL_TEXT
+        assert text_of(chunks) == FULL_TEXT
+        assert m.flush(0.3) is False
+        stats = m.stats()
+        assert stats.retried >= 1
+        assert stats.emitted == 3
+        assert stats.delivered == 0
+        assert stats.pending == 3
+    finally:
+        m.close(0.2)
