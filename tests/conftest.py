@@ -21,7 +21,15 @@ def _server() -> Iterator[FakeOpenAIServer]:
 def server(_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
     """The session's fake OpenAI server, reset to defaults for each test."""
     defaults = FakeOpenAIServer()
-    for name in ("chunks", "text", "model", "reject_stream_options", "azure_filter_chunks", "stream_usage", "content"):
+    for name in (
+        "chunks",
+        "text",
+        "model",
+        "reject_stream_options",
+        "azure_filter_chunks",
+        "stream_usage",
+        "content",
+    ):
         setattr(_server, name, getattr(defaults, name))
     _server.requests.clear()
     yield _server
