@@ -49,6 +49,7 @@ T = TypeVar("T")
 MARKER: Final = "x-llm-meter-customer"
 #: Attribute of the built HTTP request (and of metered streams) holding its :class:`Call`.
 CALL_ATTR: Final = "_llm_meter_call"
+_UNSET: Final[Any] = object()
 
 
 class Provider(Protocol):
@@ -101,6 +102,7 @@ class Call:
         "left_early",
         "meter",
         "model",
+        "observe",
         "original_body",
         "provider",
         "response_id",
@@ -124,9 +126,12 @@ class Call:
         self.text: list[str] | None = None
         #: ``hide(item) -> bool`` for stream items the caller did not ask for.
         self.hide: Callable[[Any], bool] | None = None
-        #: The caller's loop over this stream ended early (see ``_left_early``).
+        #: The caller's loop over this stream ended early (``break`` or an exception in it).
         self.left_early = False
         self.http_response: Any = None
+        #: ``observe(call, obj, response)`` for each parsed object; ``None`` once done.
+        #: Providers bind the variant for the request (body, chat chunk, event) in prepare().
+        self.observe: Callable[[Call, Any, Any], None] | None = provider.observe
         self._once = [True]
 
     @property
@@ -139,6 +144,7 @@ class Call:
             self._once.pop()
         except IndexError:
             return False
+        self.observe = None
         self.meter.untrack_open(self)
         return True
 
@@ -334,33 +340,17 @@ class _ProxiedResource:
 # -- metered streams ---------------------------------------------------------------------
 
 
-def _metered_iter(inner: Iterator[Any], call: Call, response: Any) -> Iterator[Any]:
-    hide = call.hide
-    try:
-        if hide is None:
-            yield from inner
-        else:
-            for item in inner:
-                if not hide(item):
-                    yield item
-    finally:
-        close = getattr(inner, "close", None)
-        if close is not None:
-            close()
-        call.finish(response)
+def _hiding_iter(inner: Iterator[Any], hide: Callable[[Any], bool]) -> Iterator[Any]:
+    """``Stream._iterator`` for ``next(stream)`` callers: the SDK's items minus hidden ones."""
+    for item in inner:
+        if not hide(item):
+            yield item
 
 
-async def _metered_aiter(inner: Any, call: Call, response: Any) -> Any:
-    hide = call.hide
-    try:
-        async for item in inner:
-            if hide is None or not hide(item):
-                yield item
-    finally:
-        try:
-            await inner.aclose()
-        finally:
-            call.finish(response)
+async def _hiding_aiter(inner: Any, hide: Callable[[Any], bool]) -> Any:
+    async for item in inner:
+        if not hide(item):
+            yield item
 
 
 def _attach(stream: Any, call: Call, *, is_async: bool) -> None:
@@ -396,17 +386,6 @@ def _attach(stream: Any, call: Call, *, is_async: bool) -> None:
         response.close = close
 
 
-def _left_early(stream: Any) -> None:
-    """The caller's loop ended before the stream did (``break`` or an exception).
-
-    The stream may still be resumed, so nothing is billed yet: the call is finished when
-    the stream is closed or collected, at the next ``Meter.flush()``, or at exit.
-    """
-    call = stream.__dict__.get(CALL_ATTR)
-    if call is not None and not call.done:
-        call.left_early = True
-
-
 def _collected(stream: Any) -> None:
     call = stream.__dict__.get(CALL_ATTR)
     if call is not None:
@@ -416,8 +395,15 @@ def _collected(stream: Any) -> None:
             pass
 
 
+_INNER: Final = "_llm_meter_inner"
+
+
 def _sync_stream_methods(origin: Any) -> dict[str, Any]:
-    """Overrides for a sync SDK ``Stream``: hide injected items, finish on every exit."""
+    """Overrides for a sync SDK ``Stream``: hide injected items, finish on every exit.
+
+    ``for`` loops read the SDK's own generator directly (one generator layer, as in the
+    SDK); ``_iterator`` is that generator, or a hiding wrapper around it, for ``next()``.
+    """
 
     def __stream__(self: Any) -> Iterator[Any]:
         inner = origin.__stream__(self)
@@ -425,15 +411,33 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
         if call is None:
             return inner  # type: ignore[no-any-return]
         _attach(self, call, is_async=False)
-        return _metered_iter(inner, call, self.response)
+        if call.hide is None:
+            return inner  # type: ignore[no-any-return]
+        self.__dict__[_INNER] = inner
+        return _hiding_iter(inner, call.hide)
 
     def __iter__(self: Any) -> Iterator[Any]:
-        # Like the SDK: a `break` leaves the shared iterator open, so iteration can resume.
+        call = self.__dict__.get(CALL_ATTR)
+        hide = call.hide if call is not None else None
         try:
-            for item in self._iterator:  # noqa: UP028 - `yield from` would close it on break
-                yield item
-        finally:
-            _left_early(self)
+            # Like the SDK, a `break` leaves the shared iterator open: iteration can resume.
+            if hide is None:
+                for item in self._iterator:
+                    yield item
+            else:
+                for item in self.__dict__[_INNER]:
+                    if not hide(item):
+                        yield item
+        except GeneratorExit:
+            if call is not None and not call.done:
+                call.left_early = True
+            raise
+        except BaseException:
+            if call is not None:
+                call.finish(self.response)  # the stream failed: bill what was delivered
+            raise
+        if call is not None:
+            call.finish(self.response)  # no-op when the usage arrived
 
     def __del__(self: Any) -> None:
         _collected(self)
@@ -450,14 +454,32 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
         if call is None:
             return inner
         _attach(self, call, is_async=True)
-        return _metered_aiter(inner, call, self.response)
+        if call.hide is None:
+            return inner
+        self.__dict__[_INNER] = inner
+        return _hiding_aiter(inner, call.hide)
 
     async def __aiter__(self: Any) -> Any:
+        call = self.__dict__.get(CALL_ATTR)
+        hide = call.hide if call is not None else None
         try:
-            async for item in self._iterator:
-                yield item
-        finally:
-            _left_early(self)
+            if hide is None:
+                async for item in self._iterator:
+                    yield item
+            else:
+                async for item in self.__dict__[_INNER]:
+                    if not hide(item):
+                        yield item
+        except GeneratorExit:
+            if call is not None and not call.done:
+                call.left_early = True
+            raise
+        except BaseException:
+            if call is not None:
+                call.finish(self.response)
+            raise
+        if call is not None:
+            call.finish(self.response)
 
     def __del__(self: Any) -> None:
         _collected(self)
@@ -582,12 +604,19 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
 
     def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
         obj = super()._process_response_data(data=data, cast_to=cast_to, response=response)
-        call = _call_of(response)
-        if call is not None and not call.done:
-            try:
-                self._llm_meter_provider.observe(call, obj, response)
-            except Exception:
-                log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
+        # Called once per stream event: the call is looked up once per response, then cached.
+        cache = response.__dict__
+        call = cache.get(CALL_ATTR, _UNSET)
+        if call is _UNSET:
+            call = cache[CALL_ATTR] = _call_of(response)
+        if call is not None:
+            observe = call.observe
+            if observe is not None:
+                try:
+                    observe(call, obj, response)
+                except Exception:
+                    call.meter.errors += 1
+                    log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
         return obj
 
     def _llm_meter_stream_cls(self, kwargs: dict[str, Any]) -> None:

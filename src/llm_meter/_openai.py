@@ -111,12 +111,15 @@ class OpenAIProvider:
                     snapshot[key] = list(value)
             call.body = snapshot
         if body.get("stream") is not True:
+            call.observe = self._observe_body
             return
         call.stream = True
         if call.meter.estimate_incomplete:
             call.text = []
         if call.kind not in _INJECTABLE:
+            call.observe = self._observe_event
             return
+        call.observe = self._observe_chat_chunk if call.kind == "chat" else self._observe_completion_chunk
         stream_options = body.get("stream_options")
         extra = options.extra_json
         if isinstance(extra, dict) and "stream_options" in extra:
@@ -153,29 +156,45 @@ class OpenAIProvider:
 
     # -- response side -------------------------------------------------------------------
     def observe(self, call: Call, obj: object, response: Any) -> None:
+        """Generic entry (prepare() normally binds one of the specific observers below)."""
         if not call.stream:
             self._observe_body(call, obj, response)
-            return
+        elif call.kind == "chat":
+            self._observe_chat_chunk(call, obj, response)
+        elif call.kind == "completions":
+            self._observe_completion_chunk(call, obj, response)
+        else:
+            self._observe_event(call, obj, response)
+
+    def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> None:
+        # Runs for every chunk of a chat stream: keep it to a few attribute reads.
+        if call.response_id is None and chunk.id:
+            call.response_id = chunk.id
+            call.model = chunk.model or call.model
+        usage = chunk.usage
+        if usage is not None:
+            self._emit_usage(call, usage, response)
+        elif call.text is not None:
+            for choice in chunk.choices:
+                piece = getattr(getattr(choice, "delta", None), "content", None)
+                if piece:
+                    call.text.append(piece)
+
+    def _observe_completion_chunk(self, call: Call, chunk: Any, response: Any) -> None:
+        if call.response_id is None and chunk.id:
+            call.response_id = chunk.id
+            call.model = chunk.model or call.model
+        usage = chunk.usage
+        if usage is not None:
+            self._emit_usage(call, usage, response)
+        elif call.text is not None:
+            for choice in chunk.choices:
+                piece = getattr(choice, "text", None)
+                if piece:
+                    call.text.append(piece)
+
+    def _observe_event(self, call: Call, obj: object, response: Any) -> None:
         kind = call.kind
-        if kind in _INJECTABLE:
-            if call.response_id is None:
-                ident = getattr(obj, "id", None)
-                if ident:
-                    call.response_id = ident
-                    call.model = getattr(obj, "model", None) or call.model
-            usage = getattr(obj, "usage", None)
-            if usage is not None:
-                self._emit_usage(call, usage, response)
-            elif call.text is not None:
-                for choice in getattr(obj, "choices", None) or ():
-                    if kind == "chat":
-                        delta = getattr(choice, "delta", None)
-                        piece = getattr(delta, "content", None)
-                    else:
-                        piece = getattr(choice, "text", None)
-                    if piece:
-                        call.text.append(piece)
-            return
         event_type = getattr(obj, "type", None)
         if kind == "responses":
             if event_type == "response.output_text.delta":
