@@ -149,10 +149,19 @@ def validate_metadata(
     return clean
 
 
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
 def _iso(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds; the per-second prefix is cached (one format per second)."""
     # Polar rejects timestamps later than its own clock: never send one from the future.
     ts = min(ts, time.time())
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second = int(ts)
+    cached_second, prefix = _second_cache[0]
+    if cached_second != second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0] = (second, prefix)
+    return f"{prefix}.{int((ts - second) * 1000):03d}Z"
 
 
 def to_wire(record: UsageRecord, options: EventOptions) -> dict[str, Any]:
