@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from llm_meter import ConfigurationError
 from llm_meter._customer import Customer
-from llm_meter._events import EventOptions, UsageRecord, to_wire, validate_metadata
+from llm_meter._events import EventOptions, UsageRecord, encode_wire, to_wire, validate_metadata
 
 CUS = Customer("external_customer_id", "cus_1")
 
@@ -138,3 +139,21 @@ def test_detail_keys_are_reserved_only_with_details() -> None:
     assert validate_metadata({"provider": "x"}) == {"provider": "x"}
     with pytest.raises(ConfigurationError):
         validate_metadata({"provider": "x"}, details=True)
+
+
+def test_wire_text_escapes_strings_and_keeps_unicode() -> None:
+    """Quotes, newlines and non-ASCII in customer, model and metadata survive as valid JSON."""
+    options = EventOptions(metadata={"note": 'say "hi"\n'})
+    record = _record(customer=Customer("external_customer_id", 'cüs"\\1'), model="módel\t1")
+    text = encode_wire(record, options)
+    assert "cüs" in text
+    wire = json.loads(text)
+    assert wire["external_customer_id"] == 'cüs"\\1'
+    assert wire["metadata"]["model"] == "módel\t1"
+    assert wire["metadata"]["note"] == 'say "hi"\n'
+
+
+def test_provider_extra_keys_are_reserved_with_details() -> None:
+    """Keys a provider adds under details=True (e.g. web_search_requests) cannot be reused."""
+    with pytest.raises(ConfigurationError):
+        validate_metadata({"web_search_requests": 1}, details=True)
