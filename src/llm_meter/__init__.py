@@ -12,15 +12,23 @@ from __future__ import annotations
 
 from ._client import meter
 from ._customer import customer
-from ._exceptions import ConfigurationError, LLMMeterError, MissingCustomerError
+from ._exceptions import (
+    ConfigurationError,
+    DeliveryError,
+    LLMMeterError,
+    MissingCustomerError,
+    RejectedEventsError,
+)
 from ._meter import Meter, MeterStats
 
 __all__ = [
     "ConfigurationError",
+    "DeliveryError",
     "LLMMeterError",
     "Meter",
     "MeterStats",
     "MissingCustomerError",
+    "RejectedEventsError",
     "customer",
     "meter",
 ]

@@ -1,16 +1,22 @@
-"""The hand-off between the metered call and the transport.
+"""The hand-off between the metered call and the transport, and the worker behind it.
 
-The caller's path does one ``deque.append`` (atomic in CPython, no lock) and, once per
-batch, sets an event. A single daemon worker thread owns an asyncio loop of its own, so
-delivery works the same from sync code with no loop and from inside a running loop. The
-worker turns records into wire dicts, sends batches through the transport, and retries a
-failed batch (same events, same ``external_id`` s) with capped, jittered backoff: an event
-is only counted delivered once ``transport.send`` returned.
+Caller's path: without a spool, one ``deque.append`` (atomic in CPython, no lock); with a
+spool, the record is encoded to its wire JSON and appended to the spool file (one
+``os.write``) before the metered call returns. Records that still need a token estimate
+go through the deque either way: the estimate runs on the worker, which then spools them.
+
+A single daemon worker thread owns an asyncio loop of its own, so delivery works the same
+from sync code with no loop and from inside a running loop. It sends batches through the
+transport and retries a failed batch (same events, same ``external_id`` s) with capped,
+jittered backoff that honours a ``retry_after`` hint; events the destination refuses one
+by one (:class:`~llm_meter.RejectedEventsError`) are set aside as dead letters and the rest
+is sent. An event counts as delivered only once the transport returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -18,30 +24,36 @@ import threading
 import time
 import weakref
 from collections import deque
+from typing import Any
 
-from ._events import EventOptions, UsageRecord, to_wire
+from ._events import EventOptions, UsageRecord, encode_wire
+from ._exceptions import RejectedEventsError
+from ._spool import Spool, encode_record
 from .transports import Transport
 
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("llm_meter")
 
-_MAX_BACKOFF = 30.0
+MAX_BACKOFF = 30.0
+_ADOPT_EVERY = 30.0
 
 
 class Dispatcher:
-    """Queue plus background worker feeding one transport."""
+    """Queue (and optional spool) plus the background worker feeding one transport."""
 
     def __init__(
         self,
         transport: Transport | None,
         options: EventOptions,
         *,
+        spool: Spool | None = None,
         batch_size: int = 100,
         flush_interval: float = 1.0,
     ) -> None:
         self._transport = transport
         self._options = options
+        self._spool = spool
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue: deque[UsageRecord] = deque()
@@ -51,54 +63,92 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
+        self._idle = False
         self._warned_no_transport = False
-        # Counters are written by the worker only (or under _done), read anywhere.
-        self.taken = 0
-        self.delivered = 0
+        #: Events set aside when there is no spool to keep them in.
+        self.dead_letters: list[dict[str, Any]] = []
+        # Counters are written by the worker (under _done where flush waits on them).
+        self.taken = 0  # records taken off the deque
+        self.respooled = 0  # of those, appended to the spool by the worker
+        self.delivered = 0  # acknowledged, ours and adopted
+        self.delivered_own = 0
+        self.dead = 0
+        self.dead_own = 0
         self.retried = 0
-        self.failed = 0
+        self.duplicates = 0
+        self.failed = 0  # records lost to an error in llm_meter itself (logged)
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
+        if spool is not None and transport is not None:
+            self._start()  # deliver what earlier processes left in the spool
 
-    # -- caller side ---------------------------------------------------------------
+    # -- caller side ---------------------------------------------------------------------
     def submit(self, record: UsageRecord) -> None:
-        """Hand one record over; never blocks on I/O and takes no lock after the first call."""
-        queue = self._queue
-        queue.append(record)
+        """Hand one record over; never waits for the network and takes no lock."""
+        spool = self._spool
+        if spool is None or record.estimate is not None:
+            self._queue.append(record)
+        else:
+            try:
+                spool.append(encode_record(encode_wire(record, self._options)))
+            except OSError as exc:  # disk full, permissions: keep the event in memory instead
+                log.error("llm_meter: could not write to the spool (%s); keeping the event in memory", exc)
+                self._queue.append(record)
         if self._thread is None:
             self._start()
-        if len(queue) >= self._batch_size:
+        if len(self._queue) >= self._batch_size:
             self._wake.set()
 
     @property
+    def emitted(self) -> int:
+        spooled = self._spool.appended - self.respooled if self._spool is not None else 0
+        return spooled + self.taken + len(self._queue)
+
+    @property
     def pending(self) -> int:
-        """Records accepted but not yet acknowledged by the transport."""
-        return self.taken + len(self._queue) - self.delivered - self.failed
+        """Accepted events not yet acknowledged or dead-lettered."""
+        return self.emitted - self.delivered_own - self.dead_own - self.failed
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def emitted(self) -> int:
-        return self.taken + len(self._queue)
-
     def flush(self, timeout: float) -> bool:
         """Wait until everything accepted so far is acknowledged; ``False`` on timeout."""
-        target = self.taken + len(self._queue)
+        target = self.emitted
         deadline = time.monotonic() + max(timeout, 0.0)
         if self._transport is None:
-            return self.delivered + self.failed >= target
-        if target > self.delivered + self.failed and self._thread is None:
+            return self._settled() >= target
+        if self._thread is None:
             self._start()
         with self._done:
-            while self.delivered + self.failed < target:
+            while self._settled() < target:
                 self._wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._done.wait(min(remaining, 0.05))
         return True
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the spool holds nothing deliverable (ours and adopted); for ``llm-meter flush``."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if self._transport is None:
+            return False
+        if self._thread is None:
+            self._start()
+        with self._done:
+            self._idle = False
+            while not self._idle:
+                self._wake.set()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._done.wait(min(remaining, 0.05))
+        return True
+
+    def _settled(self) -> int:
+        return self.delivered_own + self.dead_own + self.failed
 
     async def aflush(self, timeout: float) -> bool:
         """:meth:`flush` without blocking the running event loop."""
@@ -116,9 +166,11 @@ class Dispatcher:
             thread.join(max(deadline - time.monotonic(), 0.0))
         elif thread is None and self._transport is not None:
             _run_aclose(self._transport)
+        if self._spool is not None and (thread is None or not thread.is_alive()):
+            self._spool.close()  # what is left stays on disk, unlocked for the next process
         return ok
 
-    # -- worker side ---------------------------------------------------------------
+    # -- worker side ---------------------------------------------------------------------
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is not None or self._closed:
@@ -126,9 +178,11 @@ class Dispatcher:
             if self._transport is None:
                 if not self._warned_no_transport:
                     self._warned_no_transport = True
+                    where = f"kept in the spool {self._spool.directory}" if self._spool else "kept in memory"
                     log.warning(
-                        "llm_meter: no transport is configured; usage events are kept in memory "
-                        "and not delivered. Pass Meter(transport=...) to deliver them."
+                        "llm_meter: no transport is configured (no POLAR_ACCESS_TOKEN?): usage events are %s "
+                        "and not delivered until a process with a transport (or `llm-meter flush`) runs",
+                        where,
                     )
                 return
             thread = threading.Thread(target=self._run, name="llm-meter-worker", daemon=True)
@@ -139,16 +193,24 @@ class Dispatcher:
         loop = asyncio.new_event_loop()
         transport = self._transport
         assert transport is not None
+        next_adopt = 0.0
         try:
             while True:
-                if not self._queue:
+                spool = self._spool
+                if spool is not None and time.monotonic() >= next_adopt:
+                    next_adopt = time.monotonic() + _ADOPT_EVERY
+                    self._guard(spool.adopt_orphans)
+                    self._guard(spool.rotate_if_large)
+                if not self._step(loop, transport):
                     if self._stopping:
                         break
+                    with self._done:
+                        self._idle = True
+                        self._done.notify_all()
                     self._wake.wait(self._flush_interval)
                     self._wake.clear()
-                    continue
-                if not self._deliver(loop, transport, self._take()) and self._stopping:
-                    break
+                    if spool is not None:
+                        self._guard(spool.rotate_if_large)
         finally:
             try:
                 loop.run_until_complete(transport.aclose())
@@ -156,60 +218,143 @@ class Dispatcher:
                 log.exception("llm_meter: transport.aclose() failed")
             loop.close()
 
-    def _take(self) -> list[UsageRecord]:
-        queue = self._queue
-        batch: list[UsageRecord] = []
-        while queue and len(batch) < self._batch_size:
-            batch.append(queue.popleft())
-        self.taken += len(batch)
-        return batch
+    def _guard(self, fn: Any) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("llm_meter: spool maintenance failed")
 
-    def _deliver(
-        self, loop: asyncio.AbstractEventLoop, transport: Transport, batch: list[UsageRecord]
-    ) -> bool:
-        """Send one batch until it is acknowledged; ``False`` if shutdown interrupted it."""
-        events = []
-        for record in batch:
+    def _step(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> bool:
+        """Deliver one batch; ``False`` when there was nothing to do."""
+        spool = self._spool
+        if spool is None:
+            if not self._queue:
+                return False
+            records = self._take(self._batch_size)
+            payloads = self._encode(records)
+            ok, delivered, dead = self._deliver(loop, transport, payloads)
+            if not ok:
+                self.taken -= len(records)
+                self._queue.extendleft(reversed(records))  # estimates are resolved already
+                return False
+            self._count(delivered, dead, own=True)
+            return True
+        # With a spool, the deque only holds records that needed an estimate: spool them.
+        while self._queue:
+            records = self._take(self._batch_size)
+            for record, payload in zip(records, self._encode(records), strict=False):
+                try:
+                    spool.append(encode_record(payload))
+                    self.respooled += 1
+                except OSError:
+                    log.exception("llm_meter: could not spool %r", record)
+                    with self._done:
+                        self.failed += 1
+        try:
+            batch = spool.read_batch(self._batch_size)
+        except Exception:
+            log.exception("llm_meter: could not read the spool")
+            return False
+        if batch is None:
+            return False
+        ok, delivered, dead = self._deliver(loop, transport, batch.payloads, spool=spool)
+        if not ok:
+            spool.release(batch)
+            return False
+        spool.commit(batch)
+        self._count(delivered, dead, own=batch.own)
+        return True
+
+    def _take(self, limit: int) -> list[UsageRecord]:
+        queue = self._queue
+        records: list[UsageRecord] = []
+        while queue and len(records) < limit:
+            records.append(queue.popleft())
+        self.taken += len(records)
+        return records
+
+    def _encode(self, records: list[UsageRecord]) -> list[str]:
+        payloads = []
+        for record in records:
             try:
-                events.append(to_wire(record, self._options))
+                payloads.append(encode_wire(record, self._options))
             except Exception:
                 log.exception("llm_meter: could not build the event for %r", record)
                 with self._done:
                     self.failed += 1
                     self._done.notify_all()
+        return payloads
+
+    def _count(self, delivered: int, dead: int, *, own: bool) -> None:
+        with self._done:
+            self.delivered += delivered
+            self.dead += dead
+            if own:
+                self.delivered_own += delivered
+                self.dead_own += dead
+            self._done.notify_all()
+
+    def _deliver(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: Transport,
+        payloads: list[str],
+        *,
+        spool: Spool | None = None,
+    ) -> tuple[bool, int, int]:
+        """Send until acknowledged: ``(ok, delivered, dead_lettered)``; ``ok`` is False on shutdown."""
         attempt = 0
-        while events:
+        dead = 0
+        send_json = getattr(transport, "send_json", None)
+        while payloads:
             try:
-                loop.run_until_complete(transport.send(events))
+                if send_json is not None:
+                    result = loop.run_until_complete(send_json(payloads))
+                else:
+                    result = loop.run_until_complete(transport.send([json.loads(p) for p in payloads]))
+            except RejectedEventsError as exc:
+                rejected = exc.rejected
+                for index in sorted(rejected):
+                    if 0 <= index < len(payloads):
+                        self._dead_letter(payloads[index], rejected[index], exc.status, spool)
+                        dead += 1
+                payloads = [p for i, p in enumerate(payloads) if i not in rejected]
+                continue
             except Exception as exc:
                 attempt += 1
                 self.retried += 1
-                delay = min(_MAX_BACKOFF, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
-                log.warning(
-                    "llm_meter: %s.send failed (%s: %s); retrying %d events in %.1fs",
+                delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+                retry_after = getattr(exc, "retry_after", None)
+                if isinstance(retry_after, int | float) and retry_after > delay:
+                    delay = min(float(retry_after), MAX_BACKOFF) * random.uniform(1.0, 1.2)
+                level = logging.ERROR if getattr(exc, "configuration", False) else logging.WARNING
+                log.log(
+                    level,
+                    "llm_meter: %s could not deliver %d events (%s: %s); retrying in %.1fs",
                     type(transport).__name__,
+                    len(payloads),
                     type(exc).__name__,
                     exc,
-                    len(events),
                     delay,
                 )
                 if self._stopping:
-                    # Shutting down: keep the events pending instead of looping past the deadline.
-                    self._requeue(batch)
-                    return False
+                    return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
                 self._wake.wait(delay)
                 self._wake.clear()
                 continue
-            with self._done:
-                self.delivered += len(events)
-                self._done.notify_all()
-            return True
-        return True
+            self.duplicates += int(getattr(result, "duplicates", 0) or 0)
+            return True, len(payloads), dead
+        return True, 0, dead
 
-    def _requeue(self, batch: list[UsageRecord]) -> None:
-        # Estimates are already resolved in these records; put them back at the front.
-        self.taken -= len(batch)
-        self._queue.extendleft(reversed(batch))
+    def _dead_letter(self, payload: str, reason: str, status: int, spool: Spool | None) -> None:
+        log.error("llm_meter: the destination refused an event (%s); set aside as a dead letter", reason)
+        if spool is not None:
+            try:
+                spool.dead_letter(payload, reason, status)
+                return
+            except OSError:
+                log.exception("llm_meter: could not write the dead letter")
+        self.dead_letters.append({"event": json.loads(payload), "reason": reason, "status": status})
 
 
 def _run_aclose(transport: Transport) -> None:
@@ -223,7 +368,8 @@ def _reset_in_child(ref: weakref.ref[Dispatcher]) -> None:
     """After ``os.fork()``: the child starts with an empty queue and no worker thread.
 
     Records queued before the fork belong to the parent, which delivers them; dropping the
-    child's copies is what keeps them from being sent twice.
+    child's copies is what keeps them from being sent twice. (Spooled events stay in the
+    parent's segments: the spool resets itself in the child too.)
     """
     dispatcher = ref()
     if dispatcher is None:
@@ -233,4 +379,5 @@ def _reset_in_child(ref: weakref.ref[Dispatcher]) -> None:
     dispatcher._done = threading.Condition()
     dispatcher._start_lock = threading.Lock()
     dispatcher._thread = None
-    dispatcher.taken = dispatcher.delivered = dispatcher.failed = 0
+    dispatcher.taken = dispatcher.respooled = dispatcher.failed = 0
+    dispatcher.delivered = dispatcher.delivered_own = dispatcher.dead = dispatcher.dead_own = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from typing import Any, Literal, TypeVar
 from ._dispatch import Dispatcher
 from ._events import EventOptions, UsageRecord
 from ._exceptions import ConfigurationError
+from ._spool import Spool
 from .transports import Transport, check_transport
 
 __all__ = ["Meter", "MeterStats", "default_meter"]
@@ -56,6 +58,11 @@ class Meter:
         on_missing_customer: ``"raise"`` (default) raises ``MissingCustomerError`` before
             a billed call with no customer is sent; ``"warn"`` sends it, logs a warning and
             emits no event.
+        spool_dir: a directory for the durable spool: every event is appended there before
+            the metered call returns and removed only once delivered; events a crashed
+            process left are delivered by the next meter opened on it. Several processes
+            may share one directory. ``None`` keeps events in memory only.
+        fsync: ``fsync`` every spool append (survives power loss; costs a disk flush per event).
         exit_timeout: seconds spent delivering pending events at interpreter exit.
         batch_size: most events per ``transport.send`` call.
         flush_interval: longest wait, in seconds, before a partial batch is sent.
@@ -70,6 +77,8 @@ class Meter:
         polar_llm: bool = False,
         incomplete_streams: Literal["estimate", "skip"] = "estimate",
         on_missing_customer: Literal["raise", "warn"] = "raise",
+        spool_dir: str | os.PathLike[str] | None = None,
+        fsync: bool = False,
         exit_timeout: float = 2.0,
         batch_size: int = 100,
         flush_interval: float = 1.0,
@@ -94,8 +103,13 @@ class Meter:
         self.estimate_incomplete = incomplete_streams == "estimate"
         self.raise_on_missing_customer = on_missing_customer == "raise"
         self.exit_timeout = float(exit_timeout)
+        self.spool = Spool(spool_dir, fsync=fsync) if spool_dir is not None else None
         self._dispatcher = Dispatcher(
-            transport, self.options, batch_size=batch_size, flush_interval=float(flush_interval)
+            transport,
+            self.options,
+            spool=self.spool,
+            batch_size=batch_size,
+            flush_interval=float(flush_interval),
         )
         self._missing_customer_warned = False
         #: Metering failures that were logged instead of raised (hand-off, parsing).
@@ -176,8 +190,8 @@ class Meter:
             delivered=d.delivered,
             pending=d.pending,
             retried=d.retried,
-            dead_lettered=0,
-            duplicates=0,
+            dead_lettered=d.dead,
+            duplicates=d.duplicates,
         )
 
     def warn_missing_customer(self, what: str) -> None:

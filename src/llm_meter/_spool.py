@@ -1,0 +1,378 @@
+"""The durable spool: append-only segment files in a directory several processes share.
+
+Layout of ``spool_dir``::
+
+    seg-<ns>-<pid>-<rand>.log   events, one record per line: ``<crc32 hex8> <wire JSON>\\n``
+    seg-<ns>-<pid>-<rand>.ack   how far that segment is acknowledged (a byte offset)
+    dead-letters.jsonl          events Polar refused (422), with the reason
+
+Rules that make it safe:
+
+- Each process appends only to segments it created. A segment is created under a temporary
+  name, locked with ``flock`` and only then renamed into place, so a segment that another
+  process can lock is one whose writer is gone (SIGKILL included: the kernel drops the lock).
+- Appends are one ``os.write`` of a whole line on an ``O_APPEND`` descriptor: concurrent
+  threads never interleave inside a line. A line that was cut short by a crash fails its
+  CRC and is skipped and counted, never parsed.
+- A segment's ``.ack`` offset only moves forward after the transport acknowledged every
+  line before it. Lines after it are sent again after a crash; Polar's ``external_id``
+  deduplication turns such a resend into ``duplicates``, not a second charge.
+- Orphaned segments (writer gone) are adopted by whichever process locks them first and
+  deleted once fully acknowledged. The adopter checks the locked file is still the one at
+  that path, so a segment deleted meanwhile is never sent twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+import zlib
+from collections.abc import Iterator
+from copy import copy
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["Batch", "Spool", "encode_record"]
+
+log = logging.getLogger("llm_meter")
+
+_SEGMENT_BYTES: Final = 8 * 1024 * 1024
+_READ_CHUNK: Final = 256 * 1024
+#: A retired segment is deleted only this long after its last append could have started.
+_GRACE: Final = 2.0
+DEAD_LETTERS: Final = "dead-letters.jsonl"
+
+
+def encode_record(payload: str) -> bytes:
+    """One spool line: CRC32 of the payload, a space, the payload, a newline."""
+    data = payload.encode()
+    return b"%08x %s\n" % (zlib.crc32(data), data)
+
+
+class _Segment:
+    """One segment file this process holds the lock of (its own, or an adopted orphan)."""
+
+    __slots__ = ("ack_offset", "ack_path", "fd", "own", "path", "read_offset", "retired_at", "size_hint")
+
+    def __init__(self, path: str, fd: int, *, own: bool, ack_offset: int = 0) -> None:
+        self.path = path
+        self.ack_path = path[: -len(".log")] + ".ack"
+        self.fd = fd
+        self.own = own
+        self.ack_offset = ack_offset
+        self.read_offset = ack_offset
+        #: ``None`` while appends may go to it; the time it stopped being the active segment.
+        self.retired_at: float | None = None if own else 0.0
+        self.size_hint = 0
+
+
+@dataclass
+class Batch:
+    """Lines read from one segment, in order, not yet acknowledged."""
+
+    segment: _Segment
+    payloads: list[str]
+    end_offset: int
+
+    @property
+    def own(self) -> bool:
+        return self.segment.own
+
+
+class Spool:
+    """Append-only, crash-safe, multi-process event log (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.fsync = fsync
+        self.segment_bytes = _SEGMENT_BYTES
+        self._active: _Segment | None = None
+        self._segments: list[_Segment] = []  # owned, oldest first (worker side)
+        self._create_lock = threading.Lock()
+        self._appended = itertools.count()
+        self.corrupt = 0
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
+
+    def __repr__(self) -> str:
+        return f"Spool({self.directory!r})"
+
+    # -- caller side ---------------------------------------------------------------------
+    def append(self, line: bytes) -> None:
+        """Append one encoded record; durable in the OS when this returns (``fsync`` for power loss)."""
+        segment = self._active
+        if segment is None:
+            segment = self._open_segment()
+        os.write(segment.fd, line)
+        if self.fsync:
+            os.fsync(segment.fd)
+        next(self._appended)
+
+    @property
+    def appended(self) -> int:
+        """Records this process appended (``itertools.count`` is advanced without a lock)."""
+        return next(copy(self._appended))
+
+    def _open_segment(self) -> _Segment:
+        with self._create_lock:
+            if self._active is not None:
+                return self._active
+            segment = self._create()
+            self._segments.append(segment)
+            self._active = segment
+            return segment
+
+    def _create(self) -> _Segment:
+        name = f"seg-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temporary = os.path.join(self.directory, f"tmp-{name}.log")
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours before anyone can see it
+        path = os.path.join(self.directory, name + ".log")
+        os.rename(temporary, path)
+        return _Segment(path, fd, own=True)
+
+    # -- worker side ---------------------------------------------------------------------
+    def rotate_if_large(self) -> None:
+        """Start a new active segment once the current one is big (worker only)."""
+        segment = self._active
+        if segment is not None and os.fstat(segment.fd).st_size >= self.segment_bytes:
+            with self._create_lock:
+                new = self._create()
+                self._segments.append(new)
+                self._active = new
+                segment.retired_at = time.monotonic()
+
+    def adopt_orphans(self) -> int:
+        """Lock and take over segments whose writer is gone; returns how many."""
+        known = {segment.path for segment in self._segments}
+        adopted = 0
+        try:
+            names = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            if not (name.startswith("seg-") and name.endswith(".log")):
+                continue
+            path = os.path.join(self.directory, name)
+            if path in known:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    raise FileNotFoundError(path)  # deleted and replaced meanwhile
+            except (BlockingIOError, FileNotFoundError):
+                os.close(fd)
+                continue
+            segment = _Segment(path, fd, own=False, ack_offset=_read_ack(path[: -len(".log")] + ".ack"))
+            self._segments.append(segment)
+            adopted += 1
+        if adopted:
+            self._segments.sort(key=lambda s: os.path.basename(s.path))
+            log.info("llm_meter: adopted %d spool segment(s) left by stopped processes", adopted)
+        return adopted
+
+    def read_batch(self, max_events: int) -> Batch | None:
+        """The next unacknowledged lines (at most *max_events*, one segment), or ``None``."""
+        for segment in list(self._segments):
+            batch = self._read(segment, max_events)
+            if batch is not None:
+                return batch
+            self._finish_if_done(segment)
+        return None
+
+    def _read(self, segment: _Segment, max_events: int) -> Batch | None:
+        payloads: list[str] = []
+        offset = segment.read_offset
+        retired_at = segment.retired_at
+        # Our own segment may still receive an append (or finish one) until the grace ends.
+        writer_alive = segment.own and (retired_at is None or time.monotonic() - retired_at < _GRACE)
+        while len(payloads) < max_events:
+            chunk = os.pread(segment.fd, _READ_CHUNK, offset)
+            if not chunk:
+                break
+            at_eof = len(chunk) < _READ_CHUNK
+            pos = 0
+            while len(payloads) < max_events:
+                end = chunk.find(b"\n", pos)
+                if end < 0:
+                    break
+                payload = _check(chunk[pos : end + 1])
+                pos = end + 1
+                if payload is None:
+                    self._count_corrupt(segment, "corrupt record")
+                else:
+                    payloads.append(payload)
+            offset += pos
+            if len(payloads) >= max_events or pos == len(chunk):
+                if at_eof:
+                    break
+                continue
+            # A partial line is left in this chunk.
+            if not at_eof:
+                if pos == 0:  # no newline in a whole chunk: garbage, skip it
+                    self._count_corrupt(segment, "oversized record")
+                    offset += len(chunk)
+                continue
+            if writer_alive:
+                break  # an append in progress: read it next time
+            self._count_corrupt(segment, "truncated record (writer stopped mid-write)")
+            offset += len(chunk) - pos
+            break
+        if offset == segment.read_offset:
+            return None
+        segment.read_offset = offset
+        if not payloads:
+            self.commit(Batch(segment, [], offset))  # only unreadable lines: acknowledge them away
+            return self._read(segment, max_events)
+        return Batch(segment, payloads, offset)
+
+    def _count_corrupt(self, segment: _Segment, what: str) -> None:
+        self.corrupt += 1
+        log.warning("llm_meter: skipped a %s in %s (%d skipped so far)", what, segment.path, self.corrupt)
+
+    def commit(self, batch: Batch) -> None:
+        """Record that every line of *batch* was acknowledged (or dead-lettered)."""
+        segment = batch.segment
+        segment.ack_offset = batch.end_offset
+        _write_ack(segment.ack_path, batch.end_offset, fsync=self.fsync)
+        self._finish_if_done(segment)
+
+    def release(self, batch: Batch) -> None:
+        """*batch* was not delivered: read it again next time."""
+        batch.segment.read_offset = min(batch.segment.read_offset, batch.segment.ack_offset)
+
+    def _finish_if_done(self, segment: _Segment) -> None:
+        """Delete a retired (or adopted) segment once all of it is acknowledged."""
+        retired_at = segment.retired_at
+        if retired_at is None or segment.ack_offset != segment.read_offset:
+            return
+        if segment.own and time.monotonic() - retired_at < _GRACE:
+            return
+        if os.fstat(segment.fd).st_size != segment.ack_offset:
+            return  # something arrived after all
+        for path in (segment.path, segment.ack_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        os.close(segment.fd)
+        self._segments.remove(segment)
+
+    def pending_lines(self) -> int:
+        """Unacknowledged records in the segments this process holds (reads the files)."""
+        total = 0
+        for segment in list(self._segments):
+            offset = segment.ack_offset
+            while True:
+                chunk = os.pread(segment.fd, _READ_CHUNK, offset)
+                if not chunk:
+                    break
+                total += chunk.count(b"\n")
+                offset += len(chunk)
+        return total
+
+    def close(self) -> None:
+        """Delete this process's fully acknowledged segments and unlock the rest for others."""
+        for segment in list(self._segments):
+            segment.retired_at = 0.0 if segment.own else segment.retired_at
+            try:
+                if segment.ack_offset == segment.read_offset:
+                    self._finish_if_done(segment)
+            except OSError:
+                pass
+        self.release_all()
+
+    def release_all(self) -> None:
+        """Close every segment without deleting anything (the process is ending or forked)."""
+        for segment in self._segments:
+            try:
+                os.close(segment.fd)
+            except OSError:
+                pass
+        self._segments = []
+        self._active = None
+
+    # -- dead letters --------------------------------------------------------------------
+    def dead_letter(self, payload: str, reason: str, status: int) -> None:
+        """Set one event aside with the reason it was refused."""
+        entry = json.dumps(
+            {"event": json.loads(payload), "reason": reason, "status": status, "at": time.time()},
+            ensure_ascii=False,
+        )
+        fd = os.open(
+            os.path.join(self.directory, DEAD_LETTERS), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        try:
+            os.write(fd, entry.encode() + b"\n")
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _check(line: bytes) -> str | None:
+    """The payload of a well-formed line, ``None`` if its CRC or shape is wrong."""
+    if len(line) < 11 or line[8:9] != b" ":
+        return None
+    data = line[9:-1]
+    try:
+        if int(line[:8], 16) != zlib.crc32(data):
+            return None
+        return data.decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _read_ack(path: str) -> int:
+    try:
+        with open(path, "rb") as file:
+            return int(file.read().strip() or b"0")
+    except (FileNotFoundError, ValueError):
+        return 0  # unknown: resend from the start, deduplicated by external_id
+
+
+def _write_ack(path: str, offset: int, *, fsync: bool) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as file:
+        file.write(b"%d" % offset)
+        if fsync:
+            file.flush()
+            os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _reset_in_child(ref: weakref.ref[Spool]) -> None:
+    """After ``os.fork()``: the child appends to segments of its own, never the parent's."""
+    spool = ref()
+    if spool is not None:
+        spool.release_all()
+        spool._create_lock = threading.Lock()
+        spool._appended = itertools.count()
+
+
+def iter_dead_letters(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The dead letters of a spool directory, oldest first."""
+    path = os.path.join(os.fspath(directory), DEAD_LETTERS)
+    try:
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                line = line.strip()
+                if line:
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        log.warning("llm_meter: skipped an unreadable dead letter in %s", path)
+    except FileNotFoundError:
+        return
