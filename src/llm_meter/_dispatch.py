@@ -319,6 +319,10 @@ class Dispatcher:
                         self._dead_letter(payloads[index], rejected[index], exc.status, spool)
                         dead += 1
                 payloads = [p for i, p in enumerate(payloads) if i not in rejected]
+                stored = getattr(exc, "result", None)
+                if stored is not None:  # the transport already delivered the others
+                    self.duplicates += int(getattr(stored, "duplicates", 0) or 0)
+                    return True, len(payloads), dead
                 continue
             except Exception as exc:
                 attempt += 1

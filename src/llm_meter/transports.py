@@ -15,8 +15,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ._exceptions import ConfigurationError
+from ._polar import IngestResult, PolarTransport
 
-__all__ = ["CallbackTransport", "JSONLTransport", "MemoryTransport", "Transport", "check_transport"]
+__all__ = [
+    "CallbackTransport",
+    "IngestResult",
+    "JSONLTransport",
+    "MemoryTransport",
+    "PolarTransport",
+    "Transport",
+    "check_transport",
+]
 
 Event = dict[str, Any]
 

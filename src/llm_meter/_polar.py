@@ -1,0 +1,230 @@
+"""``PolarTransport``: Polar's Events Ingestion API over ``httpx2``.
+
+Contract (shared/reference/polar-ingest-contract.md): ``POST /v1/events/ingest`` with
+``{"events": [...]}`` and ``Authorization: Bearer <organization access token>``; a 200
+answers ``{"inserted", "duplicates"}``; a 422 rejects the whole request and names the bad
+events by index. How each answer is turned into the worker's next step:
+
+====================  =====================================================================
+answer                what happens
+====================  =====================================================================
+2xx                   acknowledged; ``duplicates`` counted (a resend after a lost answer)
+422 with indices      those events become dead letters, the rest is sent again at once
+422/400/413 without   the batch is split in halves until the refused events are isolated
+429                   retried after ``Retry-After`` (a floor, capped at 30 s, jittered)
+401, 403, 404         kept and retried with backoff, logged as a configuration error
+5xx, timeout, reset   retried with jittered exponential backoff (capped at 30 s)
+====================  =====================================================================
+
+No ``organization_id`` is ever sent (an organization token forbids it) and no
+``Polar-Version`` is pinned unless asked for: a retired pinned version answers 404 to
+everything. The token never appears in ``repr``, logs or exception messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ._exceptions import ConfigurationError, DeliveryError, RejectedEventsError
+
+__all__ = ["IngestResult", "PolarTransport"]
+
+SERVERS: Final = {"production": "https://api.polar.sh", "sandbox": "https://sandbox-api.polar.sh"}
+_PATH: Final = "/v1/events/ingest"
+_SPLITTABLE: Final = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """Polar's answer to one accepted batch."""
+
+    inserted: int
+    duplicates: int
+
+
+class PolarTransport:
+    """Deliver ``ai_usage`` events to Polar.
+
+    Args:
+        access_token: an Organization Access Token with the ``events:write`` scope; read from
+            ``POLAR_ACCESS_TOKEN`` when omitted.
+        server: ``"production"`` or ``"sandbox"`` (tokens are per environment).
+        base_url: overrides ``server`` (and the ``POLAR_BASE_URL`` environment variable), e.g.
+            the URL of :class:`llm_meter.testing.FakePolarServer`.
+        timeout: seconds per request.
+        api_version: a ``Polar-Version`` to pin (``"2026-10"``); by default none is sent.
+
+    Raises:
+        ConfigurationError: no token, an unknown server, or a bad timeout.
+    """
+
+    def __init__(
+        self,
+        access_token: str | None = None,
+        *,
+        server: str = "production",
+        base_url: str | None = None,
+        timeout: float = 10.0,
+        api_version: str | None = None,
+    ) -> None:
+        token = access_token if access_token is not None else os.environ.get("POLAR_ACCESS_TOKEN")
+        if not token or not isinstance(token, str):
+            raise ConfigurationError(
+                "PolarTransport needs an access token (access_token= or POLAR_ACCESS_TOKEN)"
+            )
+        if server not in SERVERS:
+            raise ConfigurationError(f"server= must be 'production' or 'sandbox', got {server!r}")
+        base = base_url or os.environ.get("POLAR_BASE_URL") or SERVERS[server]
+        if not base.startswith(("http://", "https://")):
+            raise ConfigurationError(f"base_url= must be an http(s) URL, got {base!r}")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise ConfigurationError(f"timeout= must be a positive number of seconds, got {timeout!r}")
+        self.base_url = base.rstrip("/")
+        self.timeout = float(timeout)
+        self.api_version = api_version
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "llm-meter",
+        }
+        if api_version:
+            self._headers["Polar-Version"] = api_version
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"PolarTransport(base_url={self.base_url!r}, access_token='***')"
+
+    def _http(self) -> Any:
+        if self._client is None:
+            import httpx2
+
+            self._client = httpx2.AsyncClient(timeout=self.timeout, headers=self._headers)
+        return self._client
+
+    async def send(self, events: list[dict[str, Any]], /) -> IngestResult:
+        """Send a batch of wire dicts (see :meth:`send_json`)."""
+        return await self.send_json(
+            [json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in events]
+        )
+
+    async def send_json(self, events: list[str], /) -> IngestResult:
+        """Send a batch of events already encoded as JSON text (what the spool holds)."""
+        status, body, headers = await self._post(events)
+        if 200 <= status < 300:
+            try:
+                answer = json.loads(body)
+                return IngestResult(
+                    int(answer.get("inserted", len(events))), int(answer.get("duplicates", 0))
+                )
+            except (ValueError, AttributeError, TypeError):
+                return IngestResult(len(events), 0)
+        if status in _SPLITTABLE:
+            rejected = _rejected_indices(body, len(events)) if status == 422 else {}
+            if rejected:
+                raise RejectedEventsError(f"Polar refused {len(rejected)} event(s) (HTTP {status})", rejected)
+            if len(events) == 1:
+                raise RejectedEventsError(
+                    f"Polar refused the event (HTTP {status})", {0: _reason(status, body)}
+                )
+            return await self._bisect(events)
+        if status == 429:
+            raise DeliveryError("Polar rate limit (HTTP 429)", retry_after=_retry_after(headers))
+        if status in (401, 403):
+            raise DeliveryError(
+                f"Polar refused the access token (HTTP {status}): check POLAR_ACCESS_TOKEN and its "
+                "events:write scope, and that it belongs to this server (production or sandbox)",
+                configuration=True,
+            )
+        if status == 404:
+            raise DeliveryError(
+                f"Polar answered 404 for {self.base_url}{_PATH}: check the base URL and Polar-Version "
+                f"({self.api_version or 'not pinned'})",
+                configuration=True,
+            )
+        if status >= 500:
+            raise DeliveryError(f"Polar server error (HTTP {status})")
+        raise DeliveryError(f"unexpected answer from Polar (HTTP {status})", configuration=True)
+
+    async def _bisect(self, events: list[str]) -> IngestResult:
+        """Isolate refused events when Polar's answer does not name them: send halves."""
+        middle = len(events) // 2
+        rejected: dict[int, str] = {}
+        inserted = duplicates = 0
+        for offset, half in ((0, events[:middle]), (middle, events[middle:])):
+            try:
+                result = await self.send_json(half)
+            except RejectedEventsError as exc:
+                rejected.update({offset + index: reason for index, reason in exc.rejected.items()})
+                keep = [event for index, event in enumerate(half) if index not in exc.rejected]
+                if keep:
+                    result = await self.send_json(keep)
+                else:
+                    continue
+            inserted += result.inserted
+            duplicates += result.duplicates
+        if rejected:
+            # The accepted events are stored already; only the refused ones are reported.
+            raise _PartiallyRejected(rejected, IngestResult(inserted, duplicates))
+        return IngestResult(inserted, duplicates)
+
+    async def _post(self, events: list[str]) -> tuple[int, bytes, Any]:
+        body = b'{"events":[' + ",".join(events).encode() + b"]}"
+        try:
+            response = await self._http().post(self.base_url + _PATH, content=body)
+        except Exception as exc:
+            # Timeouts and connection errors: the outcome is unknown, so the batch is resent
+            # with the same external_ids and Polar reports any copy it already has as duplicate.
+            raise DeliveryError(f"could not reach Polar ({type(exc).__name__})") from None
+        return response.status_code, response.content, response.headers
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+class _PartiallyRejected(RejectedEventsError):
+    """Some events were refused after a split; the others are already stored."""
+
+    def __init__(self, rejected: dict[int, str], result: IngestResult) -> None:
+        super().__init__(f"Polar refused {len(rejected)} event(s)", rejected)
+        self.result = result
+
+
+def _rejected_indices(body: bytes, count: int) -> dict[int, str]:
+    """``{index: reason}`` from a FastAPI/Pydantic 422 body (``loc = ["body", "events", i, ...]``)."""
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        return {}
+    rejected: dict[int, str] = {}
+    if not isinstance(detail, list):
+        return {}
+    for error in detail:
+        loc = error.get("loc") if isinstance(error, dict) else None
+        if isinstance(loc, list) and len(loc) > 2 and loc[:2] == ["body", "events"]:
+            index = loc[2]
+            if isinstance(index, int) and 0 <= index < count:
+                where = ".".join(str(part) for part in loc[3:])
+                message = (
+                    f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
+                )
+                rejected[index] = f"{rejected[index]}; {message}" if index in rejected else message
+    return rejected
+
+
+def _reason(status: int, body: bytes) -> str:
+    text = body.decode(errors="replace").strip()
+    return f"HTTP {status}: {text[:500]}" if text else f"HTTP {status}"
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
