@@ -3,6 +3,11 @@
 - :class:`MemoryTransport`: collects the wire events a :class:`~llm_meter.Meter` delivers.
 - :class:`FakeOpenAIServer`: a local OpenAI-compatible server (real HTTP on 127.0.0.1,
   JSON and SSE streams shaped like the real API, deterministic usage numbers).
+- :class:`FakePolarServer`: a local Polar events-ingest server (real HTTP on 127.0.0.1):
+  Polar's validation with Polar-shaped 422 bodies, ``external_id`` deduplication,
+  ``{inserted, duplicates}`` answers, and injectable :class:`Fault` s (5xx, 429 with
+  ``retry-after``, a commit answered after the client's timeout, connection resets, 401).
+  Pass ``server.url`` as ``PolarTransport(base_url=...)`` and ``server.access_token``.
 
 ```python
 from llm_meter import Meter, meter
@@ -20,6 +25,14 @@ with FakeOpenAIServer() as server, OpenAI(base_url=server.url, api_key="test") a
 from __future__ import annotations
 
 from ._fakes.openai_server import FakeOpenAIServer, RecordedRequest
+from ._fakes.polar_server import FakePolarServer, Fault, PolarRequest
 from .transports import MemoryTransport
 
-__all__ = ["FakeOpenAIServer", "MemoryTransport", "RecordedRequest"]
+__all__ = [
+    "FakeOpenAIServer",
+    "FakePolarServer",
+    "Fault",
+    "MemoryTransport",
+    "PolarRequest",
+    "RecordedRequest",
+]
