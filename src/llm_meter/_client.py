@@ -47,6 +47,25 @@ T = TypeVar("T")
 #: Key under which the resolved customer travels in ``FinalRequestOptions.headers``.
 #: It is removed in ``_build_request``, before any HTTP request is built.
 MARKER: Final = "x-llm-meter-customer"
+
+
+class _CustomerMarker(str):
+    """The value stored under :data:`MARKER`: a plain string to the SDK, carrying the customer.
+
+    Some clients (Anthropic Bedrock and Vertex) fold the headers into an HTTP header map in
+    ``_prepare_options``, before ``_build_request``: the value must be a valid header string,
+    and must not reveal the customer even if it ever escaped.
+    """
+
+    customer: Customer
+
+
+def _marker(who: Customer) -> _CustomerMarker:
+    marker = _CustomerMarker("1")
+    marker.customer = who
+    return marker
+
+
 #: Attribute of the built HTTP request (and of metered streams) holding its :class:`Call`.
 CALL_ATTR: Final = "_llm_meter_call"
 _UNSET: Final[Any] = object()
@@ -106,6 +125,7 @@ class Call:
         "original_body",
         "provider",
         "response_id",
+        "state",
         "stream",
         "text",
     )
@@ -129,6 +149,8 @@ class Call:
         #: The caller's loop over this stream ended early (``break`` or an exception in it).
         self.left_early = False
         self.http_response: Any = None
+        #: Provider-specific progress (e.g. Anthropic's merged stream usage).
+        self.state: Any = None
         #: ``observe(call, obj, response)`` for each parsed object; ``None`` once done.
         #: Providers bind the variant for the request (body, chat chunk, event) in prepare().
         self.observe: Callable[[Call, Any, Any], None] | None = provider.observe
@@ -256,9 +278,9 @@ def _bind_customer(method: Callable[..., Any], client: Any) -> Callable[..., Any
         if who is not None and accepts:
             headers = kwargs.get("extra_headers")
             if not headers:
-                kwargs["extra_headers"] = {MARKER: who}
+                kwargs["extra_headers"] = {MARKER: _marker(who)}
             elif MARKER not in headers:
-                kwargs["extra_headers"] = {**headers, MARKER: who}
+                kwargs["extra_headers"] = {**headers, MARKER: _marker(who)}
         return method(*args, **kwargs)
 
     call_with_customer.__name__ = getattr(method, "__name__", "call_with_customer")
@@ -575,7 +597,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         headers = options.headers
         who: Customer | None = None
         if headers and MARKER in headers:
-            who = headers[MARKER]
+            who = getattr(headers[MARKER], "customer", None)
             options.headers = {k: v for k, v in headers.items() if k != MARKER}
         provider = self._llm_meter_provider
         kind = provider.billed_kind(options)
@@ -679,6 +701,9 @@ def _install(client: Any, config: ClientConfig) -> None:
     """Attach *config*; proxy resources the SDK stored as plain instance attributes."""
     client._llm_meter = config
     attrs = client.__dict__
+    default_stream = attrs.get("_default_stream_cls")
+    if default_stream is not None:  # some clients (Anthropic Bedrock) set it per instance
+        attrs["_default_stream_cls"] = metered_stream_cls(default_stream, client._llm_meter_provider)
     for name, value in list(attrs.items()):
         if not name.startswith("_") and _is_container(value, client):
             attrs[name] = _ResourceProxy(value, client)
@@ -755,9 +780,10 @@ def _load_providers() -> None:
     if _providers_loaded:
         return
     _providers_loaded = True
-    from . import _openai
+    from . import _anthropic, _openai
 
     _openai.register()
+    _anthropic.register()
 
 
 def meter(

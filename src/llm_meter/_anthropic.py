@@ -1,0 +1,271 @@
+"""Anthropic: billed endpoints, billing-correct usage arithmetic, stream accumulation.
+
+Billed: ``POST /v1/messages`` (``messages`` and ``beta.messages``: ``create``, ``parse``,
+``stream``, tool runners), and the same call on Bedrock (``/model/{m}/invoke[-with-response-
+stream]``) and Vertex (``.../models/{m}:rawPredict`` / ``:streamRawPredict``). Not billed:
+``count_tokens`` and batch reads.
+
+Arithmetic (SPEC §4): Anthropic's ``input_tokens`` excludes cache reads and cache writes,
+so ``request_tokens = input_tokens + cache_creation_input_tokens + cache_read_input_tokens``;
+``response_tokens = output_tokens`` (thinking included). A stream's usage is the
+``message_start`` usage overwritten, field by field, by the non-null fields of the last
+``message_delta`` usage, which is cumulative: never summed.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from typing import Any, Final
+
+from ._client import Call, register_provider
+from ._events import UsageRecord
+
+__all__ = ["AnthropicProvider", "register"]
+
+log = logging.getLogger("llm_meter")
+
+_MESSAGES_URLS: Final = frozenset({"/v1/messages", "/v1/messages?beta=true"})
+#: Usage fields merged across stream events (message_start, then every message_delta).
+_FIELDS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation",
+    "server_tool_use",
+    "output_tokens_details",
+)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _model_from_url(url: str) -> str | None:
+    """The model a Bedrock or Vertex URL names (they move it out of the body)."""
+    if url.startswith("/model/"):
+        return urllib.parse.unquote(url[len("/model/") :].split("/", 1)[0]) or None
+    _, _, last = url.rpartition("/models/")
+    if last:
+        return urllib.parse.unquote(last.split(":", 1)[0]) or None
+    return None
+
+
+class _StreamUsage:
+    """A stream's usage so far: ``message_start`` fields overwritten by ``message_delta`` ones."""
+
+    __slots__ = ("fields", "output_final", "started")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+        self.started = False  # message_start arrived: input and cache numbers are exact
+        self.output_final = False  # a message_delta arrived: output_tokens is the provider's count
+
+    def merge(self, usage: Any) -> None:
+        fields = self.fields
+        for name in _FIELDS:
+            value = getattr(usage, name, None)
+            if value is not None:
+                fields[name] = value
+
+
+class AnthropicProvider:
+    """The :class:`~llm_meter._client.Provider` for the ``anthropic`` SDK."""
+
+    name = "anthropic"
+
+    def __init__(self) -> None:
+        import anthropic
+        from anthropic._resource import AsyncAPIResource, SyncAPIResource
+
+        self.resource_types: tuple[type, ...] = (SyncAPIResource, AsyncAPIResource)
+        self.sync_stream: type = anthropic.Stream
+        self.async_stream: type = anthropic.AsyncStream
+
+    # -- request side --------------------------------------------------------------------
+    def billed_kind(self, options: Any) -> str | None:
+        if options.method != "post":
+            return None
+        url = options.url
+        if url in _MESSAGES_URLS:
+            return "messages"
+        if url.startswith("/model/") and url.endswith(("/invoke", "/invoke-with-response-stream")):
+            return "messages"  # Bedrock
+        if url.endswith((":rawPredict", ":streamRawPredict")) and "/models/count-tokens:" not in url:
+            return "messages"  # Vertex
+        return None
+
+    def prepare(self, client: Any, options: Any, call: Call) -> None:
+        body = options.json_data
+        url = options.url
+        if isinstance(body, dict):
+            model = body.get("model")
+            call.model = model if isinstance(model, str) else _model_from_url(url)
+            stream = body.get("stream") is True
+            if call.meter.estimate_incomplete:
+                snapshot = dict(body)
+                for key in ("messages", "system", "tools"):
+                    value = snapshot.get(key)
+                    if isinstance(value, list):
+                        snapshot[key] = list(value)
+                call.body = snapshot
+        else:
+            call.model = _model_from_url(url)
+            stream = False
+        # Bedrock and Vertex take `stream` out of the body and into the URL.
+        stream = stream or url.endswith(("/invoke-with-response-stream", ":streamRawPredict"))
+        call.original_body = body
+        if stream:
+            call.stream = True
+            call.state = _StreamUsage()
+            if call.meter.estimate_incomplete:
+                call.text = []
+            call.observe = self._observe_event
+        else:
+            call.observe = self._observe_message
+
+    def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
+        return None  # Anthropic streams always carry usage; nothing is added to the request
+
+    # -- response side -------------------------------------------------------------------
+    def observe(self, call: Call, obj: object, response: Any) -> None:
+        """Generic entry (prepare() binds the specific observer)."""
+        if call.stream:
+            self._observe_event(call, obj, response)
+        else:
+            self._observe_message(call, obj, response)
+
+    def _observe_message(self, call: Call, message: Any, response: Any) -> None:
+        usage = getattr(message, "usage", None)
+        if usage is None:
+            return  # count_tokens-like shapes or parse(to=OtherType)
+        ident = getattr(message, "id", None)
+        if isinstance(ident, str) and ident:
+            call.response_id = ident
+        model = getattr(message, "model", None)
+        if isinstance(model, str) and model:
+            call.model = model
+        fields = {name: getattr(usage, name, None) for name in _FIELDS}
+        self._emit(call, fields, response)
+
+    def _observe_event(self, call: Call, event: Any, response: Any) -> None:
+        kind = getattr(event, "type", None)
+        state: _StreamUsage = call.state
+        if kind == "content_block_delta":
+            if call.text is not None:
+                delta = event.delta
+                piece = (
+                    getattr(delta, "text", None)
+                    or getattr(delta, "thinking", None)
+                    or getattr(delta, "partial_json", None)
+                )
+                if piece:
+                    call.text.append(piece)
+        elif kind == "message_delta":
+            usage = getattr(event, "usage", None)
+            if usage is not None:
+                state.merge(usage)
+                if getattr(usage, "output_tokens", None) is not None:
+                    state.output_final = True
+        elif kind == "message_start":
+            message = event.message
+            call.response_id = getattr(message, "id", None) or call.response_id
+            call.model = getattr(message, "model", None) or call.model
+            usage = getattr(message, "usage", None)
+            if usage is not None:
+                state.merge(usage)
+                state.started = True
+        elif kind == "message_stop" and state.started:
+            self._emit(call, state.fields, response)
+
+    def _emit(self, call: Call, fields: dict[str, Any], response: Any) -> None:
+        numbers = _numbers(fields)
+        call.emit(
+            response,
+            numbers["request_tokens"],
+            numbers["response_tokens"],
+            cached_tokens=numbers["cached_tokens"],
+            cache_write_tokens=numbers["cache_write_tokens"],
+            reasoning_tokens=numbers["reasoning_tokens"],
+            extra=numbers["extra"],
+        )
+
+    # -- estimates (background worker) ------------------------------------------------------
+    def estimate(self, call: Call, record: UsageRecord) -> None:
+        from . import _estimate_anthropic
+
+        state: _StreamUsage | None = call.state if isinstance(call.state, _StreamUsage) else None
+        estimated_input = state is None or not state.started
+        estimated_output = state is None or not state.output_final
+        fields: dict[str, Any] = dict(state.fields) if state is not None else {}
+        if estimated_input:
+            fields["input_tokens"] = _estimate_anthropic.estimate_input_tokens(call.body)
+        if estimated_output:
+            fields["output_tokens"] = _estimate_anthropic.estimate_output_tokens("".join(call.text or ()))
+        numbers = _numbers(fields)
+        record.request_tokens = numbers["request_tokens"]
+        record.response_tokens = numbers["response_tokens"]
+        record.cached_tokens = numbers["cached_tokens"]
+        record.cache_write_tokens = numbers["cache_write_tokens"]
+        record.reasoning_tokens = numbers["reasoning_tokens"]
+        record.extra = numbers["extra"]
+        record.estimated = estimated_input or estimated_output
+
+
+def _numbers(fields: dict[str, Any]) -> dict[str, Any]:
+    """Billing numbers from Anthropic usage fields (see the module docstring)."""
+    input_tokens = _int(fields.get("input_tokens")) or 0
+    cache_write = _int(fields.get("cache_creation_input_tokens"))
+    cache_read = _int(fields.get("cache_read_input_tokens"))
+    output_tokens = _int(fields.get("output_tokens")) or 0
+    extra: dict[str, int | float | str | bool] = {}
+    creation = fields.get("cache_creation")
+    if creation is not None:
+        for source, key in (
+            ("ephemeral_5m_input_tokens", "cache_write_5m_tokens"),
+            ("ephemeral_1h_input_tokens", "cache_write_1h_tokens"),
+        ):
+            value = _int(getattr(creation, source, None))
+            if value is not None:
+                extra[key] = value
+    tools = fields.get("server_tool_use")
+    if tools is not None:
+        for name in ("web_search_requests", "web_fetch_requests"):
+            value = _int(getattr(tools, name, None))
+            if value is not None:
+                extra[name] = value
+    details = fields.get("output_tokens_details")
+    thinking = _int(getattr(details, "thinking_tokens", None)) if details is not None else None
+    return {
+        "request_tokens": input_tokens + (cache_write or 0) + (cache_read or 0),
+        "response_tokens": output_tokens,
+        "cached_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "reasoning_tokens": thinking,
+        "extra": extra or None,
+    }
+
+
+_provider: AnthropicProvider | None = None
+
+
+def _detect(cls: type) -> AnthropicProvider | None:
+    global _provider
+    try:
+        from anthropic._base_client import AsyncAPIClient, SyncAPIClient
+    except ImportError:
+        return None
+    if not issubclass(cls, SyncAPIClient | AsyncAPIClient):
+        return None
+    if _provider is None:
+        _provider = AnthropicProvider()
+    return _provider
+
+
+def register() -> None:
+    """Make ``meter()`` accept every ``anthropic`` client (first-party, Bedrock, Vertex, ...)."""
+    register_provider(
+        _detect,
+        "anthropic.Anthropic, AsyncAnthropic, AnthropicBedrock, AnthropicVertex (and their async twins)",
+    )
