@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +11,12 @@ import pytest
 from llm_meter import Meter
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter.transports import MemoryTransport
+
+# The default meter (used by meter() without meter=) spools under LLM_METER_SPOOL_DIR and
+# delivers with POLAR_ACCESS_TOKEN: keep the suite away from the user's real ones.
+os.environ["LLM_METER_SPOOL_DIR"] = tempfile.mkdtemp(prefix="llm-meter-test-spool-")
+for _name in ("POLAR_ACCESS_TOKEN", "POLAR_BASE_URL", "POLAR_SERVER"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -5,39 +5,122 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from llm_meter._cli import main
+from llm_meter._customer import Customer
+from llm_meter._events import EventOptions, UsageRecord, encode_wire
+from llm_meter._spool import Spool, encode_record
+from llm_meter.testing import FakePolarServer
 
 
-def test_demo_prints_events_and_per_customer_totals(capsys: pytest.CaptureFixture[str]) -> None:
-    """`llm-meter demo` runs offline and prints five events and totals for two customers."""
+def _stored(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith('  {"name":"ai_usage"')]
+
+
+def test_demo_prints_what_polar_stored_and_per_customer_totals(capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-meter demo` runs offline, delivers five events through PolarTransport and sums them."""
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    events = [json.loads(line) for line in out.splitlines() if line.startswith('  {"name":"ai_usage"')]
+    events = _stored(out)
     assert len(events) == 5
-    customers = [e["external_customer_id"] for e in events]
-    assert customers == ["cus_acme", "cus_globex", "cus_acme", "cus_acme", "cus_globex"]
+    assert sorted(str(e["external_customer_id"]) for e in events) == ["cus_acme"] * 3 + ["cus_globex"] * 2
     totals = {}
-    for line in out.split("per-customer totals:")[1].splitlines()[2:]:
+    for line in out.split("per-customer totals")[1].splitlines()[2:]:
         who, requests, req, resp, total = line.split()
         totals[who] = (int(requests), int(req), int(resp), int(total))
     for who, (requests, req, resp, total) in totals.items():
         mine = [e["metadata"] for e in events if e["external_customer_id"] == who]
         assert requests == len(mine) and total == req + resp
-        assert total == sum(m["total_tokens"] for m in mine)
+        assert total == sum(int(m["total_tokens"]) for m in mine)  # type: ignore[index]
 
 
-def test_demo_with_details_marks_the_broken_stream_estimated(capsys: pytest.CaptureFixture[str]) -> None:
-    """With --details, exactly the broken-off stream's event is flagged estimated."""
+def test_demo_with_details_marks_only_the_broken_stream_estimated(capsys: pytest.CaptureFixture[str]) -> None:
+    """With --details, exactly one stored event (the broken-off stream) is flagged estimated."""
     assert main(["demo", "--details"]) == 0
+    events = _stored(capsys.readouterr().out)
+    assert sorted(e["metadata"]["estimated"] for e in events) == [False] * 4 + [True]  # type: ignore[index]
+
+
+def _orphan_spool(directory: Path, count: int) -> None:
+    spool = Spool(directory)
+    customer = Customer("external_customer_id", "cus_cli")
+    for n in range(count):
+        record = UsageRecord(
+            provider="openai",
+            customer=customer,
+            external_id=f"openai:cli-{n}",
+            timestamp=time.time(),
+            model="m",
+        )
+        spool.append(encode_record(encode_wire(record, EventOptions())))
+    spool.release_all()  # as if the process had died
+
+
+def test_flush_delivers_what_stopped_processes_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-meter flush` sends the spool's orphaned events with POLAR_ACCESS_TOKEN, once."""
+    _orphan_spool(tmp_path, 7)
+    with FakePolarServer() as polar:
+        monkeypatch.setenv("POLAR_ACCESS_TOKEN", polar.access_token)
+        monkeypatch.setenv("POLAR_BASE_URL", polar.url)
+        assert main(["flush", "--spool-dir", str(tmp_path), "--timeout", "10"]) == 0
+        assert main(["flush", "--spool-dir", str(tmp_path), "--timeout", "10"]) == 0
+        stored = sorted(str(e["external_id"]) for e in polar.events)
+    assert stored == sorted(f"openai:cli-{n}" for n in range(7))
+    assert "delivered 7 event(s)" in capsys.readouterr().out
+
+
+def test_flush_without_token_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without POLAR_ACCESS_TOKEN, flush exits 2 and says what to set."""
+    monkeypatch.delenv("POLAR_ACCESS_TOKEN", raising=False)
+    assert main(["flush", "--spool-dir", str(tmp_path)]) == 2
+    assert "POLAR_ACCESS_TOKEN" in capsys.readouterr().err
+
+
+def test_status_counts_pending_and_orphaned_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llm-meter status` reports what the spool holds and what is orphaned."""
+    _orphan_spool(tmp_path, 3)
+    assert main(["status", "--spool-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    events = [json.loads(line) for line in out.splitlines() if line.startswith('  {"name":"ai_usage"')]
-    assert [e["metadata"]["estimated"] for e in events] == [False, False, True, False, False]
+    assert "3 event(s) not yet acknowledged" in out and "3 of them left by stopped processes" in out
+
+
+def test_dead_letters_are_listed_and_requeued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dead letters are listed with Polar's reason; --retry puts them back and flush delivers them."""
+    spool = Spool(tmp_path)
+    event = {
+        "name": "ai_usage",
+        "external_customer_id": "c",
+        "external_id": "openai:dl",
+        "metadata": {"k": 1},
+    }
+    spool.dead_letter(json.dumps(event), "metadata.k: bad", 422)
+    assert main(["dead-letters", "--spool-dir", str(tmp_path)]) == 0
+    listed = json.loads(capsys.readouterr().out.strip())
+    assert listed["external_id"] == "openai:dl" and listed["reason"] == "metadata.k: bad"
+    assert main(["dead-letters", "--spool-dir", str(tmp_path), "--retry"]) == 0
+    with FakePolarServer() as polar:
+        monkeypatch.setenv("POLAR_ACCESS_TOKEN", polar.access_token)
+        monkeypatch.setenv("POLAR_BASE_URL", polar.url)
+        assert main(["flush", "--spool-dir", str(tmp_path), "--timeout", "10"]) == 0
+        assert [e["external_id"] for e in polar.events] == ["openai:dl"]
+    capsys.readouterr()
+    assert main(["dead-letters", "--spool-dir", str(tmp_path)]) == 0
+    assert "no dead letters" in capsys.readouterr().err
 
 
 def test_console_script_entry_point_runs() -> None:
-    """The installed module runs as a program and rejects an unknown command."""
+    """The module runs as a program and rejects an unknown command."""
     out = subprocess.run([sys.executable, "-m", "llm_meter._cli", "nope"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr

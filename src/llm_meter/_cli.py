@@ -1,13 +1,20 @@
-"""The ``llm-meter`` command line: ``llm-meter demo`` (offline by default)."""
+"""The ``llm-meter`` command line: ``demo`` (offline), ``flush``, ``status``, ``dead-letters``.
+
+Every command takes ``--spool-dir`` (default: ``LLM_METER_SPOOL_DIR``, else
+``~/.local/state/llm-meter/spool``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
+
+from ._exceptions import ConfigurationError
 
 __all__ = ["main"]
 
@@ -18,21 +25,30 @@ def _demo(args: argparse.Namespace) -> int:
     except ImportError:
         print("llm-meter demo needs the OpenAI SDK: pip install 'llm-meter[openai]'", file=sys.stderr)
         return 2
-
     from openai.types.chat import ChatCompletionMessageParam
 
     from . import Meter, customer
     from ._fakes.openai_server import FakeOpenAIServer
+    from ._fakes.polar_server import FakePolarServer
     from .openai import OpenAI
-    from .transports import MemoryTransport
+    from .transports import PolarTransport
 
-    transport = MemoryTransport()
-    m = Meter(transport=transport, details=args.details)
     messages: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "Write a haiku about metering every token."}
     ]
-    with FakeOpenAIServer(chunks=12) as server:
-        print(f"fake OpenAI server on {server.url} (no keys, no network)\n")
+    with (
+        FakeOpenAIServer(chunks=12) as server,
+        FakePolarServer() as polar,
+        tempfile.TemporaryDirectory(prefix="llm-meter-demo-") as spool_dir,
+    ):
+        m = Meter(
+            transport=PolarTransport(polar.access_token, base_url=polar.url),
+            spool_dir=spool_dir,
+            details=args.details,
+            flush_interval=0.2,
+        )
+        print(f"fake OpenAI server on {server.url}, fake Polar ingest on {polar.url} (no keys, no network)")
+        print(f"events are spooled in {spool_dir} and delivered by PolarTransport\n")
         with OpenAI(base_url=server.url, api_key="demo", max_retries=0, customer="cus_acme", meter=m) as acme:
             globex = acme.with_customer("cus_globex")
 
@@ -51,6 +67,7 @@ def _demo(args: argparse.Namespace) -> int:
                         break
             print(f"cus_acme   broken stream   -> {first!r} then break (billed with an estimate)")
 
+            # Per-call customer= is added at run time; type checkers do not know it (see README).
             globex.embeddings.create(  # type: ignore[call-arg]
                 model="text-embedding-3-small", input="billable text", customer="cus_acme"
             )
@@ -60,19 +77,23 @@ def _demo(args: argparse.Namespace) -> int:
                 acme.responses.create(model="gpt-4.1-nano", input="Summarise usage-based billing.")
             print("cus_globex customer(...) block around a Responses API call")
 
-    if not m.flush(timeout=5.0):
-        print("warning: not every event was delivered", file=sys.stderr)
-    m.close()
+        delivered = m.flush(timeout=10.0)
+        stats = m.stats()
+        m.close()
+        stored = list(polar.events)
 
-    print(f"\n{len(transport.events)} ai_usage events:")
+    if not delivered:
+        print("warning: not every event was delivered", file=sys.stderr)
+    print(f"\n{stats}")
+    print(f"\n{len(stored)} ai_usage events stored by the Polar-compatible server:")
     totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for event in transport.events:
+    for event in stored:
         print("  " + json.dumps(event, separators=(",", ":")))
         who = event.get("external_customer_id") or event.get("customer_id") or "?"
         meta: dict[str, Any] = event["metadata"]
         for key in ("requests", "request_tokens", "response_tokens", "total_tokens"):
             totals[who][key] += int(meta[key])
-    print("\nper-customer totals:")
+    print("\nper-customer totals (what Polar's meters would sum):")
     header = ("customer", "requests", "request_tokens", "response_tokens", "total_tokens")
     print("  {:<12} {:>8} {:>15} {:>16} {:>13}".format(*header))
     for who in sorted(totals):
@@ -81,18 +102,97 @@ def _demo(args: argparse.Namespace) -> int:
             f"  {who:<12} {t['requests']:>8} {t['request_tokens']:>15} "
             f"{t['response_tokens']:>16} {t['total_tokens']:>13}"
         )
+    return 0 if delivered else 1
+
+
+def _flush(args: argparse.Namespace) -> int:
+    from ._meter import Meter, transport_from_env
+
+    try:
+        transport = transport_from_env()
+    except ConfigurationError as exc:
+        print(f"llm-meter flush: {exc}", file=sys.stderr)
+        return 2
+    if transport is None:
+        print("llm-meter flush: set POLAR_ACCESS_TOKEN (and POLAR_SERVER or POLAR_BASE_URL)", file=sys.stderr)
+        return 2
+    m = Meter(transport=transport, spool_dir=args.spool_dir)
+    drained = m._dispatcher.drain(args.timeout)
+    stats = m.stats()
+    m.close(timeout=1.0)
+    print(
+        f"delivered {stats.delivered} event(s), {stats.duplicates} already stored, "
+        f"{stats.dead_lettered} dead-lettered, {stats.retried} retried"
+    )
+    if not drained:
+        print(f"the spool still holds events after {args.timeout:g}s: run again, or see llm-meter status")
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ._spool import iter_dead_letters, spool_status
+
+    segments = spool_status(args.spool_dir)
+    pending = sum(s.pending for s in segments)
+    waiting = sum(s.pending for s in segments if not s.live)
+    letters = sum(1 for _ in iter_dead_letters(args.spool_dir))
+    print(f"spool: {args.spool_dir}")
+    print(f"  {len(segments)} segment(s), {pending} event(s) not yet acknowledged")
+    print(f"  {waiting} of them left by stopped processes (run `llm-meter flush` to deliver them)")
+    print(f"  {letters} dead letter(s) (see `llm-meter dead-letters`)")
+    for segment in segments:
+        state = "in use by a running process" if segment.live else "orphaned"
+        print(f"  {segment.path}: {segment.pending} pending, {state}")
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from ._spool import iter_dead_letters, requeue_dead_letters
+
+    if args.retry:
+        count = requeue_dead_letters(args.spool_dir)
+        print(f"requeued {count} dead letter(s); `llm-meter flush` (or any metered process) delivers them")
+        return 0
+    count = 0
+    for letter in iter_dead_letters(args.spool_dir):
+        count += 1
+        event = letter.get("event", {})
+        print(
+            json.dumps(
+                {"external_id": event.get("external_id"), "reason": letter.get("reason"), "event": event}
+            )
+        )
+    if not count:
+        print("no dead letters", file=sys.stderr)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llm-meter`` console script."""
+    from ._meter import default_spool_dir
+
     parser = argparse.ArgumentParser(
         prog="llm-meter", description="Meter LLM usage into Polar ai_usage events."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run metered calls against an embedded fake OpenAI server")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--spool-dir", default=default_spool_dir(), help="the spool directory")
+        return sub
+
+    demo = command("demo", "metered calls against embedded fake OpenAI and Polar servers (offline)")
     demo.add_argument("--details", action="store_true", help="add the flat usage breakdown to events")
     demo.set_defaults(func=_demo)
+    flush = command("flush", "deliver every event waiting in the spool (uses POLAR_ACCESS_TOKEN)")
+    flush.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying (default 60)")
+    flush.set_defaults(func=_flush)
+    command("status", "what the spool holds").set_defaults(func=_status)
+    letters = command("dead-letters", "list the events Polar refused, with the reason")
+    letters.add_argument("--retry", action="store_true", help="put them back in the spool to be sent again")
+    letters.set_defaults(func=_dead_letters)
+
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -17,7 +17,7 @@ from ._exceptions import ConfigurationError
 from ._spool import Spool
 from .transports import Transport, check_transport
 
-__all__ = ["Meter", "MeterStats", "default_meter"]
+__all__ = ["Meter", "MeterStats", "default_meter", "default_spool_dir", "transport_from_env"]
 
 log = logging.getLogger("llm_meter")
 
@@ -216,11 +216,39 @@ _default: Meter | None = None
 _default_lock = threading.Lock()
 
 
+def default_spool_dir() -> str:
+    """``LLM_METER_SPOOL_DIR``, else ``$XDG_STATE_HOME/llm-meter/spool`` (``~/.local/state/...``)."""
+    configured = os.environ.get("LLM_METER_SPOOL_DIR")
+    if configured:
+        return configured
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "llm-meter", "spool")
+
+
+def transport_from_env() -> Transport | None:
+    """A :class:`PolarTransport` from ``POLAR_ACCESS_TOKEN`` / ``POLAR_SERVER`` / ``POLAR_BASE_URL``.
+
+    ``None`` when no token is set.
+    """
+    from ._polar import PolarTransport
+
+    token = os.environ.get("POLAR_ACCESS_TOKEN")
+    if not token:
+        return None
+    return PolarTransport(token, server=os.environ.get("POLAR_SERVER") or "production")
+
+
 def default_meter() -> Meter:
-    """The process-wide meter used by ``meter()`` when no ``meter=`` is given."""
+    """The process-wide meter used by ``meter()`` when no ``meter=`` is given.
+
+    Configured from the environment: ``POLAR_ACCESS_TOKEN``, ``POLAR_SERVER``,
+    ``POLAR_BASE_URL`` and ``LLM_METER_SPOOL_DIR`` (see :func:`default_spool_dir`). With no
+    token, events wait in the spool (a warning is logged once) until a process with a token,
+    or ``llm-meter flush``, delivers them.
+    """
     global _default
     if _default is None:
         with _default_lock:
             if _default is None:
-                _default = Meter()
+                _default = Meter(transport=transport_from_env(), spool_dir=default_spool_dir())
     return _default

@@ -39,7 +39,15 @@ from copy import copy
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["Batch", "Spool", "encode_record"]
+__all__ = [
+    "Batch",
+    "SegmentStatus",
+    "Spool",
+    "encode_record",
+    "iter_dead_letters",
+    "requeue_dead_letters",
+    "spool_status",
+]
 
 log = logging.getLogger("llm_meter")
 
@@ -364,7 +372,81 @@ def _reset_in_child(ref: weakref.ref[Spool]) -> None:
 
 def iter_dead_letters(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The dead letters of a spool directory, oldest first."""
-    path = os.path.join(os.fspath(directory), DEAD_LETTERS)
+    return iter_dead_letters_file(os.path.join(os.fspath(directory), DEAD_LETTERS))
+
+
+@dataclass(frozen=True)
+class SegmentStatus:
+    """What ``llm-meter status`` shows for one segment."""
+
+    path: str
+    pending: int  # records after the acknowledged offset
+    live: bool  # its writer (or an adopter) still holds the lock
+
+
+def spool_status(directory: str | os.PathLike[str]) -> list[SegmentStatus]:
+    """Read-only survey of a spool directory (takes each free lock only for an instant)."""
+    directory = os.fspath(directory)
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.startswith("seg-") and n.endswith(".log"))
+    except FileNotFoundError:
+        return []
+    result = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                live = False
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                live = True
+            offset = _read_ack(path[: -len(".log")] + ".ack")
+            pending = 0
+            while True:
+                chunk = os.pread(fd, _READ_CHUNK, offset)
+                if not chunk:
+                    break
+                pending += chunk.count(b"\n")
+                offset += len(chunk)
+        finally:
+            os.close(fd)
+        result.append(SegmentStatus(path, pending, live))
+    return result
+
+
+def requeue_dead_letters(directory: str | os.PathLike[str]) -> int:
+    """Move every dead letter back into the spool (in a new segment); returns how many.
+
+    The dead-letter file is renamed first, so letters written meanwhile by running
+    processes go to a fresh file and are neither lost nor requeued twice.
+    """
+    directory = os.fspath(directory)
+    source = os.path.join(directory, DEAD_LETTERS)
+    taken = os.path.join(directory, f"{DEAD_LETTERS}.requeue-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(source, taken)
+    except FileNotFoundError:
+        return 0
+    spool = Spool(directory)
+    count = 0
+    try:
+        for letter in iter_dead_letters_file(taken):
+            event = letter.get("event")
+            if isinstance(event, dict):
+                spool.append(encode_record(json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
+                count += 1
+    finally:
+        spool.release_all()  # unlocked: the next meter or `llm-meter flush` delivers it
+    os.unlink(taken)
+    return count
+
+
+def iter_dead_letters_file(path: str) -> Iterator[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as file:
             for line in file:

@@ -34,8 +34,14 @@ Event = dict[str, Any]
 class Transport(Protocol):
     """Anything with ``async send(events)`` and ``async aclose()`` plugs in."""
 
-    async def send(self, events: list[Event], /) -> None:
-        """Deliver one batch; return normally only once every event in it is stored."""
+    async def send(self, events: list[Event], /) -> object:
+        """Deliver one batch; return normally only once every event in it is stored.
+
+        The return value may carry a ``duplicates`` count (events the destination already
+        had); anything else is ignored. Raise :class:`~llm_meter.DeliveryError` (or any
+        exception) to have the batch retried, :class:`~llm_meter.RejectedEventsError` to
+        refuse single events.
+        """
 
     async def aclose(self) -> None:
         """Release resources; called once when the meter closes."""
