@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -157,3 +158,18 @@ def test_provider_extra_keys_are_reserved_with_details() -> None:
     """Keys a provider adds under details=True (e.g. web_search_requests) cannot be reused."""
     with pytest.raises(ConfigurationError):
         validate_metadata({"web_search_requests": 1}, details=True)
+
+
+def test_timestamp_is_never_ahead_of_the_clock_minus_skew_margin() -> None:
+    """A timestamp from the future (or now) is sent a few seconds in the past: Polar refuses future ones."""
+    from datetime import datetime
+
+    wire = to_wire(_record(timestamp=time.time() + 3600), EventOptions())
+    sent = datetime.fromisoformat(wire["timestamp"]).timestamp()
+    assert sent <= time.time() - 4.0
+
+
+def test_past_timestamp_is_kept_to_the_millisecond() -> None:
+    """A normal (past) response time is sent as is."""
+    wire = to_wire(_record(timestamp=1_795_000_000.1234), EventOptions())
+    assert wire["timestamp"] == "2026-11-18T11:06:40.123Z"

@@ -330,7 +330,8 @@ class Dispatcher:
                 delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
                 retry_after = getattr(exc, "retry_after", None)
                 if isinstance(retry_after, int | float) and retry_after > delay:
-                    delay = min(float(retry_after), MAX_BACKOFF) * random.uniform(1.0, 1.2)
+                    # A floor, jittered upwards so a fleet does not retry in step, still capped.
+                    delay = min(float(retry_after) * random.uniform(1.0, 1.2), MAX_BACKOFF)
                 level = logging.ERROR if getattr(exc, "configuration", False) else logging.WARNING
                 log.log(
                     level,

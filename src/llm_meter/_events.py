@@ -42,6 +42,8 @@ _RESERVED: Final = frozenset({"_llm", "_cost"})
 _MAX_KEYS: Final = 50
 _MAX_KEY_LEN: Final = 40
 _MAX_STR_LEN: Final = 500
+#: Seconds an event's timestamp is kept behind this host's clock (Polar refuses future ones).
+_CLOCK_SKEW: Final = 5.0
 
 
 class UsageRecord:
@@ -169,8 +171,9 @@ _second_cache: list[tuple[int, str]] = [(-1, "")]
 
 def _iso(ts: float) -> str:
     """ISO 8601 UTC with milliseconds; the per-second prefix is cached (one format per second)."""
-    # Polar rejects timestamps later than its own clock: never send one from the future.
-    ts = min(ts, time.time())
+    # Polar rejects a timestamp later than its own clock ("Timestamp must be in the past"):
+    # keep a margin for clock skew between this host and Polar's.
+    ts = min(ts, time.time() - _CLOCK_SKEW)
     second = int(ts)
     cached_second, prefix = _second_cache[0]
     if cached_second != second:
