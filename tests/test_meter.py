@@ -254,3 +254,19 @@ def test_forked_child_starts_clean_and_delivers_its_own_events() -> None:
         who, n = line.split(":")
         counts[int(who)] = counts.get(int(who), 0) + int(n)
     assert counts == {os.getpid(): 2, pid: 1}
+
+
+def test_building_clients_does_not_create_the_default_meter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrapping and copying clients with an explicit meter never touches the default meter."""
+    import openai
+
+    import llm_meter._meter as meter_module
+    from llm_meter import meter
+
+    monkeypatch.setattr(meter_module, "_default", None)
+    m = Meter(transport=MemoryTransport())
+    with openai.OpenAI(api_key="test", base_url="http://127.0.0.1:9/v1") as plain:
+        client = meter(plain, customer="cus_1", meter=m)
+        client.with_options(timeout=3.0).with_customer("cus_2")
+    assert meter_module._default is None
+    m.close()

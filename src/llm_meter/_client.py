@@ -96,13 +96,24 @@ class Provider(Protocol):
 
 
 class ClientConfig:
-    """The metering settings of one client instance."""
+    """The metering settings of one client instance.
 
-    __slots__ = ("customer", "meter")
+    ``meter`` ``None`` means the process-wide default meter, looked up only when a billed
+    call needs it: building a client never creates the default meter (and its spool).
+    """
 
-    def __init__(self, meter: Meter, customer: Customer | None) -> None:
-        self.meter = meter
+    __slots__ = ("_meter", "customer")
+
+    def __init__(self, meter: Meter | None, customer: Customer | None) -> None:
+        self._meter = meter
         self.customer = customer
+
+    @property
+    def meter(self) -> Meter:
+        meter = self._meter
+        if meter is None:
+            meter = self._meter = default_meter()
+        return meter
 
 
 class Call:
@@ -679,12 +690,10 @@ class _AsyncMeteredClient(_MeteredClient):
             return await super().request(cast_to, options, *args, **kwargs)
 
 
-def _check_meter(meter: object) -> Meter:
-    if meter is None:
-        return default_meter()
-    if not isinstance(meter, Meter):
-        raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
-    return meter
+def _check_meter(meter: object) -> Meter | None:
+    if meter is None or isinstance(meter, Meter):
+        return meter
+    raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
 
 
 def _derive(
@@ -692,7 +701,7 @@ def _derive(
 ) -> ClientConfig:
     who = make_customer(customer, customer_id)
     return ClientConfig(
-        _check_meter(meter) if meter is not None else config.meter,
+        _check_meter(meter) if meter is not None else config._meter,
         who if who is not None else config.customer,
     )
 
