@@ -35,8 +35,9 @@ anthropic-cookbook, open-llm-router). Measured on them:
 * input: median 4.9 %, mean 5.3 %, max 29 % (Haiku 4.5 with tools: its tool prompt is larger
   than the documented 346), mean bias -1.5 %.
 
-The data showed no tokenizer change from Claude 3 to Claude 4.6 (long texts are 1.13-1.14 x
-cl100k on Claude 3 Opus, 3 Sonnet, 3.7 Sonnet and 4.6 Sonnet alike). Claude Opus 4.7 introduced
+The data showed no tokenizer change from Claude 3 to Claude 4.6 (long plain-prose replies are
+1.13-1.15 x cl100k on Claude 3 Opus, 3 Sonnet and 3.7 Sonnet; Markdown-heavy ones 1.18-1.19 x on
+3.5 Haiku, Opus 4.5 and Sonnet 4.6). Claude Opus 4.7 introduced
 a new tokenizer that Anthropic says uses "roughly 1.0 to 1.35x" as many tokens (independent
 measurements: 1.2-1.47x on English, about 1.0x on CJK). Too few public examples exist to fit it,
 so for models recognised as Opus 4.7+ or any Claude 5+ (``model=`` argument, or the body's
