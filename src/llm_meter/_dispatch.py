@@ -58,12 +58,15 @@ class Dispatcher:
         self._flush_interval = flush_interval
         self._queue: deque[UsageRecord] = deque()
         self._wake = threading.Event()
+        #: Set only by close(): the one thing that may cut a retry backoff short.
+        self._stop = threading.Event()
         self._done = threading.Condition()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
-        self._idle = False
+        self._drain_requested = 0
+        self._idle_pass = 0
         self._warned_no_transport = False
         #: Events set aside when there is no spool to keep them in.
         self.dead_letters: list[dict[str, Any]] = []
@@ -138,8 +141,11 @@ class Dispatcher:
         if self._thread is None:
             self._start()
         with self._done:
-            self._idle = False
-            while not self._idle:
+            self._drain_requested += 1
+            request = self._drain_requested
+            # The worker answers with a pass that started after this request, adopting the
+            # segments stopped processes left since its last look, and found nothing to send.
+            while self._idle_pass < request:
                 self._wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -157,16 +163,18 @@ class Dispatcher:
     def close(self, timeout: float) -> bool:
         """Flush within *timeout*, stop the worker and close the transport."""
         deadline = time.monotonic() + max(timeout, 0.0)
-        ok = self.flush(timeout)
+        # Keep a little of the budget for the worker to stop and unlock the spool.
+        ok = self.flush(max(timeout - min(0.25, timeout / 4), 0.0))
         self._stopping = True
         self._closed = True
+        self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(deadline - time.monotonic(), 0.0))
         elif thread is None and self._transport is not None:
             _run_aclose(self._transport)
-        if self._spool is not None and (thread is None or not thread.is_alive()):
+        if self._spool is not None and thread is None:
             self._spool.close()  # what is left stays on disk, unlocked for the next process
         return ok
 
@@ -195,9 +203,12 @@ class Dispatcher:
         assert transport is not None
         next_adopt = 0.0
         try:
+            adopted_for = 0
             while True:
                 spool = self._spool
-                if spool is not None and time.monotonic() >= next_adopt:
+                request = self._drain_requested
+                if spool is not None and (request > adopted_for or time.monotonic() >= next_adopt):
+                    adopted_for = request
                     next_adopt = time.monotonic() + _ADOPT_EVERY
                     self._guard(spool.adopt_orphans)
                     self._guard(spool.rotate_if_large)
@@ -205,7 +216,7 @@ class Dispatcher:
                     if self._stopping:
                         break
                     with self._done:
-                        self._idle = True
+                        self._idle_pass = request
                         self._done.notify_all()
                     self._wake.wait(self._flush_interval)
                     self._wake.clear()
@@ -217,6 +228,8 @@ class Dispatcher:
             except Exception:
                 log.exception("llm_meter: transport.aclose() failed")
             loop.close()
+            if self._spool is not None and self._closed:
+                self._guard(self._spool.close)  # what is left stays on disk, unlocked for others
 
     def _guard(self, fn: Any) -> None:
         try:
@@ -307,6 +320,8 @@ class Dispatcher:
         dead = 0
         send_json = getattr(transport, "send_json", None)
         while payloads:
+            if attempt and self._stopping:
+                return False, 0, dead  # closing: no new attempt; the events stay pending
             try:
                 if send_json is not None:
                     result = loop.run_until_complete(send_json(payloads))
@@ -344,8 +359,9 @@ class Dispatcher:
                 )
                 if self._stopping:
                     return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
-                self._wake.wait(delay)
-                self._wake.clear()
+                # Not _wake: flush() sets that every few ms, and must not hammer a server
+                # that asked to wait (429) or refuses the token.
+                self._stop.wait(delay)
                 continue
             self.duplicates += int(getattr(result, "duplicates", 0) or 0)
             return True, len(payloads), dead
@@ -381,6 +397,7 @@ def _reset_in_child(ref: weakref.ref[Dispatcher]) -> None:
         return
     dispatcher._queue = deque()
     dispatcher._wake = threading.Event()
+    dispatcher._stop = threading.Event()
     dispatcher._done = threading.Condition()
     dispatcher._start_lock = threading.Lock()
     dispatcher._thread = None

@@ -10,9 +10,9 @@ answer                what happens
 ====================  =====================================================================
 2xx                   acknowledged; ``duplicates`` counted (a resend after a lost answer)
 422 with indices      those events become dead letters, the rest is sent again at once
-422/400/413 without   the batch is split in halves until the refused events are isolated
+422/413 without       the batch is split in halves until the refused events are isolated
 429                   retried after ``Retry-After`` (a floor, capped at 30 s, jittered)
-401, 403, 404         kept and retried with backoff, logged as a configuration error
+401, 403, 404, 400    kept and retried with backoff, logged as a configuration error
 5xx, timeout, reset   retried with jittered exponential backoff (capped at 30 s)
 ====================  =====================================================================
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,7 +35,13 @@ __all__ = ["IngestResult", "PolarTransport"]
 
 SERVERS: Final = {"production": "https://api.polar.sh", "sandbox": "https://sandbox-api.polar.sh"}
 _PATH: Final = "/v1/events/ingest"
-_SPLITTABLE: Final = frozenset({400, 413, 422})
+#: Answers about the content of the batch: split it to find the refused events. (A 400 is
+#: not among them: llm_meter always sends valid JSON, so a 400 points at a proxy or a
+#: misconfiguration, and splitting would wrongly dead-letter every event.)
+_SPLITTABLE: Final = frozenset({413, 422})
+#: HTTP clients a forked child inherited: never used nor closed there (the parent owns the
+#: sockets), only kept from being garbage-collected (which would close them).
+_inherited_clients: list[Any] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,8 @@ class PolarTransport:
         if api_version:
             self._headers["Polar-Version"] = api_version
         self._client: Any = None
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _drop_client_in_child(ref))
 
     def __repr__(self) -> str:
         return f"PolarTransport(base_url={self.base_url!r}, access_token='***')"
@@ -193,6 +202,14 @@ class _PartiallyRejected(RejectedEventsError):
     def __init__(self, rejected: dict[int, str], result: IngestResult) -> None:
         super().__init__(f"Polar refused {len(rejected)} event(s)", rejected)
         self.result = result
+
+
+def _drop_client_in_child(ref: weakref.ref[PolarTransport]) -> None:
+    """After ``os.fork()``: the child opens its own connections instead of sharing the parent's."""
+    transport = ref()
+    if transport is not None and transport._client is not None:
+        _inherited_clients.append(transport._client)
+        transport._client = None
 
 
 def _rejected_indices(body: bytes, count: int) -> dict[int, str]:
