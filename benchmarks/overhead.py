@@ -1,23 +1,25 @@
-"""Overhead of a metered OpenAI client versus the plain SDK client, against one local fake server.
+"""Overhead of metered OpenAI and Anthropic clients versus the plain SDK clients, against local fake servers.
 
 Usage::
 
-    python benchmarks/overhead.py            # full run (about 2 minutes)
-    python benchmarks/overhead.py --quick    # smoke run (under 40 s)
-    python benchmarks/overhead.py --server thread   # fake server in this process (GIL-shared, noisier)
+    python benchmarks/overhead.py            # full run (about 2.5 minutes, capped under 4)
+    python benchmarks/overhead.py --quick    # smoke run (under 50 s)
+    python benchmarks/overhead.py --only anthropic  # one SDK only (openai or anthropic)
+    python benchmarks/overhead.py --server thread   # fake servers in this process (GIL-shared, noisier)
 
-What is measured (one run, the same fake server for both sides):
+What is measured (one run, the same fake server for both sides of a row):
 
-1. non-streaming ``chat.completions.create``, sync and async;
-2. a 500-chunk ``create(stream=True)`` stream, fully consumed, sync and async;
-3. the hand-off on the caller's path: ``Meter.emit(UsageRecord(...))``, ``Call.emit(...)`` and the
-   provider's usage reading plus emit (``provider.observe(call, ChatCompletion, ...)``), each timed one
-   iteration at a time with ``time.perf_counter_ns`` in batches.
+1. non-streaming ``chat.completions.create`` (OpenAI) and ``messages.create`` (Anthropic), sync and async;
+2. a 500-chunk ``chat.completions.create(stream=True)`` stream and a 500-delta
+   ``messages.create(stream=True)`` stream, fully consumed, sync and async;
+3. the hand-off on the caller's path: ``Meter.emit(UsageRecord(...))``, ``Call.emit(...)`` and each
+   provider's usage reading plus emit (``provider.observe(call, ChatCompletion | Message, ...)``), each
+   timed one iteration at a time with ``time.perf_counter_ns`` in batches.
 
 Method: one client per side (same options, ``api_key="test"``, ``max_retries=0``, own connection pool),
 warmed up, then blocks that alternate the order plain/metered (A B, B A, ...) so drift cancels. The table
 gives the median per-call time of each side over all blocks, their ratio, and the median (min..max) of the
-per-block ratios. The fake server runs in a separate (spawned) process by default so it does not compete
+per-block ratios. The fake servers run in a separate (spawned) process by default so they do not compete
 with the measured client for the GIL. The metered side delivers to a transport that discards events,
 through the real background worker (whose CPU use is part of the measured overhead).
 """
@@ -33,19 +35,21 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from types import SimpleNamespace
 from typing import Any
 
+import anthropic
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import llm_meter
 from llm_meter import Meter
 from llm_meter._client import Call, metered_class
 from llm_meter._customer import make_customer
 from llm_meter._events import UsageRecord
+from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 
 MODEL = "gpt-4.1-nano"
@@ -53,10 +57,16 @@ MESSAGES: list[Any] = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "Say hello to the benchmark in a few words."},
 ]
+# A current model name: anthropic 2.x warns (DeprecationWarning) on retired ones.
+ANTHROPIC_MODEL = "claude-haiku-4-5"
+ANTHROPIC_SYSTEM = "You are a terse assistant."
+ANTHROPIC_MESSAGES: list[Any] = [{"role": "user", "content": "Say hello to the benchmark in a few words."}]
+ANTHROPIC_MAX_TOKENS = 1024
 STREAM_CHUNKS = 500
 TARGET_NON_STREAM = 1.03
 TARGET_STREAM = 1.05
 TARGET_HANDOFF_US = 10.0
+SDK_NAMES = ("openai", "anthropic")
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class Plan:
     handoff_batch: int
 
 
+# Budgets are per row: a full run of both SDKs stays under 4 minutes even on a loaded machine.
 FULL = Plan(
     call_blocks=60,
     calls_per_block=25,
@@ -80,8 +91,8 @@ FULL = Plan(
     streams_per_block=2,
     warmup_calls=100,
     warmup_streams=5,
-    call_budget_s=20.0,
-    stream_budget_s=35.0,
+    call_budget_s=15.0,
+    stream_budget_s=25.0,
     handoff_iterations=200_000,
     handoff_batch=1_000,
 )
@@ -92,40 +103,124 @@ QUICK = Plan(
     streams_per_block=2,
     warmup_calls=30,
     warmup_streams=2,
-    call_budget_s=4.0,
-    stream_budget_s=7.0,
-    handoff_iterations=100_000,
+    call_budget_s=2.5,
+    stream_budget_s=4.0,
+    handoff_iterations=50_000,
     handoff_batch=1_000,
 )
 
 
-# -- fake server ------------------------------------------------------------------------------------
+# -- the SDKs under test ----------------------------------------------------------------------------
 
 
-def _serve(conn: Connection) -> None:
-    """Child process: serve a default fake (non-stream) and a 500-chunk fake until told to stop."""
-    with FakeOpenAIServer() as small, FakeOpenAIServer(chunks=STREAM_CHUNKS) as large:
-        conn.send((small.url, large.url))
+@dataclass(frozen=True)
+class Sdk:
+    """How to build clients of one SDK and make its two benchmarked calls.
+
+    ``create(client)`` / ``stream(client)`` return the response, the stream, or (async client) the
+    coroutine that does; ``is_content(item)`` picks a content-carrying stream item for the hand-off rows.
+    ``stream_scale`` multiplies the streams per block, so that a block of a faster stream lasts about as
+    long as one of OpenAI's (a per-block ratio over a few milliseconds is mostly scheduling noise).
+    """
+
+    name: str
+    version: str
+    create_label: str
+    stream_label: str
+    client: Callable[..., Any]
+    aclient: Callable[..., Any]
+    create: Callable[[Any], Any]
+    stream: Callable[[Any], Any]
+    is_content: Callable[[Any], bool]
+    stream_scale: int = 1
+
+
+def _openai_sdk() -> Sdk:
+    return Sdk(
+        name="openai",
+        version=openai.__version__,
+        create_label="chat.create",
+        stream_label=f"stream {STREAM_CHUNKS} chunks",
+        client=openai.OpenAI,
+        aclient=openai.AsyncOpenAI,
+        create=lambda c: c.chat.completions.create(model=MODEL, messages=MESSAGES),
+        stream=lambda c: c.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True),
+        is_content=lambda chunk: bool(chunk.choices and chunk.choices[0].delta.content),
+    )
+
+
+def _anthropic_sdk() -> Sdk:
+    return Sdk(
+        name="anthropic",
+        version=anthropic.__version__,
+        create_label="messages.create",
+        stream_label=f"stream {STREAM_CHUNKS} events",
+        client=anthropic.Anthropic,
+        aclient=anthropic.AsyncAnthropic,
+        create=lambda c: c.messages.create(
+            model=ANTHROPIC_MODEL,
+            max_tokens=ANTHROPIC_MAX_TOKENS,
+            system=ANTHROPIC_SYSTEM,
+            messages=ANTHROPIC_MESSAGES,
+        ),
+        stream=lambda c: c.messages.create(
+            model=ANTHROPIC_MODEL,
+            max_tokens=ANTHROPIC_MAX_TOKENS,
+            system=ANTHROPIC_SYSTEM,
+            messages=ANTHROPIC_MESSAGES,
+            stream=True,
+        ),
+        is_content=lambda event: event.type == "content_block_delta",
+        stream_scale=4,  # a 500-event Anthropic stream parses about 4x faster than a 500-chunk OpenAI one
+    )
+
+
+SDKS: dict[str, Callable[[], Sdk]] = {"openai": _openai_sdk, "anthropic": _anthropic_sdk}
+
+
+# -- fake servers -----------------------------------------------------------------------------------
+
+Urls = dict[str, tuple[str, str]]
+"""SDK name -> (non-stream server URL, 500-chunk stream server URL)."""
+
+
+def _start_servers(stack: contextlib.ExitStack, names: Sequence[str]) -> Urls:
+    urls: Urls = {}
+    if "openai" in names:
+        small = stack.enter_context(FakeOpenAIServer())
+        large = stack.enter_context(FakeOpenAIServer(chunks=STREAM_CHUNKS))
+        urls["openai"] = (small.url, large.url)
+    if "anthropic" in names:
+        asmall = stack.enter_context(FakeAnthropicServer(model=ANTHROPIC_MODEL))
+        alarge = stack.enter_context(FakeAnthropicServer(chunks=STREAM_CHUNKS, model=ANTHROPIC_MODEL))
+        urls["anthropic"] = (asmall.url, alarge.url)
+    return urls
+
+
+def _serve(conn: Connection, names: tuple[str, ...]) -> None:
+    """Child process: serve a default fake (non-stream) and a 500-chunk fake per SDK until told to stop."""
+    with contextlib.ExitStack() as stack:
+        conn.send(_start_servers(stack, names))
         with contextlib.suppress(EOFError):
             conn.recv()
 
 
 @contextlib.contextmanager
-def fake_servers(mode: str) -> Iterator[tuple[str, str]]:
-    """``(non-stream URL, stream URL)`` of fake servers in a spawned process or in a thread."""
+def fake_servers(mode: str, names: tuple[str, ...]) -> Iterator[Urls]:
+    """The fake servers' URLs per SDK, the servers running in a spawned process or in threads."""
     if mode == "thread":
-        with FakeOpenAIServer() as small, FakeOpenAIServer(chunks=STREAM_CHUNKS) as large:
-            yield small.url, large.url
+        with contextlib.ExitStack() as stack:
+            yield _start_servers(stack, names)
         return
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(child,), name="fake-openai-server", daemon=True)
+    process = ctx.Process(target=_serve, args=(child, names), name="fake-llm-servers", daemon=True)
     process.start()
     child.close()
     try:
         if not parent.poll(60):
             raise RuntimeError("fake server process did not start")
-        urls: tuple[str, str] = parent.recv()
+        urls: Urls = parent.recv()
         yield urls
     finally:
         with contextlib.suppress(OSError):
@@ -154,45 +249,43 @@ class DiscardTransport:
 # -- one timed run per side -------------------------------------------------------------------------
 
 
-def sync_create(client: openai.OpenAI, n: int) -> list[int]:
+def sync_create(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
     times: list[int] = []
     clock = time.perf_counter_ns
     for _ in range(n):
         start = clock()
-        client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        call(client)
         times.append(clock() - start)
     return times
 
 
-def sync_stream(client: openai.OpenAI, n: int) -> list[int]:
+def sync_stream(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
     times: list[int] = []
     clock = time.perf_counter_ns
     for _ in range(n):
         start = clock()
-        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-        for _chunk in stream:
+        for _item in call(client):
             pass
         times.append(clock() - start)
     return times
 
 
-async def async_create(client: openai.AsyncOpenAI, n: int) -> list[int]:
+async def async_create(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
     times: list[int] = []
     clock = time.perf_counter_ns
     for _ in range(n):
         start = clock()
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        await call(client)
         times.append(clock() - start)
     return times
 
 
-async def async_stream(client: openai.AsyncOpenAI, n: int) -> list[int]:
+async def async_stream(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
     times: list[int] = []
     clock = time.perf_counter_ns
     for _ in range(n):
         start = clock()
-        stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-        async for _chunk in stream:
+        async for _item in await call(client):
             pass
         times.append(clock() - start)
     return times
@@ -254,14 +347,87 @@ def compare(
     return result
 
 
-def check_chunks(plain: openai.OpenAI, metered: openai.OpenAI) -> None:
-    """Both sides must see the same stream: 500 content chunks plus the role and finish chunks."""
-    counts = []
-    for client in (plain, metered):
-        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-        counts.append(sum(1 for _ in stream))
+def check_stream(sdk: Sdk, plain: Any, metered: Any) -> None:
+    """Both sides must see the same stream: 500 content items plus the opening and closing ones."""
+    counts = [sum(1 for _ in sdk.stream(client)) for client in (plain, metered)]
     if counts[0] != counts[1] or counts[0] < STREAM_CHUNKS:
-        raise RuntimeError(f"stream chunk counts differ: plain {counts[0]}, metered {counts[1]}")
+        raise RuntimeError(f"{sdk.name}: stream item counts differ: plain {counts[0]}, metered {counts[1]}")
+
+
+def run_sdk(
+    sdk: Sdk, plan: Plan, urls: tuple[str, str], m: Meter, runner: asyncio.Runner
+) -> tuple[list[Comparison], tuple[Any, Any]]:
+    """The four rows of one SDK, and a response body plus a content stream item for the hand-off rows."""
+    options: dict[str, Any] = {"api_key": "test", "max_retries": 0}
+    small_url, large_url = urls
+    plain = sdk.client(base_url=small_url, **options)
+    metered = llm_meter.meter(sdk.client(base_url=small_url, **options), customer="cus_1", meter=m)
+    plain_s = sdk.client(base_url=large_url, **options)
+    metered_s = llm_meter.meter(sdk.client(base_url=large_url, **options), customer="cus_1", meter=m)
+    aplain = sdk.aclient(base_url=small_url, **options)
+    ametered = llm_meter.meter(sdk.aclient(base_url=small_url, **options), customer="cus_1", meter=m)
+    aplain_s = sdk.aclient(base_url=large_url, **options)
+    ametered_s = llm_meter.meter(sdk.aclient(base_url=large_url, **options), customer="cus_1", meter=m)
+    p = plan
+
+    def side(loop: Callable[[Callable[[Any], Any], Any, int], list[int]], call: Any, client: Any) -> Any:
+        return lambda k: loop(call, client, k)
+
+    def aside(loop: Callable[[Callable[[Any], Any], Any, int], Any], call: Any, client: Any) -> Any:
+        return lambda k: runner.run(loop(call, client, k))
+
+    try:
+        check_stream(sdk, plain_s, metered_s)
+        rows = [
+            compare(
+                f"{sdk.name} {sdk.create_label}, sync",
+                TARGET_NON_STREAM,
+                side(sync_create, sdk.create, plain),
+                side(sync_create, sdk.create, metered),
+                p.calls_per_block,
+                p.call_blocks,
+                p.warmup_calls,
+                p.call_budget_s,
+            ),
+            compare(
+                f"{sdk.name} {sdk.create_label}, async",
+                TARGET_NON_STREAM,
+                aside(async_create, sdk.create, aplain),
+                aside(async_create, sdk.create, ametered),
+                p.calls_per_block,
+                p.call_blocks,
+                p.warmup_calls,
+                p.call_budget_s,
+            ),
+            compare(
+                f"{sdk.name} {sdk.stream_label}, sync",
+                TARGET_STREAM,
+                side(sync_stream, sdk.stream, plain_s),
+                side(sync_stream, sdk.stream, metered_s),
+                p.streams_per_block * sdk.stream_scale,
+                p.stream_blocks,
+                p.warmup_streams * sdk.stream_scale,
+                p.stream_budget_s,
+            ),
+            compare(
+                f"{sdk.name} {sdk.stream_label}, async",
+                TARGET_STREAM,
+                aside(async_stream, sdk.stream, aplain_s),
+                aside(async_stream, sdk.stream, ametered_s),
+                p.streams_per_block * sdk.stream_scale,
+                p.stream_blocks,
+                p.warmup_streams * sdk.stream_scale,
+                p.stream_budget_s,
+            ),
+        ]
+        body = sdk.create(plain)
+        item = next(item for item in sdk.stream(plain_s) if sdk.is_content(item))
+    finally:
+        for client in (plain, metered, plain_s, metered_s):
+            client.close()
+        for aclient in (aplain, ametered, aplain_s, ametered_s):
+            runner.run(aclient.close())
+    return rows, (body, item)
 
 
 # -- hand-off ---------------------------------------------------------------------------------------
@@ -295,27 +461,25 @@ def time_each(
     return samples
 
 
-def measure_handoff(plan: Plan, completion: ChatCompletion, chunk: ChatCompletionChunk) -> list[HandOff]:
+def _provider(client_cls: type) -> Any:
+    return getattr(metered_class(client_cls), "_llm_meter_provider")  # noqa: B009
+
+
+def measure_handoff(plan: Plan, samples: dict[str, tuple[Any, Any]]) -> list[HandOff]:
+    """Hand-off rows: the generic ones, then per SDK its usage reading (+ emit) and per-chunk work."""
     transport = DiscardTransport()
     m = Meter(transport=transport)
     who = make_customer("cus_1", None)
     assert who is not None
-    provider: Any = getattr(metered_class(openai.OpenAI), "_llm_meter_provider")  # noqa: B009
     n, batch = plan.handoff_iterations, plan.handoff_batch
     calls: list[Call] = []
+    emitting_rows = 0
 
-    def fresh_calls(stream: bool) -> Callable[[int], None]:
+    def fresh_calls(make: Callable[[], Call]) -> Callable[[int], None]:
         def prepare(size: int) -> None:
             m.flush(5.0)  # off the clock: start each batch with an empty queue
             calls.clear()
-            for _ in range(size):
-                call = Call(provider, m, who, "chat")
-                call.model = MODEL
-                call.response_id = "chatcmpl-bench"
-                if stream:
-                    call.stream = True
-                    call.text = []
-                calls.append(call)
+            calls.extend(make() for _ in range(size))
 
         return prepare
 
@@ -340,33 +504,114 @@ def measure_handoff(plan: Plan, completion: ChatCompletion, chunk: ChatCompletio
     def call_emit(i: int) -> None:
         calls[i].emit(None, 27, 7, cached_tokens=13, cache_write_tokens=None, reasoning_tokens=2)
 
-    def observe_body(i: int) -> None:
-        provider.observe(calls[i], completion, None)
-
-    def observe_chunk(i: int) -> None:
-        provider.observe(calls[i], chunk, None)
-
     def nothing(i: int) -> None:
         return None
 
+    generic = _provider(openai.OpenAI if "openai" in samples else anthropic.Anthropic)
     results = [
         HandOff(
             "Meter.emit(UsageRecord(...))", time_each(meter_emit, no_prepare, n, batch), TARGET_HANDOFF_US
         ),
-        HandOff("Call.emit(...)", time_each(call_emit, fresh_calls(False), n, batch), TARGET_HANDOFF_US),
         HandOff(
-            "provider.observe(ChatCompletion): usage read + emit",
-            time_each(observe_body, fresh_calls(False), n, batch),
+            "Call.emit(...)",
+            time_each(call_emit, fresh_calls(lambda: Call(generic, m, who, "chat")), n, batch),
             TARGET_HANDOFF_US,
         ),
-        HandOff(
-            "provider.observe(content chunk), per stream chunk",
-            time_each(observe_chunk, fresh_calls(True), n, batch),
-            None,
-        ),
-        HandOff("timer floor (empty op)", time_each(nothing, lambda size: None, n, batch), None),
     ]
-    expected = 3 * (n // batch) * batch
+    emitting_rows += 2
+
+    if "openai" in samples:
+        completion, chunk = samples["openai"]
+        provider = _provider(openai.OpenAI)
+
+        def openai_call(stream: bool) -> Callable[[], Call]:
+            def make() -> Call:
+                call = Call(provider, m, who, "chat")
+                call.model = MODEL
+                call.response_id = "chatcmpl-bench"
+                if stream:
+                    call.stream = True
+                    call.text = []
+                return call
+
+            return make
+
+        results.append(
+            HandOff(
+                "openai observe(ChatCompletion): usage read + emit",
+                time_each(
+                    lambda i: provider.observe(calls[i], completion, None),
+                    fresh_calls(openai_call(False)),
+                    n,
+                    batch,
+                ),
+                TARGET_HANDOFF_US,
+            )
+        )
+        results.append(
+            HandOff(
+                "openai observe(content chunk), per stream chunk",
+                time_each(
+                    lambda i: provider.observe(calls[i], chunk, None),
+                    fresh_calls(openai_call(True)),
+                    n,
+                    batch,
+                ),
+                None,
+            )
+        )
+        emitting_rows += 1
+
+    if "anthropic" in samples:
+        message, event = samples["anthropic"]
+        aprovider = _provider(anthropic.Anthropic)
+        body = {
+            "model": ANTHROPIC_MODEL,
+            "max_tokens": ANTHROPIC_MAX_TOKENS,
+            "system": ANTHROPIC_SYSTEM,
+            "messages": ANTHROPIC_MESSAGES,
+        }
+
+        def anthropic_call(stream: bool) -> Callable[[], Call]:
+            options = SimpleNamespace(
+                method="post", url="/v1/messages", json_data={**body, "stream": True} if stream else body
+            )
+
+            def make() -> Call:
+                call = Call(aprovider, m, who, "messages")
+                aprovider.prepare(None, options, call)  # what the metered client does before sending
+                return call
+
+            return make
+
+        results.append(
+            HandOff(
+                "anthropic observe(Message): usage read + emit",
+                time_each(
+                    lambda i: aprovider.observe(calls[i], message, None),
+                    fresh_calls(anthropic_call(False)),
+                    n,
+                    batch,
+                ),
+                TARGET_HANDOFF_US,
+            )
+        )
+        results.append(
+            HandOff(
+                "anthropic observe(content_block_delta), per event",
+                time_each(
+                    lambda i: aprovider.observe(calls[i], event, None),
+                    fresh_calls(anthropic_call(True)),
+                    n,
+                    batch,
+                ),
+                None,
+            )
+        )
+        emitting_rows += 1
+
+    results.append(HandOff("timer floor (empty op)", time_each(nothing, lambda size: None, n, batch), None))
+    expected = emitting_rows * (n // batch) * batch
     m.flush(10.0)
     if transport.events != expected:
         raise RuntimeError(f"hand-off: {transport.events} events delivered, expected {expected}")
@@ -381,97 +626,23 @@ def _verdict(value: float, target: float) -> str:
     return "PASS" if value <= target else "FAIL"
 
 
-def run(plan: Plan, server_mode: str) -> tuple[list[Comparison], list[HandOff], dict[str, int]]:
-    options: dict[str, Any] = {"api_key": "test", "max_retries": 0}
+def run(
+    plan: Plan, server_mode: str, sdks: list[Sdk]
+) -> tuple[list[Comparison], list[HandOff], dict[str, int]]:
     transport = DiscardTransport()
     m = Meter(transport=transport)
     comparisons: list[Comparison] = []
-    with fake_servers(server_mode) as (small_url, large_url), asyncio.Runner() as runner:
-        plain = openai.OpenAI(base_url=small_url, **options)
-        metered = llm_meter.meter(openai.OpenAI(base_url=small_url, **options), customer="cus_1", meter=m)
-        plain_s = openai.OpenAI(base_url=large_url, **options)
-        metered_s = llm_meter.meter(openai.OpenAI(base_url=large_url, **options), customer="cus_1", meter=m)
-        aplain = openai.AsyncOpenAI(base_url=small_url, **options)
-        ametered = llm_meter.meter(
-            openai.AsyncOpenAI(base_url=small_url, **options), customer="cus_1", meter=m
-        )
-        aplain_s = openai.AsyncOpenAI(base_url=large_url, **options)
-        ametered_s = llm_meter.meter(
-            openai.AsyncOpenAI(base_url=large_url, **options), customer="cus_1", meter=m
-        )
-        try:
-            check_chunks(plain_s, metered_s)
-
-            def arun(
-                fn: Callable[[Any, int], Awaitable[list[int]]], client: Any
-            ) -> Callable[[int], list[int]]:
-                return lambda k: runner.run(fn(client, k))  # type: ignore[arg-type]
-
-            p = plan
-            comparisons.append(
-                compare(
-                    "chat.create, sync",
-                    TARGET_NON_STREAM,
-                    lambda k: sync_create(plain, k),
-                    lambda k: sync_create(metered, k),
-                    p.calls_per_block,
-                    p.call_blocks,
-                    p.warmup_calls,
-                    p.call_budget_s,
-                )
-            )
-            comparisons.append(
-                compare(
-                    "chat.create, async",
-                    TARGET_NON_STREAM,
-                    arun(async_create, aplain),
-                    arun(async_create, ametered),
-                    p.calls_per_block,
-                    p.call_blocks,
-                    p.warmup_calls,
-                    p.call_budget_s,
-                )
-            )
-            comparisons.append(
-                compare(
-                    f"stream {STREAM_CHUNKS} chunks, sync",
-                    TARGET_STREAM,
-                    lambda k: sync_stream(plain_s, k),
-                    lambda k: sync_stream(metered_s, k),
-                    p.streams_per_block,
-                    p.stream_blocks,
-                    p.warmup_streams,
-                    p.stream_budget_s,
-                )
-            )
-            comparisons.append(
-                compare(
-                    f"stream {STREAM_CHUNKS} chunks, async",
-                    TARGET_STREAM,
-                    arun(async_stream, aplain_s),
-                    arun(async_stream, ametered_s),
-                    p.streams_per_block,
-                    p.stream_blocks,
-                    p.warmup_streams,
-                    p.stream_budget_s,
-                )
-            )
-            completion = plain.chat.completions.create(model=MODEL, messages=MESSAGES)
-            chunk = next(
-                c
-                for c in plain_s.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-                if c.choices and c.choices[0].delta.content
-            )
-        finally:
-            for client in (plain, metered, plain_s, metered_s):
-                client.close()
-            for aclient in (aplain, ametered, aplain_s, ametered_s):
-                runner.run(aclient.close())
+    samples: dict[str, tuple[Any, Any]] = {}
+    names = tuple(sdk.name for sdk in sdks)
+    with fake_servers(server_mode, names) as urls, asyncio.Runner() as runner:
+        for sdk in sdks:
+            rows, samples[sdk.name] = run_sdk(sdk, plan, urls[sdk.name], m, runner)
+            comparisons += rows
     m.flush(10.0)
     stats = m.stats()
     counts = {"emitted": stats.emitted, "delivered": transport.events}
     m.close()
-    return comparisons, measure_handoff(plan, completion, chunk), counts
+    return comparisons, measure_handoff(plan, samples), counts
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -483,21 +654,24 @@ def report(
     plan: Plan,
     quick: bool,
     server_mode: str,
+    sdks: list[Sdk],
     comparisons: list[Comparison],
     handoff: list[HandOff],
     counts: dict[str, int],
     elapsed: float,
 ) -> None:
     where = "separate process (spawn)" if server_mode == "process" else "thread in this process"
+    versions = ", ".join(f"{sdk.name} {sdk.version}" for sdk in sdks)
     print(
-        f"llm_meter overhead: openai {openai.__version__}, Python {platform.python_version()}, "
-        f"{'--quick' if quick else 'full'} run, fake server in a {where}"
+        f"llm_meter overhead: {versions}, Python {platform.python_version()}, "
+        f"{'--quick' if quick else 'full'} run, fake servers in a {where}"
     )
+    streams = ", ".join(f"{sdk.name} {plan.streams_per_block * sdk.stream_scale}" for sdk in sdks)
     print(
         f"blocks alternate plain/metered (AB BA ...), {plan.calls_per_block} calls or "
-        f"{plan.streams_per_block} streams per side per block; plain/metered = median per call\n"
+        f"streams ({streams}) per side per block; plain/metered = median per call\n"
     )
-    widths = [-26, 6, 11, 11, 6, -27, 9, 7, -4]
+    widths = [-34, 6, 11, 11, 6, -27, 9, 7, -4]
     head = [
         "benchmark",
         "blocks",
@@ -526,7 +700,7 @@ def report(
             " " + _verdict(block_median, c.target),
         ]
         print(_row(cells, widths))
-    also = " + fake server" if server_mode == "thread" else ""
+    also = " + fake servers" if server_mode == "thread" else ""
     print(
         f"metered side: {counts['emitted']} events emitted, {counts['delivered']} delivered; "
         "ok = median of block ratios within target;\ncpu ratio = median per-block ratio of this "
@@ -551,18 +725,20 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run, < 40 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run, < 50 s)")
+    parser.add_argument("--only", choices=SDK_NAMES, help="benchmark one SDK only (default: both)")
     parser.add_argument(
         "--server",
         choices=("process", "thread"),
         default="process",
-        help="run the fake server in a spawned process (default) or in a thread of this process",
+        help="run the fake servers in a spawned process (default) or in threads of this process",
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    sdks = [SDKS[name]() for name in SDK_NAMES if args.only in (None, name)]
     started = time.perf_counter()
-    comparisons, handoff, counts = run(plan, args.server)
-    report(plan, args.quick, args.server, comparisons, handoff, counts, time.perf_counter() - started)
+    comparisons, handoff, counts = run(plan, args.server, sdks)
+    report(plan, args.quick, args.server, sdks, comparisons, handoff, counts, time.perf_counter() - started)
     return 0
 
 

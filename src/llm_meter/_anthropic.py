@@ -42,6 +42,13 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _get(obj: object, name: str) -> Any:
+    """A field of a usage object, or of the plain dict older SDKs keep for newer fields."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
 def _model_from_url(url: str) -> str | None:
     """The model a Bedrock or Vertex URL names (they move it out of the body)."""
     if url.startswith("/model/"):
@@ -65,7 +72,7 @@ class _StreamUsage:
     def merge(self, usage: Any) -> None:
         fields = self.fields
         for name in _FIELDS:
-            value = getattr(usage, name, None)
+            value = _get(usage, name)
             if value is not None:
                 fields[name] = value
 
@@ -146,7 +153,7 @@ class AnthropicProvider:
         model = getattr(message, "model", None)
         if isinstance(model, str) and model:
             call.model = model
-        fields = {name: getattr(usage, name, None) for name in _FIELDS}
+        fields = {name: _get(usage, name) for name in _FIELDS}
         self._emit(call, fields, response)
 
     def _observe_event(self, call: Call, event: Any, response: Any) -> None:
@@ -166,7 +173,7 @@ class AnthropicProvider:
             usage = getattr(event, "usage", None)
             if usage is not None:
                 state.merge(usage)
-                if getattr(usage, "output_tokens", None) is not None:
+                if _get(usage, "output_tokens") is not None:
                     state.output_final = True
         elif kind == "message_start":
             message = event.message
@@ -226,17 +233,17 @@ def _numbers(fields: dict[str, Any]) -> dict[str, Any]:
             ("ephemeral_5m_input_tokens", "cache_write_5m_tokens"),
             ("ephemeral_1h_input_tokens", "cache_write_1h_tokens"),
         ):
-            value = _int(getattr(creation, source, None))
+            value = _int(_get(creation, source))
             if value is not None:
                 extra[key] = value
     tools = fields.get("server_tool_use")
     if tools is not None:
         for name in ("web_search_requests", "web_fetch_requests"):
-            value = _int(getattr(tools, name, None))
+            value = _int(_get(tools, name))
             if value is not None:
                 extra[name] = value
     details = fields.get("output_tokens_details")
-    thinking = _int(getattr(details, "thinking_tokens", None)) if details is not None else None
+    thinking = _int(_get(details, "thinking_tokens")) if details is not None else None
     return {
         "request_tokens": input_tokens + (cache_write or 0) + (cache_read or 0),
         "response_tokens": output_tokens,

@@ -26,6 +26,7 @@ import inspect
 import logging
 import time
 import types
+import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -49,26 +50,28 @@ T = TypeVar("T")
 MARKER: Final = "x-llm-meter-customer"
 
 
-class _CustomerMarker(str):
-    """The value stored under :data:`MARKER`: a plain string to the SDK, carrying the customer.
-
-    Some clients (Anthropic Bedrock and Vertex) fold the headers into an HTTP header map in
-    ``_prepare_options``, before ``_build_request``: the value must be a valid header string,
-    and must not reveal the customer even if it ever escaped.
-    """
-
-    customer: Customer
-
-
-def _marker(who: Customer) -> _CustomerMarker:
-    marker = _CustomerMarker("1")
-    marker.customer = who
-    return marker
-
-
-#: Attribute of the built HTTP request (and of metered streams) holding its :class:`Call`.
+#: Attribute of the built HTTP request holding its :class:`Call`; also caches it on responses.
 CALL_ATTR: Final = "_llm_meter_call"
 _UNSET: Final[Any] = object()
+
+
+def _marker(who: Customer) -> str:
+    """The customer as a header-safe string (``<key>:<percent-encoded value>``).
+
+    A plain string because the SDKs copy, deep-copy and re-encode header values on the way
+    (Anthropic's Bedrock and Vertex clients fold them into an HTTP header map in
+    ``_prepare_options``, some helpers re-encode ``extra_headers``): only its text survives.
+    """
+    return f"{who.key}:{urllib.parse.quote(who.value, safe='')}"
+
+
+def _unmarker(value: object) -> Customer | None:
+    if not isinstance(value, str):
+        return None
+    key, _, quoted = value.partition(":")
+    if key not in ("external_customer_id", "customer_id") or not quoted:
+        return None
+    return Customer(key, urllib.parse.unquote(quoted))
 
 
 class Provider(Protocol):
@@ -126,7 +129,6 @@ class Call:
         "customer",
         "external_id",
         "hide",
-        "http_response",
         "injected",
         "kind",
         "left_early",
@@ -135,6 +137,7 @@ class Call:
         "observe",
         "original_body",
         "provider",
+        "request_id",
         "response_id",
         "state",
         "stream",
@@ -159,7 +162,8 @@ class Call:
         self.hide: Callable[[Any], bool] | None = None
         #: The caller's loop over this stream ended early (``break`` or an exception in it).
         self.left_early = False
-        self.http_response: Any = None
+        #: The response's request id, kept when a stream starts (for ``external_id``).
+        self.request_id: str | None = None
         #: Provider-specific progress (e.g. Anthropic's merged stream usage).
         self.state: Any = None
         #: ``observe(call, obj, response)`` for each parsed object; ``None`` once done.
@@ -185,10 +189,10 @@ class Call:
         """A deterministic id for this provider response (response id, else request id)."""
         if self.external_id is None:
             ident = self.response_id
-            if response is None:
-                response = self.http_response
             if not ident and response is not None:
-                ident = response.headers.get("x-request-id") or response.headers.get("request-id")
+                ident = _request_id(response)
+            if not ident:
+                ident = self.request_id
             self.external_id = f"{self.provider.name}:{ident or uuid.uuid4().hex}"
         return self.external_id
 
@@ -244,6 +248,12 @@ class Call:
                 estimate=lambda record: provider.estimate(self, record),
             )
         )
+
+
+def _request_id(response: Any) -> str | None:
+    headers = response.headers
+    value = headers.get("x-request-id") or headers.get("request-id")
+    return value if isinstance(value, str) and value else None
 
 
 def _call_of(response: Any) -> Call | None:
@@ -386,96 +396,123 @@ async def _hiding_aiter(inner: Any, hide: Callable[[Any], bool]) -> Any:
             yield item
 
 
-def _attach(stream: Any, call: Call, *, is_async: bool) -> None:
-    """Tie *call* to the stream's HTTP response: closing the response finishes the call.
+def attach_stream(response: Any) -> None:
+    """Tie a billed stream's call to its HTTP response, whatever wraps it later.
 
-    Stream helpers (``ChatCompletionStream``, ``ResponseStream``, ...) close the HTTP
-    response directly instead of the ``Stream``, so the response's own ``close`` is where
-    every explicit exit meets.
+    Every way a stream can end reaches the response: the SDK closes it after the last
+    event or on an error, ``Stream.close()`` and the stream helpers (which may rebuild their
+    own ``Stream`` on it) close it, and when nothing does, it is garbage-collected. So the
+    call finishes on ``close``/``aclose`` of the response, or when the response dies.
     """
-    stream.__dict__[CALL_ATTR] = call
-    response = stream.response
-    call.http_response = response
+    call = _call_of(response)
+    if call is None or not call.stream or call.request_id is not None:
+        return
+    call.request_id = _request_id(response) or ""
     call.meter.track_open(call)
-    if is_async:
-        original_aclose = response.aclose
+    original_close = response.close
+    original_aclose = getattr(response, "aclose", None)
+
+    def close() -> None:
+        try:
+            original_close()
+        finally:
+            call.finish()
+
+    response.close = close
+    if original_aclose is not None:
 
         async def aclose() -> None:
             try:
                 await original_aclose()
             finally:
-                call.finish(response)
+                call.finish()
 
         response.aclose = aclose
-    else:
-        original_close = response.close
-
-        def close() -> None:
-            try:
-                original_close()
-            finally:
-                call.finish(response)
-
-        response.close = close
+    weakref.finalize(response, call.finish)
 
 
-def _collected(stream: Any) -> None:
-    call = stream.__dict__.get(CALL_ATTR)
-    if call is not None:
-        try:
-            call.finish(stream.response)
-        except Exception:
-            pass
+def _guard_plain_stream(result: Any) -> Any:
+    """Finish the call when an SDK ``Stream`` that could not be subclassed fails mid-way.
+
+    (Older anthropic ``Stream`` classes deny ``isinstance`` to subclasses, so llm_meter keeps
+    the SDK's class there and wraps the instance's iterator instead.)
+    """
+    iterator = getattr(result, "_iterator", None) if "_iterator" in getattr(result, "__dict__", ()) else None
+    if iterator is None or getattr(type(result), "_llm_meter_stream", False):
+        return result
+    call = _call_of(getattr(result, "response", None))
+    if call is None:
+        return result
+    if inspect.isasyncgen(iterator):
+        result._iterator = _finish_on_error_async(iterator, call)
+    elif inspect.isgenerator(iterator):
+        result._iterator = _finish_on_error(iterator, call)
+    return result
+
+
+def _finish_on_error(inner: Iterator[Any], call: Call) -> Iterator[Any]:
+    try:
+        yield from inner
+    except GeneratorExit:
+        raise
+    except BaseException:
+        call.finish()
+        raise
+
+
+async def _finish_on_error_async(inner: Any, call: Call) -> Any:
+    try:
+        async for item in inner:
+            yield item
+    except GeneratorExit:
+        raise
+    except BaseException:
+        call.finish()
+        raise
 
 
 _INNER: Final = "_llm_meter_inner"
 
 
 def _sync_stream_methods(origin: Any) -> dict[str, Any]:
-    """Overrides for a sync SDK ``Stream``: hide injected items, finish on every exit.
+    """Overrides for a sync SDK ``Stream``: hide injected items, note a loop left early.
 
-    ``for`` loops read the SDK's own generator directly (one generator layer, as in the
-    SDK); ``_iterator`` is that generator, or a hiding wrapper around it, for ``next()``.
+    ``for`` loops read the SDK's own generator directly when items are hidden (one
+    generator layer, as in the SDK); ``_iterator`` is a hiding wrapper for ``next()``.
     """
 
     def __stream__(self: Any) -> Iterator[Any]:
         inner = origin.__stream__(self)
         call = _call_of(self.response)
-        if call is None:
-            return inner  # type: ignore[no-any-return]
-        _attach(self, call, is_async=False)
-        if call.hide is None:
+        if call is None or call.hide is None:
             return inner  # type: ignore[no-any-return]
         self.__dict__[_INNER] = inner
         return _hiding_iter(inner, call.hide)
 
     def __iter__(self: Any) -> Iterator[Any]:
-        call = self.__dict__.get(CALL_ATTR)
-        hide = call.hide if call is not None else None
+        call = _call_of(self.response)
+        inner = self.__dict__.get(_INNER)
         try:
             # Like the SDK, a `break` leaves the shared iterator open: iteration can resume.
-            if hide is None:
-                for item in self._iterator:
-                    yield item
+            if inner is None or call is None or call.hide is None:
+                yield from origin.__iter__(self)
             else:
-                for item in self.__dict__[_INNER]:
+                hide = call.hide
+                for item in inner:
                     if not hide(item):
                         yield item
         except GeneratorExit:
             if call is not None and not call.done:
-                call.left_early = True
+                call.left_early = True  # billed at close, collection, the next flush, or exit
             raise
         except BaseException:
             if call is not None:
-                call.finish(self.response)  # the stream failed: bill what was delivered
+                call.finish()  # the stream failed: bill what was delivered
             raise
         if call is not None:
-            call.finish(self.response)  # no-op when the usage arrived
+            call.finish()  # no-op when the usage arrived
 
-    def __del__(self: Any) -> None:
-        _collected(self)
-
-    return {"__stream__": __stream__, "__iter__": __iter__, "__del__": __del__}
+    return {"__stream__": __stream__, "__iter__": __iter__}
 
 
 def _async_stream_methods(origin: Any) -> dict[str, Any]:
@@ -484,23 +521,21 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
     def __stream__(self: Any) -> Any:
         inner = origin.__stream__(self)
         call = _call_of(self.response)
-        if call is None:
-            return inner
-        _attach(self, call, is_async=True)
-        if call.hide is None:
+        if call is None or call.hide is None:
             return inner
         self.__dict__[_INNER] = inner
         return _hiding_aiter(inner, call.hide)
 
     async def __aiter__(self: Any) -> Any:
-        call = self.__dict__.get(CALL_ATTR)
-        hide = call.hide if call is not None else None
+        call = _call_of(self.response)
+        inner = self.__dict__.get(_INNER)
         try:
-            if hide is None:
-                async for item in self._iterator:
+            if inner is None or call is None or call.hide is None:
+                async for item in origin.__aiter__(self):
                     yield item
             else:
-                async for item in self.__dict__[_INNER]:
+                hide = call.hide
+                async for item in inner:
                     if not hide(item):
                         yield item
         except GeneratorExit:
@@ -509,15 +544,12 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
             raise
         except BaseException:
             if call is not None:
-                call.finish(self.response)
+                call.finish()
             raise
         if call is not None:
-            call.finish(self.response)
+            call.finish()
 
-    def __del__(self: Any) -> None:
-        _collected(self)
-
-    return {"__stream__": __stream__, "__aiter__": __aiter__, "__del__": __del__}
+    return {"__stream__": __stream__, "__aiter__": __aiter__}
 
 
 _stream_classes: dict[Any, Any] = {}
@@ -546,6 +578,10 @@ def metered_stream_cls(stream_cls: Any, provider: Provider) -> Any:
     methods["__module__"] = origin.__module__
     cls = types.new_class(origin.__name__, (stream_cls,), {}, lambda ns: ns.update(methods))
     cls.__qualname__ = origin.__qualname__
+    if not isinstance(object.__new__(cls), origin):
+        # anthropic < 0.4x's Stream metaclass denies isinstance to every subclass: keep the
+        # SDK's class (metering still happens in the parse hook and on the response).
+        cls = stream_cls
     try:
         _stream_classes[stream_cls] = cls
     except TypeError:
@@ -608,7 +644,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         headers = options.headers
         who: Customer | None = None
         if headers and MARKER in headers:
-            who = getattr(headers[MARKER], "customer", None)
+            who = _unmarker(headers[MARKER])
             options.headers = {k: v for k, v in headers.items() if k != MARKER}
         provider = self._llm_meter_provider
         kind = provider.billed_kind(options)
@@ -661,6 +697,12 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
 class _SyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
+    def _process_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = kwargs.get("response")
+        if response is not None:
+            attach_stream(response)
+        return _guard_plain_stream(super()._process_response(*args, **kwargs))
+
     def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         self._llm_meter_stream_cls(kwargs)
         try:
@@ -676,6 +718,12 @@ class _SyncMeteredClient(_MeteredClient):
 
 class _AsyncMeteredClient(_MeteredClient):
     __slots__ = ()
+
+    async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = kwargs.get("response")
+        if response is not None:
+            attach_stream(response)
+        return _guard_plain_stream(await super()._process_response(*args, **kwargs))
 
     async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         self._llm_meter_stream_cls(kwargs)
