@@ -67,6 +67,7 @@ class Dispatcher:
         self._closed = False
         self._drain_requested = 0
         self._idle_pass = 0
+        self._since_wake = 0
         self._warned_no_transport = False
         #: Events set aside when there is no spool to keep them in.
         self.dead_letters: list[dict[str, Any]] = []
@@ -99,8 +100,13 @@ class Dispatcher:
                 self._queue.append(record)
         if self._thread is None:
             self._start()
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
+        # A full batch is waiting: wake the worker instead of letting it sleep out flush_interval.
+        # (An unlocked counter: a lost increment under a thread race only delays one wake-up.)
+        self._since_wake += 1
+        if self._since_wake >= self._batch_size:
+            self._since_wake = 0
+            if not self._wake.is_set():
+                self._wake.set()
 
     @property
     def emitted(self) -> int:
@@ -359,6 +365,8 @@ class Dispatcher:
                 )
                 if self._stopping:
                     return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
+                if spool is not None:
+                    self._guard(spool.rotate_if_large)  # an outage must not grow one segment forever
                 # Not _wake: flush() sets that every few ms, and must not hammer a server
                 # that asked to wait (429) or refuses the token.
                 self._stop.wait(delay)

@@ -67,7 +67,7 @@ def encode_record(payload: str) -> bytes:
 class _Segment:
     """One segment file this process holds the lock of (its own, or an adopted orphan)."""
 
-    __slots__ = ("ack_offset", "ack_path", "fd", "own", "path", "read_offset", "retired_at", "size_hint")
+    __slots__ = ("ack_fd", "ack_offset", "ack_path", "fd", "own", "path", "read_offset", "retired_at")
 
     def __init__(self, path: str, fd: int, *, own: bool, ack_offset: int = 0) -> None:
         self.path = path
@@ -78,7 +78,7 @@ class _Segment:
         self.read_offset = ack_offset
         #: ``None`` while appends may go to it; the time it stopped being the active segment.
         self.retired_at: float | None = None if own else 0.0
-        self.size_hint = 0
+        self.ack_fd: int | None = None
 
 
 @dataclass
@@ -254,7 +254,13 @@ class Spool:
         """Record that every line of *batch* was acknowledged (or dead-lettered)."""
         segment = batch.segment
         segment.ack_offset = batch.end_offset
-        _write_ack(segment.ack_path, batch.end_offset, fsync=self.fsync)
+        if segment.ack_fd is None:
+            segment.ack_fd = os.open(segment.ack_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Overwritten in place, fixed width: one small write, no new file per batch. A torn
+        # write reads as garbage, i.e. offset 0: everything is resent and deduplicated.
+        os.pwrite(segment.ack_fd, b"%020d" % batch.end_offset, 0)
+        if self.fsync:
+            os.fsync(segment.ack_fd)
         self._finish_if_done(segment)
 
     def release(self, batch: Batch) -> None:
@@ -275,7 +281,7 @@ class Spool:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        os.close(segment.fd)
+        _close_segment(segment)
         self._segments.remove(segment)
 
     def pending_lines(self) -> int:
@@ -305,10 +311,7 @@ class Spool:
     def release_all(self) -> None:
         """Close every segment without deleting anything (the process is ending or forked)."""
         for segment in self._segments:
-            try:
-                os.close(segment.fd)
-            except OSError:
-                pass
+            _close_segment(segment)
         self._segments = []
         self._active = None
 
@@ -351,14 +354,14 @@ def _read_ack(path: str) -> int:
         return 0  # unknown: resend from the start, deduplicated by external_id
 
 
-def _write_ack(path: str, offset: int, *, fsync: bool) -> None:
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "wb") as file:
-        file.write(b"%d" % offset)
-        if fsync:
-            file.flush()
-            os.fsync(file.fileno())
-    os.replace(temporary, path)
+def _close_segment(segment: _Segment) -> None:
+    for fd in (segment.fd, segment.ack_fd):
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    segment.ack_fd = None
 
 
 def _reset_in_child(ref: weakref.ref[Spool]) -> None:
