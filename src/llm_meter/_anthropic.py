@@ -88,6 +88,7 @@ class AnthropicProvider:
 
         self.resource_types: tuple[type, ...] = (SyncAPIResource, AsyncAPIResource)
         self.sync_stream: type = anthropic.Stream
+        self.stream_subclass = False  # nothing to hide; a loop left early is billed at close/collection/exit
         self.async_stream: type = anthropic.AsyncStream
 
     # -- request side --------------------------------------------------------------------
@@ -157,10 +158,11 @@ class AnthropicProvider:
         self._emit(call, fields, response)
 
     def _observe_event(self, call: Call, event: Any, response: Any) -> None:
+        # Runs for every event of a stream: the common case (a text delta) first and short.
         kind = getattr(event, "type", None)
-        state: _StreamUsage = call.state
         if kind == "content_block_delta":
-            if call.text is not None:
+            text = call.text
+            if text is not None:
                 delta = event.delta
                 piece = (
                     getattr(delta, "text", None)
@@ -168,8 +170,10 @@ class AnthropicProvider:
                     or getattr(delta, "partial_json", None)
                 )
                 if piece:
-                    call.text.append(piece)
-        elif kind == "message_delta":
+                    text.append(piece)
+            return
+        state: _StreamUsage = call.state
+        if kind == "message_delta":
             usage = getattr(event, "usage", None)
             if usage is not None:
                 state.merge(usage)

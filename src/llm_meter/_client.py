@@ -81,6 +81,10 @@ class Provider(Protocol):
     resource_types: tuple[type, ...]
     sync_stream: type
     async_stream: type
+    #: Whether streams need the metered ``Stream`` subclass (to hide items the wrapper
+    #: asked for, and to notice a loop left early). Without it a stream costs one hook
+    #: per event less; an early exit is then billed at close, collection or exit.
+    stream_subclass: bool
 
     def billed_kind(self, options: Any) -> str | None:
         """The kind of billed endpoint *options* targets, or ``None`` if not billed."""
@@ -561,6 +565,8 @@ def metered_stream_cls(stream_cls: Any, provider: Provider) -> Any:
     The subclass has the parametrised SDK class as its only base, so the SDK still finds
     the chunk type in ``__orig_bases__``; ``isinstance(s, openai.Stream)`` holds.
     """
+    if not provider.stream_subclass:
+        return stream_cls
     try:
         return _stream_classes[stream_cls]
     except (KeyError, TypeError):
@@ -674,10 +680,9 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
     def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
         obj = super()._process_response_data(data=data, cast_to=cast_to, response=response)
         # Called once per stream event: the call is looked up once per response, then cached.
-        cache = response.__dict__
-        call = cache.get(CALL_ATTR, _UNSET)
+        call = response.__dict__.get(CALL_ATTR, _UNSET)
         if call is _UNSET:
-            call = cache[CALL_ATTR] = _call_of(response)
+            call = response.__dict__[CALL_ATTR] = _call_of(response)
         if call is not None:
             observe = call.observe
             if observe is not None:
