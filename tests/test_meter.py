@@ -270,3 +270,30 @@ def test_building_clients_does_not_create_the_default_meter(monkeypatch: pytest.
         client.with_options(timeout=3.0).with_customer("cus_2")
     assert meter_module._default is None
     m.close()
+
+
+def test_default_meter_without_token_spools_and_warns_once(
+    server: object, tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no POLAR_ACCESS_TOKEN the default meter keeps events in LLM_METER_SPOOL_DIR and warns once."""
+    import openai
+
+    import llm_meter._meter as meter_module
+    from llm_meter import meter
+    from llm_meter._spool import spool_status
+
+    monkeypatch.setattr(meter_module, "_default", None)
+    monkeypatch.delenv("POLAR_ACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("LLM_METER_SPOOL_DIR", str(tmp_path))
+    caplog.set_level(logging.WARNING, logger="llm_meter")
+    url = server.url  # type: ignore[attr-defined]
+    with openai.OpenAI(api_key="test", base_url=url, max_retries=0) as plain:
+        client = meter(plain, customer="cus_1")
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    default = meter_module._default
+    assert default is not None and default.transport is None
+    assert sum(s.pending for s in spool_status(tmp_path)) == 3
+    warnings = [r for r in caplog.records if "no transport is configured" in r.getMessage()]
+    assert len(warnings) == 1 and str(tmp_path) in warnings[0].getMessage()
+    default.close(0.1)

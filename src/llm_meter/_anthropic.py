@@ -18,7 +18,7 @@ import logging
 import urllib.parse
 from typing import Any, Final
 
-from ._client import Call, register_provider
+from ._client import Call, register_provider, snapshot
 from ._events import UsageRecord
 
 __all__ = ["AnthropicProvider", "register"]
@@ -111,13 +111,6 @@ class AnthropicProvider:
             model = body.get("model")
             call.model = model if isinstance(model, str) else _model_from_url(url)
             stream = body.get("stream") is True
-            if call.meter.estimate_incomplete:
-                snapshot = dict(body)
-                for key in ("messages", "system", "tools"):
-                    value = snapshot.get(key)
-                    if isinstance(value, list):
-                        snapshot[key] = list(value)
-                call.body = snapshot
         else:
             call.model = _model_from_url(url)
             stream = False
@@ -129,6 +122,7 @@ class AnthropicProvider:
             call.state = _StreamUsage()
             if call.meter.estimate_incomplete:
                 call.text = []
+                call.body = snapshot(body, ("messages", "system", "tools"))
             call.observe = self._observe_event
         else:
             call.observe = self._observe_message

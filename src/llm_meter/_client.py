@@ -39,7 +39,7 @@ from ._events import UsageRecord
 from ._exceptions import ConfigurationError, MissingCustomerError
 from ._meter import Meter, default_meter
 
-__all__ = ["Call", "ClientConfig", "Provider", "meter", "metered_class"]
+__all__ = ["Call", "ClientConfig", "Provider", "meter", "metered_class", "snapshot"]
 
 log = logging.getLogger("llm_meter")
 
@@ -56,18 +56,30 @@ _UNSET: Final[Any] = object()
 
 
 def _marker(who: Customer) -> str:
-    """The customer as a header-safe string (``<key>:<percent-encoded value>``).
+    """The customer as a header-safe string (``<key>:<percent-encoded value>``), cached on it.
 
     A plain string because the SDKs copy, deep-copy and re-encode header values on the way
     (Anthropic's Bedrock and Vertex clients fold them into an HTTP header map in
     ``_prepare_options``, some helpers re-encode ``extra_headers``): only its text survives.
     """
-    return f"{who.key}:{urllib.parse.quote(who.value, safe='')}"
+    marker = who.marker
+    if marker is None:
+        marker = who.marker = f"{who.key}:{urllib.parse.quote(who.value, safe='')}"
+        if len(_unmarked) < 4096:
+            _unmarked[marker] = who
+    return marker
+
+
+#: Recently made markers, so that reading one back is a dict lookup (bounded).
+_unmarked: dict[str, Customer] = {}
 
 
 def _unmarker(value: object) -> Customer | None:
     if not isinstance(value, str):
         return None
+    who = _unmarked.get(value)
+    if who is not None:
+        return who
     key, _, quoted = value.partition(":")
     if key not in ("external_customer_id", "customer_id") or not quoted:
         return None
@@ -252,6 +264,22 @@ class Call:
                 estimate=lambda record: provider.estimate(self, record),
             )
         )
+
+
+def snapshot(body: Any, keys: tuple[str, ...]) -> Any:
+    """A shallow copy of a request body for an estimate that runs later on the worker.
+
+    The lists under *keys* are copied too: callers often append to ``messages`` right after
+    the call, and the estimate must see the request as it was sent.
+    """
+    if not isinstance(body, dict):
+        return body
+    copied = dict(body)
+    for key in keys:
+        value = copied.get(key)
+        if isinstance(value, list):
+            copied[key] = list(value)
+    return copied
 
 
 def _request_id(response: Any) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from ._client import Call, register_provider
+from ._client import Call, register_provider, snapshot
 from ._events import UsageRecord
 
 __all__ = ["OpenAIProvider", "register"]
@@ -33,6 +33,8 @@ _KINDS: Final = {
     "/audio/transcriptions": "transcriptions",
 }
 _INJECTABLE: Final = frozenset({"chat", "completions"})
+#: Request fields an estimate reads (kept as a shallow snapshot, see ``snapshot``).
+_ESTIMATE_KEYS: Final = ("messages", "input", "prompt")
 _RESPONSES_TERMINAL: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 #: Endpoints seen rejecting ``stream_options`` (older Azure API versions, some
@@ -102,21 +104,13 @@ class OpenAIProvider:
         model = body.get("model")
         if isinstance(model, str):
             call.model = model
-        if call.meter.estimate_incomplete:
-            # Kept for a possible estimate, which runs later on the worker: a shallow
-            # snapshot, since callers often append to `messages` right after the call.
-            snapshot = dict(body)
-            for key in ("messages", "input", "prompt"):
-                value = snapshot.get(key)
-                if isinstance(value, list):
-                    snapshot[key] = list(value)
-            call.body = snapshot
         if body.get("stream") is not True:
             call.observe = self._observe_body
             return
         call.stream = True
         if call.meter.estimate_incomplete:
             call.text = []
+            call.body = snapshot(body, _ESTIMATE_KEYS)
         if call.kind not in _INJECTABLE:
             call.observe = self._observe_event
             return
@@ -236,6 +230,7 @@ class OpenAIProvider:
             # A generation whose server reported no usage (some OpenAI-compatible servers):
             # bill it with an estimate rather than not at all.
             call.text = _response_text(obj)
+            call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
             call.finish(response)
         # Otherwise no usage to bill: DALL-E images, whisper durations, parse(to=OtherType).
 
