@@ -32,14 +32,13 @@ from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
+from llm_meter._fakes._http import LoopbackHTTPServer
 from llm_meter._fakes.openai_server import (
-    FakeOpenAIServer,
     RecordedRequest,
     _count_words,
     _dumps,
     _Handler,
     _hex,
-    _HTTPServer,
     _json_pieces,
     _json_reply,
     _pieces,
@@ -571,11 +570,9 @@ class _AnthropicHandler(_Handler):
         self.wfile.write(out)
 
 
-class _AnthropicHTTPServer(_HTTPServer):
-    """The OpenAI fake's tracked-connection server, serving :class:`_AnthropicHandler`."""
+class _AnthropicHTTPServer(LoopbackHTTPServer):
+    """The shared loopback server, serving :class:`_AnthropicHandler`."""
 
     def __init__(self, fake: FakeAnthropicServer) -> None:
         self.anthropic = fake
-        # The base keeps ``fake`` only for its own handler's dispatch, which _AnthropicHandler replaces.
-        super().__init__(cast(FakeOpenAIServer, fake))
-        self.RequestHandlerClass = _AnthropicHandler
+        super().__init__(fake, _AnthropicHandler, name="fake-anthropic-connection")

@@ -17,7 +17,6 @@ import json
 import math
 import socket
 import struct
-import sys
 import threading
 import uuid
 from collections import deque
@@ -26,9 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import BaseServer, TCPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal, cast
+
+from ._http import LoopbackHTTPServer
 
 __all__ = ["CURRENT_VERSION", "INGEST_PATH", "LIVE_VERSIONS", "FakePolarServer", "Fault", "PolarRequest"]
 
@@ -756,67 +756,10 @@ class _Handler(BaseHTTPRequestHandler):
         conn.close()
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    """Threaded loopback server that tracks its connections so ``stop()`` can close them and join."""
+class _HTTPServer(LoopbackHTTPServer):
+    """The loopback server serving :class:`_Handler` for a :class:`FakePolarServer`."""
 
-    daemon_threads = True
-    request_queue_size = 128
+    fake: FakePolarServer
 
     def __init__(self, fake: FakePolarServer) -> None:
-        self.fake = fake
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        self._handler_threads: list[threading.Thread] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        """Skip HTTPServer's reverse-DNS lookup of the host name; it can be slow and is not needed."""
-        TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = self.server_address[1]
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = super().get_request()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._connections_lock:
-            self._connections.add(conn)
-        return conn, address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """One daemon thread per connection, tracked (ThreadingMixIn forgets daemon threads) for joining."""
-        thread = threading.Thread(
-            target=self.process_request_thread,
-            args=(request, client_address),
-            name="fake-polar-connection",
-            daemon=True,
-        )
-        with self._connections_lock:
-            self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
-            self._handler_threads.append(thread)
-        thread.start()
-
-    def server_close(self) -> None:
-        super().server_close()
-        with self._connections_lock:
-            threads, self._handler_threads = self._handler_threads, []
-        for thread in threads:
-            thread.join(timeout=5.0)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Wake handler threads blocked on idle keep-alive connections so they exit."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hanging up (timeouts, resets) are normal here; anything else still gets reported."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        BaseServer.handle_error(self, request, client_address)
+        super().__init__(fake, _Handler, name="fake-polar-connection")

@@ -1,0 +1,84 @@
+"""The loopback HTTP server under llm_meter's fake OpenAI, Anthropic and Polar servers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from socketserver import BaseRequestHandler, BaseServer, TCPServer
+from typing import Any
+
+__all__ = ["LoopbackHTTPServer"]
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """Threaded 127.0.0.1 server that tracks its connections so ``stop()`` can close them and join.
+
+    Shared by the fake OpenAI, Anthropic and Polar servers; ``fake`` is the object the
+    handler serves.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, fake: Any, handler: type[BaseRequestHandler], *, name: str) -> None:
+        self.fake = fake
+        self._thread_name = name
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self._handler_threads: list[threading.Thread] = []
+        super().__init__(("127.0.0.1", 0), handler)
+
+    def server_bind(self) -> None:
+        """Skip HTTPServer's reverse-DNS lookup of the host name; it can be slow and is not needed."""
+        TCPServer.server_bind(self)
+        self.server_name = "127.0.0.1"
+        self.server_port = self.server_address[1]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._connections_lock:
+            self._connections.add(conn)
+        return conn, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One daemon thread per connection, tracked (ThreadingMixIn forgets daemon threads) for joining."""
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=self._thread_name,
+            daemon=True,
+        )
+        with self._connections_lock:
+            self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
+            self._handler_threads.append(thread)
+        thread.start()
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._connections_lock:
+            threads, self._handler_threads = self._handler_threads, []
+        for thread in threads:
+            thread.join(timeout=5.0)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Wake handler threads blocked on idle keep-alive connections so they exit."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up (an early ``break``, a timeout, a reset) is normal; the rest is reported."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        BaseServer.handle_error(self, request, client_address)
