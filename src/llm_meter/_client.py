@@ -816,7 +816,7 @@ def _find_provider(cls: type) -> Provider | None:
     return None
 
 
-def metered_class(base: type, *, name: str | None = None, module: str | None = None) -> type:
+def metered_class(base: type, *, module: str | None = None) -> type:
     """The metered subclass of an SDK client class (built once per class)."""
     try:
         return _classes[base]
@@ -851,15 +851,10 @@ def metered_class(base: type, *, name: str | None = None, module: str | None = N
     default_stream = getattr(base, "_default_stream_cls", None)
     if default_stream is not None:
         namespace["_default_stream_cls"] = metered_stream_cls(default_stream, provider)
-    cls = types.new_class(name or base.__name__, (mixin, base), {}, lambda ns: ns.update(namespace))
-    cls.__qualname__ = name or base.__qualname__
+    cls = types.new_class(base.__name__, (mixin, base), {}, lambda ns: ns.update(namespace))
+    cls.__qualname__ = base.__qualname__
     _classes[base] = cls
     return cls
-
-
-def adopt_class(cls: type, base: type) -> None:
-    """Register a hand-written drop-in class (``llm_meter.openai.OpenAI``) as *base*'s metered class."""
-    _classes[base] = cls
 
 
 _providers_loaded = False

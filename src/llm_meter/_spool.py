@@ -284,19 +284,6 @@ class Spool:
         _close_segment(segment)
         self._segments.remove(segment)
 
-    def pending_lines(self) -> int:
-        """Unacknowledged records in the segments this process holds (reads the files)."""
-        total = 0
-        for segment in list(self._segments):
-            offset = segment.ack_offset
-            while True:
-                chunk = os.pread(segment.fd, _READ_CHUNK, offset)
-                if not chunk:
-                    break
-                total += chunk.count(b"\n")
-                offset += len(chunk)
-        return total
-
     def close(self) -> None:
         """Delete this process's fully acknowledged segments and unlock the rest for others."""
         for segment in list(self._segments):
