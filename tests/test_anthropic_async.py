@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +19,7 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter, MissingCustomerError
+from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
 
@@ -41,11 +41,6 @@ _KNOBS = (
     "delta_usage",
     "error_after",
 )
-
-try:  # written concurrently by another engineer: only compare estimates when it exists
-    _estimates: Any = importlib.import_module("llm_meter._estimate_anthropic")
-except ImportError:
-    _estimates = None
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
@@ -131,8 +126,7 @@ def assert_partial(event: dict[str, Any], delivered_text: str) -> None:
     assert md["estimated"] is True
     assert md["request_tokens"] == PROMPT + CACHE_READ + CACHE_WRITE
     assert (md["cached_tokens"], md["cache_write_tokens"]) == (CACHE_READ, CACHE_WRITE)
-    if _estimates is not None:
-        assert md["response_tokens"] == _estimates.estimate_output_tokens(delivered_text, model=md["model"])
+    assert md["response_tokens"] == _estimates.estimate_output_tokens(delivered_text, model=md["model"])
 
 
 @contextlib.contextmanager

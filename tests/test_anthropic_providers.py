@@ -19,6 +19,7 @@ import pytest
 import llm_meter
 import llm_meter.anthropic as drop_ins
 from llm_meter import Meter, MissingCustomerError
+from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
 
@@ -43,10 +44,6 @@ _KNOBS = (
     "error_after",
 )
 
-try:  # written concurrently by another engineer: only compare estimates when it exists
-    _estimates: Any = importlib.import_module("llm_meter._estimate_anthropic")
-except ImportError:
-    _estimates = None
 
 try:
     _bedrock_decoder: Any = importlib.import_module("anthropic.lib.bedrock._stream_decoder")
@@ -230,8 +227,7 @@ def test_bedrock_stream_error_mid_way_bills_one_estimated_event(
     assert md["estimated"] is True
     assert md["model"] == SERVED_MODEL
     assert md["request_tokens"] == PROMPT + CACHE_READ + CACHE_WRITE
-    if _estimates is not None:
-        assert md["response_tokens"] == _estimates.estimate_output_tokens("tok0 tok1 ", model=md["model"])
+    assert md["response_tokens"] == _estimates.estimate_output_tokens("tok0 tok1 ", model=md["model"])
 
 
 def test_bedrock_per_call_customer_is_billed_and_never_sent(

@@ -10,7 +10,6 @@ input and cache numbers are exact once ``message_start`` arrived, output is the 
 from __future__ import annotations
 
 import gc
-import importlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter
+from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
 
@@ -43,11 +43,6 @@ _KNOBS = (
 
 # The 5m/1h split is reported whenever the response carries it (older SDKs keep it as a dict).
 TTL_SPLIT = {"cache_write_5m_tokens": CACHE_WRITE, "cache_write_1h_tokens": 0}
-
-try:  # written concurrently by another engineer: only compare estimates when it exists
-    _estimates: Any = importlib.import_module("llm_meter._estimate_anthropic")
-except ImportError:
-    _estimates = None
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
@@ -148,8 +143,7 @@ def assert_partial(event: dict[str, Any], fake: FakeAnthropicServer, delivered_t
     assert md["request_tokens"] == PROMPT + fake.cache_read + fake.cache_write
     assert md["cached_tokens"] == fake.cache_read
     assert md["cache_write_tokens"] == fake.cache_write
-    if _estimates is not None:
-        assert md["response_tokens"] == _estimates.estimate_output_tokens(delivered_text, model=md["model"])
+    assert md["response_tokens"] == _estimates.estimate_output_tokens(delivered_text, model=md["model"])
     assert md["total_tokens"] == md["request_tokens"] + md["response_tokens"]
 
 
@@ -322,8 +316,7 @@ def test_close_before_iterating_emits_one_event(
     assert md["estimated"] is True
     assert md["response_tokens"] == 0
     assert md["request_tokens"] > 0
-    if _estimates is not None:
-        assert md["request_tokens"] == _estimates.estimate_input_tokens({**BODY, "stream": True})
+    assert md["request_tokens"] == _estimates.estimate_input_tokens({**BODY, "stream": True})
     del stream
     assert_no_second_event(meter_, transport)
 
