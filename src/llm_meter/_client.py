@@ -638,6 +638,8 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
     _llm_meter: ClientConfig
     _llm_meter_provider: Provider
     _llm_meter_base: type
+    #: The SDK class's ``_process_response_data`` (set per metered class).
+    _llm_meter_parse: Callable[..., Any]
 
     def __init__(
         self,
@@ -706,8 +708,9 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         return request
 
     def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
-        obj = super()._process_response_data(data=data, cast_to=cast_to, response=response)
-        # Called once per stream event: the call is looked up once per response, then cached.
+        # Called once per stream event, so kept short: the SDK's own parse (bound directly, not
+        # through super()), then the call, looked up once per response and cached on it.
+        obj = self._llm_meter_parse(data=data, cast_to=cast_to, response=response)
         call = response.__dict__.get(CALL_ATTR, _UNSET)
         if call is _UNSET:
             call = response.__dict__[CALL_ATTR] = _call_of(response)
@@ -840,6 +843,7 @@ def metered_class(base: type, *, module: str | None = None) -> type:
         "__slots__": (),
         "_llm_meter_provider": provider,
         "_llm_meter_base": base,
+        "_llm_meter_parse": base._process_response_data,  # type: ignore[attr-defined]
         "__module__": module or base.__module__,
         "__doc__": base.__doc__,
     }
