@@ -8,9 +8,9 @@ import sys
 import threading
 from http.server import ThreadingHTTPServer
 from socketserver import BaseRequestHandler, BaseServer, TCPServer
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["LoopbackHTTPServer"]
+__all__ = ["LoopbackHTTPServer", "LoopbackService"]
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -82,3 +82,61 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], OSError):
             return
         BaseServer.handle_error(self, request, client_address)
+
+
+class LoopbackService:
+    """Lifecycle shared by the fake servers: start on an ephemeral port, stop, context manager.
+
+    Subclasses build their server in :meth:`_make_server` and call ``super().__init__()``.
+    """
+
+    _thread_name = "fake-server"
+    _poll_interval = 0.05
+
+    def __init__(self) -> None:
+        self._httpd: LoopbackHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._base = ""
+
+    def _make_server(self) -> LoopbackHTTPServer:
+        raise NotImplementedError
+
+    def _started_base(self) -> str:
+        if not self._base:
+            raise RuntimeError(f"{type(self).__name__} is not running; call start() first")
+        return self._base
+
+    def start(self) -> Self:
+        """Bind an ephemeral loopback port and serve in a background thread."""
+        if self._httpd is not None:
+            return self
+        httpd = self._make_server()
+        thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": self._poll_interval},
+            name=self._thread_name,
+            daemon=True,
+        )
+        thread.start()
+        self._httpd, self._thread = httpd, thread
+        self._base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop open keep-alive connections and join every thread."""
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        self._base = ""
+        if httpd is None:
+            return
+        httpd.shutdown()
+        if thread is not None:
+            thread.join()
+        httpd.close_connections()
+        httpd.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -32,7 +32,7 @@ from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
-from llm_meter._fakes._http import LoopbackHTTPServer
+from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService
 from llm_meter._fakes.openai_server import (
     RecordedRequest,
     _count_words,
@@ -180,7 +180,7 @@ def _server_tool_use(body: Mapping[str, Any]) -> dict[str, int] | None:
     return {"web_search_requests": search, "web_fetch_requests": fetch}
 
 
-class FakeAnthropicServer:
+class FakeAnthropicServer(LoopbackService):
     """A fake Anthropic Messages API on 127.0.0.1 with deterministic content and usage.
 
     Speaks the first-party API (``url``), Bedrock ``invoke`` / ``invoke-with-response-stream`` with AWS
@@ -225,9 +225,7 @@ class FakeAnthropicServer:
         self.content: str | None = None
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._httpd: _AnthropicHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._base = ""
+        super().__init__()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -246,45 +244,10 @@ class FakeAnthropicServer:
         """Base URL for ``AnthropicVertex(base_url=...)``; like the real ``https://{region}-...com/v1``."""
         return self._started_base() + "/v1"
 
-    def _started_base(self) -> str:
-        if not self._base:
-            raise RuntimeError("FakeAnthropicServer is not running; call start() first")
-        return self._base
+    _thread_name = "fake-anthropic-server"
 
-    def start(self) -> FakeAnthropicServer:
-        """Bind an ephemeral loopback port and serve in a background thread."""
-        if self._httpd is not None:
-            return self
-        httpd = _AnthropicHTTPServer(self)
-        thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-anthropic-server",
-            daemon=True,
-        )
-        thread.start()
-        self._httpd, self._thread = httpd, thread
-        self._base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, drop open keep-alive connections and join every thread."""
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        self._base = ""
-        if httpd is None:
-            return
-        httpd.shutdown()
-        if thread is not None:
-            thread.join()
-        httpd.close_connections()
-        httpd.server_close()
-
-    def __enter__(self) -> FakeAnthropicServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _make_server(self) -> _AnthropicHTTPServer:
+        return _AnthropicHTTPServer(self)
 
     # -- usage -----------------------------------------------------------------------------------------
 

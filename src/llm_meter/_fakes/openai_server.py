@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
-from ._http import LoopbackHTTPServer
+from ._http import LoopbackHTTPServer, LoopbackService
 
 __all__ = ["FakeOpenAIServer", "RecordedRequest"]
 
@@ -260,7 +260,7 @@ _Reply = tuple[int, str, bytes] | Iterable[str]
 """A route's answer: ``(status, content type, body)`` or an iterable of SSE events (whole event strings)."""
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackService):
     """A fake OpenAI-compatible server on 127.0.0.1 with deterministic content and usage.
 
     All public attributes may be changed between calls; each request reads them when it arrives.
@@ -291,9 +291,7 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._chat_store: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._response_store: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._base = ""
+        super().__init__()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -307,42 +305,10 @@ class FakeOpenAIServer:
         """Endpoint for ``AzureOpenAI(azure_endpoint=...)``."""
         return self._started_base()
 
-    def _started_base(self) -> str:
-        if not self._base:
-            raise RuntimeError("FakeOpenAIServer is not running; call start() first")
-        return self._base
+    _thread_name = "fake-openai-server"
 
-    def start(self) -> FakeOpenAIServer:
-        """Bind an ephemeral loopback port and serve in a background thread."""
-        if self._httpd is not None:
-            return self
-        httpd = _HTTPServer(self)
-        thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai-server", daemon=True
-        )
-        thread.start()
-        self._httpd, self._thread = httpd, thread
-        self._base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, drop open keep-alive connections and join every thread."""
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        self._base = ""
-        if httpd is None:
-            return
-        httpd.shutdown()
-        if thread is not None:
-            thread.join()
-        httpd.close_connections()
-        httpd.server_close()
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _make_server(self) -> _HTTPServer:
+        return _HTTPServer(self)
 
     # -- usage -----------------------------------------------------------------------------------------
 

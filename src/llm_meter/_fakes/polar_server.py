@@ -28,7 +28,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal, cast
 
-from ._http import LoopbackHTTPServer
+from ._http import LoopbackHTTPServer, LoopbackService
 
 __all__ = ["CURRENT_VERSION", "INGEST_PATH", "LIVE_VERSIONS", "FakePolarServer", "Fault", "PolarRequest"]
 
@@ -420,7 +420,7 @@ def _external_issues(event: dict[str, Any]) -> list[_Issue]:
     return issues
 
 
-class FakePolarServer:
+class FakePolarServer(LoopbackService):
     """A Polar-compatible events-ingest server on 127.0.0.1 (one organization, in-memory storage).
 
     ``organization_token=True`` behaves like an Organization Access Token (``organization_id`` must not be
@@ -452,18 +452,14 @@ class FakePolarServer:
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._base = ""
+        super().__init__()
 
     # -- public helpers --------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
         """Base URL for ``PolarTransport(base_url=...)``: ``http://127.0.0.1:PORT``."""
-        if not self._base:
-            raise RuntimeError("FakePolarServer is not running; call start() first")
-        return self._base
+        return self._started_base()
 
     @property
     def ingest_url(self) -> str:
@@ -502,39 +498,18 @@ class FakePolarServer:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    def start(self) -> FakePolarServer:
-        """Bind an ephemeral loopback port and serve in a background thread."""
-        if self._httpd is not None:
-            return self
+    _thread_name = "fake-polar-server"
+    _poll_interval = 0.01
+
+    def _make_server(self) -> _HTTPServer:
         self._stopping.clear()
-        httpd = _HTTPServer(self)
-        thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, name="fake-polar-server", daemon=True
-        )
-        thread.start()
-        self._httpd, self._thread = httpd, thread
-        self._base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        return self
+        return _HTTPServer(self)
 
     def stop(self) -> None:
         """Stop serving, cut delayed answers short, drop keep-alive connections and join every thread."""
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        self._base = ""
-        if httpd is None:
-            return
-        self._stopping.set()
-        httpd.shutdown()
-        if thread is not None:
-            thread.join()
-        httpd.close_connections()
-        httpd.server_close()
-
-    def __enter__(self) -> FakePolarServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        if self._httpd is not None:
+            self._stopping.set()
+        super().stop()
 
     # -- request handling ------------------------------------------------------------------------------
 
