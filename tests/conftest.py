@@ -1,4 +1,4 @@
-"""Shared fixtures: a fake OpenAI server on loopback and a meter with an in-memory transport."""
+"""Shared fixtures: fake OpenAI and Anthropic servers on loopback, a meter with an in-memory transport."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from llm_meter import Meter
+from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter.transports import MemoryTransport
 
@@ -22,6 +23,13 @@ for _name in ("POLAR_ACCESS_TOKEN", "POLAR_BASE_URL", "POLAR_SERVER"):
 @pytest.fixture(scope="session")
 def _server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def _fake() -> Iterator[FakeAnthropicServer]:
+    """The session's fake Anthropic server; each Anthropic test module's `fake` fixture resets it."""
+    with FakeAnthropicServer() as server:
         yield server
 
 

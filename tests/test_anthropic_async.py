@@ -22,6 +22,7 @@ from llm_meter import Meter, MissingCustomerError
 from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
+from support import delivered, only_event, usage
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -44,12 +45,6 @@ _KNOBS = (
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def _fake() -> Iterator[FakeAnthropicServer]:
-    with FakeAnthropicServer() as srv:
-        yield srv
 
 
 @pytest.fixture
@@ -90,22 +85,6 @@ def run_metered(
             await base.close()
 
     return asyncio.run(main())
-
-
-def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
-    assert m.flush(5), "events were not delivered in time"
-    return list(transport.events)
-
-
-def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
-    events = delivered(m, transport)
-    assert len(events) == 1, events
-    return events[0]
-
-
-def usage(event: dict[str, Any]) -> tuple[int, int, int]:
-    md = event["metadata"]
-    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
 
 
 def expect(fake: FakeAnthropicServer, prompt: int = PROMPT) -> tuple[int, int, int]:

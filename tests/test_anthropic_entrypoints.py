@@ -20,6 +20,7 @@ import llm_meter
 from llm_meter import Meter, MissingCustomerError
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
+from support import delivered, only_event, usage
 
 # Request a model the current SDK does not flag as deprecated (warnings are errors in this suite).
 MODEL = "claude-haiku-4-5"
@@ -51,12 +52,6 @@ class Person(pydantic.BaseModel):
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def _fake() -> Iterator[FakeAnthropicServer]:
-    with FakeAnthropicServer() as srv:
-        yield srv
 
 
 @pytest.fixture
@@ -97,22 +92,6 @@ def anonymous(base: anthropic.Anthropic, meter_: Meter) -> Iterator[Any]:
     """A metered copy of ``base`` with no customer of its own."""
     with llm_meter.meter(base, meter=meter_) as metered:
         yield metered
-
-
-def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
-    assert m.flush(5), "events were not delivered in time"
-    return list(transport.events)
-
-
-def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
-    events = delivered(m, transport)
-    assert len(events) == 1, events
-    return events[0]
-
-
-def usage(event: dict[str, Any]) -> tuple[int, int, int]:
-    md = event["metadata"]
-    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
 
 
 def expect(fake: FakeAnthropicServer, prompt: int = PROMPT) -> tuple[int, int, int]:

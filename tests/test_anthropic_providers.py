@@ -22,6 +22,7 @@ from llm_meter import Meter, MissingCustomerError
 from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
+from support import delivered, only_event, usage
 
 MODEL = "claude-haiku-4-5"
 BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -59,12 +60,6 @@ BEDROCK_STREAM_ERROR: type[Exception] = (
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def _fake() -> Iterator[FakeAnthropicServer]:
-    with FakeAnthropicServer() as srv:
-        yield srv
 
 
 @pytest.fixture
@@ -125,22 +120,6 @@ def vertex(fake: FakeAnthropicServer, meter_: Meter) -> Iterator[Any]:
         llm_meter.meter(base, customer="cus_1", meter=meter_) as metered,
     ):
         yield metered
-
-
-def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
-    assert m.flush(5), "events were not delivered in time"
-    return list(transport.events)
-
-
-def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
-    events = delivered(m, transport)
-    assert len(events) == 1, events
-    return events[0]
-
-
-def usage(event: dict[str, Any]) -> tuple[int, int, int]:
-    md = event["metadata"]
-    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
 
 
 def expect(fake: FakeAnthropicServer, prompt: int = PROMPT) -> tuple[int, int, int]:

@@ -11,7 +11,6 @@ import base64
 import http.client
 import json
 import struct
-import threading
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -162,7 +161,8 @@ def test_url_requires_start() -> None:
     with fake:
         assert fake.vertex_url == fake.url + "/v1"
         assert fake.bedrock_url == fake.url
-    assert not [t for t in threading.enumerate() if t.name == "fake-anthropic-server"]
+        serving = fake._thread
+    assert serving is not None and not serving.is_alive()
 
 
 # -- first-party messages ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from llm_meter import Meter, MissingCustomerError
 from llm_meter._estimate import count_text
 from llm_meter._fakes.openai_server import REASONING_TOKENS, FakeOpenAIServer
 from llm_meter.transports import MemoryTransport
+from support import delivered, only_event, usage
 
 MODEL = "gpt-4o-mini"
 SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
@@ -61,22 +62,6 @@ def run_metered(
             await plain.close()
 
     return asyncio.run(main())
-
-
-def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
-    assert m.flush(5), "events were not delivered in time"
-    return list(transport.events)
-
-
-def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
-    events = delivered(m, transport)
-    assert len(events) == 1, events
-    return events[0]
-
-
-def usage(event: dict[str, Any]) -> tuple[int, int, int]:
-    md = event["metadata"]
-    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
 
 
 def chat_expect(n: int = 1, chunks: int = 5) -> tuple[int, int, int]:

@@ -25,6 +25,7 @@ from llm_meter._fakes.openai_server import (
     FakeOpenAIServer,
 )
 from llm_meter.transports import MemoryTransport
+from support import delivered, only_event, usage
 
 MODEL = "gpt-4o-mini"
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello to the metered world"}]
@@ -60,22 +61,6 @@ def client(base: openai.OpenAI, meter_: Meter) -> Iterator[openai.OpenAI]:
     """A metered copy of ``base`` billed to ``cus_1``."""
     with llm_meter.meter(base, customer="cus_1", meter=meter_) as metered:
         yield metered
-
-
-def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
-    assert m.flush(5), "events were not delivered in time"
-    return list(transport.events)
-
-
-def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
-    events = delivered(m, transport)
-    assert len(events) == 1, events
-    return events[0]
-
-
-def usage(event: dict[str, Any]) -> tuple[int, int, int]:
-    md = event["metadata"]
-    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
 
 
 def chat_expect(n: int = 1, chunks: int = 5, prompt: int = CHAT_PROMPT) -> tuple[int, int, int]:

@@ -18,6 +18,7 @@ from llm_meter import Meter
 from llm_meter._estimate import count_text
 from llm_meter._fakes.openai_server import AUDIO_INPUT_TOKENS, REASONING_TOKENS, FakeOpenAIServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
+from support import delivered, only_event, usage
 
 MODEL = "gpt-4o-mini"
 SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
@@ -59,22 +60,6 @@ def details() -> Iterator[tuple[Meter, MemoryTransport]]:
 def dclient(base: openai.OpenAI, details: tuple[Meter, MemoryTransport]) -> Iterator[openai.OpenAI]:
     with llm_meter.meter(base, customer="cus_1", meter=details[0]) as metered:
         yield metered
-
-
-def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
-    assert m.flush(5), "events were not delivered in time"
-    return list(transport.events)
-
-
-def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
-    events = delivered(m, transport)
-    assert len(events) == 1, events
-    return events[0]
-
-
-def usage(event: dict[str, Any]) -> tuple[int, int, int]:
-    md = event["metadata"]
-    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
 
 
 def chat_expect(n: int = 1, chunks: int = 5, prompt: int = CHAT_PROMPT) -> tuple[int, int, int]:

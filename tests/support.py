@@ -1,0 +1,27 @@
+"""Helpers shared by the metering test modules: read back what a meter delivered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_meter import Meter
+from llm_meter.transports import MemoryTransport
+
+
+def delivered(m: Meter, transport: MemoryTransport) -> list[dict[str, Any]]:
+    """Flush *m* and return every event its memory transport received."""
+    assert m.flush(5), "events were not delivered in time"
+    return list(transport.events)
+
+
+def only_event(m: Meter, transport: MemoryTransport) -> dict[str, Any]:
+    """The single event delivered so far (fails if there are none or several)."""
+    events = delivered(m, transport)
+    assert len(events) == 1, events
+    return events[0]
+
+
+def usage(event: dict[str, Any]) -> tuple[int, int, int]:
+    """An event's (request_tokens, response_tokens, total_tokens)."""
+    md = event["metadata"]
+    return md["request_tokens"], md["response_tokens"], md["total_tokens"]
