@@ -39,7 +39,7 @@ _FIELDS: Final = (
 
 
 def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if type(value) is int else None  # not bool, not None
 
 
 def _get(obj: object, name: str) -> Any:
@@ -60,21 +60,35 @@ def _model_from_url(url: str) -> str | None:
 
 
 class _StreamUsage:
-    """A stream's usage so far: ``message_start`` fields overwritten by ``message_delta`` ones."""
+    """A stream's usage so far: ``message_start`` fields overwritten by ``message_delta`` ones.
 
-    __slots__ = ("fields", "output_final", "started")
+    Its attributes are named like the SDK's ``Usage`` fields, so the same code reads both.
+    """
+
+    __slots__ = (*_FIELDS, "output_final", "started")
 
     def __init__(self) -> None:
-        self.fields: dict[str, Any] = {}
+        self.input_tokens: Any = None
+        self.output_tokens: Any = None
+        self.cache_creation_input_tokens: Any = None
+        self.cache_read_input_tokens: Any = None
+        self.cache_creation: Any = None
+        self.server_tool_use: Any = None
+        self.output_tokens_details: Any = None
         self.started = False  # message_start arrived: input and cache numbers are exact
         self.output_final = False  # a message_delta arrived: output_tokens is the provider's count
 
     def merge(self, usage: Any) -> None:
-        fields = self.fields
         for name in _FIELDS:
             value = _get(usage, name)
             if value is not None:
-                fields[name] = value
+                setattr(self, name, value)
+
+    def copy(self) -> _StreamUsage:
+        new = _StreamUsage()
+        for name in self.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
 
 
 class AnthropicProvider:
@@ -148,8 +162,7 @@ class AnthropicProvider:
         model = getattr(message, "model", None)
         if isinstance(model, str) and model:
             call.model = model
-        fields = {name: _get(usage, name) for name in _FIELDS}
-        self._emit(call, fields, response)
+        _emit(call, usage, response)
 
     def _observe_event(self, call: Call, event: Any, response: Any) -> None:
         # Runs for every event of a stream: the common case (a text delta) first and short.
@@ -182,50 +195,54 @@ class AnthropicProvider:
                 state.merge(usage)
                 state.started = True
         elif kind == "message_stop" and state.started:
-            self._emit(call, state.fields, response)
-
-    def _emit(self, call: Call, fields: dict[str, Any], response: Any) -> None:
-        numbers = _numbers(fields)
-        call.emit(
-            response,
-            numbers["request_tokens"],
-            numbers["response_tokens"],
-            cached_tokens=numbers["cached_tokens"],
-            cache_write_tokens=numbers["cache_write_tokens"],
-            reasoning_tokens=numbers["reasoning_tokens"],
-            extra=numbers["extra"],
-        )
+            _emit(call, state, response)
 
     # -- estimates (background worker) ------------------------------------------------------
     def estimate(self, call: Call, record: UsageRecord) -> None:
         from . import _estimate_anthropic
 
-        state: _StreamUsage | None = call.state if isinstance(call.state, _StreamUsage) else None
-        estimated_input = state is None or not state.started
-        estimated_output = state is None or not state.output_final
-        fields: dict[str, Any] = dict(state.fields) if state is not None else {}
+        state = call.state.copy() if isinstance(call.state, _StreamUsage) else _StreamUsage()
+        estimated_input = not state.started
+        estimated_output = not state.output_final
         if estimated_input:
-            fields["input_tokens"] = _estimate_anthropic.estimate_input_tokens(call.body)
+            state.input_tokens = _estimate_anthropic.estimate_input_tokens(call.body)
         if estimated_output:
-            fields["output_tokens"] = _estimate_anthropic.estimate_output_tokens("".join(call.text or ()))
-        numbers = _numbers(fields)
-        record.request_tokens = numbers["request_tokens"]
-        record.response_tokens = numbers["response_tokens"]
-        record.cached_tokens = numbers["cached_tokens"]
-        record.cache_write_tokens = numbers["cache_write_tokens"]
-        record.reasoning_tokens = numbers["reasoning_tokens"]
-        record.extra = numbers["extra"]
+            state.output_tokens = _estimate_anthropic.estimate_output_tokens("".join(call.text or ()))
+        cache_write, cache_read = _int(state.cache_creation_input_tokens), _int(state.cache_read_input_tokens)
+        record.request_tokens = _request_tokens(state, cache_write, cache_read)
+        record.response_tokens = _int(state.output_tokens) or 0
+        record.cached_tokens = cache_read
+        record.cache_write_tokens = cache_write
+        record.reasoning_tokens, record.extra = _details(state)
         record.estimated = estimated_input or estimated_output
 
 
-def _numbers(fields: dict[str, Any]) -> dict[str, Any]:
-    """Billing numbers from Anthropic usage fields (see the module docstring)."""
-    input_tokens = _int(fields.get("input_tokens")) or 0
-    cache_write = _int(fields.get("cache_creation_input_tokens"))
-    cache_read = _int(fields.get("cache_read_input_tokens"))
-    output_tokens = _int(fields.get("output_tokens")) or 0
+def _request_tokens(usage: Any, cache_write: int | None, cache_read: int | None) -> int:
+    """Anthropic's ``input_tokens`` leaves out cache writes and reads: bill all three."""
+    return (_int(getattr(usage, "input_tokens", None)) or 0) + (cache_write or 0) + (cache_read or 0)
+
+
+def _emit(call: Call, usage: Any, response: Any) -> None:
+    """Emit the billing numbers of an SDK ``Usage`` (or a :class:`_StreamUsage`)."""
+    cache_write = _int(getattr(usage, "cache_creation_input_tokens", None))
+    cache_read = _int(getattr(usage, "cache_read_input_tokens", None))
+    # The breakdown only goes into events with details=True: skip reading it otherwise.
+    thinking, extra = _details(usage) if call.meter.options.details else (None, None)
+    call.emit(
+        response,
+        _request_tokens(usage, cache_write, cache_read),
+        _int(getattr(usage, "output_tokens", None)) or 0,
+        cache_read,
+        cache_write,
+        thinking,
+        extra,
+    )
+
+
+def _details(usage: Any) -> tuple[int | None, dict[str, int | float | str | bool] | None]:
+    """Thinking tokens and the flat extras (cache writes by TTL, server tool requests)."""
     extra: dict[str, int | float | str | bool] = {}
-    creation = fields.get("cache_creation")
+    creation = getattr(usage, "cache_creation", None)
     if creation is not None:
         for source, key in (
             ("ephemeral_5m_input_tokens", "cache_write_5m_tokens"),
@@ -234,22 +251,15 @@ def _numbers(fields: dict[str, Any]) -> dict[str, Any]:
             value = _int(_get(creation, source))
             if value is not None:
                 extra[key] = value
-    tools = fields.get("server_tool_use")
+    tools = getattr(usage, "server_tool_use", None)
     if tools is not None:
         for name in ("web_search_requests", "web_fetch_requests"):
             value = _int(_get(tools, name))
             if value is not None:
                 extra[name] = value
-    details = fields.get("output_tokens_details")
+    details = getattr(usage, "output_tokens_details", None)
     thinking = _int(_get(details, "thinking_tokens")) if details is not None else None
-    return {
-        "request_tokens": input_tokens + (cache_write or 0) + (cache_read or 0),
-        "response_tokens": output_tokens,
-        "cached_tokens": cache_read,
-        "cache_write_tokens": cache_write,
-        "reasoning_tokens": thinking,
-        "extra": extra or None,
-    }
+    return thinking, extra or None
 
 
 _provider: AnthropicProvider | None = None

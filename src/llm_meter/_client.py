@@ -191,16 +191,6 @@ class Call:
     def done(self) -> bool:
         return not self._once
 
-    def _claim(self) -> bool:
-        # list.pop is atomic under the GIL: exactly one caller wins, without a lock.
-        try:
-            self._once.pop()
-        except IndexError:
-            return False
-        self.observe = None
-        self.meter.untrack_open(self)
-        return True
-
     def ensure_external_id(self, response: Any) -> str:
         """A deterministic id for this provider response (response id, else request id)."""
         if self.external_id is None:
@@ -217,36 +207,54 @@ class Call:
         response: Any,
         request_tokens: int,
         response_tokens: int,
-        *,
         cached_tokens: int | None = None,
         cache_write_tokens: int | None = None,
         reasoning_tokens: int | None = None,
         extra: dict[str, int | float | str | bool] | None = None,
     ) -> None:
-        """Emit the exact usage of this response (the first emit or finish wins)."""
-        if not self._claim():
+        """Emit the exact usage of this response (the first emit or finish wins).
+
+        Runs on the caller's path once per billed call: positional arguments, no helper calls
+        when the response id is known.
+        """
+        try:
+            self._once.pop()  # atomic under the GIL: exactly one emit or finish wins, no lock
+        except IndexError:
             return
+        self.observe = None
         self.text = None
-        self.meter.emit(
+        meter = self.meter
+        if self.stream:
+            meter.untrack_open(self)
+        external_id = self.external_id
+        if external_id is None:
+            ident = self.response_id
+            external_id = f"{self.provider.name}:{ident}" if ident else self.ensure_external_id(response)
+            self.external_id = external_id
+        meter.emit(
             UsageRecord(
-                provider=self.provider.name,
-                customer=self.customer,
-                external_id=self.ensure_external_id(response),
-                timestamp=time.time(),
-                model=self.model or "unknown",
-                request_tokens=request_tokens,
-                response_tokens=response_tokens,
-                cached_tokens=cached_tokens,
-                cache_write_tokens=cache_write_tokens,
-                reasoning_tokens=reasoning_tokens,
-                extra=extra,
+                self.provider.name,
+                self.customer,
+                external_id,
+                time.time(),
+                self.model or "unknown",
+                request_tokens,
+                response_tokens,
+                cached_tokens,
+                cache_write_tokens,
+                reasoning_tokens,
+                extra,
             )
         )
 
     def finish(self, response: Any = None) -> None:
         """The response ended without usage (early exit, error, no usage sent): estimate or skip."""
-        if not self._claim():
+        try:
+            self._once.pop()
+        except IndexError:
             return
+        self.observe = None
+        self.meter.untrack_open(self)
         if not self.meter.estimate_incomplete:
             log.debug(
                 "llm_meter: incomplete stream %s not billed (incomplete_streams='skip')", self.response_id

@@ -71,7 +71,6 @@ class UsageRecord:
 
     def __init__(
         self,
-        *,
         provider: str,
         customer: Customer,
         external_id: str,
@@ -83,6 +82,7 @@ class UsageRecord:
         cache_write_tokens: int | None = None,
         reasoning_tokens: int | None = None,
         extra: dict[str, int | float | str | bool] | None = None,
+        *,
         estimated: bool = False,
         estimate: Callable[[UsageRecord], None] | None = None,
     ) -> None:
