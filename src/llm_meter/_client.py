@@ -97,6 +97,10 @@ class Provider(Protocol):
     #: asked for, and to notice a loop left early). Without it a stream costs one hook
     #: per event less; an early exit is then billed at close, collection or exit.
     stream_subclass: bool
+    #: Whether the provider adds options to requests (OpenAI's ``stream_options``) that an
+    #: endpoint may reject: the client's ``request`` is then hooked to resend without them.
+    #: Providers that need neither this nor ``stream_subclass`` leave ``request`` untouched.
+    injects_options: bool
 
     def billed_kind(self, options: Any) -> str | None:
         """The kind of billed endpoint *options* targets, or ``None`` if not billed."""
@@ -299,7 +303,7 @@ def _request_id(response: Any) -> str | None:
 def _call_of(response: Any) -> Call | None:
     try:
         return getattr(response.request, CALL_ATTR, None)
-    except Exception:
+    except Exception:  # no response, or a response without its request
         return None
 
 
@@ -436,7 +440,7 @@ async def _hiding_aiter(inner: Any, hide: Callable[[Any], bool]) -> Any:
             yield item
 
 
-def attach_stream(response: Any) -> None:
+def attach_stream(response: Any, call: Call) -> None:
     """Tie a billed stream's call to its HTTP response, whatever wraps it later.
 
     Every way a stream can end reaches the response: the SDK closes it after the last
@@ -444,9 +448,8 @@ def attach_stream(response: Any) -> None:
     own ``Stream`` on it) close it, and when nothing does, it is garbage-collected. So the
     call finishes on ``close``/``aclose`` of the response, or when the response dies.
     """
-    call = _call_of(response)
-    if call is None or not call.stream or call.request_id is not None:
-        return
+    if call.request_id is not None:
+        return  # attached already (a helper rebuilt its Stream on the same response)
     call.request_id = _request_id(response) or ""
     call.meter.track_open(call)
     original_close = response.close
@@ -471,7 +474,7 @@ def attach_stream(response: Any) -> None:
     weakref.finalize(response, call.finish)
 
 
-def _guard_plain_stream(result: Any) -> Any:
+def _guard_plain_stream(result: Any, call: Call) -> Any:
     """Finish the call when an SDK ``Stream`` that could not be subclassed fails mid-way.
 
     (Older anthropic ``Stream`` classes deny ``isinstance`` to subclasses, so llm_meter keeps
@@ -479,9 +482,6 @@ def _guard_plain_stream(result: Any) -> Any:
     """
     iterator = getattr(result, "_iterator", None) if "_iterator" in getattr(result, "__dict__", ()) else None
     if iterator is None or getattr(type(result), "_llm_meter_stream", False):
-        return result
-    call = _call_of(getattr(result, "response", None))
-    if call is None:
         return result
     if inspect.isasyncgen(iterator):
         result._iterator = _finish_on_error_async(iterator, call)
@@ -742,10 +742,11 @@ class _SyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
     def _process_response(self, *args: Any, **kwargs: Any) -> Any:
-        response = kwargs.get("response")
-        if response is not None:
-            attach_stream(response)
-        return _guard_plain_stream(super()._process_response(*args, **kwargs))
+        call = _call_of(kwargs.get("response"))
+        if call is None or not call.stream:
+            return super()._process_response(*args, **kwargs)
+        attach_stream(kwargs["response"], call)
+        return _guard_plain_stream(super()._process_response(*args, **kwargs), call)
 
     def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         self._llm_meter_stream_cls(kwargs)
@@ -764,10 +765,11 @@ class _AsyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
     async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
-        response = kwargs.get("response")
-        if response is not None:
-            attach_stream(response)
-        return _guard_plain_stream(await super()._process_response(*args, **kwargs))
+        call = _call_of(kwargs.get("response"))
+        if call is None or not call.stream:
+            return await super()._process_response(*args, **kwargs)
+        attach_stream(kwargs["response"], call)
+        return _guard_plain_stream(await super()._process_response(*args, **kwargs), call)
 
     async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         self._llm_meter_stream_cls(kwargs)
@@ -849,6 +851,8 @@ def metered_class(base: type, *, module: str | None = None) -> type:
     )
     namespace: dict[str, Any] = {
         "__slots__": (),
+        # Without stream subclasses or injected options the hook has nothing to do: skip it.
+        **({} if provider.stream_subclass or provider.injects_options else {"request": base.request}),
         "_llm_meter_provider": provider,
         "_llm_meter_base": base,
         "_llm_meter_parse": base._process_response_data,  # type: ignore[attr-defined]
