@@ -851,14 +851,15 @@ def metered_class(base: type, *, module: str | None = None) -> type:
     )
     namespace: dict[str, Any] = {
         "__slots__": (),
-        # Without stream subclasses or injected options the hook has nothing to do: skip it.
-        **({} if provider.stream_subclass or provider.injects_options else {"request": base.request}),
         "_llm_meter_provider": provider,
         "_llm_meter_base": base,
         "_llm_meter_parse": base._process_response_data,  # type: ignore[attr-defined]
         "__module__": module or base.__module__,
         "__doc__": base.__doc__,
     }
+    if not (provider.stream_subclass or provider.injects_options):
+        # The `request` hook would have nothing to do: keep the SDK's (one call layer less).
+        namespace["request"] = base.request  # type: ignore[attr-defined]
     for klass in reversed(base.__mro__):
         for attr, value in vars(klass).items():
             func = getattr(value, "func", None)
