@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from llm_meter import Meter
@@ -25,3 +28,20 @@ def usage(event: dict[str, Any]) -> tuple[int, int, int]:
     """An event's (request_tokens, response_tokens, total_tokens)."""
     md = event["metadata"]
     return md["request_tokens"], md["response_tokens"], md["total_tokens"]
+
+
+def freed_without_gc(open_stream: Callable[[], Any]) -> bool:
+    """Whether a stream's HTTP response is freed as soon as the read stream is dropped.
+
+    With the cyclic GC off, so only reference counting can free it.
+    """
+    gc.disable()
+    try:
+        stream = open_stream()
+        response = weakref.ref(stream.response)
+        for _ in stream:
+            pass
+        del stream
+        return response() is None
+    finally:
+        gc.enable()

@@ -21,7 +21,7 @@ from llm_meter import Meter
 from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
-from support import delivered, only_event, usage
+from support import delivered, freed_without_gc, only_event, usage
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -329,6 +329,15 @@ def test_abandoned_stream_collected_by_gc_emits_one_event(
     gc.collect()
     assert_partial(only_event(meter_, transport), fake, "tok0 ")
     assert_no_second_event(meter_, transport)
+
+
+def test_consumed_stream_frees_its_response_like_the_sdk(
+    base: anthropic.Anthropic, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Metering adds no reference cycle: a read stream's response is freed when the SDK's is."""
+    sdk = freed_without_gc(lambda: base.messages.create(**BODY, stream=True))
+    assert freed_without_gc(lambda: client.messages.create(**BODY, stream=True)) == sdk
+    assert usage(only_event(meter_, transport))[1] > 0
 
 
 def test_stream_helper_exited_early_emits_one_event(

@@ -18,7 +18,7 @@ from llm_meter import Meter
 from llm_meter._estimate import count_text
 from llm_meter._fakes.openai_server import AUDIO_INPUT_TOKENS, REASONING_TOKENS, FakeOpenAIServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
-from support import delivered, only_event, usage
+from support import delivered, freed_without_gc, only_event, usage
 
 MODEL = "gpt-4o-mini"
 SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
@@ -291,6 +291,16 @@ def test_abandoned_stream_collected_by_gc_emits_one_event(
     gc.collect()
     assert_estimated(only_event(m, transport), "tok0 ")
     assert_no_second_event(m, transport)
+
+
+def test_consumed_stream_frees_its_response_like_the_sdk(
+    base: openai.OpenAI, dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Metering adds no reference cycle: a read stream's response is freed when the SDK's is."""
+    m, transport = details
+    sdk = freed_without_gc(lambda: base.chat.completions.create(**CHAT_BODY, stream=True))
+    assert freed_without_gc(lambda: dclient.chat.completions.create(**CHAT_BODY, stream=True)) == sdk
+    assert usage(only_event(m, transport))[1] > 0
 
 
 def test_never_iterated_stream_collected_by_gc_emits_one_event(

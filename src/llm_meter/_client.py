@@ -452,12 +452,18 @@ def attach_stream(response: Any, call: Call) -> None:
         return  # attached already (a helper rebuilt its Stream on the same response)
     call.request_id = _request_id(response) or ""
     call.meter.track_open(call)
-    original_close = response.close
-    original_aclose = getattr(response, "aclose", None)
+    # The replacements reach the response through a weak reference: a closure holding the
+    # bound method would make a cycle (response -> close -> response), and the response
+    # would then wait for the cyclic GC instead of being freed (and billed) at once.
+    ref = weakref.ref(response)
+    original_close = _unbound(response, "close")
+    original_aclose = _unbound(response, "aclose")
 
     def close() -> None:
         try:
-            original_close()
+            target = ref()
+            if target is not None and original_close is not None:
+                original_close(target)
         finally:
             call.finish()
 
@@ -466,12 +472,23 @@ def attach_stream(response: Any, call: Call) -> None:
 
         async def aclose() -> None:
             try:
-                await original_aclose()
+                target = ref()
+                if target is not None:
+                    await original_aclose(target)
             finally:
                 call.finish()
 
         response.aclose = aclose
     weakref.finalize(response, call.finish)
+
+
+def _unbound(obj: Any, name: str) -> Callable[[Any], Any] | None:
+    """``obj.<name>`` as a function of ``obj`` that does not keep ``obj`` alive."""
+    own = obj.__dict__.get(name)
+    if own is not None:  # already replaced on the instance: call it as it is
+        return lambda _: own()
+    method = getattr(type(obj), name, None)
+    return method if callable(method) else None
 
 
 def _guard_plain_stream(result: Any, call: Call) -> Any:
