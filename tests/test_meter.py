@@ -63,6 +63,34 @@ def test_events_are_batched() -> None:
     m.close()
 
 
+def test_events_arriving_during_a_send_wait_for_a_full_batch_or_flush() -> None:
+    """After a partial batch the worker waits (flush_interval, a full batch, flush()) instead of
+    sending what trickled in during the send one small batch at a time."""
+    sizes: list[int] = []
+    first_send = threading.Event()
+
+    async def send(events: list[dict[str, object]]) -> None:
+        sizes.append(len(events))
+        if len(sizes) == 1:
+            first_send.set()
+            await asyncio.sleep(0.2)  # the callers go on emitting meanwhile
+
+    m = Meter(transport=CallbackTransport(send), batch_size=50, flush_interval=60.0)
+    try:
+        m.emit(_record(0))
+        assert first_send.wait(5.0)
+        for n in range(1, 6):
+            m.emit(_record(n))
+        time.sleep(0.5)  # the first send is over: nothing else may have gone out yet
+        assert sizes == [1]
+        for n in range(6, 11):
+            m.emit(_record(n))
+        assert m.flush(timeout=5.0)
+        assert sizes == [1, 10]
+    finally:
+        m.close()
+
+
 def test_emit_does_not_wait_for_the_transport() -> None:
     """A slow transport never slows down the hand-off."""
     gate = threading.Event()

@@ -218,16 +218,22 @@ class Dispatcher:
                     next_adopt = time.monotonic() + _ADOPT_EVERY
                     self._guard(spool.adopt_orphans)
                     self._guard(spool.rotate_if_large)
-                if not self._step(loop, transport):
+                handled = self._step(loop, transport)
+                if handled >= self._batch_size or (handled and self._stopping):
+                    continue  # a backlog: send the next batch now
+                if not handled:
                     if self._stopping:
                         break
                     with self._done:
                         self._idle_pass = request
                         self._done.notify_all()
-                    self._wake.wait(self._flush_interval)
-                    self._wake.clear()
-                    if spool is not None:
-                        self._guard(spool.rotate_if_large)
+                # After a partial batch the next events wait for a full batch, a flush or the
+                # interval, instead of leaving one or two at a time as they trickle in (which
+                # costs the callers GIL time and Polar one request per event).
+                self._wake.wait(self._flush_interval)
+                self._wake.clear()
+                if spool is not None:
+                    self._guard(spool.rotate_if_large)
         finally:
             try:
                 loop.run_until_complete(transport.aclose())
@@ -243,21 +249,21 @@ class Dispatcher:
         except Exception:
             log.exception("llm_meter: spool maintenance failed")
 
-    def _step(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> bool:
-        """Deliver one batch; ``False`` when there was nothing to do."""
+    def _step(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> int:
+        """Deliver one batch; the number of events in it (0: nothing to do, or shutting down)."""
         spool = self._spool
         if spool is None:
             if not self._queue:
-                return False
+                return 0
             records = self._take(self._batch_size)
             payloads = self._encode(records)
             ok, delivered, dead = self._deliver(loop, transport, payloads)
             if not ok:
                 self.taken -= len(records)
                 self._queue.extendleft(reversed(records))  # estimates are resolved already
-                return False
+                return 0
             self._count(delivered, dead, own=True)
-            return True
+            return len(records)
         # With a spool, the deque only holds records that needed an estimate: spool them.
         while self._queue:
             records = self._take(self._batch_size)
@@ -273,16 +279,16 @@ class Dispatcher:
             batch = spool.read_batch(self._batch_size)
         except Exception:
             log.exception("llm_meter: could not read the spool")
-            return False
+            return 0
         if batch is None:
-            return False
+            return 0
         ok, delivered, dead = self._deliver(loop, transport, batch.payloads, spool=spool)
         if not ok:
             spool.release(batch)
-            return False
+            return 0
         spool.commit(batch)
         self._count(delivered, dead, own=batch.own)
-        return True
+        return len(batch.payloads)
 
     def _take(self, limit: int) -> list[UsageRecord]:
         queue = self._queue
