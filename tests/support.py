@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llm_meter import Meter
+from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
 
 
@@ -45,3 +46,34 @@ def freed_without_gc(open_stream: Callable[[], Any]) -> bool:
         return response() is None
     finally:
         gc.enable()
+
+
+#: The fake Anthropic server's settings that tests change (reset before every test).
+_ANTHROPIC_KNOBS = (
+    "chunks",
+    "text",
+    "content",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "thinking",
+    "delta_usage",
+    "error_after",
+)
+
+
+def reset_fake(
+    fake: FakeAnthropicServer, *, model: str, cache: tuple[int, int] | None = None
+) -> FakeAnthropicServer:
+    """Put a shared fake Anthropic server back to its defaults (reporting *model*) for the next test.
+
+    ``cache`` is ``(cache_read, cache_write)`` tokens to report on every response.
+    """
+    defaults = FakeAnthropicServer()
+    for name in _ANTHROPIC_KNOBS:
+        setattr(fake, name, getattr(defaults, name))
+    fake.model = model
+    if cache is not None:
+        fake.cache_read, fake.cache_write = cache
+    fake.requests.clear()
+    return fake

@@ -22,7 +22,7 @@ from llm_meter import Meter, MissingCustomerError
 from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, usage
+from support import delivered, only_event, reset_fake, usage
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -31,17 +31,6 @@ BODY: dict[str, Any] = {"model": MODEL, "max_tokens": 100, "messages": MESSAGES}
 PROMPT = FakeAnthropicServer.count_input(BODY)  # 6 words + 3 = 9
 FULL_TEXT = "tok0 tok1 tok2 tok3 tok4 "
 CACHE_READ, CACHE_WRITE = 2000, 100
-_KNOBS = (
-    "chunks",
-    "text",
-    "content",
-    "cache_read",
-    "cache_write",
-    "cache_write_1h",
-    "thinking",
-    "delta_usage",
-    "error_after",
-)
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
@@ -50,13 +39,7 @@ _KNOBS = (
 @pytest.fixture
 def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
     """The module's fake server, reset for each test, with cache reads and writes on every response."""
-    defaults = FakeAnthropicServer()
-    for name in _KNOBS:
-        setattr(_fake, name, getattr(defaults, name))
-    _fake.model = SERVED_MODEL
-    _fake.cache_read, _fake.cache_write = CACHE_READ, CACHE_WRITE
-    _fake.requests.clear()
-    return _fake
+    return reset_fake(_fake, model=SERVED_MODEL, cache=(CACHE_READ, CACHE_WRITE))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import llm_meter
 from llm_meter import Meter, MissingCustomerError
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, usage
+from support import delivered, only_event, reset_fake, usage
 
 # Request a model the current SDK does not flag as deprecated (warnings are errors in this suite).
 MODEL = "claude-haiku-4-5"
@@ -33,17 +33,6 @@ WEB_SEARCH: Any = {"type": "web_search_20250305", "name": "web_search", "max_use
 CUSTOMER_UUID = "7f3f1c1e-1111-4a4a-9b9b-0123456789ab"
 MARKER_HEADER = "x-llm-meter-customer"
 TTL_KEYS = ("cache_write_5m_tokens", "cache_write_1h_tokens")
-_KNOBS = (
-    "chunks",
-    "text",
-    "content",
-    "cache_read",
-    "cache_write",
-    "cache_write_1h",
-    "thinking",
-    "delta_usage",
-    "error_after",
-)
 
 
 class Person(pydantic.BaseModel):
@@ -57,12 +46,7 @@ class Person(pydantic.BaseModel):
 @pytest.fixture
 def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
     """The module's fake Anthropic server, reset to defaults (reporting SERVED_MODEL) for each test."""
-    defaults = FakeAnthropicServer()
-    for name in _KNOBS:
-        setattr(_fake, name, getattr(defaults, name))
-    _fake.model = SERVED_MODEL
-    _fake.requests.clear()
-    return _fake
+    return reset_fake(_fake, model=SERVED_MODEL)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from llm_meter import Meter, MissingCustomerError
 from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, usage
+from support import delivered, only_event, reset_fake, usage
 
 MODEL = "claude-haiku-4-5"
 BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -33,17 +33,6 @@ PROMPT = FakeAnthropicServer.count_input({"messages": MESSAGES})  # 5 words + 3 
 FULL_TEXT = "tok0 tok1 tok2 tok3 tok4 "
 CACHE_READ, CACHE_WRITE = 1200, 34
 MARKER_HEADER = "x-llm-meter-customer"
-_KNOBS = (
-    "chunks",
-    "text",
-    "content",
-    "cache_read",
-    "cache_write",
-    "cache_write_1h",
-    "thinking",
-    "delta_usage",
-    "error_after",
-)
 
 
 try:
@@ -65,13 +54,7 @@ BEDROCK_STREAM_ERROR: type[Exception] = (
 @pytest.fixture
 def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
     """The module's fake server, reset for each test, with cache reads and writes on every response."""
-    defaults = FakeAnthropicServer()
-    for name in _KNOBS:
-        setattr(_fake, name, getattr(defaults, name))
-    _fake.model = SERVED_MODEL
-    _fake.cache_read, _fake.cache_write = CACHE_READ, CACHE_WRITE
-    _fake.requests.clear()
-    return _fake
+    return reset_fake(_fake, model=SERVED_MODEL, cache=(CACHE_READ, CACHE_WRITE))
 
 
 @pytest.fixture

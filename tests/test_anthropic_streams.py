@@ -21,7 +21,7 @@ from llm_meter import Meter
 from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
-from support import delivered, freed_without_gc, only_event, usage
+from support import delivered, freed_without_gc, only_event, reset_fake, usage
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -30,17 +30,6 @@ BODY: dict[str, Any] = {"model": MODEL, "max_tokens": 100, "messages": MESSAGES}
 PROMPT = FakeAnthropicServer.count_input(BODY)  # 6 words + 3 = 9
 FULL_TEXT = "tok0 tok1 tok2 tok3 tok4 "
 CACHE_READ, CACHE_WRITE = 5000, 300
-_KNOBS = (
-    "chunks",
-    "text",
-    "content",
-    "cache_read",
-    "cache_write",
-    "cache_write_1h",
-    "thinking",
-    "delta_usage",
-    "error_after",
-)
 
 # The 5m/1h split is reported whenever the response carries it (older SDKs keep it as a dict).
 TTL_SPLIT = {"cache_write_5m_tokens": CACHE_WRITE, "cache_write_1h_tokens": 0}
@@ -52,13 +41,7 @@ TTL_SPLIT = {"cache_write_5m_tokens": CACHE_WRITE, "cache_write_1h_tokens": 0}
 @pytest.fixture
 def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
     """The module's fake server, reset for each test, with cache reads and writes on every response."""
-    defaults = FakeAnthropicServer()
-    for name in _KNOBS:
-        setattr(_fake, name, getattr(defaults, name))
-    _fake.model = SERVED_MODEL
-    _fake.cache_read, _fake.cache_write = CACHE_READ, CACHE_WRITE
-    _fake.requests.clear()
-    return _fake
+    return reset_fake(_fake, model=SERVED_MODEL, cache=(CACHE_READ, CACHE_WRITE))
 
 
 @pytest.fixture
