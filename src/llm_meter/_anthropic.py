@@ -14,6 +14,7 @@ so ``request_tokens = input_tokens + cache_creation_input_tokens + cache_read_in
 
 from __future__ import annotations
 
+import copy
 import logging
 import urllib.parse
 from typing import Any, Final
@@ -83,12 +84,6 @@ class _StreamUsage:
             value = _get(usage, name)
             if value is not None:
                 setattr(self, name, value)
-
-    def copy(self) -> _StreamUsage:
-        new = _StreamUsage()
-        for name in self.__slots__:
-            setattr(new, name, getattr(self, name))
-        return new
 
 
 class AnthropicProvider:
@@ -202,7 +197,7 @@ class AnthropicProvider:
     def estimate(self, call: Call, record: UsageRecord) -> None:
         from . import _estimate_anthropic
 
-        state = call.state.copy() if isinstance(call.state, _StreamUsage) else _StreamUsage()
+        state = copy.copy(call.state) if isinstance(call.state, _StreamUsage) else _StreamUsage()
         estimated_input = not state.started
         estimated_output = not state.output_final
         if estimated_input:
