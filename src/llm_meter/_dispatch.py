@@ -24,11 +24,12 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from ._events import EventOptions, UsageRecord, encode_wire
 from ._exceptions import RejectedEventsError
-from ._spool import Spool, encode_record
+from ._spool import Spool, dead_letter_entry, encode_record
 from .transports import Transport
 
 __all__ = ["Dispatcher"]
@@ -37,6 +38,15 @@ log = logging.getLogger("llm_meter")
 
 MAX_BACKOFF = 30.0
 _ADOPT_EVERY = 30.0
+#: First pause after an unexpected failure of the worker itself; doubles up to MAX_BACKOFF.
+_FAILURE_PAUSE = 0.1
+
+
+def _wait_time(seconds: float) -> float:
+    """*seconds* as a timeout ``threading`` accepts (it raises OverflowError above TIMEOUT_MAX)."""
+    if seconds != seconds:  # NaN: never a zero wait, which would spin
+        return 1.0
+    return min(max(seconds, 0.0), threading.TIMEOUT_MAX)
 
 
 class Dispatcher:
@@ -55,7 +65,7 @@ class Dispatcher:
         self._options = options
         self._spool = spool
         self._batch_size = batch_size
-        self._flush_interval = flush_interval
+        self._flush_interval = _wait_time(flush_interval)
         self._queue: deque[UsageRecord] = deque()
         self._wake = threading.Event()
         #: Set only by close(): the one thing that may cut a retry backoff short.
@@ -69,6 +79,7 @@ class Dispatcher:
         self._idle_pass = 0
         self._since_wake = 0
         self._warned_no_transport = False
+        self._guard_logged: dict[str, float] = {}
         #: Events set aside when there is no spool to keep them in.
         self.dead_letters: list[dict[str, Any]] = []
         # Counters are written by the worker (under _done where flush waits on them).
@@ -81,6 +92,7 @@ class Dispatcher:
         self.retried = 0
         self.duplicates = 0
         self.failed = 0  # records lost to an error in llm_meter itself (logged)
+        self.errors = 0  # unexpected failures the worker logged and carried on from
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
         if spool is not None and transport is not None:
@@ -177,7 +189,7 @@ class Dispatcher:
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(deadline - time.monotonic(), 0.0))
+            thread.join(_wait_time(deadline - time.monotonic()))
         elif thread is None and self._transport is not None:
             _run_aclose(self._transport)
         if self._spool is not None and thread is None:
@@ -208,66 +220,95 @@ class Dispatcher:
         transport = self._transport
         assert transport is not None
         next_adopt = 0.0
+        adopted_for = 0
+        failures = 0
         try:
-            adopted_for = 0
             while True:
-                spool = self._spool
-                request = self._drain_requested
-                if spool is not None and (request > adopted_for or time.monotonic() >= next_adopt):
-                    adopted_for = request
-                    next_adopt = time.monotonic() + _ADOPT_EVERY
-                    self._guard(spool.adopt_orphans)
-                    self._guard(spool.rotate_if_large)
-                handled = self._step(loop, transport)
-                if handled >= self._batch_size or (handled and self._stopping):
-                    continue  # a backlog: send the next batch now
-                if not handled:
+                try:
+                    spool = self._spool
+                    request = self._drain_requested
+                    if spool is not None and (request > adopted_for or time.monotonic() >= next_adopt):
+                        adopted_for = request
+                        next_adopt = time.monotonic() + _ADOPT_EVERY
+                        self._guard(spool.adopt_orphans)
+                        self._guard(spool.maintain)
+                    handled = self._step(loop, transport)
+                    failures = 0
+                    if handled >= self._batch_size or (handled and self._stopping):
+                        continue  # a backlog: send the next batch now
+                    if not handled:
+                        if self._stopping:
+                            break
+                        with self._done:
+                            self._idle_pass = request
+                            self._done.notify_all()
+                    # After a partial batch the next events wait for a full batch, a flush or the
+                    # interval, instead of leaving one or two at a time as they trickle in (which
+                    # costs the callers GIL time and Polar one request per event).
+                    self._wake.wait(self._flush_interval)
+                    self._wake.clear()
+                    if spool is not None:
+                        self._guard(spool.maintain)
+                except BaseException:  # nothing may end delivery for the process
+                    failures += 1
+                    self._failed_step(failures)
                     if self._stopping:
                         break
-                    with self._done:
-                        self._idle_pass = request
-                        self._done.notify_all()
-                # After a partial batch the next events wait for a full batch, a flush or the
-                # interval, instead of leaving one or two at a time as they trickle in (which
-                # costs the callers GIL time and Polar one request per event).
-                self._wake.wait(self._flush_interval)
-                self._wake.clear()
-                if spool is not None:
-                    self._guard(spool.rotate_if_large)
         finally:
             try:
                 loop.run_until_complete(transport.aclose())
-            except Exception:
+            except BaseException:
                 log.exception("llm_meter: transport.aclose() failed")
             loop.close()
             if self._spool is not None and self._closed:
                 self._guard(self._spool.close)  # what is left stays on disk, unlocked for others
 
+    def _failed_step(self, failures: int) -> None:
+        """An unexpected error in the worker: log and count it, resend what was in flight, pause."""
+        self.errors += 1
+        log.exception("llm_meter: unexpected error in the delivery worker (%d so far); going on", self.errors)
+        if self._spool is not None:
+            self._spool.release_reads()
+        # Growing pauses: a failure that repeats must not turn into a busy loop. Not _wake:
+        # flush() sets it every few ms; close() sets _stop.
+        self._stop.wait(min(MAX_BACKOFF, _FAILURE_PAUSE * 2 ** min(failures - 1, 10)))
+
     def _guard(self, fn: Any) -> None:
         try:
             fn()
-        except Exception:
-            log.exception("llm_meter: spool maintenance failed")
+        except Exception as exc:
+            self.errors += 1
+            now = time.monotonic()
+            key = getattr(fn, "__name__", "")
+            if now - self._guard_logged.get(key, -60.0) >= 60.0:  # at most once a minute each
+                self._guard_logged[key] = now
+                log.error("llm_meter: spool maintenance (%s) failed: %s", key, exc, exc_info=True)
 
     def _step(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> int:
-        """Deliver one batch; the number of events in it (0: nothing to do, or shutting down)."""
+        """Deliver one batch; the number of events in it (0: nothing to do, or shutting down).
+
+        Whatever happens, nothing taken for the batch is dropped: on failure (or an
+        exception) the records go back to the queue, the spool lines are read again.
+        """
         spool = self._spool
         if spool is None:
             if not self._queue:
                 return 0
-            records = self._take(self._batch_size)
-            payloads = self._encode(records)
-            ok, delivered, dead = self._deliver(loop, transport, payloads)
+            records, payloads = self._encode(self._take(self._batch_size))
+            try:
+                ok, delivered, dead = self._deliver(loop, transport, payloads)
+            except BaseException:
+                self._untake(records)
+                raise
             if not ok:
-                self.taken -= len(records)
-                self._queue.extendleft(reversed(records))  # estimates are resolved already
+                self._untake(records)
                 return 0
             self._count(delivered, dead, own=True)
             return len(records)
         # With a spool, the deque only holds records that needed an estimate: spool them.
         while self._queue:
-            records = self._take(self._batch_size)
-            for record, payload in zip(records, self._encode(records), strict=False):
+            records, payloads = self._encode(self._take(self._batch_size))
+            for record, payload in zip(records, payloads, strict=True):
                 try:
                     spool.append(encode_record(payload))
                     self.respooled += 1
@@ -275,20 +316,25 @@ class Dispatcher:
                     log.exception("llm_meter: could not spool %r", record)
                     with self._done:
                         self.failed += 1
-        try:
-            batch = spool.read_batch(self._batch_size)
-        except Exception:
-            log.exception("llm_meter: could not read the spool")
-            return 0
+        batch = spool.read_batch(self._batch_size)
         if batch is None:
             return 0
-        ok, delivered, dead = self._deliver(loop, transport, batch.payloads, spool=spool)
+        try:
+            ok, delivered, dead = self._deliver(loop, transport, batch.payloads, spool=spool)
+        except BaseException:
+            spool.release(batch)
+            raise
         if not ok:
             spool.release(batch)
             return 0
         spool.commit(batch)
         self._count(delivered, dead, own=batch.own)
         return len(batch.payloads)
+
+    def _untake(self, records: list[UsageRecord]) -> None:
+        """Put records back at the head of the queue (their estimates are resolved already)."""
+        self.taken -= len(records)
+        self._queue.extendleft(reversed(records))
 
     def _take(self, limit: int) -> list[UsageRecord]:
         queue = self._queue
@@ -298,17 +344,22 @@ class Dispatcher:
         self.taken += len(records)
         return records
 
-    def _encode(self, records: list[UsageRecord]) -> list[str]:
+    def _encode(self, records: list[UsageRecord]) -> tuple[list[UsageRecord], list[str]]:
+        """The records that could be encoded, and their wire JSON (the others are counted lost)."""
+        kept = []
         payloads = []
         for record in records:
             try:
-                payloads.append(encode_wire(record, self._options))
+                payload = encode_wire(record, self._options)
             except Exception:
                 log.exception("llm_meter: could not build the event for %r", record)
                 with self._done:
                     self.failed += 1
                     self._done.notify_all()
-        return payloads
+            else:
+                kept.append(record)
+                payloads.append(payload)
+        return kept, payloads
 
     def _count(self, delivered: int, dead: int, *, own: bool) -> None:
         with self._done:
@@ -327,10 +378,16 @@ class Dispatcher:
         *,
         spool: Spool | None = None,
     ) -> tuple[bool, int, int]:
-        """Send until acknowledged: ``(ok, delivered, dead_lettered)``; ``ok`` is False on shutdown."""
+        """Send until acknowledged: ``(ok, delivered, dead_lettered)``; ``ok`` is False on shutdown.
+
+        Anything a transport raises (``BaseException`` included) is a failed attempt, retried.
+        """
         attempt = 0
         dead = 0
         send_json = getattr(transport, "send_json", None)
+        events: list[Any] = []
+        if send_json is None:
+            payloads, events, dead = self._decode(payloads, spool)
         while payloads:
             if attempt and self._stopping:
                 return False, 0, dead  # closing: no new attempt; the events stay pending
@@ -338,48 +395,67 @@ class Dispatcher:
                 if send_json is not None:
                     result = loop.run_until_complete(send_json(payloads))
                 else:
-                    result = loop.run_until_complete(transport.send([json.loads(p) for p in payloads]))
+                    result = loop.run_until_complete(transport.send(events))
             except RejectedEventsError as exc:
-                rejected = exc.rejected
-                for index in sorted(rejected):
-                    if 0 <= index < len(payloads):
-                        self._dead_letter(payloads[index], rejected[index], exc.status, spool)
+                rejected = _rejections(exc, len(payloads))
+                if rejected:
+                    status = exc.status if isinstance(exc.status, int) else 422
+                    for index in sorted(rejected):
+                        self._dead_letter(payloads[index], rejected[index], status, spool)
                         dead += 1
-                payloads = [p for i, p in enumerate(payloads) if i not in rejected]
-                stored = getattr(exc, "result", None)
-                if stored is not None:  # the transport already delivered the others
-                    self.duplicates += int(getattr(stored, "duplicates", 0) or 0)
-                    return True, len(payloads), dead
-                continue
-            except Exception as exc:
-                attempt += 1
-                self.retried += 1
-                delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
-                retry_after = getattr(exc, "retry_after", None)
-                if isinstance(retry_after, int | float) and retry_after > delay:
-                    # A floor, jittered upwards so a fleet does not retry in step, still capped.
-                    delay = min(float(retry_after) * random.uniform(1.0, 1.2), MAX_BACKOFF)
-                level = logging.ERROR if getattr(exc, "configuration", False) else logging.WARNING
-                log.log(
-                    level,
-                    "llm_meter: %s could not deliver %d events (%s: %s); retrying in %.1fs",
-                    type(transport).__name__,
-                    len(payloads),
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                if self._stopping:
-                    return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
-                if spool is not None:
-                    self._guard(spool.rotate_if_large)  # an outage must not grow one segment forever
-                # Not _wake: flush() sets that every few ms, and must not hammer a server
-                # that asked to wait (429) or refuses the token.
-                self._stop.wait(delay)
-                continue
-            self.duplicates += int(getattr(result, "duplicates", 0) or 0)
-            return True, len(payloads), dead
+                    payloads = [p for i, p in enumerate(payloads) if i not in rejected]
+                    events = [e for i, e in enumerate(events) if i not in rejected]
+                    stored = getattr(exc, "result", None)
+                    if stored is not None:  # the transport already delivered the others
+                        self.duplicates += _duplicates(stored)
+                        return True, len(payloads), dead
+                    continue
+                failure: BaseException = exc  # it names no event of this batch: retried as a whole
+            except BaseException as exc:  # a transport failing in any way: retried
+                failure = exc
+            else:
+                self.duplicates += _duplicates(result)
+                return True, len(payloads), dead
+            attempt += 1
+            self.retried += 1
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+            retry_after = getattr(failure, "retry_after", None)
+            if isinstance(retry_after, int | float) and retry_after > delay:
+                # A floor, jittered upwards so a fleet does not retry in step, still capped.
+                delay = min(float(retry_after) * random.uniform(1.0, 1.2), MAX_BACKOFF)
+            level = logging.ERROR if getattr(failure, "configuration", False) else logging.WARNING
+            log.log(
+                level,
+                "llm_meter: %s could not deliver %d events (%s: %s); retrying in %.1fs",
+                type(transport).__name__,
+                len(payloads),
+                type(failure).__name__,
+                failure,
+                delay,
+            )
+            if self._stopping:
+                return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
+            if spool is not None:
+                self._guard(spool.maintain)  # an outage must not grow one segment forever
+            # Not _wake: flush() sets that every few ms, and must not hammer a server
+            # that asked to wait (429) or refuses the token.
+            self._stop.wait(delay)
         return True, 0, dead
+
+    def _decode(self, payloads: list[str], spool: Spool | None) -> tuple[list[str], list[Any], int]:
+        """Wire dicts for a transport without ``send_json``; a payload that is not JSON is a dead letter."""
+        kept: list[str] = []
+        events: list[Any] = []
+        dead = 0
+        for payload in payloads:
+            try:
+                events.append(json.loads(payload))
+            except ValueError:
+                self._dead_letter(payload, "not valid JSON (a damaged spool record)", 0, spool)
+                dead += 1
+            else:
+                kept.append(payload)
+        return kept, events, dead
 
     def _dead_letter(self, payload: str, reason: str, status: int, spool: Spool | None) -> None:
         log.error("llm_meter: the destination refused an event (%s); set aside as a dead letter", reason)
@@ -387,9 +463,29 @@ class Dispatcher:
             try:
                 spool.dead_letter(payload, reason, status)
                 return
-            except OSError:
-                log.exception("llm_meter: could not write the dead letter")
-        self.dead_letters.append({"event": json.loads(payload), "reason": reason, "status": status})
+            except Exception:
+                log.exception("llm_meter: could not write the dead letter; kept in memory")
+        self.dead_letters.append(dead_letter_entry(payload, reason, status))
+
+
+def _rejections(exc: RejectedEventsError, count: int) -> dict[int, str]:
+    """The indices of a batch of *count* events that *exc* names, with their reasons."""
+    rejected = getattr(exc, "rejected", None)
+    if not isinstance(rejected, Mapping):
+        return {}
+    return {
+        index: str(reason)
+        for index, reason in rejected.items()
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < count
+    }
+
+
+def _duplicates(result: object) -> int:
+    """A transport result's ``duplicates`` (Polar's count of events it already had), else 0."""
+    try:
+        return max(int(getattr(result, "duplicates", 0) or 0), 0)
+    except Exception:
+        return 0
 
 
 def _run_aclose(transport: Transport) -> None:

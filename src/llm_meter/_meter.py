@@ -40,6 +40,9 @@ class MeterStats:
     """Events set aside as undeliverable."""
     duplicates: int
     """Events the destination reported as already stored (Polar ``duplicates``)."""
+    errors: int = 0
+    """Failures inside llm_meter that were logged on the ``llm_meter`` logger instead of raised
+    (metering a call, or the background worker, which carries on)."""
 
 
 class Meter:
@@ -192,6 +195,7 @@ class Meter:
             retried=d.retried,
             dead_lettered=d.dead,
             duplicates=d.duplicates,
+            errors=self.errors + d.errors,
         )
 
     def warn_missing_customer(self, what: str) -> None:

@@ -24,6 +24,7 @@ Rules that make it safe:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import json
@@ -43,6 +44,7 @@ __all__ = [
     "Batch",
     "SegmentStatus",
     "Spool",
+    "dead_letter_entry",
     "encode_record",
     "iter_dead_letters",
     "requeue_dead_letters",
@@ -55,6 +57,8 @@ _SEGMENT_BYTES: Final = 8 * 1024 * 1024
 _READ_CHUNK: Final = 256 * 1024
 #: A retired segment is deleted only this long after its last append could have started.
 _GRACE: Final = 2.0
+#: Seconds between two log lines about the same recurring disk problem.
+_LOG_EVERY: Final = 60.0
 DEAD_LETTERS: Final = "dead-letters.jsonl"
 
 
@@ -67,7 +71,17 @@ def encode_record(payload: str) -> bytes:
 class _Segment:
     """One segment file this process holds the lock of (its own, or an adopted orphan)."""
 
-    __slots__ = ("ack_fd", "ack_offset", "ack_path", "fd", "own", "path", "read_offset", "retired_at")
+    __slots__ = (
+        "ack_fd",
+        "ack_offset",
+        "ack_path",
+        "fd",
+        "gone",
+        "own",
+        "path",
+        "read_offset",
+        "retired_at",
+    )
 
     def __init__(self, path: str, fd: int, *, own: bool, ack_offset: int = 0) -> None:
         self.path = path
@@ -79,6 +93,9 @@ class _Segment:
         #: ``None`` while appends may go to it; the time it stopped being the active segment.
         self.retired_at: float | None = None if own else 0.0
         self.ack_fd: int | None = None
+        #: Its file was deleted (the spool directory removed?): what it holds is still read from
+        #: the open descriptor, but no ``.ack`` is written for it any more.
+        self.gone = False
 
 
 @dataclass
@@ -107,6 +124,7 @@ class Spool:
         self._create_lock = threading.Lock()
         self._appended = itertools.count()
         self.corrupt = 0
+        self._logged: dict[str, float] = {}
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
 
@@ -148,15 +166,33 @@ class Spool:
         return _Segment(path, fd, own=True)
 
     # -- worker side ---------------------------------------------------------------------
-    def rotate_if_large(self) -> None:
-        """Start a new active segment once the current one is big (worker only)."""
+    def maintain(self) -> None:
+        """Worker housekeeping: a new active segment once the current one is big, or deleted.
+
+        A deleted active segment means the spool directory was removed under us: it is
+        created again and new events go there, while what the old segment holds is still
+        read (and delivered) from its open descriptor.
+        """
         segment = self._active
-        if segment is not None and os.fstat(segment.fd).st_size >= self.segment_bytes:
-            with self._create_lock:
-                new = self._create()
-                self._segments.append(new)
-                self._active = new
-                segment.retired_at = time.monotonic()
+        if segment is None:
+            return
+        info = os.fstat(segment.fd)
+        if info.st_nlink == 0:
+            if not segment.gone:
+                segment.gone = True
+                log.warning(
+                    "llm_meter: spool segment %s was deleted (spool directory removed?); "
+                    "creating the directory again",
+                    segment.path,
+                )
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        elif info.st_size < self.segment_bytes:
+            return
+        with self._create_lock:
+            new = self._create()
+            self._segments.append(new)
+            self._active = new
+            segment.retired_at = time.monotonic()
 
     def adopt_orphans(self) -> int:
         """Lock and take over segments whose writer is gone; returns how many."""
@@ -251,17 +287,53 @@ class Spool:
         log.warning("llm_meter: skipped a %s in %s (%d skipped so far)", what, segment.path, self.corrupt)
 
     def commit(self, batch: Batch) -> None:
-        """Record that every line of *batch* was acknowledged (or dead-lettered)."""
+        """Record that every line of *batch* was acknowledged (or dead-lettered).
+
+        Never raises for the disk: if the ``.ack`` cannot be written (disk full, directory
+        gone) the offset is kept in memory and written with the next commit; a crash before
+        that resends those events, which Polar deduplicates by ``external_id``.
+        """
         segment = batch.segment
         segment.ack_offset = batch.end_offset
+        try:
+            self._write_ack(segment)
+        except OSError as exc:
+            self._log_once(
+                "ack",
+                "llm_meter: could not record delivery progress in %s (%s); kept in memory "
+                "(after a crash these events are sent again and deduplicated by Polar)",
+                segment.ack_path,
+                exc,
+            )
+        self._finish_if_done(segment)
+
+    def _write_ack(self, segment: _Segment) -> None:
+        if segment.gone:
+            return
         if segment.ack_fd is None:
+            if os.fstat(segment.fd).st_nlink == 0:
+                segment.gone = True  # never create an .ack for a segment that no longer exists
+                return
             segment.ack_fd = os.open(segment.ack_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         # Overwritten in place, fixed width: one small write, no new file per batch. A torn
         # write reads as garbage, i.e. offset 0: everything is resent and deduplicated.
-        os.pwrite(segment.ack_fd, b"%020d" % batch.end_offset, 0)
+        data = b"%020d" % segment.ack_offset
+        if os.pwrite(segment.ack_fd, data, 0) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
         if self.fsync:
             os.fsync(segment.ack_fd)
-        self._finish_if_done(segment)
+
+    def release_reads(self) -> None:
+        """Forget what was read but not acknowledged: it is read (and sent) again."""
+        for segment in list(self._segments):
+            segment.read_offset = segment.ack_offset
+
+    def _log_once(self, key: str, message: str, *args: object) -> None:
+        """Log a recurring disk problem at most once a minute."""
+        now = time.monotonic()
+        if now - self._logged.get(key, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged[key] = now
+            log.error(message, *args)
 
     def release(self, batch: Batch) -> None:
         """*batch* was not delivered: read it again next time."""
@@ -274,15 +346,20 @@ class Spool:
             return
         if segment.own and time.monotonic() - retired_at < _GRACE:
             return
-        if os.fstat(segment.fd).st_size != segment.ack_offset:
+        if os.fstat(segment.fd).st_size > segment.ack_offset:
             return  # something arrived after all
         for path in (segment.path, segment.ack_path):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        _close_segment(segment)
-        self._segments.remove(segment)
+            except OSError as exc:  # a read-only directory: kept, deleted by a later pass
+                self._log_once("unlink", "llm_meter: could not delete %s (%s)", path, exc)
+                return
+        with self._create_lock:
+            _close_segment(segment)
+            if segment in self._segments:
+                self._segments.remove(segment)
 
     def close(self) -> None:
         """Delete this process's fully acknowledged segments and unlock the rest for others."""
@@ -305,10 +382,7 @@ class Spool:
     # -- dead letters --------------------------------------------------------------------
     def dead_letter(self, payload: str, reason: str, status: int) -> None:
         """Set one event aside with the reason it was refused."""
-        entry = json.dumps(
-            {"event": json.loads(payload), "reason": reason, "status": status, "at": time.time()},
-            ensure_ascii=False,
-        )
+        entry = json.dumps(dead_letter_entry(payload, reason, status), ensure_ascii=False)
         fd = os.open(
             os.path.join(self.directory, DEAD_LETTERS), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
         )
@@ -318,6 +392,15 @@ class Spool:
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def dead_letter_entry(payload: str, reason: str, status: int) -> dict[str, Any]:
+    """A dead letter: the event (or, for a damaged record that is not JSON, its raw ``payload``)."""
+    try:
+        event: Any = json.loads(payload)
+    except ValueError:
+        return {"payload": payload, "reason": reason, "status": status, "at": time.time()}
+    return {"event": event, "reason": reason, "status": status, "at": time.time()}
 
 
 def _check(line: bytes) -> str | None:
