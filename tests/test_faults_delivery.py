@@ -367,3 +367,57 @@ def test_worker_that_keeps_failing_backs_off_instead_of_spinning(open_meter: Met
     assert not m.flush(1.5)
     assert 1 <= len(calls) <= 10, len(calls)
     assert m.stats().errors >= 1 and m.stats().pending == 1
+
+
+# -- item 7: full and read-only disks ----------------------------------------------------------------------
+
+
+def test_full_disk_loses_no_event_and_leaves_no_half_record_in_the_way(
+    disk: Disk, polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """Events a full disk refuses or cuts short are sent from memory; the records after them stay intact."""
+    m = open_meter(spool_dir=disk.spool, flush_interval=30)
+    for n in range(10):
+        m.emit(_record(n))
+    disk.fill()
+    for n in range(10, 1000):
+        m.emit(_record(n))
+    stats = m.stats()
+    assert stats.pending == 1000 and stats.unspooled > 0
+    assert m.flush(20.0), m.stats()
+    disk.free()
+    for n in range(1000, 1010):  # appended right after whatever the full disk cut short
+        m.emit(_record(n))
+    assert m.flush(10.0), m.stats()
+    assert_exactly_once(polar, _ids(range(1010)))
+    stats = m.stats()
+    assert stats.pending == 0 and stats.unspooled == 0 and stats.emitted == 1010
+
+
+def test_read_only_spool_keeps_events_pending_in_memory_until_delivered(
+    read_only_disk: Disk, polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """An unwritable spool: events wait in memory, reported pending and unspooled, then are delivered."""
+    m = open_meter(spool_dir=read_only_disk.spool, flush_interval=30)
+    for n in range(10):
+        m.emit(_record(n))
+    stats = m.stats()
+    assert stats.pending == 10 and stats.unspooled == 10
+    assert m.flush(10.0), m.stats()
+    assert_exactly_once(polar, _ids(range(10)))
+    stats = m.stats()
+    assert stats.pending == 0 and stats.unspooled == 0 and stats.delivered == 10
+
+
+def test_unspooled_events_wait_in_memory_while_polar_is_down(
+    read_only_disk: Disk, polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """An outage on top of an unwritable spool: nothing is dropped, flush() says False, then delivers."""
+    m = open_meter(spool_dir=read_only_disk.spool, token="polar_oat_revoked")
+    for n in range(5):
+        m.emit(_record(n))
+    assert not m.flush(0.5)
+    assert m.stats().pending == 5 and m.stats().unspooled == 5
+    assert polar.events == []
+    m.close(0.5)
+    assert m.stats().pending == 5  # still reported: nothing was silently dropped

@@ -4,6 +4,8 @@ Caller's path: without a spool, one ``deque.append`` (atomic in CPython, no lock
 spool, the record is encoded to its wire JSON and appended to the spool file (one
 ``os.write``) before the metered call returns. Records that still need a token estimate
 go through the deque either way: the estimate runs on the worker, which then spools them.
+An event the spool cannot take (disk full or read-only, directory gone) is kept in memory
+(``_direct``) and sent from there, counted as pending (and ``unspooled``) until delivered.
 
 A single daemon worker thread owns an asyncio loop of its own, so delivery works the same
 from sync code with no loop and from inside a running loop. It sends batches through the
@@ -16,6 +18,7 @@ is sent. An event counts as delivered only once the transport returned.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -25,6 +28,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping
+from copy import copy
 from typing import Any
 
 from ._events import EventOptions, UsageRecord, encode_wire
@@ -80,6 +84,11 @@ class Dispatcher:
         self._since_wake = 0
         self._warned_no_transport = False
         self._guard_logged: dict[str, float] = {}
+        #: Wire JSON of events the spool could not take (disk full or read-only), sent from memory.
+        self._direct: deque[str] = deque()
+        self._direct_in = itertools.count()  # of those, how many callers put there (atomic)
+        self._direct_busy = 0  # taken off _direct by the worker, being sent
+        self._unspooled_logged = -60.0
         #: Events set aside when there is no spool to keep them in.
         self.dead_letters: list[dict[str, Any]] = []
         # Counters are written by the worker (under _done where flush waits on them).
@@ -105,11 +114,13 @@ class Dispatcher:
         if spool is None or record.estimate is not None:
             self._queue.append(record)
         else:
+            payload = encode_wire(record, self._options)
             try:
-                spool.append(encode_record(encode_wire(record, self._options)))
-            except OSError as exc:  # disk full, permissions: keep the event in memory instead
-                log.error("llm_meter: could not write to the spool (%s); keeping the event in memory", exc)
-                self._queue.append(record)
+                spool.append(encode_record(payload))
+            except OSError as exc:  # disk full or read-only: keep the event in memory instead
+                next(self._direct_in)
+                self._direct.append(payload)
+                self._unspooled(exc)
         if self._thread is None:
             self._start()
         # A full batch is waiting: wake the worker instead of letting it sleep out flush_interval.
@@ -120,10 +131,27 @@ class Dispatcher:
             if not self._wake.is_set():
                 self._wake.set()
 
+    def _unspooled(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._unspooled_logged >= 60.0:  # at most once a minute
+            self._unspooled_logged = now
+            log.error(
+                "llm_meter: could not write to the spool %s (%s); events are kept in memory and sent from "
+                "there until it can be written again (see stats().unspooled)",
+                self._spool.directory if self._spool is not None else "",
+                exc,
+            )
+
     @property
     def emitted(self) -> int:
         spooled = self._spool.appended - self.respooled if self._spool is not None else 0
-        return spooled + self.taken + len(self._queue)
+        direct = next(copy(self._direct_in))
+        return spooled + self.taken + len(self._queue) + direct
+
+    @property
+    def unspooled(self) -> int:
+        """Events the spool could not take, waiting in memory to be sent."""
+        return len(self._direct) + self._direct_busy
 
     @property
     def pending(self) -> int:
@@ -255,6 +283,7 @@ class Dispatcher:
                     if self._stopping:
                         break
         finally:
+            self._guard(self._spool_direct)
             try:
                 loop.run_until_complete(transport.aclose())
             except BaseException:
@@ -307,15 +336,16 @@ class Dispatcher:
             return len(records)
         # With a spool, the deque only holds records that needed an estimate: spool them.
         while self._queue:
-            records, payloads = self._encode(self._take(self._batch_size))
-            for record, payload in zip(records, payloads, strict=True):
+            _, payloads = self._encode(self._take(self._batch_size))
+            for payload in payloads:
                 try:
                     spool.append(encode_record(payload))
                     self.respooled += 1
-                except OSError:
-                    log.exception("llm_meter: could not spool %r", record)
-                    with self._done:
-                        self.failed += 1
+                except OSError as exc:
+                    self._direct.append(payload)
+                    self._unspooled(exc)
+        if self._direct:  # in memory only: these go first
+            return self._send_direct(loop, transport, spool)
         batch = spool.read_batch(self._batch_size)
         if batch is None:
             return 0
@@ -330,6 +360,43 @@ class Dispatcher:
         spool.commit(batch)
         self._count(delivered, dead, own=batch.own)
         return len(batch.payloads)
+
+    def _send_direct(self, loop: asyncio.AbstractEventLoop, transport: Transport, spool: Spool) -> int:
+        direct = self._direct
+        payloads: list[str] = []
+        while direct and len(payloads) < self._batch_size:
+            payloads.append(direct.popleft())
+        self._direct_busy = len(payloads)
+        try:
+            ok, delivered, dead = self._deliver(loop, transport, payloads, spool=spool)
+            if not ok:
+                direct.extendleft(reversed(payloads))
+                return 0
+        except BaseException:
+            direct.extendleft(reversed(payloads))
+            raise
+        finally:
+            self._direct_busy = 0
+        self._count(delivered, dead, own=True)
+        return len(payloads)
+
+    def _spool_direct(self) -> None:
+        """The worker stops: move what waits in memory to the spool, if it can take it now."""
+        spool = self._spool
+        direct = self._direct
+        while spool is not None and direct:
+            payload = direct.popleft()
+            try:
+                spool.append(encode_record(payload))
+            except OSError:
+                direct.appendleft(payload)
+                log.error(
+                    "llm_meter: %d undelivered events could not be spooled either; they stay in memory "
+                    "and are lost when the process ends",
+                    len(direct),
+                )
+                return
+            self.respooled += 1
 
     def _untake(self, records: list[UsageRecord]) -> None:
         """Put records back at the head of the queue (their estimates are resolved already)."""

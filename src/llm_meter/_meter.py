@@ -40,6 +40,9 @@ class MeterStats:
     """Events set aside as undeliverable."""
     duplicates: int
     """Events the destination reported as already stored (Polar ``duplicates``)."""
+    unspooled: int = 0
+    """Of ``pending``, events the spool could not take (disk full or read-only, directory gone):
+    kept in memory and sent from there, lost if the process dies before they are delivered."""
     errors: int = 0
     """Failures inside llm_meter that were logged on the ``llm_meter`` logger instead of raised
     (metering a call, or the background worker, which carries on)."""
@@ -195,6 +198,7 @@ class Meter:
             retried=d.retried,
             dead_lettered=d.dead,
             duplicates=d.duplicates,
+            unspooled=d.unspooled,
             errors=self.errors + d.errors,
         )
 

@@ -14,6 +14,11 @@ Rules that make it safe:
 - Appends are one ``os.write`` of a whole line on an ``O_APPEND`` descriptor: concurrent
   threads never interleave inside a line. A line that was cut short by a crash fails its
   CRC and is skipped and counted, never parsed.
+- A write the disk cuts short (full disk) raises, so the caller keeps that event in memory.
+  The half record it leaves has no newline: the next record appended runs into it and the
+  joined line fails its CRC, so the reader looks for a whole record at the end of that line
+  (``_resync``) and skips only the half. (Cutting the half off with ``ftruncate`` instead
+  could destroy a record another thread appended meanwhile: appends take no lock.)
 - A segment's ``.ack`` offset only moves forward after the transport acknowledged every
   line before it. Lines after it are sent again after a crash; Polar's ``external_id``
   deduplication turns such a resend into ``duplicates``, not a second charge.
@@ -133,14 +138,22 @@ class Spool:
 
     # -- caller side ---------------------------------------------------------------------
     def append(self, line: bytes) -> None:
-        """Append one encoded record; durable in the OS when this returns (``fsync`` for power loss)."""
+        """Append one encoded record; durable in the OS when this returns (``fsync`` for power loss).
+
+        Raises ``OSError`` when the record is not (wholly) in the spool: the caller keeps it.
+        """
         segment = self._active
         if segment is None:
             segment = self._open_segment()
-        os.write(segment.fd, line)
-        if self.fsync:
-            os.fsync(segment.fd)
+        written = os.write(segment.fd, line)
+        if written != len(line):
+            raise OSError(errno.ENOSPC, f"the spool took {written} of {len(line)} bytes (disk full?)")
         next(self._appended)
+        if self.fsync:
+            try:
+                os.fsync(segment.fd)
+            except OSError as exc:  # the record is written; only its flush to the device failed
+                self._log_once("fsync", "llm_meter: fsync of %s failed (%s)", segment.path, exc)
 
     @property
     def appended(self) -> int:
@@ -252,11 +265,15 @@ class Spool:
                 end = chunk.find(b"\n", pos)
                 if end < 0:
                     break
-                payload = _check(chunk[pos : end + 1])
+                line = chunk[pos : end + 1]
+                payload = _check(line)
                 pos = end + 1
                 if payload is None:
-                    self._count_corrupt(segment, "corrupt record")
-                else:
+                    payload = _resync(line)
+                    self._count_corrupt(
+                        segment, "corrupt record" if payload is None else "record cut short (disk full?)"
+                    )
+                if payload is not None:
                     payloads.append(payload)
             offset += pos
             if len(payloads) >= max_events or pos == len(chunk):
@@ -414,6 +431,23 @@ def _check(line: bytes) -> str | None:
         return data.decode()
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+def _resync(line: bytes) -> str | None:
+    """The whole record at the end of *line*, if a half-written record ran into it.
+
+    A half record holds no newline, so the record appended after it is the tail of the
+    line: the first position where a valid ``<crc> <payload>`` starts.
+    """
+    space = line.find(b" ", 9)
+    while space != -1:
+        start = space - 8
+        if start > 0:
+            payload = _check(line[start:])
+            if payload is not None:
+                return payload
+        space = line.find(b" ", space + 1)
+    return None
 
 
 def _read_ack(path: str) -> int:
