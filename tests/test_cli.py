@@ -124,3 +124,16 @@ def test_console_script_entry_point_runs() -> None:
     """The module runs as a program and rejects an unknown command."""
     out = subprocess.run([sys.executable, "-m", "llm_meter._cli", "nope"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["flush", "dead-letters --retry"])
+def test_spool_directory_others_can_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Commands that write to the spool refuse a directory others can write: exit 2 and the reason."""
+    spool = tmp_path / "shared"
+    spool.mkdir()
+    spool.chmod(0o777)
+    monkeypatch.setenv("POLAR_ACCESS_TOKEN", "polar_oat_x")
+    assert main([*command.split(), "--spool-dir", str(spool)]) == 2
+    assert "writable by group or others" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import llm_meter._spool as spool_module
-from llm_meter import Meter
+from llm_meter import ConfigurationError, Meter
 from llm_meter._customer import Customer
 from llm_meter._dispatch import Dispatcher
 from llm_meter._events import EventOptions, UsageRecord
@@ -421,3 +421,110 @@ def test_unspooled_events_wait_in_memory_while_polar_is_down(
     assert polar.events == []
     m.close(0.5)
     assert m.stats().pending == 5  # still reported: nothing was silently dropped
+
+
+# -- item 8: a spool directory others can write (CWE-59) ---------------------------------------------------
+
+STRANGER = 54321
+"""A uid that is not ours (files are given to it with os.chown, which needs root)."""
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _orphan(directory: Path, *names: str) -> Path:
+    """A segment of ours whose writer is gone, holding events *names*; returns its path."""
+    before = set(directory.glob("seg-*.log")) if directory.exists() else set()
+    writer = Spool(directory)
+    for name in names:
+        writer.append(
+            encode_record(f'{{"name":"ai_usage","external_customer_id":"cus_1","external_id":"{name}"}}')
+        )
+    writer.release_all()
+    (path,) = set(directory.glob("seg-*.log")) - before
+    return path
+
+
+def test_spool_directory_and_files_are_private(
+    polar: FakePolarServer, open_meter: MeterFactory, tmp_path: Path
+) -> None:
+    """Even with umask 0 the spool directory is created 0700 and its files (dead letters too) 0600."""
+    spool = tmp_path / "new" / "spool"
+    old = os.umask(0)
+    try:
+        m = open_meter(spool_dir=spool)
+        m.emit(_record(0))
+        assert m.flush(10.0)
+        assert m.spool is not None
+        m.spool.dead_letter('{"external_id":"openai:x"}', "refused", 422)
+    finally:
+        os.umask(old)
+    assert _mode(spool) == 0o700
+    files = list(spool.iterdir())
+    assert any(f.name == "dead-letters.jsonl" for f in files) and any(f.suffix == ".log" for f in files)
+    assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702], ids=oct)
+def test_spool_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """A spool directory writable by group or others is refused at construction, with the reason."""
+    spool = tmp_path / "shared"
+    spool.mkdir()
+    spool.chmod(mode)
+    with pytest.raises(ConfigurationError, match="writable by"):
+        Meter(transport=MemoryTransport(), spool_dir=spool)
+
+
+@needs_root
+def test_spool_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    """A spool directory owned by another user is refused at construction."""
+    spool = tmp_path / "theirs"
+    spool.mkdir(mode=0o700)
+    os.chown(spool, STRANGER, STRANGER)
+    with pytest.raises(ConfigurationError, match=f"belongs to uid {STRANGER}"):
+        Meter(transport=MemoryTransport(), spool_dir=spool)
+
+
+@needs_root
+def test_segment_planted_by_another_user_is_never_sent(
+    polar: FakePolarServer, open_meter: MeterFactory, tmp_path: Path
+) -> None:
+    """A segment owned by someone else is left alone; our own orphans are delivered."""
+    spool = tmp_path / "spool"
+    planted = _orphan(spool, "openai:stranger")
+    os.chown(planted, STRANGER, STRANGER)
+    _orphan(spool, "openai:ours")
+    m = open_meter()
+    assert m._dispatcher.drain(10.0)
+    assert_exactly_once(polar, {"openai:ours"})
+    assert planted.exists()
+
+
+def test_planted_symlinks_are_never_followed(
+    polar: FakePolarServer, open_meter: MeterFactory, tmp_path: Path
+) -> None:
+    """Symlinks in the spool (a segment, an .ack, the dead letters) are neither read nor written through."""
+    spool = tmp_path / "spool"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim_segment = _orphan(outside, "openai:stranger")  # valid records, outside the spool
+    victim_ack = outside / "ack-victim"
+    victim_ack.write_bytes(b"precious\n")
+    victim_letters = outside / "letters-victim"
+    victim_letters.write_bytes(b"precious\n")
+    ours = _orphan(spool, "openai:ours")
+    (spool / "seg-00000000000000000001-1-deadbeef.log").symlink_to(victim_segment)
+    ours.with_suffix(".ack").symlink_to(victim_ack)
+    (spool / "dead-letters.jsonl").symlink_to(victim_letters)
+    segment_before = victim_segment.read_bytes()
+    m = open_meter()
+    assert m._dispatcher.drain(10.0)
+    assert m.spool is not None
+    with pytest.raises(OSError):
+        m.spool.dead_letter('{"external_id":"openai:x"}', "refused", 422)
+    assert_exactly_once(polar, {"openai:ours"})
+    assert victim_segment.read_bytes() == segment_before
+    assert victim_ack.read_bytes() == b"precious\n"
+    assert victim_letters.read_bytes() == b"precious\n"

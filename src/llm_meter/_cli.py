@@ -194,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     letters.set_defaults(func=_dead_letters)
 
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigurationError as exc:  # e.g. a spool directory other users can write
+        print(f"llm-meter {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

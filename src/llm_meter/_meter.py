@@ -67,7 +67,8 @@ class Meter:
         spool_dir: a directory for the durable spool: every event is appended there before
             the metered call returns and removed only once delivered; events a crashed
             process left are delivered by the next meter opened on it. Several processes
-            may share one directory. ``None`` keeps events in memory only.
+            may share one directory. ``None`` keeps events in memory only. It must belong
+            to this process's user and not be writable by group or others (created 0700).
         fsync: ``fsync`` every spool append (survives power loss; costs a disk flush per event).
         exit_timeout: seconds spent delivering pending events at interpreter exit.
         batch_size: most events per ``transport.send`` call.

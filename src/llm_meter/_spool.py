@@ -25,6 +25,12 @@ Rules that make it safe:
 - Orphaned segments (writer gone) are adopted by whichever process locks them first and
   deleted once fully acknowledged. The adopter checks the locked file is still the one at
   that path, so a segment deleted meanwhile is never sent twice.
+- Only our own files count (CWE-59). The directory must belong to this process's user and
+  not be writable by group or others (it is created 0700, files 0600): in a directory others
+  can write, a planted segment would be sent with our token, billing a stranger's customer,
+  and a planted symlink would make us write wherever it points. Every file is opened with
+  ``O_NOFOLLOW``; a segment, ``.ack`` or dead-letter file that is not a regular file of ours
+  with a single link is never read, adopted or written.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -45,6 +52,8 @@ from copy import copy
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._exceptions import ConfigurationError
+
 __all__ = [
     "Batch",
     "SegmentStatus",
@@ -53,6 +62,7 @@ __all__ = [
     "encode_record",
     "iter_dead_letters",
     "requeue_dead_letters",
+    "secure_directory",
     "spool_status",
 ]
 
@@ -64,6 +74,8 @@ _READ_CHUNK: Final = 256 * 1024
 _GRACE: Final = 2.0
 #: Seconds between two log lines about the same recurring disk problem.
 _LOG_EVERY: Final = 60.0
+#: Every file is opened without following a symlink, and is not inherited by child programs.
+_NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC
 DEAD_LETTERS: Final = "dead-letters.jsonl"
 
 
@@ -116,12 +128,59 @@ class Batch:
         return self.segment.own
 
 
+def secure_directory(directory: str) -> None:
+    """Create *directory* (0700) if needed; refuse one that another user could tamper with.
+
+    Raises :class:`~llm_meter.ConfigurationError` with the reason.
+    """
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.stat(directory)
+        link = os.lstat(directory)
+    except OSError as exc:
+        raise ConfigurationError(f"spool_dir {directory!r} cannot be used: {exc.strerror or exc}") from None
+    uid = os.geteuid()
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigurationError(f"spool_dir {directory!r} is not a directory")
+    if info.st_uid != uid:
+        raise ConfigurationError(
+            f"spool_dir {directory!r} belongs to uid {info.st_uid}, not to this process's user "
+            f"(uid {uid}): its owner could plant events billed with your token; use a directory of your own"
+        )
+    if info.st_mode & 0o022:
+        raise ConfigurationError(
+            f"spool_dir {directory!r} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o}): "
+            "they could plant events billed with your token, or symlinks to files this process would "
+            "overwrite; use a private directory (chmod 700)"
+        )
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (uid, 0):
+        raise ConfigurationError(
+            f"spool_dir {directory!r} is a symlink owned by uid {link.st_uid}, who could point it elsewhere"
+        )
+
+
+def _open_own(path: str, flags: int, mode: int = 0o600) -> int:
+    """Open a regular file of ours with one link, never through a symlink (``OSError`` otherwise)."""
+    fd = os.open(path, flags | _NOFOLLOW, mode)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink > 1:
+            raise PermissionError(errno.EPERM, "not a regular file of this user", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Spool:
-    """Append-only, crash-safe, multi-process event log (see the module docstring)."""
+    """Append-only, crash-safe, multi-process event log (see the module docstring).
+
+    Raises :class:`~llm_meter.ConfigurationError` for a directory that is not safe to use.
+    """
 
     def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.directory = os.fspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+        secure_directory(self.directory)
         self.fsync = fsync
         self.segment_bytes = _SEGMENT_BYTES
         self._active: _Segment | None = None
@@ -130,6 +189,7 @@ class Spool:
         self._appended = itertools.count()
         self.corrupt = 0
         self._logged: dict[str, float] = {}
+        self._refused: set[str] = set()  # files in the directory that are not ours (logged once)
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
 
@@ -172,7 +232,7 @@ class Spool:
     def _create(self) -> _Segment:
         name = f"seg-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         temporary = os.path.join(self.directory, f"tmp-{name}.log")
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours before anyone can see it
         path = os.path.join(self.directory, name + ".log")
         os.rename(temporary, path)
@@ -198,7 +258,7 @@ class Spool:
                     "creating the directory again",
                     segment.path,
                 )
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            secure_directory(self.directory)
         elif info.st_size < self.segment_bytes:
             return
         with self._create_lock:
@@ -213,32 +273,44 @@ class Spool:
         adopted = 0
         try:
             names = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
+        except OSError:
             return 0
         for name in names:
             if not (name.startswith("seg-") and name.endswith(".log")):
                 continue
             path = os.path.join(self.directory, name)
-            if path in known:
+            if path in known or path in self._refused:
                 continue
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                    raise FileNotFoundError(path)  # deleted and replaced meanwhile
-            except (BlockingIOError, FileNotFoundError):
-                os.close(fd)
+            fd = self._lock_orphan(path)
+            if fd is None:
                 continue
             segment = _Segment(path, fd, own=False, ack_offset=_read_ack(path[: -len(".log")] + ".ack"))
             self._segments.append(segment)
             adopted += 1
         if adopted:
-            self._segments.sort(key=lambda s: os.path.basename(s.path))
+            with self._create_lock:
+                self._segments.sort(key=lambda s: os.path.basename(s.path))
             log.info("llm_meter: adopted %d spool segment(s) left by stopped processes", adopted)
         return adopted
+
+    def _lock_orphan(self, path: str) -> int | None:
+        """A locked descriptor of the segment at *path*, if it is ours and its writer is gone."""
+        try:
+            fd = _open_own(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # a symlink (ELOOP), another user's file, a device...
+            self._refused.add(path)
+            log.warning("llm_meter: not adopting %s: %s (only this user's own segments are sent)", path, exc)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(path)  # deleted and replaced meanwhile
+        except OSError:  # locked by its live writer, or gone
+            os.close(fd)
+            return None
+        return fd
 
     def read_batch(self, max_events: int) -> Batch | None:
         """The next unacknowledged lines (at most *max_events*, one segment), or ``None``."""
@@ -331,7 +403,7 @@ class Spool:
             if os.fstat(segment.fd).st_nlink == 0:
                 segment.gone = True  # never create an .ack for a segment that no longer exists
                 return
-            segment.ack_fd = os.open(segment.ack_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            segment.ack_fd = _open_own(segment.ack_path, os.O_RDWR | os.O_CREAT)
         # Overwritten in place, fixed width: one small write, no new file per batch. A torn
         # write reads as garbage, i.e. offset 0: everything is resent and deduplicated.
         data = b"%020d" % segment.ack_offset
@@ -400,9 +472,7 @@ class Spool:
     def dead_letter(self, payload: str, reason: str, status: int) -> None:
         """Set one event aside with the reason it was refused."""
         entry = json.dumps(dead_letter_entry(payload, reason, status), ensure_ascii=False)
-        fd = os.open(
-            os.path.join(self.directory, DEAD_LETTERS), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
+        fd = _open_own(os.path.join(self.directory, DEAD_LETTERS), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             os.write(fd, entry.encode() + b"\n")
             if self.fsync:
@@ -452,10 +522,15 @@ def _resync(line: bytes) -> str | None:
 
 def _read_ack(path: str) -> int:
     try:
-        with open(path, "rb") as file:
-            return int(file.read().strip() or b"0")
-    except (FileNotFoundError, ValueError):
-        return 0  # unknown: resend from the start, deduplicated by external_id
+        fd = _open_own(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return 0  # none, or not ours: resend from the start, deduplicated by external_id
+    try:
+        return int(os.read(fd, 64).strip() or b"0")
+    except (OSError, ValueError):
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _close_segment(segment: _Segment) -> None:
@@ -502,9 +577,9 @@ def spool_status(directory: str | os.PathLike[str]) -> list[SegmentStatus]:
     for name in names:
         path = os.path.join(directory, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
+            fd = _open_own(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue  # gone, or not ours: never adopted, so not counted
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -533,6 +608,7 @@ def requeue_dead_letters(directory: str | os.PathLike[str]) -> int:
     processes go to a fresh file and are neither lost nor requeued twice.
     """
     directory = os.fspath(directory)
+    secure_directory(directory)
     source = os.path.join(directory, DEAD_LETTERS)
     taken = os.path.join(directory, f"{DEAD_LETTERS}.requeue-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -555,13 +631,17 @@ def requeue_dead_letters(directory: str | os.PathLike[str]) -> int:
 
 def iter_dead_letters_file(path: str) -> Iterator[dict[str, Any]]:
     try:
-        with open(path, encoding="utf-8") as file:
-            for line in file:
-                line = line.strip()
-                if line:
-                    try:
-                        yield json.loads(line)
-                    except ValueError:
-                        log.warning("llm_meter: skipped an unreadable dead letter in %s", path)
+        fd = _open_own(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        log.warning("llm_meter: not reading dead letters from %s: %s", path, exc)
+        return
+    with open(fd, encoding="utf-8", errors="replace") as file:
+        for line in file:
+            line = line.strip()
+            if line:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    log.warning("llm_meter: skipped an unreadable dead letter in %s", path)
