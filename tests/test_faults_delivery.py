@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from llm_meter._customer import Customer
 from llm_meter._dispatch import Dispatcher
 from llm_meter._events import EventOptions, UsageRecord
 from llm_meter._spool import Spool, encode_record, iter_dead_letters
-from llm_meter.testing import FakePolarServer
+from llm_meter.testing import FakePolarServer, Fault
 from llm_meter.transports import MemoryTransport, PolarTransport
 
 CUS = Customer("external_customer_id", "cus_1")
@@ -528,3 +529,57 @@ def test_planted_symlinks_are_never_followed(
     assert victim_segment.read_bytes() == segment_before
     assert victim_ack.read_bytes() == b"precious\n"
     assert victim_letters.read_bytes() == b"precious\n"
+
+
+# -- item 10: a meter takes on what it finds in the spool --------------------------------------------------
+
+
+def test_new_meter_counts_and_waits_for_events_a_closed_meter_left(
+    polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """What a closed meter could not deliver (401) is pending in the next meter, whose flush waits for it."""
+    first = open_meter(token="polar_oat_revoked")
+    for n in range(20):
+        first.emit(_record(n))
+    assert not first.flush(0.5)
+    first.close(0.5)
+    polar.inject(Fault.delay(0.5))  # the first batch of the next meter takes a while
+    second = open_meter()
+    assert second.stats().pending == 20 and second.stats().emitted == 0
+    assert second.flush(10.0), second.stats()
+    assert_exactly_once(polar, _ids(range(20)))
+    assert second.stats().pending == 0 and second.stats().delivered == 20
+
+
+_POOL_METER: Meter | None = None
+
+
+def _emit_in_pool_child(task: int) -> int:
+    assert _POOL_METER is not None
+    for n in range(5):
+        _POOL_METER.emit(_record(f"child-{task}-{n}"))
+    return os.getpid()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_flush_delivers_what_pool_children_left_without_atexit(
+    polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """Pool children exit without atexit: the parent's next flush() takes on what they spooled and waits."""
+    global _POOL_METER
+    _POOL_METER = m = open_meter(flush_interval=30)
+    token = polar.access_token
+    polar.access_token = "polar_oat_rotated"  # the children's own sends are refused: their events stay
+    try:
+        pool = multiprocessing.get_context("fork").Pool(2)
+        pids = pool.map(_emit_in_pool_child, range(4))
+        pool.close()
+        pool.join()
+    finally:
+        polar.access_token = token
+        _POOL_METER = None
+    assert os.getpid() not in pids
+    assert m.flush(10.0), m.stats()
+    assert_exactly_once(polar, {f"openai:child-{t}-{n}" for t in range(4) for n in range(5)})
+    assert m.stats().pending == 0

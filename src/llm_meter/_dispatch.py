@@ -105,7 +105,9 @@ class Dispatcher:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
         if spool is not None and transport is not None:
-            self._start()  # deliver what earlier processes left in the spool
+            # Take on what stopped meters and processes left: pending from now on (SPEC 6).
+            self._guard(spool.adopt_orphans)
+            self._start()
 
     # -- caller side ---------------------------------------------------------------------
     def submit(self, record: UsageRecord) -> None:
@@ -155,23 +157,36 @@ class Dispatcher:
 
     @property
     def pending(self) -> int:
-        """Accepted events not yet acknowledged or dead-lettered."""
-        return self.emitted - self.delivered_own - self.dead_own - self.failed
+        """Events accepted, or taken on from the spool, not yet acknowledged or dead-lettered."""
+        own = self.emitted - self.delivered_own - self.dead_own - self.failed
+        spool = self._spool
+        return own if spool is None else own + spool.inherited - spool.inherited_done
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything accepted so far is acknowledged; ``False`` on timeout."""
+        """Wait until everything accepted so far is acknowledged; ``False`` on timeout.
+
+        With a spool this includes what was taken on from it, and what stopped processes
+        left there since the last look (pool children that exit without ``atexit``).
+        """
         target = self.emitted
         deadline = time.monotonic() + max(timeout, 0.0)
         if self._transport is None:
             return self._settled() >= target
+        spool = self._spool
+        if spool is not None and not self._closed:
+            self._guard(spool.adopt_orphans)
+        inherited = spool.inherited if spool is not None else 0
         if self._thread is None:
             self._start()
         with self._done:
-            while self._settled() < target:
+            while self._settled() < target or (spool is not None and spool.inherited_done < inherited):
+                thread = self._thread
+                if thread is not None and not thread.is_alive():
+                    return False  # stopped (closed): nothing more will be delivered
                 self._wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

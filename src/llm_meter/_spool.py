@@ -122,6 +122,8 @@ class Batch:
     segment: _Segment
     payloads: list[str]
     end_offset: int
+    lines: int = 0
+    """Complete lines up to ``end_offset``: the payloads and the unreadable lines skipped."""
 
     @property
     def own(self) -> bool:
@@ -190,6 +192,11 @@ class Spool:
         self.corrupt = 0
         self._logged: dict[str, float] = {}
         self._refused: set[str] = set()  # files in the directory that are not ours (logged once)
+        self._adopt_lock = threading.Lock()
+        #: Records found in adopted segments (not yet acknowledged when adopted), and how many
+        #: of them were acknowledged, dead-lettered or skipped as unreadable since.
+        self.inherited = 0
+        self.inherited_done = 0
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
 
@@ -268,30 +275,36 @@ class Spool:
             segment.retired_at = time.monotonic()
 
     def adopt_orphans(self) -> int:
-        """Lock and take over segments whose writer is gone; returns how many."""
-        known = {segment.path for segment in self._segments}
-        adopted = 0
-        try:
-            names = sorted(os.listdir(self.directory))
-        except OSError:
-            return 0
-        for name in names:
-            if not (name.startswith("seg-") and name.endswith(".log")):
-                continue
-            path = os.path.join(self.directory, name)
-            if path in known or path in self._refused:
-                continue
-            fd = self._lock_orphan(path)
-            if fd is None:
-                continue
-            segment = _Segment(path, fd, own=False, ack_offset=_read_ack(path[: -len(".log")] + ".ack"))
-            self._segments.append(segment)
-            adopted += 1
-        if adopted:
-            with self._create_lock:
-                self._segments.sort(key=lambda s: os.path.basename(s.path))
-            log.info("llm_meter: adopted %d spool segment(s) left by stopped processes", adopted)
-        return adopted
+        """Lock and take over segments whose writer is gone; returns how many.
+
+        Their records not yet acknowledged are added to :attr:`inherited` before the worker
+        can see the segments. Safe to call from any thread (the worker, or ``flush()``).
+        """
+        with self._adopt_lock:
+            try:
+                names = sorted(os.listdir(self.directory))
+            except OSError:
+                return 0
+            known = {segment.path for segment in self._segments}
+            adopted = []
+            for name in names:
+                if not (name.startswith("seg-") and name.endswith(".log")):
+                    continue
+                path = os.path.join(self.directory, name)
+                if path in known or path in self._refused:
+                    continue
+                fd = self._lock_orphan(path)
+                if fd is None:
+                    continue
+                ack = _read_ack(path[: -len(".log")] + ".ack")
+                self.inherited += _count_lines(fd, ack)
+                adopted.append(_Segment(path, fd, own=False, ack_offset=ack))
+            if adopted:
+                with self._create_lock:
+                    self._segments.extend(adopted)
+                    self._segments.sort(key=lambda s: os.path.basename(s.path))
+                log.info("llm_meter: adopted %d spool segment(s) left by stopped processes", len(adopted))
+            return len(adopted)
 
     def _lock_orphan(self, path: str) -> int | None:
         """A locked descriptor of the segment at *path*, if it is ours and its writer is gone."""
@@ -323,6 +336,7 @@ class Spool:
 
     def _read(self, segment: _Segment, max_events: int) -> Batch | None:
         payloads: list[str] = []
+        lines = 0
         offset = segment.read_offset
         retired_at = segment.retired_at
         # Our own segment may still receive an append (or finish one) until the grace ends.
@@ -340,6 +354,7 @@ class Spool:
                 line = chunk[pos : end + 1]
                 payload = _check(line)
                 pos = end + 1
+                lines += 1
                 if payload is None:
                     payload = _resync(line)
                     self._count_corrupt(
@@ -367,9 +382,9 @@ class Spool:
             return None
         segment.read_offset = offset
         if not payloads:
-            self.commit(Batch(segment, [], offset))  # only unreadable lines: acknowledge them away
+            self.commit(Batch(segment, [], offset, lines))  # only unreadable lines: acknowledge them away
             return self._read(segment, max_events)
-        return Batch(segment, payloads, offset)
+        return Batch(segment, payloads, offset, lines)
 
     def _count_corrupt(self, segment: _Segment, what: str) -> None:
         self.corrupt += 1
@@ -384,6 +399,8 @@ class Spool:
         """
         segment = batch.segment
         segment.ack_offset = batch.end_offset
+        if not segment.own:
+            self.inherited_done += batch.lines
         try:
             self._write_ack(segment)
         except OSError as exc:
@@ -533,6 +550,15 @@ def _read_ack(path: str) -> int:
         os.close(fd)
 
 
+def _count_lines(fd: int, offset: int) -> int:
+    """Complete lines in the file from *offset* on."""
+    count = 0
+    while chunk := os.pread(fd, _READ_CHUNK, offset):
+        count += chunk.count(b"\n")
+        offset += len(chunk)
+    return count
+
+
 def _close_segment(segment: _Segment) -> None:
     for fd in (segment.fd, segment.ack_fd):
         if fd is not None:
@@ -549,7 +575,9 @@ def _reset_in_child(ref: weakref.ref[Spool]) -> None:
     if spool is not None:
         spool.release_all()
         spool._create_lock = threading.Lock()
+        spool._adopt_lock = threading.Lock()
         spool._appended = itertools.count()
+        spool.inherited = spool.inherited_done = 0
 
 
 def iter_dead_letters(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -587,14 +615,7 @@ def spool_status(directory: str | os.PathLike[str]) -> list[SegmentStatus]:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             except BlockingIOError:
                 live = True
-            offset = _read_ack(path[: -len(".log")] + ".ack")
-            pending = 0
-            while True:
-                chunk = os.pread(fd, _READ_CHUNK, offset)
-                if not chunk:
-                    break
-                pending += chunk.count(b"\n")
-                offset += len(chunk)
+            pending = _count_lines(fd, _read_ack(path[: -len(".log")] + ".ack"))
         finally:
             os.close(fd)
         result.append(SegmentStatus(path, pending, live))
