@@ -238,3 +238,14 @@ def test_half_record_does_not_corrupt_the_record_after_it(tmp_path: Path) -> Non
     assert m._dispatcher.drain(5.0)
     m.close(5.0)
     assert _ids(transport.events) == ["openai:a", "openai:c"]
+
+
+def test_temporary_files_a_killed_process_left_are_removed(tmp_path: Path) -> None:
+    """Adoption deletes temporary files older than an hour and keeps recent ones (a write in progress)."""
+    stale = tmp_path / "tmp-0123-seg-1.log"
+    fresh = tmp_path / "tmp-4567-seg-2.log"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    Spool(tmp_path).adopt_orphans()
+    assert not stale.exists() and fresh.exists()

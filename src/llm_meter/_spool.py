@@ -74,6 +74,8 @@ _READ_CHUNK: Final = 256 * 1024
 _GRACE: Final = 2.0
 #: Seconds between two log lines about the same recurring disk problem.
 _LOG_EVERY: Final = 60.0
+#: Age after which a temporary file is known to be left by a killed process.
+_STALE: Final = 3600.0
 #: Every file is opened without following a symlink, and is not inherited by child programs.
 _NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC
 DEAD_LETTERS: Final = "dead-letters.jsonl"
@@ -237,12 +239,17 @@ class Spool:
             return segment
 
     def _create(self) -> _Segment:
-        name = f"seg-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        name = _segment_name()
         temporary = os.path.join(self.directory, f"tmp-{name}.log")
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours before anyone can see it
         path = os.path.join(self.directory, name + ".log")
-        os.rename(temporary, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours before anyone can see it
+            os.rename(temporary, path)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(temporary)
+            raise
         return _Segment(path, fd, own=True)
 
     # -- worker side ---------------------------------------------------------------------
@@ -288,6 +295,9 @@ class Spool:
             known = {segment.path for segment in self._segments}
             adopted = []
             for name in names:
+                if name.startswith("tmp-"):
+                    _remove_if_stale(os.path.join(self.directory, name))
+                    continue
                 if not (name.startswith("seg-") and name.endswith(".log")):
                     continue
                 path = os.path.join(self.directory, name)
@@ -487,15 +497,34 @@ class Spool:
 
     # -- dead letters --------------------------------------------------------------------
     def dead_letter(self, payload: str, reason: str, status: int) -> None:
-        """Set one event aside with the reason it was refused."""
-        entry = json.dumps(dead_letter_entry(payload, reason, status), ensure_ascii=False)
-        fd = _open_own(os.path.join(self.directory, DEAD_LETTERS), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            os.write(fd, entry.encode() + b"\n")
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Set one event aside with the reason it was refused (``OSError`` if it cannot be written).
+
+        The file is locked while a letter is added, so ``dead-letters --retry`` (which holds
+        the lock while it takes the letters out) never misses one; a letter the disk cuts
+        short is cut off again, never left to spoil the next.
+        """
+        data = json.dumps(dead_letter_entry(payload, reason, status), ensure_ascii=False).encode() + b"\n"
+        path = os.path.join(self.directory, DEAD_LETTERS)
+        for _ in range(10):
+            fd = _open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                _lock(fd)
+                try:
+                    if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                        continue  # a retry took the letters out meanwhile: add to the new file
+                except FileNotFoundError:
+                    continue
+                size = os.fstat(fd).st_size
+                written = os.write(fd, data)
+                if written != len(data):
+                    os.ftruncate(fd, size)  # locked: no other letter was added meanwhile
+                    raise OSError(errno.ENOSPC, f"the dead letter took {written} of {len(data)} bytes")
+                if self.fsync:
+                    os.fsync(fd)
+                return
+            finally:
+                os.close(fd)
+        raise OSError(errno.EAGAIN, "the dead-letter file kept being replaced", path)
 
 
 def dead_letter_entry(payload: str, reason: str, status: int) -> dict[str, Any]:
@@ -581,8 +610,15 @@ def _reset_in_child(ref: weakref.ref[Spool]) -> None:
 
 
 def iter_dead_letters(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The dead letters of a spool directory, oldest first."""
-    return iter_dead_letters_file(os.path.join(os.fspath(directory), DEAD_LETTERS))
+    """The dead letters of a spool directory, oldest first.
+
+    Letters stranded by an older version's ``dead-letters --retry`` that was killed half-way
+    (``dead-letters.jsonl.requeue-*``) are included: ``--retry`` requeues them too.
+    """
+    directory = os.fspath(directory)
+    for name in _stranded_requeues(directory):
+        yield from iter_dead_letters_file(os.path.join(directory, name))
+    yield from iter_dead_letters_file(os.path.join(directory, DEAD_LETTERS))
 
 
 @dataclass(frozen=True)
@@ -625,29 +661,162 @@ def spool_status(directory: str | os.PathLike[str]) -> list[SegmentStatus]:
 def requeue_dead_letters(directory: str | os.PathLike[str]) -> int:
     """Move every dead letter back into the spool (in a new segment); returns how many.
 
-    The dead-letter file is renamed first, so letters written meanwhile by running
-    processes go to a fresh file and are neither lost nor requeued twice.
+    Crash-safe: the dead-letter file stays locked (processes adding a letter wait) while its
+    letters are written to a whole new segment under a temporary name, synced and renamed
+    into place; only then are they removed from the dead-letter file. Killed before the
+    rename, nothing changed; killed after it, the letters are both spooled and still listed,
+    and a second retry spools them again: Polar deduplicates them by ``external_id``.
+    Letters that cannot be requeued (a damaged record kept as a raw ``payload``) stay.
     """
     directory = os.fspath(directory)
     secure_directory(directory)
-    source = os.path.join(directory, DEAD_LETTERS)
-    taken = os.path.join(directory, f"{DEAD_LETTERS}.requeue-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    count = 0
+    for name in _stranded_requeues(directory):
+        count += _requeue_file(directory, os.path.join(directory, name))
+    return count + _requeue_file(directory, os.path.join(directory, DEAD_LETTERS))
+
+
+def _requeue_file(directory: str, path: str) -> int:
     try:
-        os.rename(source, taken)
+        fd = _open_own(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return 0
-    spool = Spool(directory)
-    count = 0
     try:
-        for letter in iter_dead_letters_file(taken):
-            event = letter.get("event")
-            if isinstance(event, dict):
-                spool.append(encode_record(json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
-                count += 1
+        _lock(fd)
+        try:
+            if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                return 0  # another retry took these letters meanwhile
+        except FileNotFoundError:
+            return 0
+        records, keep = _split_letters(_read_all(fd), path)
+        if records:
+            _write_file(directory, f"{_segment_name()}.log", b"".join(records))
+        # Crash here: the letters are spooled and still listed; a second retry is deduplicated.
+        if keep:  # replaced, not truncated: a writer waiting for the lock sees the new file
+            _write_file(directory, os.path.basename(path), b"".join(keep))
+        else:
+            os.unlink(path)
+        return len(records)
     finally:
-        spool.release_all()  # unlocked: the next meter or `llm-meter flush` delivers it
-    os.unlink(taken)
-    return count
+        os.close(fd)
+
+
+def _split_letters(data: bytes, path: str) -> tuple[list[bytes], list[bytes]]:
+    """Spool records for the letters that hold an event, and the lines to keep as they are."""
+    records: list[bytes] = []
+    keep: list[bytes] = []
+    for line in data.splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)["event"]
+            if not isinstance(event, dict):
+                raise TypeError(event)
+            records.append(encode_record(json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
+        except (ValueError, TypeError, KeyError):
+            log.warning("llm_meter: a dead letter in %s cannot be requeued; it is kept", path)
+            keep.append(line if line.endswith(b"\n") else line + b"\n")
+    return records, keep
+
+
+def _stranded_requeues(directory: str) -> list[str]:
+    """``dead-letters.jsonl.requeue-<pid>-*`` files whose process is gone (older versions' retries)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    stranded = []
+    for name in names:
+        if name.startswith(f"{DEAD_LETTERS}.requeue-"):
+            pid = name[len(f"{DEAD_LETTERS}.requeue-") :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue  # possibly a retry still running
+            stranded.append(name)
+    return stranded
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, not ours to signal
+    return True
+
+
+def _write_file(directory: str, name: str, data: bytes) -> None:
+    """Write *name* whole or not at all: a temporary file, synced, then renamed over it."""
+    temporary = os.path.join(directory, f"tmp-{uuid.uuid4().hex}-{name}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.rename(temporary, os.path.join(directory, name))
+    except BaseException:
+        _unlink_quietly(temporary)
+        raise
+    finally:
+        os.close(fd)
+    _sync_directory(directory)
+
+
+def _sync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, _READ_CHUNK, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _lock(fd: int, timeout: float = 10.0) -> None:
+    """``flock`` *fd* exclusively, waiting at most *timeout* seconds (``OSError`` after that)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _segment_name() -> str:
+    return f"seg-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_if_stale(path: str) -> None:
+    """Delete a temporary file of ours that a killed process left (renamed within moments otherwise)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and time.time() - info.st_mtime > _STALE:
+        _unlink_quietly(path)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def iter_dead_letters_file(path: str) -> Iterator[dict[str, Any]]:
