@@ -9,11 +9,13 @@ injected at the ``os`` calls of the spool module.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import multiprocessing
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import types
@@ -378,6 +380,8 @@ def test_full_disk_loses_no_event_and_leaves_no_half_record_in_the_way(
 ) -> None:
     """Events a full disk refuses or cuts short are sent from memory; the records after them stay intact."""
     m = open_meter(spool_dir=disk.spool, flush_interval=30)
+    token = polar.access_token
+    polar.access_token = "polar_oat_not_yet"  # nothing is delivered until the counts are read
     for n in range(10):
         m.emit(_record(n))
     disk.fill()
@@ -385,6 +389,7 @@ def test_full_disk_loses_no_event_and_leaves_no_half_record_in_the_way(
         m.emit(_record(n))
     stats = m.stats()
     assert stats.pending == 1000 and stats.unspooled > 0
+    polar.access_token = token
     assert m.flush(20.0), m.stats()
     disk.free()
     for n in range(1000, 1010):  # appended right after whatever the full disk cut short
@@ -583,3 +588,59 @@ def test_flush_delivers_what_pool_children_left_without_atexit(
     assert m.flush(10.0), m.stats()
     assert_exactly_once(polar, {f"openai:child-{t}-{n}" for t in range(4) for n in range(5)})
     assert m.stats().pending == 0
+
+
+# -- item 13: meters dropped without close() ---------------------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_dropped_meters_release_their_threads_and_files(polar: FakePolarServer, tmp_path: Path) -> None:
+    """50 meters dropped without close() deliver their events, then leave no thread and no descriptor."""
+    workers = len(_workers())
+    fds = _open_fds()
+    for n in range(50):
+        m = Meter(
+            transport=PolarTransport(polar.access_token, base_url=polar.url),
+            spool_dir=tmp_path / f"spool-{n}",
+            flush_interval=30,
+        )
+        m.emit(_record(n))
+        del m
+    gc.collect()
+    assert _eventually(lambda: len(_workers()) == workers), f"{len(_workers()) - workers} workers left"
+    assert _eventually(lambda: _open_fds() <= fds + 2), f"{_open_fds() - fds} descriptors left"
+    assert_exactly_once(polar, _ids(range(50)))
+
+
+_DROPPED_AT_EXIT = """
+import gc, sys, time
+from llm_meter import Meter
+from llm_meter._customer import Customer
+from llm_meter._events import UsageRecord
+from llm_meter.transports import PolarTransport
+
+url, token = sys.argv[1:3]
+m = Meter(transport=PolarTransport(token, base_url=url), exit_timeout=10, flush_interval=30)
+m.emit(UsageRecord(provider="openai", customer=Customer("external_customer_id", "cus_1"),
+                   external_id="openai:dropped", timestamp=time.time(), model="gpt-4o",
+                   request_tokens=3, response_tokens=2))
+del m
+gc.collect()
+"""
+
+
+def test_dropped_in_memory_meter_still_delivers_at_exit(polar: FakePolarServer) -> None:
+    """A meter without spool dropped before exit: its pending event is delivered at interpreter exit."""
+    polar.inject(Fault.delay(1.0))  # the event is still on its way when the interpreter starts to exit
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _DROPPED_AT_EXIT, polar.url, polar.access_token],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert_exactly_once(polar, {"openai:dropped"})

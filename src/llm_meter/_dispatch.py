@@ -36,7 +36,7 @@ from ._exceptions import RejectedEventsError
 from ._spool import Spool, dead_letter_entry, encode_record
 from .transports import Transport
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "live_dispatchers"]
 
 log = logging.getLogger("llm_meter")
 
@@ -64,8 +64,12 @@ class Dispatcher:
         spool: Spool | None = None,
         batch_size: int = 100,
         flush_interval: float = 1.0,
+        exit_timeout: float = 2.0,
     ) -> None:
         self._transport = transport
+        self.exit_timeout = exit_timeout
+        #: Set when the Meter was dropped without close(): the worker stops by then at the latest.
+        self._linger: float | None = None
         self._options = options
         self._spool = spool
         self._batch_size = batch_size
@@ -102,8 +106,7 @@ class Dispatcher:
         self.duplicates = 0
         self.failed = 0  # records lost to an error in llm_meter itself (logged)
         self.errors = 0  # unexpected failures the worker logged and carried on from
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
+        _DISPATCHERS.add(self)
         if spool is not None and transport is not None:
             # Take on what stopped meters and processes left: pending from now on (SPEC 6).
             self._guard(spool.adopt_orphans)
@@ -221,6 +224,46 @@ class Dispatcher:
         """:meth:`flush` without blocking the running event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
 
+    def abandon(self) -> None:
+        """Its Meter was dropped without ``close()``: wind down in the background.
+
+        The worker delivers what is pending within ``exit_timeout``, then stops, closing the
+        transport and unlocking the spool: no thread or descriptor outlives the Meter for
+        long. Called by a finalizer (any thread, possibly the worker's own): takes no lock.
+        """
+        if self._closed:
+            return
+        self._linger = time.monotonic() + self.exit_timeout
+        self._closed = True
+        thread = self._thread
+        if thread is None:  # no worker: nothing can be delivered from here
+            if self._spool is not None:
+                self._guard(self._spool.close)
+            return
+        if thread is not threading.current_thread():
+            self._wake.set()
+
+    @property
+    def needs_exit_flush(self) -> bool:
+        """Whether interpreter exit should wait for this dispatcher (open, or winding down)."""
+        return (not self._closed or self._linger is not None) and self.pending > 0
+
+    def _wound_down(self) -> bool:
+        """A dropped meter's worker is done: nothing is pending, or its time is up."""
+        linger = self._linger
+        return linger is not None and (self.pending <= 0 or time.monotonic() >= linger)
+
+    def _should_stop(self) -> bool:
+        linger = self._linger
+        return self._stopping or (linger is not None and time.monotonic() >= linger)
+
+    def _pause(self, seconds: float) -> float:
+        """*seconds*, shortened to what is left of the wind-down of a dropped meter."""
+        linger = self._linger
+        if linger is not None:
+            seconds = min(seconds, linger - time.monotonic())
+        return _wait_time(seconds)
+
     def close(self, timeout: float) -> bool:
         """Flush within *timeout*, stop the worker and close the transport."""
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -268,9 +311,12 @@ class Dispatcher:
         try:
             while True:
                 try:
+                    if self._linger is not None and not self._stopping and self._wound_down():
+                        self._stopping = True
                     spool = self._spool
                     request = self._drain_requested
-                    if spool is not None and (request > adopted_for or time.monotonic() >= next_adopt):
+                    due = request > adopted_for or time.monotonic() >= next_adopt
+                    if spool is not None and due and not self._closed:
                         adopted_for = request
                         next_adopt = time.monotonic() + _ADOPT_EVERY
                         self._guard(spool.adopt_orphans)
@@ -288,7 +334,7 @@ class Dispatcher:
                     # After a partial batch the next events wait for a full batch, a flush or the
                     # interval, instead of leaving one or two at a time as they trickle in (which
                     # costs the callers GIL time and Polar one request per event).
-                    self._wake.wait(self._flush_interval)
+                    self._wake.wait(self._flush_interval if self._linger is None else self._pause(0.05))
                     self._wake.clear()
                     if spool is not None:
                         self._guard(spool.maintain)
@@ -471,7 +517,7 @@ class Dispatcher:
         if send_json is None:
             payloads, events, dead = self._decode(payloads, spool)
         while payloads:
-            if attempt and self._stopping:
+            if attempt and self._should_stop():
                 return False, 0, dead  # closing: no new attempt; the events stay pending
             try:
                 if send_json is not None:
@@ -515,13 +561,13 @@ class Dispatcher:
                 failure,
                 delay,
             )
-            if self._stopping:
+            if self._should_stop():
                 return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
             if spool is not None:
                 self._guard(spool.maintain)  # an outage must not grow one segment forever
             # Not _wake: flush() sets that every few ms, and must not hammer a server
             # that asked to wait (429) or refuses the token.
-            self._stop.wait(delay)
+            self._stop.wait(self._pause(delay))
         return True, 0, dead
 
     def _decode(self, payloads: list[str], spool: Spool | None) -> tuple[list[str], list[Any], int]:
@@ -577,21 +623,32 @@ def _run_aclose(transport: Transport) -> None:
         log.exception("llm_meter: transport.aclose() failed")
 
 
-def _reset_in_child(ref: weakref.ref[Dispatcher]) -> None:
+def _reset_in_child() -> None:
     """After ``os.fork()``: the child starts with an empty queue and no worker thread.
 
     Records queued before the fork belong to the parent, which delivers them; dropping the
     child's copies is what keeps them from being sent twice. (Spooled events stay in the
     parent's segments: the spool resets itself in the child too.)
     """
-    dispatcher = ref()
-    if dispatcher is None:
-        return
-    dispatcher._queue = deque()
-    dispatcher._wake = threading.Event()
-    dispatcher._stop = threading.Event()
-    dispatcher._done = threading.Condition()
-    dispatcher._start_lock = threading.Lock()
-    dispatcher._thread = None
-    dispatcher.taken = dispatcher.respooled = dispatcher.failed = 0
-    dispatcher.delivered = dispatcher.delivered_own = dispatcher.dead = dispatcher.dead_own = 0
+    for dispatcher in list(_DISPATCHERS):
+        dispatcher._queue = deque()
+        dispatcher._direct = deque()
+        dispatcher._direct_in = itertools.count()
+        dispatcher._direct_busy = 0
+        dispatcher._wake = threading.Event()
+        dispatcher._stop = threading.Event()
+        dispatcher._done = threading.Condition()
+        dispatcher._start_lock = threading.Lock()
+        dispatcher._thread = None
+        dispatcher.taken = dispatcher.respooled = dispatcher.failed = 0
+        dispatcher.delivered = dispatcher.delivered_own = dispatcher.dead = dispatcher.dead_own = 0
+
+
+def live_dispatchers() -> list[Dispatcher]:
+    """Every dispatcher still in memory (a dropped meter's stays while its worker winds down)."""
+    return list(_DISPATCHERS)
+
+
+#: Every live dispatcher, for the fork hook and interpreter exit (one hook for all).
+_DISPATCHERS: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_reset_in_child)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, live_dispatchers
 from ._events import EventOptions, UsageRecord
 from ._exceptions import ConfigurationError
 from ._spool import Spool
@@ -117,6 +117,7 @@ class Meter:
             spool=self.spool,
             batch_size=batch_size,
             flush_interval=float(flush_interval),
+            exit_timeout=self.exit_timeout,
         )
         self._missing_customer_warned = False
         #: Metering failures that were logged instead of raised (hand-off, parsing).
@@ -124,8 +125,10 @@ class Meter:
         #: Streams in progress (objects with ``finish()`` and ``left_early``), finished at
         #: the latest by flush() (those the caller stopped reading) or at exit (all).
         self._open: set[Any] = set()
-        ref = weakref.ref(self)
-        atexit.register(_flush_at_exit, ref)
+        _METERS.add(self)
+        # Dropped without close(): the worker delivers what is pending, then stops and lets go
+        # of its files and connections (at exit, _flush_at_exit still waits for it).
+        weakref.finalize(self, self._dispatcher.abandon).atexit = False
 
     def __repr__(self) -> str:
         return f"Meter(transport={self.transport!r})"
@@ -212,13 +215,21 @@ class Meter:
             log.debug("llm_meter: %s was sent with no customer; no usage event was emitted", what)
 
 
-def _flush_at_exit(ref: weakref.ref[Meter]) -> None:
-    meter = ref()
-    if meter is None or meter.closed:
-        return
-    meter._finish_open(all_streams=True)  # the process is ending: every open stream is over
-    if meter.stats().pending and not meter.flush(meter.exit_timeout):
-        log.warning("llm_meter: %d usage events were not delivered before exit", meter.stats().pending)
+def _flush_at_exit() -> None:
+    """Interpreter exit: bill open streams, then deliver what is pending within each ``exit_timeout``.
+
+    Covers the meters dropped without ``close()`` whose worker is still winding down too.
+    """
+    for meter in list(_METERS):
+        if not meter.closed:
+            meter._finish_open(all_streams=True)  # the process is ending: every open stream is over
+    for dispatcher in live_dispatchers():
+        if dispatcher.needs_exit_flush and not dispatcher.flush(dispatcher.exit_timeout):
+            log.warning("llm_meter: %d usage events were not delivered before exit", dispatcher.pending)
+
+
+_METERS: weakref.WeakSet[Meter] = weakref.WeakSet()
+atexit.register(_flush_at_exit)
 
 
 _default: Meter | None = None

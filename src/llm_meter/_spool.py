@@ -199,8 +199,7 @@ class Spool:
         #: of them were acknowledged, dead-lettered or skipped as unreadable since.
         self.inherited = 0
         self.inherited_done = 0
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
+        _SPOOLS.add(self)
 
     def __repr__(self) -> str:
         return f"Spool({self.directory!r})"
@@ -598,15 +597,19 @@ def _close_segment(segment: _Segment) -> None:
     segment.ack_fd = None
 
 
-def _reset_in_child(ref: weakref.ref[Spool]) -> None:
+def _reset_in_child() -> None:
     """After ``os.fork()``: the child appends to segments of its own, never the parent's."""
-    spool = ref()
-    if spool is not None:
+    for spool in list(_SPOOLS):
         spool.release_all()
         spool._create_lock = threading.Lock()
         spool._adopt_lock = threading.Lock()
         spool._appended = itertools.count()
         spool.inherited = spool.inherited_done = 0
+
+
+#: Every live spool, for the fork hook (one hook for all: a hook per spool could never be removed).
+_SPOOLS: weakref.WeakSet[Spool] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def iter_dead_letters(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
