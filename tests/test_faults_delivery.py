@@ -644,3 +644,19 @@ def test_dropped_in_memory_meter_still_delivers_at_exit(polar: FakePolarServer) 
     )
     assert out.returncode == 0, out.stderr
     assert_exactly_once(polar, {"openai:dropped"})
+
+
+def test_spool_directory_deleted_before_the_first_event_is_created_again(
+    polar: FakePolarServer, open_meter: MeterFactory, tmp_path: Path
+) -> None:
+    """Removed before anything was spooled: events are sent from memory and the directory comes back."""
+    spool = tmp_path / "spool"
+    m = open_meter()
+    shutil.rmtree(spool)
+    m.emit(_record(0))
+    assert m.flush(10.0), m.stats()
+    assert _eventually(spool.is_dir)
+    m.emit(_record(1))
+    assert m.flush(10.0), m.stats()
+    assert_exactly_once(polar, _ids(range(2)))
+    assert list(spool.glob("seg-*.log"))  # the second event was spooled again

@@ -261,6 +261,8 @@ class Spool:
         """
         segment = self._active
         if segment is None:
+            if not os.path.isdir(self.directory):  # removed before any segment was opened
+                secure_directory(self.directory)
             return
         info = os.fstat(segment.fd)
         if info.st_nlink == 0:
