@@ -19,8 +19,8 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter, MissingCustomerError
-from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import MemoryTransport
 from support import delivered, only_event, reset_fake, usage
 

@@ -18,8 +18,8 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter
-from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import CallbackTransport, MemoryTransport
 from support import delivered, freed_without_gc, only_event, reset_fake, usage
 
