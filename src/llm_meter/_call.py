@@ -149,7 +149,7 @@ class Call:
             if not ident:
                 ident = self.request_id
             name = self.provider.name
-            self.external_id = f"{name}:{ident or self.suffix}"
+            self.external_id = f"{name}:{ident}:{self.suffix}" if ident else f"{name}:{self.suffix}"
         return self.external_id
 
     def emit(
@@ -180,7 +180,7 @@ class Call:
         if external_id is None:
             ident = self.response_id
             if ident:
-                external_id = self.external_id = f"{self.provider.name}:{ident}"
+                external_id = self.external_id = f"{self.provider.name}:{ident}:{self.suffix}"
             else:
                 external_id = self.ensure_external_id(response)
         meter.emit(

@@ -405,7 +405,9 @@ class FakeOpenAIServer(LoopbackService):
         n = int(body.get("n") or 1)
         pieces = self._pieces_for(request)
         prompt = self.count_input(body)
-        completion = self._chat_completion(f"chatcmpl-{_hex()}", prompt, n, pieces)
+        # `x-fake-id` answers with a fixed id, as proxies and Ollama's small id space do.
+        cid = request.headers.get("x-fake-id") or f"chatcmpl-{_hex()}"
+        completion = self._chat_completion(cid, prompt, n, pieces)
         self._store(self._chat_store, completion)
         if body.get("stream") is not True:
             return _json_reply(completion)
