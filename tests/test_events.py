@@ -173,3 +173,24 @@ def test_past_timestamp_is_kept_to_the_millisecond() -> None:
     """A normal (past) response time is sent as is."""
     wire = to_wire(_record(timestamp=1_795_000_000.1234), EventOptions())
     assert wire["timestamp"] == "2026-11-18T11:06:40.123Z"
+
+
+def test_model_name_that_cannot_be_encoded_is_sent_with_a_replacement_character() -> None:
+    """A provider's model name with a lone surrogate becomes U+FFFD, so the event is valid UTF-8 JSON."""
+    text = encode_wire(_record(model="gpt-4o\ud800x"), EventOptions(details=True, polar_llm=True))
+    wire = json.loads(text.encode("utf-8"))
+    assert wire["metadata"]["model"] == "gpt-4o\ufffdx"
+    assert wire["metadata"]["_llm"]["model"] == "gpt-4o\ufffdx"
+
+
+def test_response_id_that_cannot_be_encoded_is_sent_with_a_replacement_character() -> None:
+    """An external_id built from a provider id with a lone surrogate is encodable (and stable)."""
+    text = encode_wire(_record(external_id="openai:chatcmpl-\udfff"), EventOptions())
+    assert json.loads(text.encode("utf-8"))["external_id"] == "openai:chatcmpl-\ufffd"
+
+
+@pytest.mark.parametrize("metadata", [{"k": "a\ud800"}, {"k\udc80": 1}], ids=["value", "key"])
+def test_metadata_that_cannot_be_encoded_fails_at_configuration_time(metadata: dict[str, object]) -> None:
+    """A metadata key or value with a lone surrogate is refused when the Meter is built."""
+    with pytest.raises(ConfigurationError, match="UTF-8"):
+        validate_metadata(metadata)

@@ -213,6 +213,7 @@ def test_close_closes_the_transport() -> None:
         {"batch_size": 0},
         {"flush_interval": "1"},
         {"metadata": {"k": None}},
+        {"metadata": {"k": "lone \ud800 surrogate"}},
     ],
 )
 def test_bad_settings_fail_at_construction(kwargs: dict[str, object]) -> None:

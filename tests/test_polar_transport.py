@@ -98,6 +98,14 @@ def test_send_accepts_wire_dicts(polar: FakePolarServer) -> None:
     assert [e["external_id"] for e in polar.events] == ["openai:0", "openai:1", "openai:2"]
 
 
+def test_text_that_cannot_be_encoded_is_sent_with_a_replacement_character(polar: FakePolarServer) -> None:
+    """A wire dict holding a lone surrogate is delivered (as U+FFFD), not failed on every retry."""
+    event = _event(0)
+    event["metadata"]["model"] = "gpt-4o-\ud800"
+    assert _send(_transport(polar), [event, _event(1)]) == IngestResult(inserted=2, duplicates=0)
+    assert polar.events[0]["metadata"]["model"] == "gpt-4o-\ufffd"
+
+
 def test_resend_is_reported_as_duplicates(polar: FakePolarServer) -> None:
     """Sending the same batch again stores nothing new and reports every event as a duplicate."""
     batch = _batch()

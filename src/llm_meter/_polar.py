@@ -29,6 +29,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._events import utf8_safe
 from ._exceptions import ConfigurationError, DeliveryError, RejectedEventsError
 
 __all__ = ["IngestResult", "PolarTransport"]
@@ -181,7 +182,14 @@ class PolarTransport:
         return IngestResult(inserted, duplicates)
 
     async def _post(self, events: list[str]) -> tuple[int, bytes, Any]:
-        body = b'{"events":[' + ",".join(events).encode() + b"]}"
+        text = ",".join(events)
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (events llm_meter builds never hold one; a hand-made event may)
+            # would fail this batch on every retry: send U+FFFD in its place instead.
+            data = utf8_safe(text).encode()
+        body = b'{"events":[' + data + b"]}"
         try:
             response = await self._http().post(self.base_url + _PATH, content=body)
         except Exception as exc:
