@@ -7,6 +7,9 @@ then checks every returned call is stored by Polar exactly once.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,11 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter
+from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter.testing import FakePolarServer
 from llm_meter.transports import PolarTransport
+from support import reset_fake
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 
@@ -54,3 +59,67 @@ def test_model_name_that_cannot_be_encoded_neither_blocks_nor_loses_events(
     finally:
         m.close(1)
     assert sorted(_stored_models(polar)) == ["gpt-4o", "gpt-4o-\ufffd"]
+
+
+# -- interpreter exit with a stream still open ---------------------------------------------------------
+
+_OPEN_STREAM_AT_EXIT = """
+import sys
+import anthropic, openai
+import llm_meter
+from llm_meter import Meter
+from llm_meter.transports import PolarTransport
+
+provider, provider_url, polar_url, token, spool = sys.argv[1:6]
+m = Meter(transport=PolarTransport(token, base_url=polar_url), details=True, spool_dir=spool or None,
+          exit_timeout=10)
+if provider == "openai":
+    base = openai.OpenAI(api_key="t", base_url=provider_url, max_retries=0)
+    client = llm_meter.meter(base, customer="cus_exit", meter=m)
+    stream = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True)
+else:
+    base = anthropic.Anthropic(api_key="t", base_url=provider_url, max_retries=0)
+    client = llm_meter.meter(base, customer="cus_exit", meter=m)
+    stream = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, stream=True,
+                                    messages=[{"role": "user", "content": "hi"}])
+next(iter(stream))  # read one chunk, then exit with the stream still open: no usage arrived
+"""
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["memory", "spool"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_stream_left_open_at_exit_is_billed_with_an_estimate(
+    server: FakeOpenAIServer,
+    _fake: FakeAnthropicServer,
+    polar: FakePolarServer,
+    tmp_path: Path,
+    provider: str,
+    spooled: bool,
+) -> None:
+    """A process that exits mid-stream delivers one estimated event (the estimate loads at exit)."""
+    url = server.url if provider == "openai" else reset_fake(_fake, model="claude-sonnet-4-5").url
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-c",
+            textwrap.dedent(_OPEN_STREAM_AT_EXIT),
+            provider,
+            url,
+            polar.url,
+            polar.access_token,
+            str(tmp_path / "spool") if spooled else "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert len(polar.events) == 1, out.stderr
+    event = polar.events[0]
+    assert event["external_customer_id"] == "cus_exit"
+    assert event["metadata"]["estimated"] is True
+    assert event["metadata"]["request_tokens"] > 0

@@ -101,6 +101,10 @@ class Meter:
         self.transport = transport
         self.options = EventOptions(details=details, metadata=metadata, polar_llm=polar_llm)
         self.estimate_incomplete = incomplete_streams == "estimate"
+        if self.estimate_incomplete:
+            from ._estimate import prepare
+
+            prepare()  # now: an estimate made at interpreter exit could no longer import tiktoken
         self.raise_on_missing_customer = on_missing_customer == "raise"
         self.exit_timeout = float(exit_timeout)
         self.spool = Spool(spool_dir, fsync=fsync) if spool_dir is not None else None
