@@ -21,7 +21,7 @@ import llm_meter
 from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
-from llm_meter.testing import FakePolarServer
+from llm_meter.testing import FakePolarServer, Fault
 from llm_meter.transports import PolarTransport
 from support import reset_fake
 
@@ -123,3 +123,50 @@ def test_stream_left_open_at_exit_is_billed_with_an_estimate(
     assert event["external_customer_id"] == "cus_exit"
     assert event["metadata"]["estimated"] is True
     assert event["metadata"]["request_tokens"] > 0
+
+
+# -- 2xx answers that are not acknowledgements -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["memory", "spool"])
+@pytest.mark.parametrize(
+    ("fault", "logged"),
+    [
+        (Fault.bad_body(), "not an acknowledgement"),
+        (Fault.bad_body(commit=True), "not an acknowledgement"),
+        (Fault.short_count(3), "events (HTTP 200, inserted="),
+    ],
+    ids=["proxy-page", "stored-but-unreadable", "short-count"],
+)
+def test_2xx_that_is_not_an_acknowledgement_is_retried_and_loses_nothing(
+    server: FakeOpenAIServer,
+    polar: FakePolarServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fault: Fault,
+    logged: str,
+    spooled: bool,
+) -> None:
+    """25 calls, the first batch answered by a 2xx that does not account for it: all stored once, logged."""
+    polar.inject(fault)
+    m = Meter(
+        transport=PolarTransport(polar.access_token, base_url=polar.url),
+        spool_dir=tmp_path / "spool" if spooled else None,
+        batch_size=25,
+        flush_interval=0.05,
+    )
+    ids = []
+    with openai.OpenAI(api_key="t", base_url=server.url, max_retries=0) as base:
+        client = llm_meter.meter(base, customer="cus_1", meter=m)
+        for _ in range(25):
+            ids.append(client.chat.completions.create(model="gpt-4o", messages=MESSAGES).id)
+    try:
+        assert m.flush(10), m.stats()
+        stats = m.stats()
+    finally:
+        m.close(1)
+    stored = [str(event["external_id"]) for event in polar.events]
+    assert len(stored) == len(set(stored)) == 25
+    assert all(any(response_id in external_id for external_id in stored) for response_id in ids)
+    assert polar.pending_faults == 0 and stats.retried >= 1 and stats.delivered == 25
+    assert logged in caplog.text

@@ -207,6 +207,42 @@ def test_timeout_is_a_retryable_delivery_error(polar: FakePolarServer) -> None:
     assert info.value.configuration is False
 
 
+# -- 2xx answers that are not acknowledgements -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.bad_body(),
+        Fault.bad_body(b"", status=204, content_type=""),
+        Fault.bad_body(b"null", content_type="application/json"),
+        Fault.bad_body(b"[]", content_type="application/json"),
+        Fault.bad_body(b'{"inserted": 5}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": "5", "duplicates": 0}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": true, "duplicates": 4}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": -1, "duplicates": 6}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": 5, "duplicates": 0', content_type="application/json"),
+    ],
+    ids=["html", "204", "null", "list", "no-duplicates", "string", "bool", "negative", "truncated"],
+)
+def test_2xx_without_polars_answer_is_not_an_acknowledgement(polar: FakePolarServer, fault: Fault) -> None:
+    """A 2xx whose body is not Polar's {"inserted", "duplicates"} raises a DeliveryError (retried)."""
+    polar.inject(fault)
+    with pytest.raises(DeliveryError, match="not an acknowledgement") as info:
+        _send_json(_transport(polar), _batch(5))
+    assert not isinstance(info.value, RejectedEventsError)
+
+
+def test_2xx_counting_fewer_events_than_sent_is_not_an_acknowledgement(polar: FakePolarServer) -> None:
+    """inserted + duplicates below the batch size raises a DeliveryError; the resend stores the rest."""
+    polar.inject(Fault.short_count(2))
+    batch = _batch(5)
+    with pytest.raises(DeliveryError, match="3 of 5"):
+        _send_json(_transport(polar), batch)
+    assert _send_json(_transport(polar), batch) == IngestResult(inserted=2, duplicates=3)
+    assert len(polar.events) == 5
+
+
 def test_unreachable_server_is_a_retryable_delivery_error() -> None:
     """A refused connection raises a retryable DeliveryError."""
     transport = PolarTransport(TOKEN, base_url=_closed_port_url(), timeout=2.0)

@@ -8,7 +8,9 @@ events by index. How each answer is turned into the worker's next step:
 ====================  =====================================================================
 answer                what happens
 ====================  =====================================================================
-2xx                   acknowledged; ``duplicates`` counted (a resend after a lost answer)
+2xx                   acknowledged when the body is Polar's JSON and ``inserted + duplicates``
+                      covers the batch; ``duplicates`` counted (a resend after a lost answer)
+2xx, anything else    not delivered: retried with backoff (a proxy's page, a short count)
 422 with indices      those events become dead letters, the rest is sent again at once
 422/413 without       the batch is split in halves until the refused events are isolated
 429                   retried after ``Retry-After`` (a floor, capped at 30 s, jittered)
@@ -125,13 +127,7 @@ class PolarTransport:
         """Send a batch of events already encoded as JSON text (what the spool holds)."""
         status, body, headers = await self._post(events)
         if 200 <= status < 300:
-            try:
-                answer = json.loads(body)
-                return IngestResult(
-                    int(answer.get("inserted", len(events))), int(answer.get("duplicates", 0))
-                )
-            except (ValueError, AttributeError, TypeError):
-                return IngestResult(len(events), 0)
+            return self._acknowledgement(status, body, headers, len(events))
         if status in _SPLITTABLE:
             rejected = _rejected_indices(body, len(events)) if status == 422 else {}
             if rejected:
@@ -158,6 +154,30 @@ class PolarTransport:
         if status >= 500:
             raise DeliveryError(f"Polar server error (HTTP {status})")
         raise DeliveryError(f"unexpected answer from Polar (HTTP {status})", configuration=True)
+
+    def _acknowledgement(self, status: int, body: bytes, headers: Any, count: int) -> IngestResult:
+        """The result of a 2xx, which must be Polar's answer accounting for every event sent.
+
+        Anything else (a proxy's or captive portal's page, an empty or truncated body, counts
+        that fall short of the batch) does not prove the events are stored: raise, so that the
+        batch is sent again; events Polar has already are reported as duplicates then.
+        """
+        result = _ingest_result(body)
+        if result is None:
+            kind = headers.get("content-type") or "no content type"
+            raise DeliveryError(
+                f"Polar answered HTTP {status} with a body that is not an acknowledgement ({kind}, "
+                f"{len(body)} bytes): the events are kept and sent again; check that {self.base_url} "
+                "is Polar's API and not a proxy answering for it",
+                configuration=True,
+            )
+        if result.inserted + result.duplicates < count:
+            raise DeliveryError(
+                f"Polar acknowledged {result.inserted + result.duplicates} of {count} events "
+                f"(HTTP {status}, inserted={result.inserted}, duplicates={result.duplicates}): "
+                "the batch is sent again"
+            )
+        return result
 
     async def _bisect(self, events: list[str]) -> IngestResult:
         """Isolate refused events when Polar's answer does not name them: send halves."""
@@ -218,6 +238,20 @@ def _drop_client_in_child(ref: weakref.ref[PolarTransport]) -> None:
     if transport is not None and transport._client is not None:
         _inherited_clients.append(transport._client)
         transport._client = None
+
+
+def _ingest_result(body: bytes) -> IngestResult | None:
+    """Polar's ``{"inserted": n, "duplicates": m}`` (non-negative integers); ``None`` for anything else."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    inserted, duplicates = answer.get("inserted"), answer.get("duplicates")
+    if type(inserted) is not int or type(duplicates) is not int or inserted < 0 or duplicates < 0:
+        return None
+    return IngestResult(inserted, duplicates)
 
 
 def _rejected_indices(body: bytes, count: int) -> dict[int, str]:
