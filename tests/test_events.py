@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import time
@@ -194,3 +195,32 @@ def test_metadata_that_cannot_be_encoded_fails_at_configuration_time(metadata: d
     """A metadata key or value with a lone surrogate is refused when the Meter is built."""
     with pytest.raises(ConfigurationError, match="UTF-8"):
         validate_metadata(metadata)
+
+
+class Tier(enum.IntEnum):
+    GOLD = 2
+
+
+class Region(enum.StrEnum):
+    EU = "eu-west"
+
+
+class Float64(float):
+    """Like numpy.float64: a float subclass whose repr is not JSON."""
+
+    def __repr__(self) -> str:
+        return f"np.float64({float(self)!r})"
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [(Tier.GOLD, 2), (Float64(0.25), 0.25), (Region.EU, "eu-west")],
+    ids=["IntEnum", "float-subclass", "str-enum"],
+)
+def test_metadata_subclass_values_are_sent_as_their_plain_value(value: object, sent: object) -> None:
+    """int, float and str subclasses (IntEnum, numpy.float64-like) become valid JSON of their value."""
+    options = EventOptions(metadata={"k": value})
+    wire = json.loads(encode_wire(_record(), options))
+    assert wire["metadata"]["k"] == sent
+    assert type(wire["metadata"]["k"]) is type(sent)
+    assert type(options.metadata["k"]) is type(sent)

@@ -591,11 +591,22 @@ def test_fault_short_count_stores_and_counts_all_but_the_last_events(server: Fak
     assert _post(server, body).json == {"inserted": 2, "duplicates": 3}
 
 
+def test_fault_echo_headers_shows_the_request_headers_back(server: FakePolarServer) -> None:
+    """Fault.echo_headers answers an HTML error page listing the request headers, token included."""
+    server.inject(Fault.echo_headers(413))
+    reply = _post(server, _batch(1))
+    assert (reply.status, reply.headers["content-type"]) == (413, "text/html; charset=utf-8")
+    assert f"Authorization: Bearer {TOKEN}".encode() in reply.raw
+    assert server.events == []
+
+
 @pytest.mark.parametrize(
-    "build", [lambda: Fault.bad_body(status=404), lambda: Fault.short_count(0)], ids=["bad_body", "short"]
+    "build",
+    [lambda: Fault.bad_body(status=404), lambda: Fault.short_count(0), lambda: Fault.echo_headers(200)],
+    ids=["bad_body", "short", "echo"],
 )
 def test_answer_faults_check_their_arguments(build: Callable[[], Fault]) -> None:
-    """bad_body needs a 2xx status and short_count at least one missing event."""
+    """bad_body needs a 2xx status, short_count at least one missing event, echo_headers an error."""
     with pytest.raises(ValueError):
         build()
 

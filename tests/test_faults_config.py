@@ -7,6 +7,7 @@ then checks every returned call is stored by Polar exactly once.
 
 from __future__ import annotations
 
+import enum
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import llm_meter
 from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
+from llm_meter._spool import iter_dead_letters
 from llm_meter.testing import FakePolarServer, Fault
 from llm_meter.transports import PolarTransport
 from support import reset_fake
@@ -170,3 +172,64 @@ def test_2xx_that_is_not_an_acknowledgement_is_retried_and_loses_nothing(
     assert all(any(response_id in external_id for external_id in stored) for response_id in ids)
     assert polar.pending_faults == 0 and stats.retried >= 1 and stats.delivered == 25
     assert logged in caplog.text
+
+
+# -- the token never lands on disk or in logs --------------------------------------------------------------
+
+
+def test_dead_letter_of_a_page_echoing_the_request_never_stores_the_token(
+    server: FakeOpenAIServer, polar: FakePolarServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 413 page that echoes the Authorization header is dead-lettered with the token blanked out."""
+    polar.inject(Fault.echo_headers(413))
+    spool = tmp_path / "spool"
+    m = Meter(transport=PolarTransport(polar.access_token, base_url=polar.url), spool_dir=spool)
+    with openai.OpenAI(api_key="t", base_url=server.url, max_retries=0) as base:
+        llm_meter.meter(base, customer="cus_1", meter=m).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES
+        )
+    try:
+        assert m.flush(5), m.stats()
+        assert m.stats().dead_lettered == 1
+    finally:
+        m.close(1)
+    [letter] = iter_dead_letters(spool)
+    assert "Bearer ***" in letter["reason"]
+    files = b"".join(path.read_bytes() for path in spool.iterdir() if path.is_file())
+    assert polar.access_token.encode() not in files
+    assert polar.access_token not in caplog.text
+
+
+# -- settings refused or normalised when the Meter is built ------------------------------------------------
+
+
+class Tier(enum.IntEnum):
+    GOLD = 2
+
+
+class Float64(float):
+    """Like numpy.float64: a float subclass whose repr is not JSON."""
+
+    def __repr__(self) -> str:
+        return f"np.float64({float(self)!r})"
+
+
+def test_metadata_of_int_and_float_subclasses_is_delivered_as_plain_numbers(
+    server: FakeOpenAIServer, polar: FakePolarServer
+) -> None:
+    """Meter(metadata={IntEnum, numpy-like float64}) delivers valid events with the plain values."""
+    m = Meter(
+        transport=PolarTransport(polar.access_token, base_url=polar.url),
+        metadata={"tier": Tier.GOLD, "ratio": Float64(0.5)},
+        flush_interval=0.01,
+    )
+    with openai.OpenAI(api_key="t", base_url=server.url, max_retries=0) as base:
+        llm_meter.meter(base, customer="cus_1", meter=m).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES
+        )
+    try:
+        assert m.flush(5), m.stats()
+    finally:
+        m.close(1)
+    [event] = polar.events
+    assert (event["metadata"]["tier"], event["metadata"]["ratio"]) == (2, 0.5)

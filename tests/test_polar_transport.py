@@ -366,3 +366,87 @@ def test_unknown_server_name_is_a_configuration_error() -> None:
 def test_repr_hides_the_token() -> None:
     """repr(transport) never shows the access token."""
     assert TOKEN not in repr(PolarTransport(TOKEN, base_url="http://127.0.0.1:1"))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [f"{TOKEN}\n", f"Bearer {TOKEN}", f"{TOKEN} ", f"\t{TOKEN}", f"{TOKEN}\x00", f"{TOKEN}é"],
+    ids=["newline", "space-inside", "space-after", "tab", "nul", "non-ascii"],
+)
+def test_token_with_whitespace_or_odd_characters_is_refused_without_echoing_it(token: str) -> None:
+    """A token with a newline, a space or a non-printable character fails at construction, unshown."""
+    with pytest.raises(ConfigurationError, match="access token") as info:
+        PolarTransport(token, base_url="http://127.0.0.1:1")
+    assert TOKEN not in str(info.value)
+
+
+def test_token_with_a_newline_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """POLAR_ACCESS_TOKEN read from a secret file with its trailing newline fails at construction."""
+    monkeypatch.setenv("POLAR_ACCESS_TOKEN", TOKEN + "\n")
+    with pytest.raises(ConfigurationError, match="newline"):
+        PolarTransport(base_url="http://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1.0, True, "10"])
+def test_timeout_must_be_a_finite_positive_number(timeout: object) -> None:
+    """timeout= NaN, infinite, zero, negative or not a number fails at construction."""
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PolarTransport(TOKEN, base_url="http://127.0.0.1:1", timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://", "https://", "https:///v1/events", "ftp://api.polar.sh", "api.polar.sh", "https://h/?a=1"],
+    ids=["http-no-host", "https-no-host", "path-no-host", "ftp", "no-scheme", "query"],
+)
+def test_base_url_must_be_an_http_url_with_a_host(base_url: str) -> None:
+    """A base_url without http(s) scheme or host, or with a query, fails at construction."""
+    with pytest.raises(ConfigurationError, match="base_url"):
+        PolarTransport(TOKEN, base_url=base_url)
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://api.polar.sh/v1",
+        "https://api.polar.sh/v1/",
+        "https://proxy.example/polar/v1",
+        "https://api.polar.sh/v1/events/ingest",
+    ],
+)
+def test_base_url_with_the_api_path_is_refused_with_a_hint(base_url: str) -> None:
+    """A base_url ending in /v1 (or the ingest path) would 404 forever: refused, pointing at the root."""
+    with pytest.raises(ConfigurationError, match=r"adds /v1/events/ingest itself"):
+        PolarTransport(TOKEN, base_url=base_url)
+
+
+def test_base_url_with_a_path_prefix_is_kept() -> None:
+    """A proxy mounted under a path (no /v1 at the end) is a valid base_url."""
+    assert PolarTransport(TOKEN, base_url="https://proxy.example/polar/").base_url == (
+        "https://proxy.example/polar"
+    )
+
+
+@pytest.mark.parametrize("where", ["base_url", "server"])
+def test_token_given_in_place_of_another_setting_is_never_echoed(where: str) -> None:
+    """A token passed as base_url= or server= is refused without showing it in the message."""
+    with pytest.raises(ConfigurationError) as info:
+        PolarTransport(TOKEN, **{where: TOKEN})
+    assert TOKEN not in str(info.value) and "polar_oat" not in str(info.value)
+
+
+def test_api_version_with_whitespace_is_refused() -> None:
+    """A Polar-Version with a newline (an invalid header) fails at construction, not on every send."""
+    with pytest.raises(ConfigurationError, match="api_version"):
+        PolarTransport(TOKEN, base_url="http://127.0.0.1:1", api_version="2026-10\n")
+
+
+@pytest.mark.parametrize("size", [1, 2], ids=["one-event", "split-batch"])
+def test_refusal_reasons_never_carry_the_token(polar: FakePolarServer, size: int) -> None:
+    """A 413 page echoing the request headers becomes a reason with the token blanked out."""
+    polar.inject(*[Fault.echo_headers(413)] * (2 * size - 1))
+    with pytest.raises(RejectedEventsError) as info:
+        _send_json(_transport(polar), _batch(size))
+    reasons = list(info.value.rejected.values())
+    assert len(reasons) == size and all("Bearer ***" in reason for reason in reasons)
+    assert not [reason for reason in reasons if TOKEN in reason]

@@ -167,11 +167,13 @@ def validate_metadata(
     if len(metadata) + len(taken) > _MAX_KEYS:
         raise ConfigurationError(f"metadata= has too many keys: Polar allows {_MAX_KEYS} per event")
     clean: dict[str, str | int | float | bool] = {}
-    for key, value in metadata.items():
+    for key, given in metadata.items():
         if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LEN:
             raise ConfigurationError(
                 f"metadata key {key!r} must be a string of 1 to {_MAX_KEY_LEN} characters"
             )
+        key = str.__str__(key)  # an exact str, whatever subclass was given
+        value = _plain(given)
         if not is_utf8(key):
             raise ConfigurationError(
                 f"metadata key {key!r} cannot be encoded as UTF-8 (it holds a lone surrogate)"
@@ -200,6 +202,25 @@ def validate_metadata(
                 f"{type(value).__name__}), got {value!r}"
             )
     return clean
+
+
+def _plain(value: object) -> object:
+    """*value* as an exact ``bool``, ``int``, ``float`` or ``str`` when it is an instance of one.
+
+    Subclasses (``IntEnum``, ``StrEnum``, numpy's ``float64``) keep their value but may have a
+    ``repr`` or ``str`` that is not JSON: the base type's own conversion, which subclasses cannot
+    override, gives the plain value. Other types are returned unchanged (and refused).
+    """
+    kind = type(value)
+    if kind is bool or kind is int or kind is float or kind is str:
+        return value
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    return value
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]

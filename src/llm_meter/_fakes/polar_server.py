@@ -14,6 +14,7 @@ the server is also the sink of the throughput benchmarks.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import math
 import socket
@@ -68,7 +69,7 @@ class Fault:
     Build them with the factory methods rather than the constructor.
     """
 
-    kind: Literal["status", "delay", "delay_after_commit", "reset", "bad_body", "short_count"]
+    kind: Literal["status", "delay", "delay_after_commit", "reset", "bad_body", "short_count", "echo_headers"]
     code: int = 0
     retry_after: int | None = None
     seconds: float = 0.0
@@ -129,6 +130,16 @@ class Fault:
         if not 200 <= status <= 299:
             raise ValueError(f"Fault.bad_body needs a 2xx status, got {status}")
         return cls("bad_body", code=status, body=body, content_type=content_type, commit=commit)
+
+    @classmethod
+    def echo_headers(cls, status: int = 413) -> Fault:
+        """Answer ``status`` with an HTML page listing the request's headers, ``Authorization`` included.
+
+        As the error pages of some proxies and gateways do; nothing is stored.
+        """
+        if not 400 <= status <= 599:
+            raise ValueError(f"Fault.echo_headers needs an HTTP error status (400-599), got {status}")
+        return cls("echo_headers", code=status)
 
     @classmethod
     def short_count(cls, missing: int = 1) -> Fault:
@@ -681,6 +692,14 @@ def _fault_reply(fault: Fault) -> _Reply:
     return _json_reply(code, {"detail": phrase}, headers)
 
 
+def _echo_reply(code: int, headers: Iterable[tuple[str, str]]) -> _Reply:
+    """An HTML error page that shows the request headers back (``Fault.echo_headers``)."""
+    title = f"{code} {HTTPStatus(code).phrase}"
+    lines = "\n".join(html.escape(f"{name}: {value}") for name, value in headers)
+    page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1><pre>{lines}</pre></body></html>"
+    return code, [("Content-Type", "text/html; charset=utf-8")], page.encode("utf-8")
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Keep-alive HTTP/1.1 handler: read the body, apply any fault, answer in one write."""
 
@@ -734,6 +753,8 @@ class _Handler(BaseHTTPRequestHandler):
                 fake._handle(self.command, path, headers, body, bad_json)
             content_type = [("Content-Type", fault.content_type)] if fault.content_type else []
             reply = fault.code, content_type, fault.body
+        elif fault is not None and kind == "echo_headers":
+            reply = _echo_reply(fault.code, self.headers.items())
         elif fault is not None and kind == "short_count":
             if type(body) is dict and type(body.get("events")) is list:
                 body = {**body, "events": body["events"][: max(len(body["events"]) - fault.missing, 0)]}
