@@ -265,11 +265,16 @@ def encode_wire(record: UsageRecord, options: EventOptions) -> str:
     total = request_tokens + response_tokens
     # Polar: strings of 1 to 500 characters. The model name and the response id come from the
     # provider's answer: a lone surrogate in them is replaced, never left to fail the encoding.
-    model = _quote(utf8_safe(record.model[:_MAX_STR_LEN]) or "unknown")
+    # (isascii() is O(1): the call is skipped in the common case.)
+    model = record.model[:_MAX_STR_LEN]
+    model = _quote((model if model.isascii() else utf8_safe(model)) or "unknown")
+    external_id = record.external_id
+    if not external_id.isascii():
+        external_id = utf8_safe(external_id)
     customer = record.customer
     parts = [
         f'{{"name":"{EVENT_NAME}","{customer.key}":{_quote(customer.value)},'
-        f'"external_id":{_quote(utf8_safe(record.external_id))},"timestamp":"{_iso(record.timestamp)}",'
+        f'"external_id":{_quote(external_id)},"timestamp":"{_iso(record.timestamp)}",'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
     ]
