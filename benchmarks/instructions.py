@@ -34,6 +34,8 @@ MODEL = "gpt-4.1-nano"
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark, in one short sentence please."}]
 ANTHROPIC_MODEL = "claude-haiku-4-5"
 STREAM_CHUNKS = 500
+USAGE = {"include_usage": True}
+_DROPPED = ("content-length", "content-encoding")
 ROWS = {
     # name: (sdk, kind, async, N1, N2)
     "openai-create-sync": ("openai", "create", False, 20, 120),
@@ -58,12 +60,20 @@ def record(path: Path) -> None:
     from llm_meter._fakes.openai_server import FakeOpenAIServer
 
     out: dict[str, Any] = {}
-    with FakeOpenAIServer() as small, FakeOpenAIServer(chunks=STREAM_CHUNKS) as large, httpx2.Client() as http:
+    with (
+        FakeOpenAIServer() as small,
+        FakeOpenAIServer(chunks=STREAM_CHUNKS) as large,
+        httpx2.Client() as http,
+    ):
         chat = {"model": MODEL, "messages": MESSAGES}
         for key, url, body in (
             ("openai-create", small.url, chat),
             ("openai-stream", large.url, {**chat, "stream": True}),
-            ("openai-stream-usage", large.url, {**chat, "stream": True, "stream_options": {"include_usage": True}}),
+            (
+                "openai-stream-usage",
+                large.url,
+                {**chat, "stream": True, "stream_options": {"include_usage": True}},
+            ),
         ):
             r = http.post(f"{url}/chat/completions", json=body, headers={"Authorization": "Bearer t"})
             out[key] = [r.status_code, dict(r.headers), r.content.decode()]
@@ -76,7 +86,9 @@ def record(path: Path) -> None:
         r = http.post(f"{fake.url}/v1/messages", json={**body, "stream": True}, headers=headers)
         out["anthropic-stream"] = [r.status_code, dict(r.headers), r.content.decode()]
     for value in out.values():  # replayed bodies are not compressed, whatever the server sent
-        value[1] = {k: v for k, v in value[1].items() if k.lower() not in ("content-length", "content-encoding")}
+        value[1] = {
+            k: v for k, v in value[1].items() if k.lower() not in ("content-length", "content-encoding")
+        }
     path.write_text(json.dumps(out))
 
 
@@ -90,7 +102,11 @@ def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int,
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         key = f"{sdk}-{kind}"
-        if sdk == "openai" and kind == "stream" and b'"include_usage":true' in request.content.replace(b" ", b""):
+        if (
+            sdk == "openai"
+            and kind == "stream"
+            and b'"include_usage":true' in request.content.replace(b" ", b"")
+        ):
             key = "openai-stream-usage"
         status, headers, body = replies[key]
         return httpx2.Response(status, headers=headers, content=body.encode())
@@ -213,7 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         recorded, sdk, kind, mode, side, n, spool = args.child
-        child(Path(recorded), sdk, kind, mode == "async", side == "metered", int(n), None if spool == "-" else spool)
+        child(
+            Path(recorded),
+            sdk,
+            kind,
+            mode == "async",
+            side == "metered",
+            int(n),
+            None if spool == "-" else spool,
+        )
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -230,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 low = count(recorded, lib, row, metered, n1, args.spool)
                 high = count(recorded, lib, row, metered, n2, args.spool)
                 per[metered] = (high - low) / (n2 - n1)
-            extra = per[True] - per[False]
-            print(f"{row:<26} {per[False]:>18,.0f} {per[True]:>20,.0f} {extra:>12,.0f} {per[True] / per[False]:>7.4f}",
-                  flush=True)
+            plain, metered_ = per[False], per[True]
+            cells = f"{plain:>18,.0f} {metered_:>20,.0f} {metered_ - plain:>12,.0f} {metered_ / plain:>7.4f}"
+            print(f"{row:<26} {cells}", flush=True)
     return 0
 
 
