@@ -375,3 +375,31 @@ def test_default_meter_without_token_spools_and_warns_once(
     warnings = [r for r in caplog.records if "no transport is configured" in r.getMessage()]
     assert len(warnings) == 1 and str(tmp_path) in warnings[0].getMessage()
     default.close(0.1)
+
+
+def test_default_meter_with_a_bad_token_logs_and_never_breaks_the_call(
+    server: object, tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malformed POLAR_ACCESS_TOKEN is logged; the call succeeds and its event waits in the spool."""
+    import openai
+
+    import llm_meter._meter as meter_module
+    from llm_meter import meter
+    from llm_meter._spool import spool_status
+
+    monkeypatch.setattr(meter_module, "_default", None)
+    monkeypatch.setenv("POLAR_ACCESS_TOKEN", "polar_oat_XYZZY with space\n")
+    monkeypatch.setenv("LLM_METER_SPOOL_DIR", str(tmp_path))
+    caplog.set_level(logging.ERROR, logger="llm_meter")
+    url = server.url  # type: ignore[attr-defined]
+    with openai.OpenAI(api_key="test", base_url=url, max_retries=0) as plain:
+        reply = meter(plain, customer="cus_1").chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert reply.usage is not None
+    default = meter_module._default
+    assert default is not None and default.transport is None
+    assert sum(s.pending for s in spool_status(tmp_path)) == 1
+    errors = [r.getMessage() for r in caplog.records if "cannot deliver" in r.getMessage()]
+    assert len(errors) == 1 and "XYZZY" not in errors[0]
+    default.close(0.1)

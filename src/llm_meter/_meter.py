@@ -294,5 +294,29 @@ def default_meter() -> Meter:
     if _default is None:
         with _default_lock:
             if _default is None:
-                _default = Meter(transport=transport_from_env(), spool_dir=default_spool_dir())
+                _default = _meter_from_env()
     return _default
+
+
+def _meter_from_env() -> Meter:
+    """The default meter; bad settings are logged, never raised into the call that needs it.
+
+    The environment is first read by a billed call, so an error here would break the caller's
+    LLM call: a bad token keeps events in the spool (delivered once a process with valid
+    settings, or ``llm-meter flush``, runs), a spool directory that cannot be used keeps
+    them in memory.
+    """
+    try:
+        transport = transport_from_env()
+    except ConfigurationError as exc:
+        log.error(
+            "llm_meter: the default meter cannot deliver (%s); events are kept in the spool until a "
+            "process with valid settings, or `llm-meter flush`, delivers them",
+            exc,
+        )
+        transport = None
+    try:
+        return Meter(transport=transport, spool_dir=default_spool_dir())
+    except ConfigurationError as exc:
+        log.error("llm_meter: the default meter cannot use its spool (%s); events are kept in memory", exc)
+        return Meter(transport=transport)
