@@ -14,15 +14,32 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ._customer import Customer
 from ._events import UsageRecord
 from ._meter import Meter, default_meter
 
-__all__ = ["Call", "ClientConfig", "Estimator", "call_suffix", "snapshot"]
+__all__ = ["MAX_TOKENS", "Call", "ClientConfig", "Estimator", "call_suffix", "snapshot", "token_count"]
 
 log = logging.getLogger("llm_meter")
+
+#: Token counts at or above this are invalid (billed as an estimate instead): 2**30 is about
+#: a hundred times the largest context window of any model, and keeps every total
+#: (request + response) below 2**31, inside a signed 32-bit integer wherever Polar or its
+#: consumers store one. An absurd count (2**70 from a broken server) is never sent as is.
+MAX_TOKENS: Final = 2**30
+
+
+def token_count(value: object) -> int | None:
+    """*value* as a billable token count: an ``int`` in ``[0, MAX_TOKENS)``, else ``None``.
+
+    Anything else a server may send (``None``, a bool, a float even when integral, ``NaN``,
+    a string, a negative or absurd number) is not a count: the caller estimates instead.
+    """
+    if type(value) is int and 0 <= value < MAX_TOKENS:
+        return value
+    return None
 
 
 class Estimator(Protocol):
@@ -93,6 +110,7 @@ class Call:
         "meter",
         "model",
         "observe",
+        "on_finish",
         "original_body",
         "provider",
         "request_id",
@@ -127,6 +145,10 @@ class Call:
         self.request_id: str | None = None
         #: Provider-specific progress (e.g. Anthropic's merged stream usage).
         self.state: Any = None
+        #: ``on_finish(call, response)``, run once by :meth:`finish` before it estimates: a
+        #: provider that kept usage seen along the way (a stream whose chunks all carry usage)
+        #: emits it there. ``None`` for most calls.
+        self.on_finish: Callable[[Call, Any], None] | None = None
         #: ``observe(call, obj, response)`` for each parsed object; ``None`` once done.
         #: Providers bind the variant for the request (body, chat chunk, event) when preparing.
         self.observe: Callable[[Call, Any, Any], None] | None = None
@@ -200,7 +222,18 @@ class Call:
         )
 
     def finish(self, response: Any = None) -> None:
-        """The response ended without usage (early exit, error, no usage sent): estimate or skip."""
+        """The response ended without usage (early exit, error, no usage sent): estimate or skip.
+
+        ``on_finish`` runs first and may still emit the usage it kept.
+        """
+        on_finish = self.on_finish
+        if on_finish is not None:
+            self.on_finish = None
+            try:
+                on_finish(self, response)
+            except Exception:
+                self.meter.errors += 1
+                log.exception("llm_meter: could not bill the usage kept for %s", self.response_id)
         try:
             self._once.pop()
         except IndexError:
@@ -212,6 +245,26 @@ class Call:
                 "llm_meter: incomplete stream %s not billed (incomplete_streams='skip')", self.response_id
             )
             return
+        self._emit_estimate(response)
+
+    def estimate(self, response: Any = None) -> None:
+        """The response is complete but its usage is missing or invalid: bill an estimate.
+
+        Unlike :meth:`finish`, whatever ``incomplete_streams`` says: the response was whole,
+        so it is billed (never silently dropped); the provider's ``estimate`` keeps the
+        counts that were valid and marks the record ``estimated``.
+        """
+        try:
+            self._once.pop()
+        except IndexError:
+            return
+        self.observe = None
+        self.on_finish = None
+        if self.stream:
+            self.meter.untrack_open(self)
+        self._emit_estimate(response)
+
+    def _emit_estimate(self, response: Any) -> None:
         provider = self.provider
         self.meter.emit(
             UsageRecord(

@@ -8,6 +8,24 @@ Billed (POST): chat completions, legacy completions, responses, embeddings, imag
 Usage arithmetic (SPEC §4): ``request_tokens`` = ``prompt_tokens`` / ``input_tokens``
 (cached tokens are a subset of it), ``response_tokens`` = ``completion_tokens`` /
 ``output_tokens`` (reasoning tokens are a subset of it).
+
+Usage in any shape is billed, never dropped (OpenAI-compatible servers send many):
+
+* counts must be ints in ``[0, MAX_TOKENS)`` (see :func:`~llm_meter._call.token_count`). A
+  response whose usage lacks a valid input or output count (``{}``, nulls, only
+  ``total_tokens``, NaN, floats, strings, negative or absurd numbers, ``usage: null`` or none
+  on a generation) is billed as an estimate flagged ``estimated``: the valid counts are kept,
+  the others estimated from the request and the text. A missing output count is derived
+  from ``total_tokens`` when that is valid; embeddings have no output (0).
+* Groq puts usage under ``x_groq.usage`` (of a stream's last chunk): read when ``usage`` is not.
+* Usage on chunks that still carry choices (vLLM's ``continuous_usage_stats`` on every
+  chunk, Together and Fireworks on the finish-reason chunk, Groq) is cumulative: the last one
+  seen is kept and billed when the stream ends, or at once by the usage-only chunk that ends
+  a stream. It is final once every requested choice reached its ``finish_reason`` (or when
+  the first usage seen came with a finish reason: usage on the finish chunk only). A stream
+  that ends before that (``break``, an error) bills the last usage seen as an estimate: its
+  input is exact and its output a lower bound, raised to the estimate from the delivered
+  text when that is larger.
 """
 
 from __future__ import annotations
@@ -15,7 +33,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from .._call import Call, snapshot
+from .._call import Call, snapshot, token_count
 from .._events import UsageRecord
 from . import register
 from ._stainless import StainlessAdapter
@@ -38,6 +56,10 @@ _INJECTABLE: Final = frozenset({"chat", "completions"})
 #: Request fields an estimate reads (kept as a shallow snapshot, see ``snapshot``).
 _ESTIMATE_KEYS: Final = ("messages", "input", "prompt")
 _RESPONSES_TERMINAL: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
+#: Status of a background response whose usage is not known yet.
+_PENDING: Final = frozenset({"queued", "in_progress"})
+#: Endpoint kinds already warned about usage without valid counts (warned once each).
+_warned: set[str] = set()
 
 #: Endpoints seen rejecting ``stream_options`` (older Azure API versions, some
 #: OpenAI-compatible servers): (base URL, path, api-version). Process-wide.
@@ -48,13 +70,66 @@ def _endpoint_key(client: Any, kind: str) -> tuple[str, str, str | None]:
     return (str(client.base_url), kind, getattr(client, "_api_version", None))
 
 
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 _TEXT_RESPONSES: Final = frozenset(
     {"ChatCompletion", "ParsedChatCompletion", "Completion", "Response", "ParsedResponse"}
 )
+#: Response types billed by an estimate when they come without usage.
+_ESTIMABLE: Final = _TEXT_RESPONSES | {"CreateEmbeddingResponse"}
+
+
+def _field(usage: Any, name: str) -> Any:
+    """A usage field of an SDK object or of a plain dict (Groq's ``x_groq.usage``)."""
+    if isinstance(usage, dict):
+        return usage.get(name)
+    return getattr(usage, name, None)
+
+
+def _groq_usage(extra: dict[str, Any]) -> Any:
+    """Groq's ``x_groq.usage`` among a chunk's or body's extra fields, if any."""
+    groq = extra.get("x_groq")
+    return groq.get("usage") if isinstance(groq, dict) else None
+
+
+def _counts(usage: Any, kind: str) -> tuple[int | None, int | None]:
+    """``(request_tokens, response_tokens)`` of a usage, each ``None`` when not valid."""
+    request = token_count(_field(usage, "prompt_tokens"))
+    if request is None:
+        request = token_count(_field(usage, "input_tokens"))
+    raw = _field(usage, "completion_tokens")
+    if raw is None:
+        raw = _field(usage, "output_tokens")
+    if raw is None:
+        # No output count at all: none for embeddings, else what the total says.
+        if kind == "embeddings":
+            return request, 0
+        total = token_count(_field(usage, "total_tokens"))
+        if total is not None and request is not None and total >= request:
+            return request, total - request
+        return request, None
+    return request, token_count(raw)
+
+
+def _details(usage: Any) -> tuple[int | None, int | None, int | None]:
+    """``(cached, cache write, reasoning)`` tokens of a usage, each ``None`` when not valid."""
+    details_in = _field(usage, "prompt_tokens_details") or _field(usage, "input_tokens_details")
+    details_out = _field(usage, "completion_tokens_details") or _field(usage, "output_tokens_details")
+    return (
+        token_count(_field(details_in, "cached_tokens")) if details_in is not None else None,
+        token_count(_field(details_in, "cache_write_tokens")) if details_in is not None else None,
+        token_count(_field(details_out, "reasoning_tokens")) if details_out is not None else None,
+    )
+
+
+class _Progress:
+    """Usage kept for a response that is billed later: the last usage seen and whether it is final."""
+
+    __slots__ = ("choices", "final", "finished", "usage")
+
+    def __init__(self, usage: Any = None, *, final: bool = False, choices: int = 1) -> None:
+        self.usage = usage
+        self.final = final
+        self.choices = choices  # the choices requested (``n``)
+        self.finished = 0  # finish reasons seen on chunks that carried usage
 
 
 def _response_text(obj: Any) -> list[str]:
@@ -165,18 +240,30 @@ class OpenAIProvider:
             self._observe_event(call, obj, response)
 
     def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> None:
-        # Runs for every chunk of a chat stream: keep it to a few attribute reads.
+        # Runs for every chunk of a chat stream: keep it to a few attribute reads, no allocation.
         if call.response_id is None and chunk.id:
             call.response_id = chunk.id
             call.model = chunk.model or call.model
         usage = chunk.usage
+        if usage is None:
+            try:
+                extra = chunk.__pydantic_extra__  # {} on OpenAI's own chunks
+            except AttributeError:  # pydantic v1 keeps extra fields as attributes
+                extra = getattr(chunk, "__dict__", None)
+            if extra:
+                usage = _groq_usage(extra)
         if usage is not None:
-            self._emit_usage(call, usage, response)
-        elif call.text is not None:
+            choices = chunk.choices
+            if not choices:  # the usage-only chunk that ends a stream
+                self._settle(call, usage, response)
+                return
+            self._keep(call, usage, choices)
+        text = call.text
+        if text is not None:
             for choice in chunk.choices:
                 piece = getattr(getattr(choice, "delta", None), "content", None)
                 if piece:
-                    call.text.append(piece)
+                    text.append(piece)
 
     def _observe_completion_chunk(self, call: Call, chunk: Any, response: Any) -> None:
         if call.response_id is None and chunk.id:
@@ -184,12 +271,37 @@ class OpenAIProvider:
             call.model = chunk.model or call.model
         usage = chunk.usage
         if usage is not None:
-            self._emit_usage(call, usage, response)
-        elif call.text is not None:
+            choices = chunk.choices
+            if not choices:
+                self._settle(call, usage, response)
+                return
+            self._keep(call, usage, choices)
+        text = call.text
+        if text is not None:
             for choice in chunk.choices:
                 piece = getattr(choice, "text", None)
                 if piece:
-                    call.text.append(piece)
+                    text.append(piece)
+
+    def _keep(self, call: Call, usage: Any, choices: Any) -> None:
+        """Keep the cumulative usage of a chunk that still carries choices; billed at the end."""
+        progress = call.state
+        if progress is None:
+            n = call.original_body.get("n") if isinstance(call.original_body, dict) else None
+            progress = call.state = _Progress(choices=n if type(n) is int and n > 0 else 1)
+            call.on_finish = self._on_finish
+        first = progress.usage is None
+        progress.usage = usage
+        for choice in choices:
+            if getattr(choice, "finish_reason", None) is not None:
+                progress.finished += 1
+        progress.final = progress.finished >= progress.choices or (first and progress.finished > 0)
+
+    def _on_finish(self, call: Call, response: Any) -> None:
+        """The stream ended: bill its kept usage if it is final (else ``finish`` estimates)."""
+        progress = call.state
+        if isinstance(progress, _Progress) and progress.final:
+            self._settle(call, progress.usage, response)
 
     def _observe_event(self, call: Call, obj: object, response: Any) -> None:
         kind = call.kind
@@ -204,8 +316,10 @@ class OpenAIProvider:
                     call.response_id = getattr(full, "id", None) or call.response_id
                     call.model = getattr(full, "model", None) or call.model
                     usage = getattr(full, "usage", None)
-                    if usage is not None and event_type in _RESPONSES_TERMINAL:
-                        self._emit_usage(call, usage, response)
+                    if event_type in _RESPONSES_TERMINAL and (
+                        usage is not None or event_type == "response.completed"
+                    ):
+                        self._settle(call, usage, response)  # a completed one without usage: estimated
         elif kind == "transcriptions":
             if event_type == "transcript.text.delta":
                 if call.text is not None:
@@ -213,11 +327,11 @@ class OpenAIProvider:
             elif event_type == "transcript.text.done":
                 usage = getattr(obj, "usage", None)
                 if usage is not None:
-                    self._emit_usage(call, usage, response)
+                    self._settle(call, usage, response)
         elif kind == "images" and isinstance(event_type, str) and event_type.endswith(".completed"):
             usage = getattr(obj, "usage", None)
             if usage is not None:
-                self._emit_usage(call, usage, response)
+                self._settle(call, usage, response)
 
     def _observe_body(self, call: Call, obj: object, response: Any) -> None:
         usage = getattr(obj, "usage", None)
@@ -227,63 +341,89 @@ class OpenAIProvider:
         model = getattr(obj, "model", None)
         if isinstance(model, str) and model:
             call.model = model
-        if usage is not None:
-            self._emit_usage(call, usage, response)
-        elif type(obj).__name__ in _TEXT_RESPONSES:
-            # A generation whose server reported no usage (some OpenAI-compatible servers):
-            # bill it with an estimate rather than not at all.
-            call.text = _response_text(obj)
-            call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
-            call.finish(response)
-        # Otherwise no usage to bill: DALL-E images, whisper durations, parse(to=OtherType).
-
-    def _emit_usage(self, call: Call, usage: Any, response: Any) -> None:
-        request_tokens = _int(getattr(usage, "prompt_tokens", None))
-        if request_tokens is None:
-            request_tokens = _int(getattr(usage, "input_tokens", None))
-        if request_tokens is None:
-            # Duration-based usage (whisper) or an unknown shape: no token usage to bill.
-            log.debug("llm_meter: %s usage without token counts: %r", call.kind, usage)
+        if usage is None:
+            extra = getattr(obj, "__pydantic_extra__", None)
+            if extra:
+                usage = _groq_usage(extra)
+        if usage is None:
+            if type(obj).__name__ not in _ESTIMABLE or getattr(obj, "status", None) in _PENDING:
+                # No usage to bill: DALL-E images, whisper durations, parse(to=OtherType), and
+                # background responses (their usage only appears on a later retrieve).
+                return
+        elif self._exact(call, usage, response):
             return
-        response_tokens = _int(getattr(usage, "completion_tokens", None))
-        if response_tokens is None:
-            response_tokens = _int(getattr(usage, "output_tokens", None)) or 0
-        details_in = getattr(usage, "prompt_tokens_details", None) or getattr(
-            usage, "input_tokens_details", None
-        )
-        details_out = getattr(usage, "completion_tokens_details", None) or getattr(
-            usage, "output_tokens_details", None
-        )
-        call.emit(
-            response,
-            request_tokens,
-            response_tokens,
-            cached_tokens=_int(getattr(details_in, "cached_tokens", None)),
-            cache_write_tokens=_int(getattr(details_in, "cache_write_tokens", None)),
-            reasoning_tokens=_int(getattr(details_out, "reasoning_tokens", None)),
-        )
+        # A generation whose server sent no valid usage (some OpenAI-compatible servers):
+        # billed with an estimate rather than not at all.
+        call.text = _response_text(obj)
+        call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
+        call.state = _Progress(usage, final=True)
+        call.estimate(response)
+
+    def _settle(self, call: Call, usage: Any, response: Any) -> None:
+        """Bill the final usage of a stream: exactly when its counts are valid, else an estimate."""
+        if usage is not None and self._exact(call, usage, response):
+            return
+        call.state = _Progress(usage, final=True)
+        call.estimate(response)
+
+    def _exact(self, call: Call, usage: Any, response: Any) -> bool:
+        """Emit *usage* if its counts are valid (or skip duration usage); ``False``: estimate it."""
+        request_tokens, response_tokens = _counts(usage, call.kind)
+        if request_tokens is not None and response_tokens is not None:
+            cached, cache_write, reasoning = _details(usage)
+            call.emit(response, request_tokens, response_tokens, cached, cache_write, reasoning)
+            return True
+        if _field(usage, "type") == "duration":
+            log.debug("llm_meter: %s usage in seconds, not tokens: not billed", call.kind)
+            return True
+        if call.kind not in _warned:
+            _warned.add(call.kind)
+            log.warning(
+                "llm_meter: a %s response has usage without valid token counts (%r): billed as an "
+                "estimate flagged estimated (logged once per endpoint kind)",
+                call.kind,
+                usage,
+            )
+        return False
 
     # -- estimates (background worker) ------------------------------------------------------
     def estimate(self, call: Call, record: UsageRecord) -> None:
+        """Fill *record*: the valid counts of the usage kept (if any), estimates for the rest.
+
+        A kept usage that is not final (a stream that stopped early) gives an exact input
+        and a lower bound for the output, raised to the estimate from the text if larger.
+        """
         from .. import _estimate
 
+        progress = call.state if isinstance(call.state, _Progress) else _Progress()
+        usage = progress.usage
+        request_tokens, response_tokens = (None, None) if usage is None else _counts(usage, call.kind)
+        if usage is not None:
+            record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens = _details(usage)
         body = call.body if isinstance(call.body, dict) else {}
         model = record.model if record.model != "unknown" else "gpt-4o"
         kind = call.kind
-        if kind == "chat":
-            record.request_tokens = _estimate.estimate_chat_input(body.get("messages"), model)
-        elif kind == "completions":
-            record.request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
-        elif kind == "responses":
-            record.request_tokens = _estimate.estimate_responses_input(
-                body.get("input"), body.get("instructions"), model
-            )
-        elif kind == "embeddings":
-            record.request_tokens = _estimate.estimate_prompt(body.get("input"), model)
-        elif kind == "images":
-            record.request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
-        text = "".join(call.text or ())
-        record.response_tokens = _estimate.count_text(text, model) if text else 0
+        if request_tokens is None:
+            request_tokens = 0
+            if kind == "chat":
+                request_tokens = _estimate.estimate_chat_input(body.get("messages"), model)
+            elif kind == "completions":
+                request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
+            elif kind == "responses":
+                request_tokens = _estimate.estimate_responses_input(
+                    body.get("input"), body.get("instructions"), model
+                )
+            elif kind == "embeddings":
+                request_tokens = _estimate.estimate_prompt(body.get("input"), model)
+            elif kind == "images":
+                request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
+        if response_tokens is None or not progress.final:
+            text = "".join(call.text or ())
+            from_text = _estimate.count_text(text, model) if text else 0
+            response_tokens = from_text if response_tokens is None else max(response_tokens, from_text)
+        record.request_tokens = request_tokens
+        record.response_tokens = response_tokens
+        record.estimated = True
 
 
 def _detect(cls: type) -> bool:
