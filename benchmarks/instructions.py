@@ -140,6 +140,9 @@ def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int,
             async def send(self, events: list[dict[str, Any]], /) -> None:
                 return None
 
+            async def send_json(self, payloads: list[str], /) -> None:
+                return None  # the worker's fast path, as PolarTransport takes it
+
             async def aclose(self) -> None:
                 return None
 

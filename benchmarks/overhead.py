@@ -243,6 +243,10 @@ class DiscardTransport:
     async def send(self, events: list[dict[str, Any]], /) -> None:
         self.events += len(events)
 
+    async def send_json(self, payloads: list[str], /) -> None:
+        # The worker's fast path, as PolarTransport takes it: wire JSON as built, not parsed back.
+        self.events += len(payloads)
+
     async def aclose(self) -> None:
         return None
 

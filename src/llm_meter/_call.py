@@ -127,7 +127,7 @@ class Call:
         self.customer = customer
         self.kind = kind
         #: Call-unique part of ``external_id``, fixed now: servers may repeat response ids.
-        self.suffix = call_suffix()
+        self.suffix = f"{_prefix}{next(_counter):x}"  # call_suffix(), inlined
         self.stream = False
         self.injected = False
         self.body: Any = None

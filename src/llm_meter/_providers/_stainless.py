@@ -520,10 +520,10 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         provider = self._llm_meter_provider
         kind = provider.billed_kind(options)
         if kind is None:
-            return super()._build_request(options, retries_taken=retries_taken)
+            return self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
         config = self._llm_meter
         if who is None:
-            who = current_customer() or config.customer
+            who = _block.get() or config.customer
         if who is None:
             what = f"{options.method.upper()} {options.url}"
             if config.meter.raise_on_missing_customer:
@@ -532,14 +532,14 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                     "or use `with llm_meter.customer(...)`"
                 )
             config.meter.warn_missing_customer(what)
-            return super()._build_request(options, retries_taken=retries_taken)
+            return self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
         call = Call(provider, config.meter, who, kind)
         call.observe = provider.observe
         try:
             provider.prepare(self, options, call)
         except Exception:  # metering must never break the caller's call
             log.exception("llm_meter: could not prepare metering for %s", options.url)
-        request = super()._build_request(options, retries_taken=retries_taken)
+        request = self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
         setattr(request, CALL_ATTR, call)
         return request
 
@@ -578,18 +578,22 @@ class _SyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
     def _process_response(self, *args: Any, **kwargs: Any) -> Any:
-        call = _call_of(kwargs.get("response"))
+        response = kwargs.get("response")
+        call = _call_of(response)
         if call is None or not call.stream:
-            return super()._process_response(*args, **kwargs)
-        attach_stream(kwargs["response"], call)
-        return _guard_plain_stream(super()._process_response(*args, **kwargs), call)
+            response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
+            return self._llm_meter_base._process_response(self, *args, **kwargs)
+        attach_stream(response, call)
+        return _guard_plain_stream(self._llm_meter_base._process_response(self, *args, **kwargs), call)
 
     def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
         if headers and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
-            return self._llm_meter_request(cast_to, options, *args, **kwargs)
+            if self._llm_meter_provider.injects_options:
+                return self._llm_meter_request(cast_to, options, *args, **kwargs)
+            return self._llm_meter_base.request(self, cast_to, options, *args, **kwargs)
         else:
             who = None  # a request made while another is being sent: not its customer
         token = _request_customer.set(who)
@@ -599,36 +603,41 @@ class _SyncMeteredClient(_MeteredClient):
             _request_customer.reset(token)
 
     def _llm_meter_request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        request = self._llm_meter_base.request
         if not self._llm_meter_provider.injects_options:
-            return super().request(cast_to, options, *args, **kwargs)
+            return request(self, cast_to, options, *args, **kwargs)
         self._llm_meter_stream_cls(kwargs)
         try:
-            return super().request(cast_to, options, *args, **kwargs)
+            return request(self, cast_to, options, *args, **kwargs)
         except Exception as exc:
             call = self._llm_meter_provider.rejected_stream_options(self, exc)
             if call is None:
                 raise
             # Resend the caller's request as they wrote it; usage will be estimated.
             options.json_data = call.original_body
-            return super().request(cast_to, options, *args, **kwargs)
+            return request(self, cast_to, options, *args, **kwargs)
 
 
 class _AsyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
     async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
-        call = _call_of(kwargs.get("response"))
+        response = kwargs.get("response")
+        call = _call_of(response)
         if call is None or not call.stream:
-            return await super()._process_response(*args, **kwargs)
-        attach_stream(kwargs["response"], call)
-        return _guard_plain_stream(await super()._process_response(*args, **kwargs), call)
+            response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
+            return await self._llm_meter_base._process_response(self, *args, **kwargs)
+        attach_stream(response, call)
+        return _guard_plain_stream(await self._llm_meter_base._process_response(self, *args, **kwargs), call)
 
     async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
         if headers and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
-            return await self._llm_meter_request(cast_to, options, *args, **kwargs)
+            if self._llm_meter_provider.injects_options:
+                return await self._llm_meter_request(cast_to, options, *args, **kwargs)
+            return await self._llm_meter_base.request(self, cast_to, options, *args, **kwargs)
         else:
             who = None  # a request made while another is being sent: not its customer
         token = _request_customer.set(who)
@@ -638,18 +647,19 @@ class _AsyncMeteredClient(_MeteredClient):
             _request_customer.reset(token)
 
     async def _llm_meter_request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        request = self._llm_meter_base.request
         if not self._llm_meter_provider.injects_options:
-            return await super().request(cast_to, options, *args, **kwargs)
+            return await request(self, cast_to, options, *args, **kwargs)
         self._llm_meter_stream_cls(kwargs)
         try:
-            return await super().request(cast_to, options, *args, **kwargs)
+            return await request(self, cast_to, options, *args, **kwargs)
         except Exception as exc:
             call = self._llm_meter_provider.rejected_stream_options(self, exc)
             if call is None:
                 raise
             # Resend the caller's request as they wrote it; usage will be estimated.
             options.json_data = call.original_body
-            return await super().request(cast_to, options, *args, **kwargs)
+            return await request(self, cast_to, options, *args, **kwargs)
 
 
 def _check_meter(meter: object) -> Meter | None:
