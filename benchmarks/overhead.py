@@ -46,11 +46,12 @@ import openai
 
 import llm_meter
 from llm_meter import Meter
-from llm_meter._client import Call, metered_class
+from llm_meter._call import Call
 from llm_meter._customer import make_customer
 from llm_meter._events import UsageRecord
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
+from llm_meter._providers._stainless import metered_class
 
 MODEL = "gpt-4.1-nano"
 MESSAGES: list[Any] = [

@@ -128,7 +128,7 @@ class Meter:
 
         Same as ``llm_meter.meter(client, customer=..., customer_id=..., meter=self)``.
         """
-        from ._client import meter
+        from ._wrap import meter
 
         return meter(client, customer=customer, customer_id=customer_id, meter=self)
 

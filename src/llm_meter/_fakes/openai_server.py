@@ -402,6 +402,8 @@ class FakeOpenAIServer(LoopbackService):
                 return self._chat_retrieve(ident)
             if ident and prefix == "/responses":
                 return self._response_retrieve(ident)
+            if ident and prefix.startswith("/threads/") and prefix.endswith("/runs"):
+                return self._run_retrieve(prefix.split("/")[2], ident)
         raise _HTTPError(404, f"Invalid URL ({method} {route})")
 
     def _pieces_for(self, request: _Request) -> tuple[str, ...]:
@@ -480,7 +482,9 @@ class FakeOpenAIServer(LoopbackService):
             }
             pieces = _pieces(self.chunks, None, arguments)
         prompt = self.count_input(body)
-        completion = self._chat_completion(f"chatcmpl-{_hex()}", prompt, n, pieces, call)
+        # `x-fake-id` answers with a fixed id, as proxies and Ollama's small id space do.
+        cid = request.headers.get("x-fake-id") or f"chatcmpl-{_hex()}"
+        completion = self._chat_completion(cid, prompt, n, pieces, call)
         self._store(self._chat_store, completion)
         if body.get("stream") is not True:
             return _json_reply(completion)
@@ -536,6 +540,23 @@ class FakeOpenAIServer(LoopbackService):
         if stored is None:
             raise _HTTPError(404, f"Chat completion with id '{cid}' not found.")
         return _json_reply(stored)
+
+    def _run_retrieve(self, thread_id: str, run_id: str) -> _Reply:
+        """An Assistants run, always already completed (enough for ``runs.poll``)."""
+        return _json_reply(
+            {
+                "id": run_id,
+                "object": "thread.run",
+                "thread_id": thread_id,
+                "assistant_id": "asst_fake",
+                "created_at": int(time.time()),
+                "status": "completed",
+                "model": self.model,
+                "instructions": "",
+                "tools": [],
+                "parallel_tool_calls": True,
+            }
+        )
 
     def _chat_list(self, request: _Request) -> _Reply:
         limit = int(request.query.get("limit") or 20)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from ._client import Call, register_provider, snapshot
-from ._events import UsageRecord
+from .._call import Call, snapshot
+from .._events import UsageRecord
+from . import register
+from ._stainless import StainlessAdapter
 
-__all__ = ["OpenAIProvider", "register"]
+__all__ = ["OpenAIProvider"]
 
 log = logging.getLogger("llm_meter")
 
@@ -263,7 +265,7 @@ class OpenAIProvider:
 
     # -- estimates (background worker) ------------------------------------------------------
     def estimate(self, call: Call, record: UsageRecord) -> None:
-        from . import _estimate
+        from .. import _estimate
 
         body = call.body if isinstance(call.body, dict) else {}
         model = record.model if record.model != "unknown" else "gpt-4o"
@@ -284,22 +286,18 @@ class OpenAIProvider:
         record.response_tokens = _estimate.count_text(text, model) if text else 0
 
 
-_provider: OpenAIProvider | None = None
-
-
-def _detect(cls: type) -> OpenAIProvider | None:
-    global _provider
+def _detect(cls: type) -> bool:
     try:
         import openai
     except ImportError:
-        return None
-    if not issubclass(cls, openai.OpenAI | openai.AsyncOpenAI):
-        return None
-    if _provider is None:
-        _provider = OpenAIProvider()
-    return _provider
+        return False
+    return issubclass(cls, openai.OpenAI | openai.AsyncOpenAI)
 
 
-def register() -> None:
-    """Make ``meter()`` accept ``openai.OpenAI``, ``AsyncOpenAI`` and their subclasses."""
-    register_provider(_detect, "openai.OpenAI, openai.AsyncOpenAI (and subclasses such as AzureOpenAI)")
+register(
+    StainlessAdapter(
+        label="openai.OpenAI, openai.AsyncOpenAI (and subclasses such as AzureOpenAI)",
+        detect=_detect,
+        provider=OpenAIProvider,
+    )
+)

@@ -19,10 +19,12 @@ import logging
 import urllib.parse
 from typing import Any, Final
 
-from ._client import Call, register_provider, snapshot
-from ._events import UsageRecord
+from .._call import Call, snapshot
+from .._events import UsageRecord
+from . import register
+from ._stainless import StainlessAdapter
 
-__all__ = ["AnthropicProvider", "register"]
+__all__ = ["AnthropicProvider"]
 
 log = logging.getLogger("llm_meter")
 
@@ -195,7 +197,7 @@ class AnthropicProvider:
 
     # -- estimates (background worker) ------------------------------------------------------
     def estimate(self, call: Call, record: UsageRecord) -> None:
-        from . import _estimate_anthropic
+        from . import _anthropic_estimate as _estimate_anthropic
 
         state = copy.copy(call.state) if isinstance(call.state, _StreamUsage) else _StreamUsage()
         estimated_input = not state.started
@@ -258,25 +260,20 @@ def _details(usage: Any) -> tuple[int | None, dict[str, int | float | str | bool
     return thinking, extra or None
 
 
-_provider: AnthropicProvider | None = None
-
-
-def _detect(cls: type) -> AnthropicProvider | None:
-    global _provider
+def _detect(cls: type) -> bool:
     try:
         from anthropic._base_client import AsyncAPIClient, SyncAPIClient
     except ImportError:
-        return None
-    if not issubclass(cls, SyncAPIClient | AsyncAPIClient):
-        return None
-    if _provider is None:
-        _provider = AnthropicProvider()
-    return _provider
+        return False
+    return issubclass(cls, SyncAPIClient | AsyncAPIClient)
 
 
-def register() -> None:
-    """Make ``meter()`` accept every ``anthropic`` client (first-party, Bedrock, Vertex, ...)."""
-    register_provider(
-        _detect,
-        "anthropic.Anthropic, AsyncAnthropic, AnthropicBedrock, AnthropicVertex (and their async twins)",
+register(
+    StainlessAdapter(
+        label=(
+            "anthropic.Anthropic, AsyncAnthropic, AnthropicBedrock, AnthropicVertex (and their async twins)"
+        ),
+        detect=_detect,
+        provider=AnthropicProvider,
     )
+)
