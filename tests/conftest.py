@@ -45,6 +45,7 @@ def server(_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
         "azure_filter_chunks",
         "stream_usage",
         "content",
+        "tool_arguments",
     ):
         setattr(_server, name, getattr(defaults, name))
     _server.requests.clear()

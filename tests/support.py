@@ -59,6 +59,7 @@ _ANTHROPIC_KNOBS = (
     "thinking",
     "delta_usage",
     "error_after",
+    "tool_arguments",
 )
 
 

@@ -381,6 +381,37 @@ def test_tool_use_turn(server: FakeAnthropicServer, client: Anthropic) -> None:
     assert [d.to_dict() for d in deltas] == [{"type": "input_json_delta", "partial_json": "{}"}]
 
 
+def test_tool_arguments_are_the_inputs_of_the_next_calls(
+    server: FakeAnthropicServer, client: Anthropic
+) -> None:
+    """Each tool call takes the next of ``tool_arguments`` as its input (streamed too), then ``{}``."""
+    server.tool_arguments = ['{"city": "Paris"}', '{"city": "Rome"}']
+    assert _create(client, tools=[TOOL]).content[-1].input == {"city": "Paris"}
+    with client.messages.stream(model=MODEL, max_tokens=10, messages=MESSAGES, tools=[TOOL]) as stream:
+        assert stream.get_final_message().content[-1].input == {"city": "Rome"}
+    assert _create(client, tools=[TOOL]).content[-1].input == {}
+    assert server.tool_arguments == []
+
+
+def test_forced_tool_choice_calls_the_tool_after_a_tool_result(
+    server: FakeAnthropicServer, client: Anthropic
+) -> None:
+    """tool_choice "tool" or "any" calls a tool even after a tool_result turn; "none" never does."""
+    other: Any = {**TOOL, "name": "get_time"}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+    followup = [*MESSAGES, {"role": "assistant", "content": [call]}, {"role": "user", "content": [result]}]
+
+    def called(choice: Any, messages: list[Any]) -> str | None:
+        message = _create(client, tools=[TOOL, other], tool_choice=choice, messages=messages)
+        return next((block.name for block in message.content if block.type == "tool_use"), None)
+
+    assert called({"type": "tool", "name": "get_time"}, followup) == "get_time"
+    assert called({"type": "any"}, followup) == "get_weather"
+    assert called({"type": "auto"}, followup) is None
+    assert called({"type": "none"}, MESSAGES) is None
+
+
 def test_server_tool_use(server: FakeAnthropicServer, client: Anthropic) -> None:
     message = _create(client, tools=[WEB_SEARCH])
     assert message.stop_reason == "end_turn"

@@ -356,6 +356,107 @@ def test_chat_stream_helper(server: FakeOpenAIServer, client: OpenAI) -> None:
     assert final.usage.completion_tokens == 5 + 2
 
 
+CHAT_TOOL: Any = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+RESPONSES_TOOL: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+
+
+def test_chat_tool_call(server: FakeOpenAIServer, client: OpenAI) -> None:
+    """A chat request with a function tool calls it with the next `tool_arguments`; usage as usual."""
+    server.tool_arguments = ['{"city": "Paris"}']
+    completion = client.chat.completions.create(model="m", messages=MESSAGES, tools=[CHAT_TOOL])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    [call] = choice.message.tool_calls
+    assert call.id.startswith("call_")
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (PROMPT, 5 + 2)
+    assert server.tool_arguments == []
+
+
+def test_chat_tool_call_stream(server: FakeOpenAIServer, client: OpenAI) -> None:
+    """A streamed tool call opens with the call's id and name, then `chunks` argument deltas, then usage."""
+    server.tool_arguments = ['{"city": "Paris"}']
+    stream = client.chat.completions.create(
+        model="m",
+        messages=MESSAGES,
+        tools=[CHAT_TOOL],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    calls = [call for chunk in chunks if chunk.choices for call in chunk.choices[0].delta.tool_calls or ()]
+    assert calls[0].id is not None and calls[0].id.startswith("call_")
+    assert calls[0].function is not None and calls[0].function.name == "get_weather"
+    arguments = [call.function.arguments for call in calls[1:] if call.function is not None]
+    assert len(arguments) == 5
+    assert "".join(arguments) == '{"city": "Paris"}'
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5 + 2
+
+
+def test_chat_tool_choice(server: FakeOpenAIServer, client: OpenAI) -> None:
+    """After a tool result only a forced tool_choice calls a tool again; "none" never calls one."""
+    other: Any = {"type": "function", "function": {"name": "get_time"}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    followup: list[Any] = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+
+    def called(messages: list[Any], **options: Any) -> str | None:
+        completion = client.chat.completions.create(
+            model="m", messages=messages, tools=[CHAT_TOOL, other], **options
+        )
+        calls = completion.choices[0].message.tool_calls
+        return calls[0].function.name if calls else None
+
+    assert called(MESSAGES) == "get_weather"
+    assert called(followup) is None
+    assert called(followup, tool_choice="required") == "get_weather"
+    assert called(followup, tool_choice={"type": "function", "function": {"name": "get_time"}}) == "get_time"
+    assert called(MESSAGES, tool_choice="none") is None
+
+
+def test_responses_function_call(server: FakeOpenAIServer, client: OpenAI) -> None:
+    """A Responses request with a function tool gets a function_call item; after its output, text."""
+    server.tool_arguments = ['{"city": "Paris"}']
+    response = client.responses.create(model="m", input="weather?", tools=[RESPONSES_TOOL])
+    [item] = response.output
+    assert item.type == "function_call"
+    assert (item.name, item.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert item.call_id.startswith("call_")
+    assert response.usage is not None and response.usage.output_tokens == 5 + 2
+    output = {"type": "function_call_output", "call_id": item.call_id, "output": "sunny"}
+    followup = client.responses.create(
+        model="m",
+        input=[{"role": "user", "content": "weather?"}, item.to_dict(), output],
+        tools=[RESPONSES_TOOL],
+    )
+    assert followup.output_text == "tok0 tok1 tok2 tok3 tok4 "
+
+
+def test_responses_function_call_stream(server: FakeOpenAIServer, client: OpenAI) -> None:
+    """A streamed function call sends `chunks` argument deltas; the stream helper rebuilds the call."""
+    server.tool_arguments = ['{"city": "Paris"}']
+    with client.responses.stream(model="m", input="weather?", tools=[RESPONSES_TOOL]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [event.type for event in events]
+    assert types.count("response.function_call_arguments.delta") == 5
+    assert "response.function_call_arguments.done" in types
+    [item] = final.output
+    assert item.type == "function_call"
+    assert (item.name, item.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert final.usage is not None and final.usage.output_tokens == 5 + 2
+
+
 def test_fake_content_header_overrides(client: OpenAI) -> None:
     """The x-fake-content request header replaces the content for that request only."""
     completion = client.chat.completions.create(

@@ -171,13 +171,31 @@ def _batch(batch_id: str, processing: int, ended: bool) -> dict[str, Any]:
 
 
 def _client_tool(body: Mapping[str, Any]) -> str | None:
-    """Name of the first client tool (no ``type`` or ``custom``) when the model should call one now.
+    """Name of the client tool (no ``type``, or ``custom``) the model calls now, if any.
 
-    Not after a ``tool_result`` turn, so tool loops terminate; server tools (web search...) never qualify.
+    ``tool_choice`` ``{"type": "tool", "name": ...}`` forces that tool and ``{"type": "any"}`` the first, even
+    after a tool result; ``{"type": "none"}`` forbids a call. Otherwise the first client tool is called, but
+    not after a ``tool_result`` turn, so tool loops terminate. Server tools (web search...) never qualify.
     """
     tools = body.get("tools")
     if not isinstance(tools, list):
         return None
+    names: list[str] = [
+        name
+        for tool in tools
+        if isinstance(tool, Mapping)
+        and tool.get("type", "custom") == "custom"
+        and isinstance(name := tool.get("name"), str)
+    ]
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, Mapping) else None
+    if not names or kind == "none":
+        return None
+    if kind == "tool":
+        forced = choice.get("name") if isinstance(choice, Mapping) else None
+        return next((name for name in names if name == forced), None)
+    if kind == "any":
+        return names[0]
     messages = body.get("messages")
     if isinstance(messages, list):
         users = [m for m in messages if isinstance(m, Mapping) and m.get("role") == "user"]
@@ -186,12 +204,7 @@ def _client_tool(body: Mapping[str, Any]) -> str | None:
             isinstance(block, Mapping) and block.get("type") == "tool_result" for block in content
         ):
             return None
-    for tool in tools:
-        if isinstance(tool, Mapping) and tool.get("type", "custom") == "custom":
-            name = tool.get("name")
-            if isinstance(name, str):
-                return name
-    return None
+    return names[0]
 
 
 def _server_tool_use(body: Mapping[str, Any]) -> dict[str, int] | None:
@@ -217,7 +230,9 @@ class FakeAnthropicServer(LoopbackService):
     pieces when streamed; otherwise each chunk is one word (``text`` words cycled, or ``"tok{i} "``).
     ``thinking > 0`` adds a thinking block (one ``thinking_delta`` per thinking token, then a
     ``signature_delta``) before the text. A request with a client tool gets a trailing ``tool_use`` block
-    (one ``input_json_delta``) and ``stop_reason: "tool_use"`` unless its last user turn is a tool_result.
+    (one ``input_json_delta``) and ``stop_reason: "tool_use"``, unless its last user turn is a tool_result
+    and ``tool_choice`` does not force a tool (see ``_client_tool``). Its input is the next item of
+    ``tool_arguments`` (JSON object texts, consumed one per call, in order), or ``{}`` once it is empty.
 
     ``delta_usage`` shapes the stream's ``message_delta`` usage: ``"cumulative"`` = ``{"output_tokens": N}``
     only; ``"full"`` = input, cache and output counts (plus ``server_tool_use`` / ``output_tokens_details``
@@ -249,6 +264,7 @@ class FakeAnthropicServer(LoopbackService):
         self.delta_usage = delta_usage
         self.error_after = error_after
         self.content: str | None = None
+        self.tool_arguments: list[str] = []
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         super().__init__()
@@ -384,6 +400,11 @@ class FakeAnthropicServer(LoopbackService):
 
     # -- messages --------------------------------------------------------------------------------------
 
+    def _next_arguments(self) -> str:
+        """The input of the next tool call: the first of ``tool_arguments``, else ``"{}"``."""
+        with self._lock:
+            return self.tool_arguments.pop(0) if self.tool_arguments else "{}"
+
     def _messages(self, headers: Mapping[str, str], raw_body: Any, stream: str | None) -> _Reply:
         """One Messages call: a ``message`` object, or its event stream as SSE or Bedrock EventStream."""
         body = _json(raw_body)
@@ -391,6 +412,7 @@ class FakeAnthropicServer(LoopbackService):
         pieces = _pieces(self.chunks, self.text, content)
         thoughts = tuple(f"thought{i} " for i in range(max(self.thinking, 0)))
         tool = _client_tool(body)
+        arguments = self._next_arguments() if tool is not None else "{}"
         usage = self._usage(self.count_input(body), self.chunks + self.thinking, _server_tool_use(body))
         stop_reason = "tool_use" if tool is not None else "end_turn"
         signature = base64.b64encode(secrets.token_bytes(24)).decode("ascii")
@@ -411,7 +433,9 @@ class FakeAnthropicServer(LoopbackService):
                 blocks.append({"type": "thinking", "thinking": "".join(thoughts), "signature": signature})
             blocks.append({"type": "text", "text": "".join(pieces)})
             if tool is not None:
-                blocks.append({"type": "tool_use", "id": tool_id, "name": tool, "input": {}})
+                blocks.append(
+                    {"type": "tool_use", "id": tool_id, "name": tool, "input": json.loads(arguments)}
+                )
             message.update(content=blocks, stop_reason=stop_reason)
             _replace_usage(message, _usage_header(headers, "x-fake-usage"))
             return _json_reply(message)
@@ -427,7 +451,8 @@ class FakeAnthropicServer(LoopbackService):
         streamed.append(({"type": "text", "text": ""}, text_deltas))
         if tool is not None:
             start = {"type": "tool_use", "id": tool_id, "name": tool, "input": {}}
-            streamed.append((start, ['{"type":"input_json_delta","partial_json":"{}"}']))
+            partial = f'{{"type":"input_json_delta","partial_json":{json.dumps(arguments)}}}'
+            streamed.append((start, [partial]))
         message["usage"] = {key: value for key, value in usage.items() if key not in _FINAL_ONLY}
         message["usage"]["output_tokens"] = 1
         _replace_usage(message, _usage_header(headers, "x-fake-usage"))

@@ -25,6 +25,9 @@ Odd usage shapes, per request (for tests of what metering does with them):
   chunk (Together, Fireworks); ``x-fake-usage-shape: groq`` sends Groq's shape: ``x_groq: {"id"}`` on the
   first chunk and ``x_groq: {"id", "usage"}`` (with Groq's timing floats) on the last finish-reason chunk,
   no top-level usage at all; on a non-stream chat completion it moves the usage into ``x_groq.usage``.
+
+The same counts apply when the model calls a function tool instead of answering (see
+:class:`FakeOpenAIServer`): the call's arguments take the place of the text, cut into ``chunks`` pieces.
 """
 
 from __future__ import annotations
@@ -236,39 +239,80 @@ def _parse_multipart(raw: bytes, content_type: str) -> dict[str, Any]:
     return fields
 
 
+def _function_to_call(
+    tools: Any, tool_choice: Any, after_tool_result: bool, name_of: Callable[[Mapping[str, Any]], Any]
+) -> str | None:
+    """The function tool the model calls now, if any, like a model that always uses its tools.
+
+    ``tool_choice`` naming a function, or ``"required"`` (the first function), forces a call; ``"none"``
+    forbids one; otherwise (``"auto"``, absent) the first function is called unless the request ends with
+    a tool result, so tool loops terminate. ``name_of`` reads a function tool's name (``None`` for other
+    tools); chat nests it under ``function``, the Responses API does not.
+    """
+    if not isinstance(tools, list) or tool_choice == "none":
+        return None
+    names = [name for tool in tools if isinstance(tool, Mapping) and isinstance(name := name_of(tool), str)]
+    if not names:
+        return None
+    if isinstance(tool_choice, Mapping) and tool_choice.get("type") == "function":
+        forced = name_of(tool_choice)
+        return next((name for name in names if name == forced), None)
+    if tool_choice == "required" or not after_tool_result:
+        return names[0]
+    return None
+
+
+def _chat_function_name(tool: Mapping[str, Any]) -> Any:
+    function = tool.get("function")
+    return function.get("name") if tool.get("type") == "function" and isinstance(function, Mapping) else None
+
+
+def _responses_function_name(tool: Mapping[str, Any]) -> Any:
+    return tool.get("name") if tool.get("type") == "function" else None
+
+
+def _message_item(msg_id: str, text: str) -> dict[str, Any]:
+    part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+    return {"id": msg_id, "type": "message", "status": "completed", "content": [part], "role": "assistant"}
+
+
+def _function_call_item(item_id: str, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": "completed",
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
 def _response_body(
     rid: str,
-    msg_id: str,
     model: str,
     created: int,
     body: Mapping[str, Any],
     *,
-    text: str | None,
+    output: list[dict[str, Any]] | None,
     usage: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """A ``response`` object; ``text=None`` gives the in-progress shape with no output and no usage."""
-    output: list[dict[str, Any]] = []
-    if text is not None:
-        part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-        output.append(
-            {"id": msg_id, "type": "message", "status": "completed", "content": [part], "role": "assistant"}
-        )
+    """A ``response`` object; ``output=None`` gives the in-progress shape with no output and no usage."""
     text_config = body.get("text")
     text_format = text_config.get("format") if isinstance(text_config, Mapping) else None
     return {
         "id": rid,
         "object": "response",
         "created_at": created,
-        "status": "in_progress" if text is None else "completed",
+        "status": "in_progress" if output is None else "completed",
         "background": False,
-        "completed_at": None if text is None else created,
+        "completed_at": None if output is None else created,
         "error": None,
         "incomplete_details": None,
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
         "max_tool_calls": None,
         "model": model,
-        "output": output,
+        "output": output or [],
         "parallel_tool_calls": True,
         "previous_response_id": body.get("previous_response_id"),
         "prompt_cache_key": None,
@@ -328,6 +372,12 @@ class FakeOpenAIServer(LoopbackService):
     ``chunks`` pieces when streamed; otherwise each chunk carries one word (``text`` words cycled, or
     ``"tok{i} "``). Completion tokens follow the chunk count (see the module docstring), not the text.
     The last 256 chat completions and responses (streamed or not) are kept for GET retrieve/list.
+
+    A chat or Responses request with function tools gets a call to one of them instead of text: the one
+    ``tool_choice`` names, else the first, unless ``tool_choice`` is ``"none"`` or the request ends with a
+    tool result (and ``tool_choice`` is not ``"required"`` or a named function). Its arguments are the next
+    item of ``tool_arguments`` (JSON texts, consumed one per call, in order), or ``"{}"`` once it is empty;
+    streams cut them into ``chunks`` argument deltas.
     """
 
     def __init__(
@@ -347,6 +397,7 @@ class FakeOpenAIServer(LoopbackService):
         self.azure_filter_chunks = azure_filter_chunks
         self.stream_usage = stream_usage
         self.content: str | None = None
+        self.tool_arguments: list[str] = []
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._chat_store: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -419,6 +470,11 @@ class FakeOpenAIServer(LoopbackService):
         content = request.headers.get("x-fake-content", self.content)
         return _pieces(self.chunks, self.text, content)
 
+    def _next_arguments(self) -> str:
+        """The arguments of the next function call: the first of ``tool_arguments``, else ``"{}"``."""
+        with self._lock:
+            return self.tool_arguments.pop(0) if self.tool_arguments else "{}"
+
     # -- chat completions ------------------------------------------------------------------------------
 
     def _chat_usage(self, prompt: int, completion: int) -> dict[str, Any]:
@@ -435,17 +491,24 @@ class FakeOpenAIServer(LoopbackService):
             },
         }
 
-    def _chat_completion(self, cid: str, prompt: int, n: int, pieces: tuple[str, ...]) -> dict[str, Any]:
-        content = "".join(pieces)
+    def _chat_completion(
+        self, cid: str, prompt: int, n: int, pieces: tuple[str, ...], call: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """A ``chat.completion``; with ``call`` (a tool call object) the message calls it instead of text."""
+        content = None if call is not None else "".join(pieces)
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         message["annotations"] = []
+        if call is not None:
+            message["tool_calls"] = [call]
+        finish_reason = "stop" if call is None else "tool_calls"
         return {
             "id": cid,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model,
             "choices": [
-                {"index": i, "message": message, "logprobs": None, "finish_reason": "stop"} for i in range(n)
+                {"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason}
+                for i in range(n)
             ],
             "usage": self._chat_usage(prompt, len(pieces) * n + REASONING_TOKENS),
             "service_tier": "default",
@@ -463,11 +526,25 @@ class FakeOpenAIServer(LoopbackService):
         body = request.json_body()
         include_usage = self._check_stream_options(body)
         n = int(body.get("n") or 1)
-        pieces = self._pieces_for(request)
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        after_tool = isinstance(last, Mapping) and last.get("role") == "tool"
+        name = _function_to_call(body.get("tools"), body.get("tool_choice"), after_tool, _chat_function_name)
+        call: dict[str, Any] | None = None
+        if name is None:
+            pieces = self._pieces_for(request)
+        else:
+            arguments = self._next_arguments()
+            call = {
+                "id": f"call_{_hex()}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            pieces = _pieces(self.chunks, None, arguments)
         prompt = self.count_input(body)
         # `x-fake-id` answers with a fixed id, as proxies and Ollama's small id space do.
         cid = request.headers.get("x-fake-id") or f"chatcmpl-{_hex()}"
-        completion = self._chat_completion(cid, prompt, n, pieces)
+        completion = self._chat_completion(cid, prompt, n, pieces, call)
         self._store(self._chat_store, completion)
         override = _usage_override(request.headers)
         shape = request.headers.get("x-fake-usage-shape")
@@ -498,7 +575,7 @@ class FakeOpenAIServer(LoopbackService):
                 role_chunk=True,
             )
         return self._chat_stream(
-            completion["id"], completion["created"], prompt, n, pieces, include_usage, override
+            completion["id"], completion["created"], prompt, n, pieces, include_usage, call, override
         )
 
     def _chat_stream(
@@ -509,6 +586,7 @@ class FakeOpenAIServer(LoopbackService):
         n: int,
         pieces: tuple[str, ...],
         include_usage: bool,
+        call: dict[str, Any] | None,
         override: Any = _KEEP,
     ) -> Iterator[str]:
         head = (
@@ -517,18 +595,25 @@ class FakeOpenAIServer(LoopbackService):
             f'"system_fingerprint":"{_SYSTEM_FINGERPRINT}","choices":['
         )
         tail = '],"usage":null}\n\n' if include_usage else "]}\n\n"
+        if call is None:
+            first = '{"role":"assistant","content":""}'
+            delta = '{{"content":{}}}'
+            finish = "stop"
+        else:
+            opened = {**call, "index": 0, "function": {**call["function"], "arguments": ""}}
+            first = f'{{"role":"assistant","content":null,"tool_calls":[{_dumps(opened)}]}}'
+            delta = '{{"tool_calls":[{{"index":0,"function":{{"arguments":{}}}}}]}}'
+            finish = "tool_calls"
         for i in range(n):
-            yield f'{head}{{"index":{i},"delta":{{"role":"assistant","content":""}},"logprobs":null,' + (
-                f'"finish_reason":null}}{tail}'
-            )
+            yield f'{head}{{"index":{i},"delta":{first},"logprobs":null,"finish_reason":null}}{tail}'
         for piece in _json_pieces(pieces):
             for i in range(n):
                 yield (
-                    f'{head}{{"index":{i},"delta":{{"content":{piece}}},"logprobs":null,'
+                    f'{head}{{"index":{i},"delta":{delta.format(piece)},"logprobs":null,'
                     f'"finish_reason":null}}{tail}'
                 )
         for i in range(n):
-            yield f'{head}{{"index":{i},"delta":{{}},"logprobs":null,"finish_reason":"stop"}}{tail}'
+            yield f'{head}{{"index":{i},"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}{tail}'
         if include_usage and self.stream_usage and override is not _OMIT:
             usage_obj = self._chat_usage(prompt, len(pieces) * n + REASONING_TOKENS)
             usage = _dumps(usage_obj if override is _KEEP else override)
@@ -652,16 +737,28 @@ class FakeOpenAIServer(LoopbackService):
 
     def _responses(self, request: _Request) -> _Reply:
         body = request.json_body()
-        pieces = self._pieces_for(request)
+        items = body.get("input")
+        last = items[-1] if isinstance(items, list) and items else None
+        after_tool = isinstance(last, Mapping) and last.get("type") == "function_call_output"
+        name = _function_to_call(
+            body.get("tools"), body.get("tool_choice"), after_tool, _responses_function_name
+        )
+        rid, created = f"resp_{_hex()}", int(time.time())
+        if name is None:
+            pieces = self._pieces_for(request)
+            item = _message_item(f"msg_{_hex()}", "".join(pieces))
+        else:
+            arguments = self._next_arguments()
+            pieces = _pieces(self.chunks, None, arguments)
+            item = _function_call_item(f"fc_{_hex()}", f"call_{_hex()}", name, arguments)
         usage = self._responses_usage(self.count_input(body), len(pieces) + REASONING_TOKENS)
-        rid, msg_id, created = f"resp_{_hex()}", f"msg_{_hex()}", int(time.time())
-        final = _response_body(rid, msg_id, self.model, created, body, text="".join(pieces), usage=usage)
+        final = _response_body(rid, self.model, created, body, output=[item], usage=usage)
         self._store(self._response_store, final)
         final = _set_usage(dict(final), _usage_override(request.headers))
         if body.get("stream") is not True:
             return _json_reply(final)
-        started = _response_body(rid, msg_id, self.model, created, body, text=None, usage=None)
-        return _responses_stream(started, final, msg_id, pieces)
+        started = _response_body(rid, self.model, created, body, output=None, usage=None)
+        return _responses_stream(started, final, pieces)
 
     def _response_retrieve(self, rid: str) -> _Reply:
         with self._lock:
@@ -846,9 +943,12 @@ def _shaped_stream(
 
 
 def _responses_stream(
-    started: dict[str, Any], final: dict[str, Any], msg_id: str, pieces: tuple[str, ...]
+    started: dict[str, Any], final: dict[str, Any], pieces: tuple[str, ...]
 ) -> Iterator[str]:
-    """Responses API SSE events; usage appears only in the terminal ``response.completed`` event."""
+    """Responses API SSE events for the one output item of ``final`` (a message or a function call).
+
+    Usage appears only in the terminal ``response.completed`` event.
+    """
     seq = 0
 
     def event(kind: str, payload: str) -> str:
@@ -859,18 +959,34 @@ def _responses_stream(
     started_json = _dumps(started)
     yield event("response.created", f'"response":{started_json}')
     yield event("response.in_progress", f'"response":{started_json}')
-    item = {"id": msg_id, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
-    yield event("response.output_item.added", f'"output_index":0,"item":{_dumps(item)}')
-    where = f'"item_id":"{msg_id}","output_index":0,"content_index":0'
-    empty_part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
-    yield event("response.content_part.added", f'{where},"part":{_dumps(empty_part)}')
-    for piece in _json_pieces(pieces):
-        yield event("response.output_text.delta", f'{where},"delta":{piece},"logprobs":[]')
-    message = final["output"][0]
-    part = message["content"][0]
-    yield event("response.output_text.done", f'{where},"text":{json.dumps(part["text"])},"logprobs":[]')
-    yield event("response.content_part.done", f'{where},"part":{_dumps(part)}')
-    yield event("response.output_item.done", f'"output_index":0,"item":{_dumps(message)}')
+    done = final["output"][0]
+    if done["type"] == "function_call":
+        item = {**done, "status": "in_progress", "arguments": ""}
+        yield event("response.output_item.added", f'"output_index":0,"item":{_dumps(item)}')
+        where = f'"item_id":"{done["id"]}","output_index":0'
+        for piece in _json_pieces(pieces):
+            yield event("response.function_call_arguments.delta", f'{where},"delta":{piece}')
+        arguments = json.dumps(done["arguments"])
+        name = json.dumps(done["name"])
+        yield event("response.function_call_arguments.done", f'{where},"arguments":{arguments},"name":{name}')
+    else:
+        item = {
+            "id": done["id"],
+            "type": "message",
+            "status": "in_progress",
+            "content": [],
+            "role": "assistant",
+        }
+        yield event("response.output_item.added", f'"output_index":0,"item":{_dumps(item)}')
+        where = f'"item_id":"{done["id"]}","output_index":0,"content_index":0'
+        empty_part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
+        yield event("response.content_part.added", f'{where},"part":{_dumps(empty_part)}')
+        for piece in _json_pieces(pieces):
+            yield event("response.output_text.delta", f'{where},"delta":{piece},"logprobs":[]')
+        part = done["content"][0]
+        yield event("response.output_text.done", f'{where},"text":{json.dumps(part["text"])},"logprobs":[]')
+        yield event("response.content_part.done", f'{where},"part":{_dumps(part)}')
+    yield event("response.output_item.done", f'"output_index":0,"item":{_dumps(done)}')
     yield event("response.completed", f'"response":{_dumps(final)}')
 
 

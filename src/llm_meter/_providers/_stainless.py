@@ -501,7 +501,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
     __slots__ = ()
     _llm_meter: ClientConfig
     _llm_meter_provider: StainlessProvider
-    _llm_meter_base: type
+    _llm_meter_base: Any  # the SDK class metered
     #: The SDK class's ``_process_response_data`` (set per metered class).
     _llm_meter_parse: Callable[..., Any]
 
@@ -842,7 +842,7 @@ class StainlessAdapter:
     def wrap(self, client: Any, *, meter: Meter | None, customer: Customer | None) -> Any:
         if isinstance(client, _MeteredClient):
             config = _derive(client._llm_meter, meter, customer)
-            new: Any = client._llm_meter_base.copy(client)  # type: ignore[attr-defined]
+            new: Any = client._llm_meter_base.copy(client)
             new._llm_meter = config
             return new
         cls = self.metered_class(type(client))
