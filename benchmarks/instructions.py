@@ -14,6 +14,11 @@ call, start-up and the meter's close cancelled out. Instrumentation is switched 
 so imports run at near native speed. Every thread of the process is counted, so the metered side
 includes its background worker (delivering to a transport that discards events) and the spool when
 ``--spool`` is given.
+
+Knobs for experiments (environment variables): ``LLM_METER_BENCH_METER`` (JSON of extra ``Meter``
+options for the metered side, e.g. ``{"incomplete_streams": "skip"}``), ``LLM_METER_BENCH_CHUNKS``
+(stream length, default 500; two lengths separate per-stream from per-event costs) and
+``LLM_METER_BENCH_GC_FREEZE=1`` (``gc.freeze()`` before the calls, to see what garbage collection adds).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from typing import Any
 MODEL = "gpt-4.1-nano"
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark, in one short sentence please."}]
 ANTHROPIC_MODEL = "claude-haiku-4-5"
-STREAM_CHUNKS = 500
+STREAM_CHUNKS = int(os.environ.get("LLM_METER_BENCH_CHUNKS", "500"))
 USAGE = {"include_usage": True}
 _DROPPED = ("content-length", "content-encoding")
+_EXPERIMENT: dict[str, Any] = json.loads(os.environ.get("LLM_METER_BENCH_METER", "{}"))
 ROWS = {
     # name: (sdk, kind, async, N1, N2)
     "openai-create-sync": ("openai", "create", False, 20, 120),
@@ -146,10 +152,15 @@ def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int,
             async def aclose(self) -> None:
                 return None
 
-        meter = llm_meter.Meter(transport=Discard(), spool_dir=spool)
+        meter = llm_meter.Meter(transport=Discard(), spool_dir=spool, **_EXPERIMENT)
         client = llm_meter.meter(client, customer="cus_1", meter=meter)
 
     toggle = _toggle()
+    if os.environ.get("LLM_METER_BENCH_GC_FREEZE"):
+        import gc
+
+        gc.collect()
+        gc.freeze()
     toggle.llm_meter_instr_on()
     if aio:
 
