@@ -265,3 +265,34 @@ def test_first_wraps_from_many_threads_at_once_all_succeed() -> None:
     for _ in range(3):  # a fresh interpreter each time: the registry is loaded on first use
         out = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=60)
         assert out.stdout.strip() == "0 []", out.stdout + out.stderr
+
+
+@pytest.mark.skipif(
+    not hasattr(anthropic._client, "_is_base_client"), reason="this anthropic SDK has no credential chain"
+)
+def test_copy_of_a_metered_anthropic_client_keeps_its_credentials(
+    fake: FakeAnthropicServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """anthropic forwards ``credentials=`` through ``copy()`` for its base classes: for ours too."""
+    from anthropic.lib.credentials import AccessToken
+
+    def provide(*, force_refresh: bool = False) -> Any:
+        return AccessToken(token="tok_from_provider")
+
+    client = llm_meter.anthropic.Anthropic(
+        credentials=provide, base_url=fake.url, customer="cus_1", meter=meter_, max_retries=0
+    )
+    copied = client.with_options(timeout=5.0)
+    assert copied.credentials is provide
+    copied.messages.create(**MESSAGE)
+    client.close()
+    headers = {k.lower(): v for k, v in fake.requests[-1].headers.items()}
+    assert headers["authorization"] == "Bearer tok_from_provider"
+    assert len(delivered(meter_, transport)) == 1
+
+
+def test_a_copy_has_settings_equal_to_its_original(meter_: Meter) -> None:
+    """SDK code comparing a client's attributes with its copy's sees equal metering settings."""
+    client = llm_meter.anthropic.Anthropic(api_key="t", customer="cus_1", meter=meter_)
+    assert vars(client.copy())["_llm_meter"] == vars(client)["_llm_meter"]
+    assert vars(client.with_customer("cus_2"))["_llm_meter"] != vars(client)["_llm_meter"]

@@ -64,6 +64,16 @@ class ClientConfig:
         self._meter = meter
         self.customer = customer
 
+    def __eq__(self, other: object) -> bool:
+        # Equal settings compare equal: SDK code (and its tests) compare a client's attributes
+        # with those of its copy.
+        if not isinstance(other, ClientConfig):
+            return NotImplemented
+        return other._meter is self._meter and other.customer == self.customer
+
+    def __hash__(self) -> int:
+        return hash((id(self._meter), self.customer))
+
     @property
     def meter(self) -> Meter:
         meter = self._meter

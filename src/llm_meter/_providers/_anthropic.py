@@ -111,6 +111,7 @@ class AnthropicProvider:
         self.stream_subclass = False  # nothing to hide; a loop left early is billed at close/collection/exit
         self.injects_options = False  # adds nothing to requests
         self.async_stream: type = anthropic.AsyncStream
+        _treat_metered_as_base(anthropic)
 
     # -- request side --------------------------------------------------------------------
     def billed_kind(self, options: Any) -> str | None:
@@ -348,6 +349,32 @@ def _details(usage: Any) -> tuple[int | None, dict[str, int | float | str | bool
     details = getattr(usage, "output_tokens_details", None)
     thinking = token_count(_get(details, "thinking_tokens")) if details is not None else None
     return thinking, extra or None
+
+
+def _treat_metered_as_base(sdk: Any) -> None:
+    """Let anthropic's own check for its base client classes accept their metered subclasses.
+
+    anthropic (2.17) runs its credential chain (profiles, config files, workload identity) and
+    forwards ``credentials`` through ``copy()`` only when ``type(client) in (Anthropic,
+    AsyncAnthropic)``: an exact-type check meant to exclude ``AnthropicAWS`` and
+    ``AnthropicFoundry``, which a metered ``Anthropic`` would otherwise fail too. The check is
+    extended to metered subclasses of exactly those classes; for every other class its answer
+    is unchanged. SDK releases without the check are left alone.
+    """
+    module: Any = getattr(sdk, "_client", None)
+    original = getattr(module, "_is_base_client", None)
+    if original is None or getattr(original, "_llm_meter", False):
+        return
+    bases = (getattr(module, "Anthropic", None), getattr(module, "AsyncAnthropic", None))
+
+    def _is_base_client(client: object) -> bool:
+        if original(client):
+            return True
+        return getattr(type(client), "_llm_meter_base", None) in bases
+
+    _is_base_client._llm_meter = True  # type: ignore[attr-defined]
+    _is_base_client.__wrapped__ = original  # type: ignore[attr-defined]
+    module._is_base_client = _is_base_client
 
 
 def _detect(cls: type) -> bool:
