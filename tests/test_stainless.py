@@ -296,3 +296,11 @@ def test_a_copy_has_settings_equal_to_its_original(meter_: Meter) -> None:
     client = llm_meter.anthropic.Anthropic(api_key="t", customer="cus_1", meter=meter_)
     assert vars(client.copy())["_llm_meter"] == vars(client)["_llm_meter"]
     assert vars(client.with_customer("cus_2"))["_llm_meter"] != vars(client)["_llm_meter"]
+
+
+def test_resource_classes_keep_the_sdks_own_methods(meter_: Meter) -> None:
+    """``type(resource).create is Completions.create``: the class's methods are the SDK's functions."""
+    client = llm_meter.meter(openai.OpenAI(api_key="t"), customer="cus_1", meter=meter_)
+    plain = openai.OpenAI(api_key="t")
+    assert type(client.chat.completions).create is type(plain.chat.completions).create
+    assert type(client.embeddings).create is type(plain.embeddings).create

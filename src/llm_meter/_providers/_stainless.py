@@ -223,41 +223,62 @@ def _adopt(value: Any, resource_types: tuple[type, ...]) -> Any:
             value.__class__ = _metered_resource_class(cls, resource_types)
         except TypeError:  # an incompatible layout: keep the SDK's class (per-call customers off)
             log.debug("llm_meter: cannot meter resource %s", cls.__qualname__)
+        else:
+            _bind_methods(value)
     return value
+
+
+def _bind_methods(resource: Any) -> None:
+    """Put the customer-taking request methods on the instance (the class keeps the SDK's)."""
+    attrs = resource.__dict__
+    for name, method in type(resource)._llm_meter_methods:
+        if name not in attrs:
+            attrs[name] = types.MethodType(method, resource)
 
 
 _resource_classes: dict[type, type] = {}
 
 
 def _metered_resource_class(cls: type, resource_types: tuple[type, ...]) -> type:
-    """The subclass of an SDK resource class whose request methods take ``customer=``.
+    """The subclass of an SDK resource class whose instances' request methods take ``customer=``.
 
     Same name, module and constructor as the SDK's class, so ``type(resource)(client)``
-    builds another one; its nested resources are metered subclasses as well.
+    builds another one; its nested resources are metered subclasses as well. The request
+    methods are bound on each instance rather than defined on the class, so the class's
+    methods stay the SDK's own functions (``type(resource).create is Completions.create``,
+    as the SDK's tests check).
     """
     try:
         return _resource_classes[cls]
     except KeyError:
         pass
     namespace: dict[str, Any] = {}
+    methods: dict[str, Callable[..., Any]] = {}
     for klass in reversed(cls.__mro__):
         for name, value in vars(klass).items():
             if name.startswith("_"):
                 continue
-            replacement = None
+            namespace.pop(name, None)  # a subclass redefined it: keep the SDK's own
+            methods.pop(name, None)
             if _is_cached_property(value):
-                replacement = _adopting_property(value.func, resource_types)
+                namespace[name] = _adopting_property(value.func, resource_types)
             elif inspect.isfunction(value):
-                replacement = _customer_method(value)
-            if replacement is None:
-                namespace.pop(name, None)  # a subclass redefined it: keep the SDK's own
-            else:
-                namespace[name] = replacement
+                method = _customer_method(value)
+                if method is not None:
+                    methods[name] = method
+    base_init = cls.__init__  # type: ignore[misc]
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        base_init(self, *args, **kwargs)
+        _bind_methods(self)
+
     namespace.update(
         __module__=cls.__module__,
         __qualname__=cls.__qualname__,
         __doc__=cls.__doc__,
+        __init__=functools.update_wrapper(__init__, base_init),
         _llm_meter_resource=True,
+        _llm_meter_methods=tuple(methods.items()),
     )
     new = types.new_class(cls.__name__, (cls,), {}, lambda ns: ns.update(namespace))
     return _resource_classes.setdefault(cls, new)
