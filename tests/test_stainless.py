@@ -190,13 +190,12 @@ def _hints(func: Any) -> dict[str, Any]:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the Assistants API is deprecated in openai 3
-def test_positional_extra_headers_keep_working_in_a_customer_block(
+def test_positional_extra_headers_keep_working_with_a_per_call_customer(
     server: FakeOpenAIServer, meter_: Meter
 ) -> None:
-    """``runs.poll(run_id, thread_id, extra_headers)`` positionally: the headers arrive, no marker."""
+    """``runs.poll(run_id, thread_id, extra_headers, customer=...)``: the headers arrive, no marker."""
     client = llm_meter.meter(openai.OpenAI(api_key="t", base_url=server.url), customer="c", meter=meter_)
-    with llm_meter.customer("cus_block"):
-        run = client.beta.threads.runs.poll("run_1", "thread_1", {"X-Extra": "1"})
+    run = client.beta.threads.runs.poll("run_1", "thread_1", {"X-Extra": "1"}, customer="cus_call")  # type: ignore[call-arg]
     client.close()
     assert run.status == "completed"
     headers = {k.lower(): v for k, v in server.requests[-1].headers.items()}

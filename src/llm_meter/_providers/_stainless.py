@@ -161,15 +161,20 @@ def _customer_method(func: Callable[..., Any]) -> Callable[..., Any] | None:
     param = params["extra_headers"]
     # Position of extra_headers among the positional arguments after self (0: keyword only).
     slot = list(params).index("extra_headers") if param.kind is param.POSITIONAL_OR_KEYWORD else 0
+    # The `.stream(...)` helpers send their request later, on `__enter__`: they carry the
+    # customer(...) block active now. Other methods carry only a per-call customer; a block is
+    # read when the request is built, so SDK objects that keep a call's options (tool and
+    # session runners) never see the marker unless the caller named a customer.
+    carries_block = func.__name__ == "stream"
 
     def who_and_args(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         who = None
         if "customer" in kwargs or "customer_id" in kwargs:
             who = make_customer(kwargs.pop("customer", None), kwargs.pop("customer_id", None))
         if who is None:
-            who = current_customer()
+            who = current_customer() if carries_block else None
             if who is None:
-                return args  # the client's own customer applies when the request is built
+                return args  # the block or the client's own customer applies at build time
         if getattr(self._client, "_llm_meter", None) is None:
             return args  # rebuilt on an unmetered client (`type(resource)(client)`)
         marker = _marker(who)
@@ -184,14 +189,21 @@ def _customer_method(func: Callable[..., Any]) -> Callable[..., Any] | None:
     if inspect.iscoroutinefunction(func):
 
         async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if "customer" in kwargs or "customer_id" in kwargs or block.get() is not None:
+            if "customer" in kwargs or "customer_id" in kwargs:
                 args = who_and_args(self, args, kwargs)
             return await func(self, *args, **kwargs)
+
+    elif carries_block:
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if "customer" in kwargs or "customer_id" in kwargs or block.get() is not None:
+                args = who_and_args(self, args, kwargs)
+            return func(self, *args, **kwargs)
 
     else:
 
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if "customer" in kwargs or "customer_id" in kwargs or block.get() is not None:
+            if "customer" in kwargs or "customer_id" in kwargs:
                 args = who_and_args(self, args, kwargs)
             return func(self, *args, **kwargs)
 
