@@ -18,7 +18,9 @@ includes its background worker (delivering to a transport that discards events) 
 Knobs for experiments (environment variables): ``LLM_METER_BENCH_METER`` (JSON of extra ``Meter``
 options for the metered side, e.g. ``{"incomplete_streams": "skip"}``), ``LLM_METER_BENCH_CHUNKS``
 (stream length, default 500; two lengths separate per-stream from per-event costs) and
-``LLM_METER_BENCH_GC_FREEZE=1`` (``gc.freeze()`` before the calls, to see what garbage collection adds).
+``LLM_METER_BENCH_GC_FREEZE=1`` (``gc.freeze()`` before the calls, to see what garbage collection adds)
+and ``LLM_METER_BENCH_MIDDLEWARE=1`` (the plain Anthropic side gets one pass-through client middleware:
+the floor of a design built on anthropic's middleware).
 """
 
 from __future__ import annotations
@@ -131,7 +133,18 @@ def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int,
         import anthropic
 
         cls = anthropic.AsyncAnthropic if aio else anthropic.Anthropic
-        client = cls(api_key="test", base_url="http://fake", max_retries=0, http_client=http)
+        extra: dict[str, Any] = {}
+        if os.environ.get("LLM_METER_BENCH_MIDDLEWARE") and not metered:
+            # The plain side with one pass-through client middleware: what building on it would cost.
+            if aio:
+
+                async def passthrough_async(request: Any, call_next: Any) -> Any:
+                    return await call_next(request)
+
+                extra["middleware"] = [passthrough_async]
+            else:
+                extra["middleware"] = [lambda request, call_next: call_next(request)]
+        client = cls(api_key="test", base_url="http://fake", max_retries=0, http_client=http, **extra)
 
         def call(c: Any) -> Any:
             return c.messages.create(
