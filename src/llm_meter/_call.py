@@ -13,7 +13,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from ._customer import Customer
@@ -104,6 +105,9 @@ def call_suffix() -> str:
     return f"{_prefix}{next(_counter):x}"
 
 
+_NO_KEEP: Final[Mapping[type, Callable[[Any], str]]] = MappingProxyType({})
+
+
 class Call:
     """Metering state of one billed response; emits at most one record."""
 
@@ -115,6 +119,7 @@ class Call:
         "external_id",
         "hide",
         "injected",
+        "keep",
         "kind",
         "left_early",
         "meter",
@@ -147,6 +152,10 @@ class Call:
         self.external_id: str | None = None
         #: Delivered text pieces, kept only while an estimate may be needed.
         self.text: list[str] | None = None
+        #: Content-only classes of parsed objects (no usage) -> a C-level getter of their text
+        #: (``operator.attrgetter``): the parse hook appends it to ``text`` without calling
+        #: the observer, the cheapest path for the bulk of a stream's events.
+        self.keep: Mapping[type, Callable[[Any], str]] = _NO_KEEP
         #: ``hide(item) -> bool`` for stream items the caller did not ask for.
         self.hide: Callable[[Any], bool] | None = None
         #: The caller's loop over this stream ended early (``break`` or an exception in it).

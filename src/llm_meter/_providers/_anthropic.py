@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import operator
 import urllib.parse
 from typing import Any, Final
 
@@ -111,6 +112,8 @@ class AnthropicProvider:
         self.stream_subclass = False  # nothing to hide; a loop left early is billed at close/collection/exit
         self.injects_options = False  # adds nothing to requests
         self.async_stream: type = anthropic.AsyncStream
+        for cls in _sdk_classes(anthropic, _DELTA_EVENT_CLASSES):
+            _KEEP_TEXT[cls] = operator.attrgetter("delta.text")
         _treat_metered_as_base(anthropic)
 
     # -- request side --------------------------------------------------------------------
@@ -146,6 +149,7 @@ class AnthropicProvider:
                 call.text = []
                 call.body = snapshot(body, _ESTIMATE_KEYS)
             call.observe = self._observe_event
+            call.keep = _KEEP_TEXT  # text deltas skip the observer (they carry no usage)
         else:
             call.observe = self._observe_message
 
@@ -249,6 +253,27 @@ class AnthropicProvider:
         record.cached_tokens = cache_read
         record.cache_write_tokens = cache_write
         record.reasoning_tokens, record.extra = _details(state)
+
+
+#: ``content_block_delta`` event classes of the SDK (messages and beta.messages) -> the getter of
+#: a text delta's text; filled when the provider is made. Names an SDK release lacks are skipped.
+_KEEP_TEXT: dict[type, Any] = {}
+_DELTA_EVENT_CLASSES: Final = (
+    ("types", "RawContentBlockDeltaEvent"),
+    ("types.beta", "BetaRawContentBlockDeltaEvent"),
+)
+
+
+def _sdk_classes(sdk: Any, names: tuple[tuple[str, str], ...]) -> list[type]:
+    found: list[type] = []
+    for module_name, name in names:
+        module: Any = sdk
+        for part in module_name.split("."):
+            module = getattr(module, part, None)
+        cls = getattr(module, name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return found
 
 
 def _request_tokens(input_tokens: object, cache_write: object, cache_read: object) -> int | None:

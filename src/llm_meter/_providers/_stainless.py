@@ -584,6 +584,16 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         if call is _UNSET:
             call = response.__dict__[CALL_ATTR] = _call_of(response)
         if call is not None:
+            keep = call.keep.get(type(obj))
+            if keep is not None:  # a content-only event: keep its text, no observer call
+                kept = call.text
+                if kept is None:
+                    return obj
+                try:
+                    kept.append(keep(obj))
+                    return obj
+                except AttributeError:
+                    pass  # another shape of the same class: the observer reads it
             observe = call.observe
             if observe is not None:
                 try:
