@@ -1,0 +1,554 @@
+"""Run the openai / anthropic SDKs' own test suites plain and with llm_meter's drop-in clients.
+
+SPEC §2 "Fidelity": code that uses a metered client cannot tell it from the SDK's. The yardstick is
+each SDK's own test suite, taken from the sdist of the release under test:
+
+1. ``pip download --no-deps --no-binary :all: <sdk>==<version>`` fetches the sdist (it holds
+   ``tests/``) into ``.conformance/`` (the cache directory, gitignored), which is unpacked there.
+2. A throwaway venv ``.conformance/venv-<sdk>-<version>`` gets ``<sdk>[all its extras]==<version>``,
+   llm_meter from this repository (editable), and the suite's dev dependency group (linters and
+   type checkers left out), pinned to the sdist's lock file where it pins them.
+3. The suite runs twice with ``scripts/sdk_conformance_plugin.py`` loaded (``-p``): plain, and
+   metered (llm_meter's ``OpenAI`` / ``AsyncOpenAI`` / ``AzureOpenAI`` / ``AsyncAzureOpenAI``, or
+   every ``Anthropic*`` class ``llm_meter.anthropic`` exports, substituted for the SDK's classes
+   before the tests import them; every test inside ``llm_meter.customer("cus_conf")``; the default
+   meter delivers to a ``MemoryTransport``).
+4. Every test that passes plain and does not pass metered is a regression: it is printed with its
+   node id and first error line, and the script exits 1 if there is any that is not in
+   ``ALLOWED`` below.
+
+``tests/api_resources/`` is left out of both runs (``--ignore``): its tests need a Prism mock server
+of the API (``TEST_API_BASE_URL``) whose OpenAPI spec is not in the sdist, so offline they fail
+plain and metered alike.
+
+Usage::
+
+    python scripts/sdk_conformance.py                     # both SDKs, versions installed here
+    python scripts/sdk_conformance.py --sdk openai --version 1.66.5
+    python scripts/sdk_conformance.py --oldest            # the lower bounds pyproject.toml claims
+    python scripts/sdk_conformance.py --subset            # the CI subset (see SUBSETS)
+
+Exit status: 0 no regression, 1 regressions, 2 the run itself failed (install, substitution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent
+SDKS = ("openai", "anthropic")
+
+#: Dev-group packages that only lint or type-check; the tests do not need them.
+NOT_FOR_TESTS = {"ty", "pyright", "mypy", "ruff", "black", "isort", "nox", "pre-commit", "pandas-stubs"}
+
+#: Left out of both runs, with the reason printed in the report.
+IGNORED = {
+    "tests/api_resources": "needs a Prism mock server of the API (TEST_API_BASE_URL), not available offline"
+}
+
+#: The CI subset (``--subset``): test paths per SDK that exercise what a client hands out, in a
+#: fraction of the full suite's time. The full suites run without ``--subset``.
+SUBSETS: dict[str, list[str]] = {
+    "openai": [],
+    "anthropic": [],
+}
+
+#: Regressions that are SPEC-mandated behaviour, not bugs: (sdk, node id pattern, message regex, reason).
+#: Anything else that passes plain and fails metered is a bug to fix, never to list here.
+ALLOWED: list[tuple[str, str, str, str]] = []
+
+
+# ---------------------------------------------------------------------------------------------
+# preparing the suite and its venv
+
+
+def run(cmd: list[str], **kwargs: object) -> None:
+    print("  $", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9_.-]*)", requirement)
+    if not match:
+        raise ValueError(f"cannot read a package name from {requirement!r}")
+    return normalize(match.group(1))
+
+
+def lower_bounds() -> dict[str, str]:
+    """``{sdk: version}`` for the SDKs' ``>=`` lower bounds in pyproject.toml."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    bounds = {}
+    for extra in project.get("optional-dependencies", {}).values():
+        for requirement in extra:
+            match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9A-Za-z.]*)\s*", requirement)
+            if match and normalize(match.group(1)) in SDKS:
+                bounds[normalize(match.group(1))] = match.group(2)
+    return bounds
+
+
+def fetch_sdist(sdk: str, version: str, cache: Path, python: Path) -> Path:
+    """Download and unpack the sdist; return the unpacked source tree."""
+    tree = cache / "src" / f"{sdk}-{version}"
+    if (tree / "tests").is_dir():
+        return tree
+    sdists = cache / "sdists"
+    archive = sdists / f"{sdk}-{version}.tar.gz"
+    if not archive.exists():
+        run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"{sdk}=={version}",
+                "-d",
+                str(sdists),
+            ]
+        )
+    if not archive.exists():
+        raise SystemExit(f"pip download did not produce {archive}")
+    shutil.rmtree(tree, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(cache / "src", filter="data")
+    if not (tree / "tests").is_dir():
+        raise SystemExit(f"the {sdk} {version} sdist has no tests/ directory")
+    return tree
+
+
+def dev_requirements(tree: Path) -> list[str]:
+    """The suite's dev dependencies (uv's dependency group, or rye's dev-dependencies)."""
+    pyproject = tomllib.loads((tree / "pyproject.toml").read_text())
+    groups = pyproject.get("dependency-groups", {})
+    tool = pyproject.get("tool", {})
+    requirements = (
+        groups.get("dev")
+        or tool.get("rye", {}).get("dev-dependencies")
+        or tool.get("uv", {}).get("dev-dependencies")
+        or []
+    )
+    return [
+        r
+        for r in requirements
+        if isinstance(r, str)
+        and requirement_name(r) not in NOT_FOR_TESTS
+        and not requirement_name(r).endswith("-stubs")
+        and not requirement_name(r).startswith("types-")
+    ]
+
+
+def locked_versions(tree: Path) -> dict[str, str]:
+    """``{name: constraint line}`` from the sdist's lock file (rye/uv requirements lock, or uv.lock)."""
+    pins: dict[str, str] = {}
+    for lock in ("requirements-dev.lock", "requirements.lock"):
+        path = tree / lock
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            match = re.match(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==([^\s;]+)\s*(;.*)?$", line.strip())
+            if match:
+                pins.setdefault(normalize(match.group(1)), line.strip())
+        return pins
+    path = tree / "uv.lock"
+    if path.exists():
+        versions: dict[str, set[str]] = {}
+        for package in tomllib.loads(path.read_text()).get("package", []):
+            if "version" in package:
+                versions.setdefault(normalize(package["name"]), set()).add(package["version"])
+        pins = {name: f"{name}=={next(iter(v))}" for name, v in versions.items() if len(v) == 1}
+    return pins
+
+
+def prepare_venv(sdk: str, version: str, tree: Path, venv: Path, base_python: str) -> tuple[Path, str]:
+    """Create/refresh the throwaway venv; return its python and a hash of what it holds."""
+    python = venv / "bin" / "python"
+    pyproject = tomllib.loads((tree / "pyproject.toml").read_text())
+    extras = sorted(pyproject.get("project", {}).get("optional-dependencies", {}))
+    runtime = {requirement_name(r) for r in pyproject.get("project", {}).get("dependencies", [])}
+    ours = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    runtime |= {requirement_name(r) for r in ours}
+    dev = [r for r in dev_requirements(tree) if requirement_name(r) != sdk]
+    pins = locked_versions(tree)
+    # Pin the test tools the way the SDK's maintainers run them, but leave what the SDK or
+    # llm_meter need at run time (httpx2, pydantic, ...) to the resolver.
+    constraints = sorted(
+        pins[requirement_name(r)]
+        for r in dev
+        if requirement_name(r) in pins and requirement_name(r) not in runtime
+    )
+    target = f"{sdk}[{','.join(extras)}]=={version}" if extras else f"{sdk}=={version}"
+    stamp = json.dumps(
+        {
+            "target": target,
+            "dev": dev,
+            "constraints": constraints,
+            "llm_meter": hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest(),
+            "python": base_python,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    stamp_file = venv / "conformance-stamp.json"
+    if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+        return python, digest
+    if not python.exists():
+        run([base_python, "-m", "venv", str(venv)])
+        run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    constraints_file = venv / "constraints.txt"
+    constraints_file.write_text("".join(f"{c}\n" for c in constraints))
+    install = [str(python), "-m", "pip", "install", "-q", "-e", str(REPO), target, *dev]
+    try:
+        run([*install, "-c", str(constraints_file)])
+    except subprocess.CalledProcessError:
+        print(
+            "  the lock file's pins do not resolve together with llm_meter; installing unpinned", flush=True
+        )
+        run(install)
+    installed = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({sdk!r}))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if installed != version:
+        raise SystemExit(f"{venv} has {sdk} {installed}, not {version}")
+    stamp_file.write_text(stamp)
+    return python, digest
+
+
+# ---------------------------------------------------------------------------------------------
+# running a suite and reading its outcomes
+
+
+@dataclass
+class Outcome:
+    status: str  # passed | failed | skipped | xfailed
+    message: str = ""
+
+
+@dataclass
+class RunResult:
+    mode: str
+    outcomes: dict[str, Outcome]
+    collect_errors: dict[str, str]
+    exit_code: int
+    seconds: float
+    meters: list[dict[str, object]] = field(default_factory=list)
+    log: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes.values() if o.status == status)
+
+
+def read_outcomes(out: Path) -> tuple[dict[str, Outcome], dict[str, str]]:
+    outcomes: dict[str, Outcome] = {}
+    collect_errors: dict[str, str] = {}
+    path = out / "outcomes.jsonl"
+    if not path.exists():
+        return outcomes, collect_errors
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+        nodeid, when, outcome = record["nodeid"], record["when"], record["outcome"]
+        message = record.get("message", "")
+        if when == "collect":
+            collect_errors[nodeid] = message
+            continue
+        current = outcomes.get(nodeid)
+        if outcome == "failed":
+            if current is None or current.status != "failed":
+                prefix = "" if when == "call" else f"[{when}] "
+                outcomes[nodeid] = Outcome("failed", prefix + message)
+        elif current is not None and current.status == "failed":
+            continue
+        elif when == "call" and outcome == "passed":
+            outcomes[nodeid] = Outcome("passed")
+        elif outcome == "skipped" and when in ("setup", "call"):
+            outcomes[nodeid] = Outcome("xfailed" if record.get("xfail") else "skipped", message)
+    return outcomes, collect_errors
+
+
+def run_suite(
+    sdk: str,
+    mode: str,
+    python: Path,
+    tree: Path,
+    out: Path,
+    *,
+    workers: int,
+    keyword: str | None,
+    paths: list[str],
+) -> RunResult:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POLAR_", "LLM_METER_", "PYTHON"))}
+    env.update(
+        PYTHONPATH=str(SCRIPTS),
+        PYTHONDONTWRITEBYTECODE="1",
+        LLM_METER_CONFORMANCE=mode,
+        LLM_METER_CONFORMANCE_SDK=sdk,
+        LLM_METER_CONFORMANCE_OUT=str(out),
+        LLM_METER_SPOOL_DIR=str(out / "spool"),
+    )
+    cmd = [str(python), "-m", "pytest", "-p", "sdk_conformance_plugin", "-p", "no:cacheprovider"]
+    cmd += ["-n", str(workers), "-q"]
+    cmd += [f"--ignore={path}" for path in IGNORED]
+    if keyword:
+        cmd += ["-k", keyword]
+    cmd += paths
+    log = out / "pytest.log"
+    print(f"  {mode} run: {' '.join(cmd[1:])}  (log: {log})", flush=True)
+    started = time.monotonic()
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(cmd, cwd=tree, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        last = started
+        while process.poll() is None:
+            time.sleep(1)
+            if time.monotonic() - last >= 60:
+                last = time.monotonic()
+                reports = out / "outcomes.jsonl"
+                done = reports.read_text().count("\n") // 3 if reports.exists() else 0
+                print(f"    ... {int(last - started)} s, about {done} tests reported", flush=True)
+    seconds = time.monotonic() - started
+    outcomes, collect_errors = read_outcomes(out)
+    meters = [json.loads(p.read_text()) for p in sorted(out.glob("meter-*.json"))]
+    tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+    print(f"  {mode} run: exit code {process.returncode} after {seconds:.0f} s: {' '.join(tail)}", flush=True)
+    return RunResult(mode, outcomes, collect_errors, process.returncode, seconds, meters, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing
+
+
+@dataclass
+class Regression:
+    nodeid: str
+    message: str
+    allowed: str = ""
+
+
+def compare(sdk: str, plain: RunResult, metered: RunResult) -> list[Regression]:
+    regressions = []
+    for nodeid, outcome in sorted(plain.outcomes.items()):
+        if outcome.status != "passed":
+            continue
+        got = metered.outcomes.get(nodeid)
+        if got is not None and got.status == "passed":
+            continue
+        if got is None:
+            module = nodeid.split("::")[0]
+            error = next((m for n, m in metered.collect_errors.items() if module.startswith(n)), None)
+            message = (
+                f"not run: collection error: {error}"
+                if error is not None
+                else f"not run (the metered session ended early, pytest exit code {metered.exit_code})"
+            )
+        elif got.status == "failed":
+            message = got.message
+        else:
+            message = f"{got.status} metered: {got.message}"
+        regression = Regression(nodeid, message)
+        for allowed_sdk, pattern, message_regex, reason in ALLOWED:
+            if (
+                allowed_sdk == sdk
+                and fnmatch.fnmatchcase(nodeid, pattern)
+                and re.search(message_regex, message)
+            ):
+                regression.allowed = reason
+                break
+        regressions.append(regression)
+    return regressions
+
+
+def failure_class(message: str) -> str:
+    message = re.sub(r"0x[0-9a-fA-F]+", "0x…", message)
+    message = re.sub(r"'[^']{20,}'", "'…'", message)
+    message = re.sub(r"\d+", "N", message)
+    return message[:160]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def conformance(sdk: str, version: str, args: argparse.Namespace) -> dict[str, object]:
+    cache: Path = args.cache_dir
+    print(
+        f"\n== {sdk} {version}: the SDK's own suite, plain and with llm_meter.{sdk}'s drop-in clients",
+        flush=True,
+    )
+    for path, reason in IGNORED.items():
+        print(f"  {path}/ is skipped in both runs: {reason}", flush=True)
+    venv = cache / f"venv-{sdk}-{version}"
+    if not (venv / "bin" / "python").exists():
+        run([args.python, "-m", "venv", str(venv)])
+        run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    tree = fetch_sdist(sdk, version, cache, venv / "bin" / "python")
+    python, digest = prepare_venv(sdk, version, tree, venv, args.python)
+    paths = SUBSETS[sdk] if args.subset else []
+    if args.subset:
+        print(f"  CI subset: {' '.join(paths)}", flush=True)
+    selection = hashlib.sha256(json.dumps([digest, args.k, paths]).encode()).hexdigest()[:12]
+    runs = cache / "runs" / f"{sdk}-{version}"
+    plain_out = runs / f"plain-{selection}"
+    kwargs = {"workers": args.workers, "keyword": args.k, "paths": paths}
+    if not args.fresh_plain and (plain_out / "complete").exists():
+        outcomes, collect_errors = read_outcomes(plain_out)
+        plain = RunResult("plain", outcomes, collect_errors, 0, 0.0, log=plain_out / "pytest.log")
+        print(f"  plain run: reusing {plain_out} (--fresh-plain reruns it)", flush=True)
+    else:
+        plain = run_suite(sdk, "plain", python, tree, plain_out, **kwargs)  # type: ignore[arg-type]
+        if plain.exit_code in (0, 1):
+            (plain_out / "complete").write_text("")
+    metered = run_suite(sdk, "metered", python, tree, runs / "metered", **kwargs)  # type: ignore[arg-type]
+
+    replaced = sorted({name for m in metered.meters for name in m.get("replaced", [])})  # type: ignore[attr-defined]
+    events = sum(int(m.get("events", 0)) for m in metered.meters)  # type: ignore[call-overload]
+    errors = sum(int(m.get("metering_errors", 0)) for m in metered.meters)  # type: ignore[call-overload]
+    customers = sorted({c for m in metered.meters for c in m.get("customers", [])})  # type: ignore[attr-defined]
+    regressions = compare(sdk, plain, metered)
+    allowed = [r for r in regressions if r.allowed]
+    bugs = [r for r in regressions if not r.allowed]
+
+    print(f"\n-- {sdk} {version} results")
+    for label, result in (("plain", plain), ("metered", metered)):
+        print(
+            f"  {label:8} passed {result.count('passed'):6}  failed {result.count('failed'):5}  "
+            f"skipped {result.count('skipped'):5}  xfailed {result.count('xfailed'):4}  "
+            f"collection errors {len(result.collect_errors)}"
+        )
+    print(f"  substituted: {', '.join(replaced) or 'NOTHING'}")
+    print(
+        f"  metered run: {events} usage events delivered to MemoryTransport (customers {customers}), "
+        f"{errors} metering errors logged"
+    )
+    print(
+        f"  regressions (pass plain, not metered): {len(bugs)}"
+        + (f"  (+{len(allowed)} allow-listed)" if allowed else "")
+    )
+    classes = Counter(failure_class(r.message) for r in bugs)
+    if classes:
+        print("  most common causes:")
+        for message, count in classes.most_common(args.classes):
+            print(f"    {count:5}  {message}")
+        print("  every regression (node id: first error line):")
+        for r in bugs:
+            print(f"    {r.nodeid}: {r.message}")
+    for r in allowed:
+        print(f"    allowed: {r.nodeid}: {r.allowed}")
+    gained = [
+        n
+        for n, o in metered.outcomes.items()
+        if o.status == "passed" and plain.outcomes.get(n, Outcome("")).status not in ("passed", "")
+    ]
+    if gained:
+        print(f"  {len(gained)} tests pass metered but not plain (flaky?): {', '.join(sorted(gained)[:10])}")
+    report = {
+        "sdk": sdk,
+        "version": version,
+        "subset": paths,
+        "k": args.k,
+        "ignored": IGNORED,
+        "plain": {
+            "passed": plain.count("passed"),
+            "failed": plain.count("failed"),
+            "skipped": plain.count("skipped"),
+        },
+        "metered": {
+            "passed": metered.count("passed"),
+            "failed": metered.count("failed"),
+            "skipped": metered.count("skipped"),
+        },
+        "events": events,
+        "metering_errors": errors,
+        "substituted": replaced,
+        "regressions": [{"nodeid": r.nodeid, "message": r.message} for r in bugs],
+        "allowed": [{"nodeid": r.nodeid, "message": r.message, "reason": r.allowed} for r in allowed],
+    }
+    (cache / f"report-{sdk}-{version}.json").write_text(json.dumps(report, indent=1))
+    if not replaced or (metered.count("passed") and not events):
+        print("  ERROR: the metered run did not meter anything: the substitution did not take effect")
+        report["broken"] = True
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sdk", choices=(*SDKS, "all"), default="all")
+    parser.add_argument(
+        "--version", help="SDK version (default: the one installed in this interpreter); needs one --sdk"
+    )
+    parser.add_argument(
+        "--oldest", action="store_true", help="the versions pyproject.toml claims as lower bounds"
+    )
+    parser.add_argument("-k", help="pytest -k expression, passed to both runs")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="pytest-xdist workers (0: no xdist); default 2"
+    )
+    parser.add_argument(
+        "--subset", action="store_true", help="run only the CI subset (SUBSETS in this script)"
+    )
+    parser.add_argument(
+        "--fresh-plain", action="store_true", help="rerun the plain suite even if a result is cached"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".conformance")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for the throwaway venvs")
+    parser.add_argument("--classes", type=int, default=20, help="how many failure classes to list")
+    args = parser.parse_args()
+    sdks = list(SDKS) if args.sdk == "all" else [args.sdk]
+    if args.version and len(sdks) != 1:
+        parser.error("--version needs --sdk openai or --sdk anthropic")
+    versions = {}
+    bounds = lower_bounds()
+    for sdk in sdks:
+        if args.version:
+            versions[sdk] = args.version
+        elif args.oldest:
+            versions[sdk] = bounds[sdk]
+        else:
+            try:
+                versions[sdk] = importlib.metadata.version(sdk)
+            except importlib.metadata.PackageNotFoundError:
+                parser.error(f"{sdk} is not installed in {sys.executable}: give --version")
+    args.cache_dir = args.cache_dir.resolve()
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    reports = [conformance(sdk, versions[sdk], args) for sdk in sdks]
+    print("\n== summary (tests/api_resources skipped in both runs)")
+    for r in reports:
+        print(
+            f"  {r['sdk']} {r['version']}: plain passed {r['plain']['passed']}, "  # type: ignore[index]
+            f"metered passed {r['metered']['passed']}, regressions {len(r['regressions'])}"  # type: ignore[index, arg-type]
+            + (f" (+{len(r['allowed'])} allow-listed)" if r["allowed"] else "")  # type: ignore[arg-type]
+        )
+    if any(r.get("broken") for r in reports):
+        return 2
+    return 1 if any(r["regressions"] for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
