@@ -133,16 +133,25 @@ def _llm_meter_conformance_customer() -> Iterator[None]:
         yield
 
 
+#: Tests under this directory need a Prism mock server of the API (``TEST_API_BASE_URL``), except
+#: ``test_path_params_*``, which check arguments before anything is sent.
+NEEDS_MOCK_SERVER = "tests/api_resources/"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep only the node ids listed in ``LLM_METER_CONFORMANCE_ONLY`` (a file), if set."""
+    """Deselect what cannot run offline, and all but ``LLM_METER_CONFORMANCE_ONLY``'s node ids if set."""
     only_file = os.environ.get("LLM_METER_CONFORMANCE_ONLY")
-    if not only_file:
-        return
-    only = set(Path(only_file).read_text().splitlines())
-    kept = [item for item in items if item.nodeid in only]
-    deselected = [item for item in items if item.nodeid not in only]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
+    only = set(Path(only_file).read_text().splitlines()) if only_file else None
+
+    def runs(item: pytest.Item) -> bool:
+        if only is not None and item.nodeid not in only:
+            return False
+        name = getattr(item, "originalname", item.name)
+        return not item.nodeid.startswith(NEEDS_MOCK_SERVER) or name.startswith("test_path_params")
+
+    kept = [item for item in items if runs(item)]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if not runs(item)])
         items[:] = kept
 
 
