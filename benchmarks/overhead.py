@@ -46,11 +46,12 @@ import openai
 
 import llm_meter
 from llm_meter import Meter
-from llm_meter._client import Call, metered_class
+from llm_meter._call import Call
 from llm_meter._customer import make_customer
 from llm_meter._events import UsageRecord
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
+from llm_meter._providers._stainless import metered_class
 
 MODEL = "gpt-4.1-nano"
 MESSAGES: list[Any] = [
@@ -241,6 +242,10 @@ class DiscardTransport:
 
     async def send(self, events: list[dict[str, Any]], /) -> None:
         self.events += len(events)
+
+    async def send_json(self, payloads: list[str], /) -> None:
+        # The worker's fast path, as PolarTransport takes it: wire JSON as built, not parsed back.
+        self.events += len(payloads)
 
     async def aclose(self) -> None:
         return None

@@ -77,3 +77,11 @@ def reset_fake(
         fake.cache_read, fake.cache_write = cache
     fake.requests.clear()
     return fake
+
+
+def base_id(event: dict[str, Any]) -> str:
+    """``<provider>:<response id>`` of an event's ``external_id`` (without its call-unique suffix)."""
+    external_id = str(event["external_id"])
+    base, _, suffix = external_id.rpartition(":")
+    assert base and suffix, external_id
+    return base

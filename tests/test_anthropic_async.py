@@ -19,10 +19,10 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter, MissingCustomerError
-from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, reset_fake, usage
+from support import base_id, delivered, only_event, reset_fake, usage
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -129,7 +129,7 @@ def test_async_create_emits_one_exact_event(
 
     message = run_metered(fake, meter_, body)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
     assert event["external_customer_id"] == "cus_1"
     assert event["metadata"]["model"] == SERVED_MODEL
     assert usage(event) == expect(fake)
@@ -148,7 +148,7 @@ def test_async_create_stream_true_emits_one_exact_event(
     events = run_metered(fake, meter_, body)
     assert text_of(events) == FULL_TEXT
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{events[0].message.id}"
+    assert base_id(event) == f"anthropic:{events[0].message.id}"
     assert usage(event) == expect(fake)
     assert event["metadata"]["estimated"] is False
 
@@ -168,7 +168,7 @@ def test_async_stream_helper_bills_the_customer_given_to_stream(
     final = run_metered(fake, meter_, body)
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_stream"
-    assert event["external_id"] == f"anthropic:{final.id}"
+    assert base_id(event) == f"anthropic:{final.id}"
     assert usage(event) == expect(fake)
 
 
@@ -184,7 +184,7 @@ def test_async_stream_helper_survives_a_garbage_collection_before_reading(
 
     final = run_metered(fake, meter_, body)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{final.id}"
+    assert base_id(event) == f"anthropic:{final.id}"
     assert event["metadata"]["estimated"] is False
     assert usage(event) == expect(fake)
 
@@ -224,7 +224,7 @@ def test_async_raw_response_meters_once_on_parse(
     message = run_metered(fake, meter_, body)
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_raw"
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
 
 
 def test_async_streaming_response_meters_on_parse(
@@ -276,7 +276,7 @@ def test_async_drop_in_client_is_metered(
     message = asyncio.run(main())
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_drop"
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
 
 
 # -- stream exits ---------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def test_async_stream_closed_before_iterating_emits_one_event(
     request_id = run_metered(fake, meter_, body)
     gc.collect()
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{request_id}"
+    assert base_id(event) == f"anthropic:{request_id}"
     assert event["metadata"]["estimated"] is True
     assert event["metadata"]["response_tokens"] == 0
 
@@ -426,7 +426,7 @@ def test_twenty_concurrent_tasks_bill_their_own_customers(
         expected = dict(run_metered(fake, meter_, body, customer="cus_client"))
     events = delivered(meter_, transport)
     assert len(events) == 20
-    got = {e["external_id"].removeprefix("anthropic:"): e["external_customer_id"] for e in events}
+    got = {base_id(e).removeprefix("anthropic:"): e["external_customer_id"] for e in events}
     assert got == expected
 
 
@@ -477,5 +477,5 @@ def test_eight_threads_share_one_sync_client_with_right_customers(
     assert len(expected) == 32
     events = delivered(meter_, transport)
     assert len(events) == 32
-    got = {e["external_id"].removeprefix("anthropic:"): e["external_customer_id"] for e in events}
+    got = {base_id(e).removeprefix("anthropic:"): e["external_customer_id"] for e in events}
     assert got == expected

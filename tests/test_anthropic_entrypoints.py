@@ -20,7 +20,7 @@ import llm_meter
 from llm_meter import Meter, MissingCustomerError
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, reset_fake, usage
+from support import base_id, delivered, only_event, reset_fake, usage
 
 # Request a model the current SDK does not flag as deprecated (warnings are errors in this suite).
 MODEL = "claude-haiku-4-5"
@@ -111,7 +111,7 @@ def test_create_bills_cache_reads_and_writes_as_request_tokens(
     assert {**event, "metadata": metadata} == {
         "name": "ai_usage",
         "external_customer_id": "cus_1",
-        "external_id": f"anthropic:{message.id}",
+        "external_id": event["external_id"],
         "timestamp": event["timestamp"],
         "metadata": {
             "model": SERVED_MODEL,
@@ -125,6 +125,7 @@ def test_create_bills_cache_reads_and_writes_as_request_tokens(
             "estimated": False,
         },
     }
+    assert base_id(event) == f"anthropic:{message.id}"
 
 
 def test_cache_write_ttl_split_is_reported(
@@ -171,7 +172,7 @@ def test_create_stream_true_emits_one_exact_event(
     events = list(client.messages.create(**BODY, stream=True))
     assert isinstance(events[0], anthropic.types.RawMessageStartEvent)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{events[0].message.id}"
+    assert base_id(event) == f"anthropic:{events[0].message.id}"
     assert usage(event) == expect(fake)
     assert event["metadata"]["estimated"] is False
 
@@ -193,7 +194,7 @@ def test_stream_helper_emits_one_event_and_its_final_message_is_unchanged(
     assert text == plain_text == "tok0 tok1 tok2 tok3 tok4 "
     assert final.model_dump(exclude={"id"}) == plain_final.model_dump(exclude={"id"})
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{final.id}"
+    assert base_id(event) == f"anthropic:{final.id}"
     assert usage(event) == expect(fake)
 
 
@@ -232,7 +233,7 @@ def test_parse_with_pydantic_output_format_is_metered(
     message = client.messages.parse(**BODY, output_format=Person)
     assert message.parsed_output == Person(name="Ada", age=36)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
     assert usage(event) == expect(fake)
 
 
@@ -244,7 +245,7 @@ def test_beta_messages_create_is_metered(
     message = beta_messages(client).create(**BODY, betas=["token-efficient-tools-2025-02-19"])
     assert fake.requests[-1].headers["anthropic-beta"] == "token-efficient-tools-2025-02-19"
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
     assert usage(event) == expect(fake)
 
 
@@ -260,7 +261,7 @@ def test_beta_messages_stream_helper_is_metered(
         final = stream.get_final_message()
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_beta"
-    assert event["external_id"] == f"anthropic:{final.id}"
+    assert base_id(event) == f"anthropic:{final.id}"
     assert usage(event) == expect(fake)
 
 
@@ -285,7 +286,7 @@ def test_beta_tool_runner_bills_each_turn(
     assert [t.stop_reason for t in turns] == ["tool_use", "end_turn"]
     assert calls == ["get_time"]
     events = delivered(meter_, transport)
-    assert [e["external_id"] for e in events] == [f"anthropic:{t.id}" for t in turns]
+    assert [base_id(e) for e in events] == [f"anthropic:{t.id}" for t in turns]
     assert {e["external_customer_id"] for e in events} == {"cus_runner"}
     prompts = [FakeAnthropicServer.count_input(r.json) for r in fake.requests]
     assert [usage(e) for e in events] == [expect(fake, p) for p in prompts]
@@ -309,7 +310,7 @@ def test_manual_tool_use_round_trip_bills_two_events(
     second = client.messages.create(**{**BODY, "messages": follow_up}, tools=[TOOL])
     assert second.stop_reason == "end_turn"
     events = delivered(meter_, transport)
-    assert [e["external_id"] for e in events] == [f"anthropic:{first.id}", f"anthropic:{second.id}"]
+    assert [base_id(e) for e in events] == [f"anthropic:{first.id}", f"anthropic:{second.id}"]
     second_prompt = FakeAnthropicServer.count_input(fake.requests[1].json)
     assert second_prompt == PROMPT + 3 + 5 + 3 + 3  # + assistant turn + tool result turn
     assert [usage(e) for e in events] == [expect(fake), expect(fake, second_prompt)]
@@ -327,7 +328,7 @@ def test_raw_response_is_metered_on_parse_once(
     message = raw.parse()
     assert raw.parse() is message
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
 
 
 def test_streaming_response_is_metered_on_parse(
@@ -338,7 +339,7 @@ def test_streaming_response_is_metered_on_parse(
         message = response.parse()
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_sr"
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
     assert usage(event) == expect(fake)
 
 
@@ -468,7 +469,7 @@ def test_double_wrapping_bills_once_with_the_new_settings(
         stream.until_done()
     events = delivered(meter_, transport)
     assert len(events) == 2
-    assert events[0]["external_id"] == f"anthropic:{message.id}"
+    assert base_id(events[0]) == f"anthropic:{message.id}"
     assert {e["external_customer_id"] for e in events} == {"cus_twice"}
 
 
@@ -485,7 +486,7 @@ def test_drop_in_client_is_an_anthropic_client_and_is_metered(
         message = drop_in.messages.create(**BODY)
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_drop"
-    assert event["external_id"] == f"anthropic:{message.id}"
+    assert base_id(event) == f"anthropic:{message.id}"
     assert usage(event) == expect(fake)
 
 

@@ -19,10 +19,10 @@ import pytest
 import llm_meter
 import llm_meter.anthropic as drop_ins
 from llm_meter import Meter, MissingCustomerError
-from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, reset_fake, usage
+from support import base_id, delivered, only_event, reset_fake, usage
 
 MODEL = "claude-haiku-4-5"
 BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -124,7 +124,7 @@ def first_message_id(events: list[Any]) -> str:
 
 
 def assert_exact(event: dict[str, Any], fake: FakeAnthropicServer, message_id: str) -> None:
-    assert event["external_id"] == f"anthropic:{message_id}"
+    assert base_id(event) == f"anthropic:{message_id}"
     assert event["external_customer_id"] == "cus_1"
     assert event["metadata"]["model"] == SERVED_MODEL
     assert event["metadata"]["estimated"] is False
@@ -185,7 +185,7 @@ def test_bedrock_stream_error_mid_way_bills_one_estimated_event(
     assert text_of(seen) == "tok0 tok1 "
     event = only_event(meter_, transport)
     md = event["metadata"]
-    assert event["external_id"] == f"anthropic:{first_message_id(seen)}"
+    assert base_id(event) == f"anthropic:{first_message_id(seen)}"
     assert md["estimated"] is True
     assert md["model"] == SERVED_MODEL
     assert md["request_tokens"] == PROMPT + CACHE_READ + CACHE_WRITE
@@ -258,7 +258,7 @@ def test_vertex_stream_helper_bills_the_customer_given_to_stream(
         final = stream.get_final_message()
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_stream"
-    assert event["external_id"] == f"anthropic:{final.id}"
+    assert base_id(event) == f"anthropic:{final.id}"
     assert usage(event) == expect(fake)
     assert no_marker_on_the_wire(fake)
 
@@ -322,7 +322,7 @@ def test_async_provider_create_and_stream_are_metered(
 
     ids = asyncio.run(main())
     events = delivered(meter_, transport)
-    assert [e["external_id"] for e in events] == [f"anthropic:{i}" for i in ids]
+    assert [base_id(e) for e in events] == [f"anthropic:{i}" for i in ids]
     for event, message_id in zip(events, ids, strict=True):
         assert_exact(event, fake, message_id)
 

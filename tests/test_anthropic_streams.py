@@ -18,10 +18,10 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter
-from llm_meter import _estimate_anthropic as _estimates
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import CallbackTransport, MemoryTransport
-from support import delivered, freed_without_gc, only_event, reset_fake, usage
+from support import base_id, delivered, freed_without_gc, only_event, reset_fake, usage
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -122,7 +122,7 @@ def test_final_usage_is_the_providers_whatever_the_delta_shape(
     events = list(client.messages.create(**BODY, stream=True))
     assert [e.type for e in events].count("message_delta") == (2 if delta_usage == "multi" else 1)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{events[0].message.id}"
+    assert base_id(event) == f"anthropic:{events[0].message.id}"
     assert usage(event) == (PROMPT + CACHE_READ + CACHE_WRITE, 7, PROMPT + CACHE_READ + CACHE_WRITE + 7)
     md = event["metadata"]
     assert (md["cached_tokens"], md["cache_write_tokens"], md["estimated"]) == (
@@ -189,7 +189,7 @@ def test_error_event_mid_stream_raises_the_sdk_error_and_bills_once(
             seen.append(event)
     assert text_of(seen) == "tok0 tok1 "
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{seen[0].message.id}"
+    assert base_id(event) == f"anthropic:{seen[0].message.id}"
     assert_partial(event, fake, "tok0 tok1 ")
     assert_no_second_event(meter_, transport)
 
@@ -274,7 +274,7 @@ def test_close_before_iterating_emits_one_event(
     stream.close()
     event = only_event(meter_, transport)
     md = event["metadata"]
-    assert event["external_id"] == f"anthropic:{request_id}"
+    assert base_id(event) == f"anthropic:{request_id}"
     assert md["estimated"] is True
     assert md["response_tokens"] == 0
     assert md["request_tokens"] > 0
@@ -342,7 +342,7 @@ def test_stream_helper_survives_a_garbage_collection_before_reading(
         gc.collect()
         final = stream.get_final_message()
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"anthropic:{final.id}"
+    assert base_id(event) == f"anthropic:{final.id}"
     assert event["metadata"]["estimated"] is False
     assert usage(event) == expect(fake)
 

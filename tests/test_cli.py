@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -124,3 +125,114 @@ def test_console_script_entry_point_runs() -> None:
     """The module runs as a program and rejects an unknown command."""
     out = subprocess.run([sys.executable, "-m", "llm_meter._cli", "nope"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["flush", "dead-letters --retry"])
+def test_spool_directory_others_can_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Commands that write to the spool refuse a directory others can write: exit 2 and the reason."""
+    spool = tmp_path / "shared"
+    spool.mkdir()
+    spool.chmod(0o777)
+    monkeypatch.setenv("POLAR_ACCESS_TOKEN", "polar_oat_x")
+    assert main([*command.split(), "--spool-dir", str(spool)]) == 2
+    assert "writable by group or others" in capsys.readouterr().err
+
+
+# A `dead-letters --retry` killed (SIGKILL) at one point of the requeue: the patched os call kills the
+# process just before it would act, exactly as a crash or an OOM kill there would.
+_KILLED_RETRY = """
+import os, signal, sys
+from llm_meter._cli import main
+
+spool, target, call = sys.argv[1:4]
+real = getattr(os, call)
+
+def killed_before(*args, **kwargs):
+    if os.path.basename(os.fspath(args[-1] if call == "rename" else args[0])).startswith(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+setattr(os, call, killed_before)
+main(["dead-letters", "--retry", "--spool-dir", spool])
+"""
+
+
+def _dead_letter_events(directory: Path, count: int) -> None:
+    spool = Spool(directory)
+    for n in range(count):
+        event = {
+            "name": "ai_usage",
+            "external_customer_id": "c",
+            "external_id": f"openai:dl-{n}",
+            "metadata": {},
+        }
+        spool.dead_letter(json.dumps(event), "metadata: bad", 422)
+    spool.release_all()
+
+
+def _retry_and_flush(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Run `dead-letters --retry` then `flush`; the external_ids Polar stored."""
+    assert main(["dead-letters", "--spool-dir", str(directory), "--retry"]) == 0
+    with FakePolarServer() as polar:
+        monkeypatch.setenv("POLAR_ACCESS_TOKEN", polar.access_token)
+        monkeypatch.setenv("POLAR_BASE_URL", polar.url)
+        assert main(["flush", "--spool-dir", str(directory), "--timeout", "10"]) == 0
+        return [str(e["external_id"]) for e in polar.events]
+
+
+@pytest.mark.parametrize(
+    ("target", "call"),
+    [("seg-", "rename"), ("dead-letters.jsonl", "unlink")],
+    ids=["before-the-segment-is-in-place", "before-the-letters-are-removed"],
+)
+def test_retry_killed_half_way_loses_no_dead_letter(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+    call: str,
+) -> None:
+    """`dead-letters --retry` killed at any point: no letter is stranded; a new retry sends each once."""
+    _dead_letter_events(tmp_path, 3)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RETRY, str(tmp_path), target, call], capture_output=True, text=True
+    )
+    assert killed.returncode in (0, -signal.SIGKILL), killed.stderr
+    assert list(tmp_path.glob("dead-letters.jsonl.*")) == []
+    stored = _retry_and_flush(tmp_path, monkeypatch)
+    assert sorted(stored) == [f"openai:dl-{n}" for n in range(3)]
+    capsys.readouterr()
+    assert main(["dead-letters", "--spool-dir", str(tmp_path)]) == 0
+    assert "no dead letters" in capsys.readouterr().err
+
+
+def test_letters_stranded_by_an_older_retry_are_listed_and_requeued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `dead-letters.jsonl.requeue-*` file an older version's killed retry left is listed and requeued."""
+    _dead_letter_events(tmp_path, 2)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stranded = tmp_path / f"dead-letters.jsonl.requeue-{int(gone.stdout)}-0123abcd"
+    (tmp_path / "dead-letters.jsonl").rename(stranded)  # exactly what that crash left
+    assert main(["dead-letters", "--spool-dir", str(tmp_path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    stored = _retry_and_flush(tmp_path, monkeypatch)
+    assert sorted(stored) == ["openai:dl-0", "openai:dl-1"]
+    assert not stranded.exists()
+
+
+def test_retry_keeps_the_letters_it_cannot_requeue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead letter holding a damaged record (not JSON) stays after --retry; the others are requeued."""
+    _dead_letter_events(tmp_path, 1)
+    Spool(tmp_path).dead_letter("not json", "json_invalid", 422)
+    assert main(["dead-letters", "--spool-dir", str(tmp_path), "--retry"]) == 0
+    assert "requeued 1 dead letter(s)" in capsys.readouterr().out
+    assert main(["dead-letters", "--spool-dir", str(tmp_path)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["payload"] == "not json"

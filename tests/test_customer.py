@@ -6,10 +6,14 @@ import asyncio
 import contextvars
 import threading
 
+import openai
 import pytest
 
 import llm_meter
+from llm_meter import Meter
 from llm_meter._customer import Customer, current_customer, make_customer
+from llm_meter._fakes.openai_server import FakeOpenAIServer
+from llm_meter.transports import MemoryTransport
 
 
 def test_external_customer_maps_to_external_customer_id() -> None:
@@ -98,3 +102,41 @@ def test_block_follows_threads_started_with_a_copied_context() -> None:
         copied.join()
         plain.join()
     assert seen == {"copied": Customer("external_customer_id", "cus_thread"), "plain": None}
+
+
+LONE_SURROGATE = "cus_\ud800"
+
+
+def test_customer_that_cannot_be_encoded_is_rejected() -> None:
+    """A customer with a lone surrogate (not encodable as UTF-8) fails at configuration time."""
+    with pytest.raises(llm_meter.ConfigurationError, match="UTF-8"):
+        make_customer(LONE_SURROGATE, None)
+
+
+def test_meter_refuses_a_customer_that_cannot_be_encoded(server: FakeOpenAIServer, meter_: Meter) -> None:
+    """meter(..., customer=<lone surrogate>) raises at once instead of failing every later call."""
+    with (
+        openai.OpenAI(api_key="t", base_url=server.url, max_retries=0) as base,
+        pytest.raises(llm_meter.ConfigurationError),
+    ):
+        llm_meter.meter(base, customer=LONE_SURROGATE, meter=meter_)
+
+
+def test_per_call_customer_that_cannot_be_encoded_is_refused_before_sending(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A per-call customer with a lone surrogate raises ConfigurationError and nothing is sent."""
+    with openai.OpenAI(api_key="t", base_url=server.url, max_retries=0) as base:
+        client = llm_meter.meter(base, customer="cus_1", meter=meter_)
+        with pytest.raises(llm_meter.ConfigurationError):
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], customer=LONE_SURROGATE
+            )
+    assert server.requests == []
+    assert meter_.flush(5) and transport.events == []
+
+
+def test_block_refuses_a_customer_that_cannot_be_encoded() -> None:
+    """customer(<lone surrogate>) raises on entry."""
+    with pytest.raises(llm_meter.ConfigurationError), llm_meter.customer(LONE_SURROGATE):
+        pass

@@ -1,4 +1,4 @@
-"""Tests for llm_meter._estimate_anthropic: Claude token estimates for incomplete calls.
+"""Tests for llm_meter._providers._anthropic_estimate: Claude token estimates for incomplete calls.
 
 The real examples at the bottom are (model, reported tokens, text or request body, source) taken
 from recorded Anthropic API responses in public repositories; docs/anthropic-estimates.md has the
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from llm_meter._estimate import count_text
-from llm_meter._estimate_anthropic import (
+from llm_meter._providers._anthropic_estimate import (
     TOOLS_ANY_OVERHEAD_TOKENS,
     TOOLS_AUTO_OVERHEAD_TOKENS,
     estimate_input_tokens,

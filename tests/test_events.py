@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import time
@@ -173,3 +174,53 @@ def test_past_timestamp_is_kept_to_the_millisecond() -> None:
     """A normal (past) response time is sent as is."""
     wire = to_wire(_record(timestamp=1_795_000_000.1234), EventOptions())
     assert wire["timestamp"] == "2026-11-18T11:06:40.123Z"
+
+
+def test_model_name_that_cannot_be_encoded_is_sent_with_a_replacement_character() -> None:
+    """A provider's model name with a lone surrogate becomes U+FFFD, so the event is valid UTF-8 JSON."""
+    text = encode_wire(_record(model="gpt-4o\ud800x"), EventOptions(details=True, polar_llm=True))
+    wire = json.loads(text.encode("utf-8"))
+    assert wire["metadata"]["model"] == "gpt-4o\ufffdx"
+    assert wire["metadata"]["_llm"]["model"] == "gpt-4o\ufffdx"
+
+
+def test_response_id_that_cannot_be_encoded_is_sent_with_a_replacement_character() -> None:
+    """An external_id built from a provider id with a lone surrogate is encodable (and stable)."""
+    text = encode_wire(_record(external_id="openai:chatcmpl-\udfff"), EventOptions())
+    assert json.loads(text.encode("utf-8"))["external_id"] == "openai:chatcmpl-\ufffd"
+
+
+@pytest.mark.parametrize("metadata", [{"k": "a\ud800"}, {"k\udc80": 1}], ids=["value", "key"])
+def test_metadata_that_cannot_be_encoded_fails_at_configuration_time(metadata: dict[str, object]) -> None:
+    """A metadata key or value with a lone surrogate is refused when the Meter is built."""
+    with pytest.raises(ConfigurationError, match="UTF-8"):
+        validate_metadata(metadata)
+
+
+class Tier(enum.IntEnum):
+    GOLD = 2
+
+
+class Region(enum.StrEnum):
+    EU = "eu-west"
+
+
+class Float64(float):
+    """Like numpy.float64: a float subclass whose repr is not JSON."""
+
+    def __repr__(self) -> str:
+        return f"np.float64({float(self)!r})"
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [(Tier.GOLD, 2), (Float64(0.25), 0.25), (Region.EU, "eu-west")],
+    ids=["IntEnum", "float-subclass", "str-enum"],
+)
+def test_metadata_subclass_values_are_sent_as_their_plain_value(value: object, sent: object) -> None:
+    """int, float and str subclasses (IntEnum, numpy.float64-like) become valid JSON of their value."""
+    options = EventOptions(metadata={"k": value})
+    wire = json.loads(encode_wire(_record(), options))
+    assert wire["metadata"]["k"] == sent
+    assert type(wire["metadata"]["k"]) is type(sent)
+    assert type(options.metadata["k"]) is type(sent)

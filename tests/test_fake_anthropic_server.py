@@ -194,6 +194,26 @@ def test_create_usage_and_shape(server: FakeAnthropicServer, client: Anthropic) 
     assert "test" in (recorded.headers.get("x-api-key"), recorded.headers.get("authorization", "")[7:])
 
 
+def test_usage_headers_replace_or_omit_the_usage(server: FakeAnthropicServer, client: Anthropic) -> None:
+    """x-fake-usage replaces the message (message_start) usage, x-fake-delta-usage the message_delta one."""
+    strings = _create(client, extra_headers={"x-fake-usage": '{"input_tokens": "nine", "output_tokens": -1}'})
+    assert (strings.usage.input_tokens, strings.usage.output_tokens) == ("nine", -1)
+    omitted = client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=100, messages=MESSAGES, extra_headers={"x-fake-usage": "omit"}
+    )
+    assert "usage" not in json.loads(omitted.http_response.text)
+    events = list(
+        _create(
+            client,
+            stream=True,
+            extra_headers={"x-fake-usage": "omit", "x-fake-delta-usage": '{"output_tokens": NaN}'},
+        )
+    )
+    assert getattr(events[0].message, "usage", None) is None
+    delta = next(event for event in events if event.type == "message_delta")
+    assert delta.usage.output_tokens != delta.usage.output_tokens  # NaN
+
+
 def test_content_overrides(server: FakeAnthropicServer, client: Anthropic) -> None:
     server.text = "alpha beta"
     server.chunks = 3

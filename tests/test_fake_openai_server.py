@@ -131,6 +131,72 @@ def test_chat_stream_usage_switched_off(server: FakeOpenAIServer, client: OpenAI
     assert all(chunk.usage is None and chunk.choices for chunk in chunks)
 
 
+def test_usage_header_replaces_or_omits_the_usage(client: OpenAI) -> None:
+    """x-fake-usage sends its JSON (NaN included) as the usage; "omit" leaves the key out."""
+    nan = client.chat.completions.create(
+        model="m", messages=MESSAGES, extra_headers={"x-fake-usage": '{"prompt_tokens": NaN}'}
+    )
+    assert nan.usage is not None and nan.usage.prompt_tokens != nan.usage.prompt_tokens
+    omitted = client.embeddings.with_raw_response.create(
+        model="m", input="a b", extra_headers={"x-fake-usage": "omit"}
+    )
+    assert "usage" not in json.loads(omitted.http_response.text)
+    chunks = list(
+        client.chat.completions.create(
+            model="m",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-fake-usage": "{}"},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens is None
+
+
+def test_continuous_usage_stats_put_cumulative_usage_on_every_chunk(client: OpenAI) -> None:
+    """vLLM's continuous_usage_stats: completion_tokens grows chunk by chunk up to the full usage."""
+    options: Any = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = list(
+        client.chat.completions.create(model="m", messages=MESSAGES, stream=True, stream_options=options)
+    )
+    counts = [chunk.usage.completion_tokens for chunk in chunks if chunk.usage is not None]
+    assert len(counts) == len(chunks)
+    assert counts == [0, 1, 2, 3, 4, 5, 7, 7]  # role, 5 contents, finish, usage-only (2 reasoning)
+    assert chunks[-1].choices == []
+
+
+def test_finish_shape_puts_usage_on_the_last_finish_chunk(client: OpenAI) -> None:
+    """x-fake-usage-shape: finish: usage only on the last finish-reason chunk, no usage-only chunk."""
+    chunks = list(
+        client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, n=2, extra_headers={"x-fake-usage-shape": "finish"}
+        )
+    )
+    assert [chunk.usage is not None for chunk in chunks].count(True) == 1
+    assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == 5 * 2 + 2
+
+
+def test_groq_shape_puts_usage_under_x_groq(client: OpenAI) -> None:
+    """x-fake-usage-shape: groq: x_groq.id first, x_groq.usage on the last chunk, never a top-level usage."""
+    chunks = list(
+        client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, extra_headers={"x-fake-usage-shape": "groq"}
+        )
+    )
+    assert all(chunk.usage is None for chunk in chunks)
+    extras = [chunk.model_extra or {} for chunk in chunks]
+    assert set(extras[0]["x_groq"]) == {"id"}
+    usage = extras[-1]["x_groq"]["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (PROMPT, 7)
+    assert isinstance(usage["queue_time"], float)
+    body = client.chat.completions.create(
+        model="m", messages=MESSAGES, extra_headers={"x-fake-usage-shape": "groq"}
+    )
+    assert body.usage is None and (body.model_extra or {})["x_groq"]["usage"]["total_tokens"] == PROMPT + 7
+
+
 def test_azure_trailing_filter_chunks_after_usage(server: FakeOpenAIServer) -> None:
     """Azure mode appends content-filter chunks (id "") after the usage chunk; the real model is reported."""
     server.azure_filter_chunks = True

@@ -565,6 +565,52 @@ def test_faults_are_consumed_in_order(server: FakePolarServer) -> None:
     assert server.pending_faults == 0
 
 
+def test_fault_bad_body_answers_200_with_html_and_stores_nothing(server: FakePolarServer) -> None:
+    """Fault.bad_body answers a 2xx that is not Polar's JSON (as a proxy would) and stores nothing."""
+    server.inject(Fault.bad_body())
+    reply = _post(server, _batch(3))
+    assert (reply.status, reply.headers["content-type"]) == (200, "text/html; charset=utf-8")
+    assert reply.raw == b"<html><body>OK</body></html>"
+    assert server.events == []
+
+
+def test_fault_bad_body_with_commit_stores_the_batch(server: FakePolarServer) -> None:
+    """Fault.bad_body(commit=True) stores the batch, then answers the unusable body."""
+    server.inject(Fault.bad_body(b"", status=204, content_type="", commit=True))
+    reply = _post(server, _batch(3))
+    assert (reply.status, reply.raw) == (204, b"")
+    assert len(server.events) == 3
+
+
+def test_fault_short_count_stores_and_counts_all_but_the_last_events(server: FakePolarServer) -> None:
+    """Fault.short_count(2) stores 3 of 5 events and answers counts that add up to 3."""
+    server.inject(Fault.short_count(2))
+    body = _batch(5)
+    assert _post(server, body).json == {"inserted": 3, "duplicates": 0}
+    assert [e["external_id"] for e in server.events] == [e["external_id"] for e in body["events"][:3]]
+    assert _post(server, body).json == {"inserted": 2, "duplicates": 3}
+
+
+def test_fault_echo_headers_shows_the_request_headers_back(server: FakePolarServer) -> None:
+    """Fault.echo_headers answers an HTML error page listing the request headers, token included."""
+    server.inject(Fault.echo_headers(413))
+    reply = _post(server, _batch(1))
+    assert (reply.status, reply.headers["content-type"]) == (413, "text/html; charset=utf-8")
+    assert f"Authorization: Bearer {TOKEN}".encode() in reply.raw
+    assert server.events == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: Fault.bad_body(status=404), lambda: Fault.short_count(0), lambda: Fault.echo_headers(200)],
+    ids=["bad_body", "short", "echo"],
+)
+def test_answer_faults_check_their_arguments(build: Callable[[], Fault]) -> None:
+    """bad_body needs a 2xx status, short_count at least one missing event, echo_headers an error."""
+    with pytest.raises(ValueError):
+        build()
+
+
 def test_fault_delay_after_commit_stores_then_times_out(server: FakePolarServer) -> None:
     """delay_after_commit stores the batch, the client times out, and the retry comes back as duplicates."""
     server.inject(Fault.delay_after_commit(2.0))

@@ -16,7 +16,7 @@ import pytest
 from llm_meter import ConfigurationError, Meter, MeterStats
 from llm_meter._customer import Customer
 from llm_meter._events import UsageRecord
-from llm_meter.transports import CallbackTransport, MemoryTransport
+from llm_meter.transports import CallbackTransport, MemoryTransport, PolarTransport
 
 
 def _record(n: int = 0) -> UsageRecord:
@@ -94,7 +94,7 @@ def test_events_arriving_during_a_send_wait_for_a_full_batch_or_flush() -> None:
 def test_emit_does_not_wait_for_the_transport() -> None:
     """A slow transport never slows down the hand-off."""
     gate = threading.Event()
-    m = Meter(transport=CallbackTransport(lambda batch: gate.wait(5)), flush_interval=0.0)
+    m = Meter(transport=CallbackTransport(lambda batch: gate.wait(5)), flush_interval=0.01)
     m.emit(_record())
     started = time.perf_counter()
     for n in range(100):
@@ -213,12 +213,62 @@ def test_close_closes_the_transport() -> None:
         {"batch_size": 0},
         {"flush_interval": "1"},
         {"metadata": {"k": None}},
+        {"metadata": {"k": "lone \ud800 surrogate"}},
     ],
 )
 def test_bad_settings_fail_at_construction(kwargs: dict[str, object]) -> None:
     """Invalid Meter settings raise ConfigurationError (a ValueError) immediately."""
     with pytest.raises(ConfigurationError):
         Meter(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"flush_interval": float("nan")}, "flush_interval"),
+        ({"flush_interval": float("inf")}, "flush_interval"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"flush_interval": -0.5}, "flush_interval"),
+        ({"flush_interval": 3601}, "flush_interval"),
+        ({"flush_interval": 1e10}, "flush_interval"),
+        ({"exit_timeout": float("nan")}, "exit_timeout"),
+        ({"exit_timeout": float("inf")}, "exit_timeout"),
+        ({"batch_size": 10_001}, "batch_size"),
+        ({"batch_size": 2.0}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"spool_dir": ""}, "spool_dir"),
+        ({"spool_dir": 3}, "spool_dir"),
+        ({"transport": MemoryTransport}, "class"),
+    ],
+    ids=[
+        "flush-nan",
+        "flush-inf",
+        "flush-zero",
+        "flush-negative",
+        "flush-over-an-hour",
+        "flush-1e10",
+        "exit-nan",
+        "exit-inf",
+        "batch-huge",
+        "batch-float",
+        "batch-bool",
+        "spool-empty",
+        "spool-int",
+        "transport-class",
+    ],
+)
+def test_absurd_settings_are_refused_with_a_message_naming_them(
+    kwargs: dict[str, object], named: str
+) -> None:
+    """NaN, infinite, zero or huge intervals and sizes, an empty spool_dir, a transport class: refused."""
+    with pytest.raises(ConfigurationError, match=named):
+        Meter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_polar_transport_class_instead_of_an_instance_is_refused_with_a_hint() -> None:
+    """transport=PolarTransport (the class) says to pass an instance, PolarTransport(...)."""
+    with pytest.raises(ConfigurationError, match=r"PolarTransport\(\.\.\.\)"):
+        Meter(transport=PolarTransport)  # type: ignore[arg-type]
 
 
 def test_pending_events_are_flushed_at_interpreter_exit(tmp_path: object) -> None:
@@ -324,4 +374,32 @@ def test_default_meter_without_token_spools_and_warns_once(
     assert sum(s.pending for s in spool_status(tmp_path)) == 3
     warnings = [r for r in caplog.records if "no transport is configured" in r.getMessage()]
     assert len(warnings) == 1 and str(tmp_path) in warnings[0].getMessage()
+    default.close(0.1)
+
+
+def test_default_meter_with_a_bad_token_logs_and_never_breaks_the_call(
+    server: object, tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malformed POLAR_ACCESS_TOKEN is logged; the call succeeds and its event waits in the spool."""
+    import openai
+
+    import llm_meter._meter as meter_module
+    from llm_meter import meter
+    from llm_meter._spool import spool_status
+
+    monkeypatch.setattr(meter_module, "_default", None)
+    monkeypatch.setenv("POLAR_ACCESS_TOKEN", "polar_oat_XYZZY with space\n")
+    monkeypatch.setenv("LLM_METER_SPOOL_DIR", str(tmp_path))
+    caplog.set_level(logging.ERROR, logger="llm_meter")
+    url = server.url  # type: ignore[attr-defined]
+    with openai.OpenAI(api_key="test", base_url=url, max_retries=0) as plain:
+        reply = meter(plain, customer="cus_1").chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert reply.usage is not None
+    default = meter_module._default
+    assert default is not None and default.transport is None
+    assert sum(s.pending for s in spool_status(tmp_path)) == 1
+    errors = [r.getMessage() for r in caplog.records if "cannot deliver" in r.getMessage()]
+    assert len(errors) == 1 and "XYZZY" not in errors[0]
     default.close(0.1)

@@ -22,7 +22,7 @@ from llm_meter import Meter, MissingCustomerError
 from llm_meter._estimate import count_text
 from llm_meter._fakes.openai_server import REASONING_TOKENS, FakeOpenAIServer
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, usage
+from support import base_id, delivered, only_event, usage
 
 MODEL = "gpt-4o-mini"
 SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
@@ -125,7 +125,7 @@ def test_async_chat_create_emits_one_event(
 
     completion = run_metered(server, meter_, body)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
     assert event["external_customer_id"] == "cus_1"
     assert event["metadata"]["model"] == SERVED_MODEL
     assert usage(event) == chat_expect()
@@ -166,7 +166,7 @@ def test_async_chat_stream_helper_emits_one_event_and_matches_unwrapped(
     assert metered.model_dump(exclude=exclude) == plain.model_dump(exclude=exclude)
     assert metered.choices[0].message.content == FULL_TEXT
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{metered.id}"
+    assert base_id(event) == f"openai:{metered.id}"
     assert usage(event) == chat_expect()
 
 
@@ -205,8 +205,8 @@ def test_async_responses_create_and_stream_are_metered(
     assert events[-1].type == "response.completed"
     assert "stream_options" not in server.requests[1].json
     first, second = delivered(meter_, transport)
-    assert first["external_id"] == f"openai:{response.id}"
-    assert second["external_id"] == f"openai:{events[-1].response.id}"
+    assert base_id(first) == f"openai:{response.id}"
+    assert base_id(second) == f"openai:{events[-1].response.id}"
     assert usage(first) == usage(second) == responses_expect()
 
 
@@ -225,7 +225,7 @@ def test_async_responses_stream_helper_is_metered(
 
     final = run_metered(server, meter_, body)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{final.id}"
+    assert base_id(event) == f"openai:{final.id}"
     assert usage(event) == responses_expect()
 
 
@@ -248,7 +248,7 @@ def test_async_raw_response_meters_once_on_parse(
     completion = run_metered(server, meter_, body)
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_raw"
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
     assert usage(event) == chat_expect()
 
 
@@ -268,7 +268,7 @@ def test_async_streaming_response_meters_on_parse(
     completion, chunks = run_metered(server, meter_, body)
     assert text_of(chunks) == FULL_TEXT
     first, second = delivered(meter_, transport)
-    assert first["external_id"] == f"openai:{completion.id}"
+    assert base_id(first) == f"openai:{completion.id}"
     assert usage(first) == usage(second) == chat_expect()
 
 
@@ -296,7 +296,7 @@ def test_async_azure_bills_the_reported_model(
     completion, chunks = asyncio.run(main())
     assert text_of(chunks) == FULL_TEXT
     first, second = delivered(meter_, transport)
-    assert first["external_id"] == f"openai:{completion.id}"
+    assert base_id(first) == f"openai:{completion.id}"
     assert first["metadata"]["model"] == second["metadata"]["model"] == SERVED_MODEL
     assert usage(first) == usage(second) == chat_expect()
 
@@ -317,7 +317,7 @@ def test_async_drop_in_client_is_metered(
     completion = asyncio.run(main())
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_drop"
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
 
 
 def test_async_endpoint_rejecting_stream_options_still_streams(
@@ -381,7 +381,7 @@ def test_async_stream_full_consumption_hides_usage_chunk_and_bills_exactly(
     assert text_of(chunks) == FULL_TEXT
     event = only_event(m, transport)
     assert event["metadata"]["estimated"] is False
-    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert base_id(event) == f"openai:{chunks[0].id}"
     assert usage(event) == chat_expect()
 
 
@@ -525,7 +525,7 @@ def test_twenty_concurrent_tasks_bill_their_own_customers(
     expected = dict(run_metered(server, meter_, body, customer="cus_client"))
     events = delivered(meter_, transport)
     assert len(events) == 20
-    got = {e["external_id"].removeprefix("openai:"): e["external_customer_id"] for e in events}
+    got = {base_id(e).removeprefix("openai:"): e["external_customer_id"] for e in events}
     assert got == expected
 
 
@@ -549,7 +549,7 @@ def test_customer_block_follows_tasks_created_inside_it(
     completion = run_metered(server, meter_, body, customer=None)
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_task"
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
 
 
 def test_eight_threads_share_one_sync_client_with_right_customers(
@@ -595,7 +595,7 @@ def test_eight_threads_share_one_sync_client_with_right_customers(
     assert len(expected) == 40
     events = delivered(meter_, transport)
     assert len(events) == 40
-    got = {e["external_id"].removeprefix("openai:"): e["external_customer_id"] for e in events}
+    got = {base_id(e).removeprefix("openai:"): e["external_customer_id"] for e in events}
     assert got == expected
 
 
@@ -619,7 +619,7 @@ def test_customer_block_follows_copied_context_into_threads(
     assert len(results) == 1
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_ctx"
-    assert event["external_id"] == f"openai:{results[0].id}"
+    assert base_id(event) == f"openai:{results[0].id}"
 
 
 def test_thread_without_copied_context_does_not_inherit_the_block(

@@ -25,7 +25,7 @@ from llm_meter._fakes.openai_server import (
     FakeOpenAIServer,
 )
 from llm_meter.transports import MemoryTransport
-from support import delivered, only_event, usage
+from support import base_id, delivered, only_event, usage
 
 MODEL = "gpt-4o-mini"
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello to the metered world"}]
@@ -106,7 +106,7 @@ def test_chat_create_emits_one_event_with_exact_usage(
     assert event == {
         "name": "ai_usage",
         "external_customer_id": "cus_1",
-        "external_id": f"openai:{completion.id}",
+        "external_id": event["external_id"],
         "timestamp": event["timestamp"],
         "metadata": {
             "model": "gpt-4.1-nano-2025-04-14",
@@ -117,6 +117,7 @@ def test_chat_create_emits_one_event_with_exact_usage(
         },
     }
     assert event["timestamp"].endswith("Z")
+    assert base_id(event) == f"openai:{completion.id}"
 
 
 def test_chat_create_with_n2_emits_one_event(client: Any, meter_: Meter, transport: MemoryTransport) -> None:
@@ -134,7 +135,7 @@ def test_chat_parse_with_pydantic_model_is_metered(
     completion = chat_parse(client)(model=MODEL, messages=MESSAGES, response_format=Person)
     assert completion.choices[0].message.parsed == Person(name="Ada", age=36)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
     assert usage(event) == chat_expect()
 
 
@@ -152,7 +153,7 @@ def test_chat_stream_helper_emits_one_event_and_final_completion_is_unchanged(
     assert comparable(metered_final) == comparable(plain_final)
     assert metered_final.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 "
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{metered_final.id}"
+    assert base_id(event) == f"openai:{metered_final.id}"
     assert usage(event) == chat_expect()
     assert event["metadata"]["model"] == "gpt-4.1-nano-2025-04-14"
 
@@ -185,7 +186,7 @@ def test_responses_create_emits_one_event(client: Any, meter_: Meter, transport:
     """responses.create bills input_tokens/output_tokens under the response id."""
     response = client.responses.create(model=MODEL, input=RESPONSES_INPUT)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{response.id}"
+    assert base_id(event) == f"openai:{response.id}"
     assert event["metadata"]["model"] == "gpt-4.1-nano-2025-04-14"
     assert usage(event) == responses_expect()
 
@@ -200,7 +201,7 @@ def test_responses_parse_is_metered(
     response = client.responses.parse(model=MODEL, input=RESPONSES_INPUT, text_format=Person)
     assert response.output_parsed == Person(name="Ada", age=36)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{response.id}"
+    assert base_id(event) == f"openai:{response.id}"
     assert usage(event) == responses_expect()
 
 
@@ -216,7 +217,7 @@ def test_responses_stream_helper_emits_one_event(
     assert types[-1] == "response.completed"
     assert final.output_text == "tok0 tok1 tok2 tok3 tok4 "
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{final.id}"
+    assert base_id(event) == f"openai:{final.id}"
     assert usage(event) == responses_expect()
 
 
@@ -228,7 +229,7 @@ def test_legacy_completions_create_is_metered(client: Any, meter_: Meter, transp
     prompt = "Once upon a time there"
     completion = client.completions.create(model="gpt-3.5-turbo-instruct", prompt=prompt, n=2)
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
     assert usage(event) == (5, 10, 15)
 
 
@@ -243,7 +244,7 @@ def test_embeddings_create_is_metered_with_request_id(
     embeddings = raw.parse()
     assert len(embeddings.data) == 2
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{request_id}"
+    assert base_id(event) == f"openai:{request_id}"
     assert event["metadata"]["model"] == "text-embedding-3-small"
     assert usage(event) == (3, 0, 3)
 
@@ -316,7 +317,7 @@ def test_with_raw_response_meters_only_when_parsed(
     second = raw.parse()
     assert first.id == second.id
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{first.id}"
+    assert base_id(event) == f"openai:{first.id}"
     assert usage(event) == chat_expect()
 
 
@@ -328,7 +329,7 @@ def test_with_streaming_response_meters_on_parse(
         completion = response.parse()
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_sr"
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
     assert usage(event) == chat_expect()
 
 
@@ -346,7 +347,7 @@ def test_client_level_with_raw_response_accepts_customer(
     """client.with_raw_response.chat.completions.create(customer=...) bills that customer once."""
     completion = client.with_raw_response.chat.completions.create(**CHAT_BODY, customer="cus_a").parse()
     event = only_event(meter_, transport)
-    assert (event["external_customer_id"], event["external_id"]) == ("cus_a", f"openai:{completion.id}")
+    assert (event["external_customer_id"], base_id(event)) == ("cus_a", f"openai:{completion.id}")
 
 
 def test_client_level_with_streaming_response_accepts_customer(
@@ -358,7 +359,7 @@ def test_client_level_with_streaming_response_accepts_customer(
     ) as response:
         parsed = response.parse()
     event = only_event(meter_, transport)
-    assert (event["external_customer_id"], event["external_id"]) == ("cus_b", f"openai:{parsed.id}")
+    assert (event["external_customer_id"], base_id(event)) == ("cus_b", f"openai:{parsed.id}")
     assert usage(event) == responses_expect()
 
 
@@ -382,7 +383,7 @@ def test_raw_response_accessed_on_original_before_wrapping_is_metered_on_wrapped
         assert delivered(meter_, transport) == []
         completion = metered.chat.completions.with_raw_response.create(**CHAT_BODY).parse()
         event = only_event(meter_, transport)
-        assert event["external_id"] == f"openai:{completion.id}"
+        assert base_id(event) == f"openai:{completion.id}"
 
 
 # -- wrapping -------------------------------------------------------------------------------------
@@ -398,7 +399,7 @@ def test_double_wrapping_bills_each_call_once(base: Any, meter_: Meter, transpor
         events = delivered(meter_, transport)
     assert len(events) == 2
     assert {e["external_customer_id"] for e in events} == {"cus_outer"}
-    assert events[0]["external_id"] == f"openai:{completion.id}"
+    assert base_id(events[0]) == f"openai:{completion.id}"
 
 
 def test_rewrapping_onto_another_meter_reports_only_to_the_new_meter(
@@ -448,7 +449,7 @@ def test_drop_in_openai_class_is_metered(
         completion = c.chat.completions.create(**CHAT_BODY)
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_drop"
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
 
 
 def test_with_options_and_copy_stay_metered_with_same_customer(
@@ -678,6 +679,6 @@ def test_azure_client_bills_the_model_the_response_reports(
     assert server.requests[0].path == "/openai/deployments/my-deployment/chat/completions"
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_az"
-    assert event["external_id"] == f"openai:{completion.id}"
+    assert base_id(event) == f"openai:{completion.id}"
     assert event["metadata"]["model"] == "gpt-4.1-nano-2025-04-14"
     assert usage(event) == chat_expect()

@@ -18,7 +18,7 @@ from llm_meter import Meter
 from llm_meter._estimate import count_text
 from llm_meter._fakes.openai_server import AUDIO_INPUT_TOKENS, REASONING_TOKENS, FakeOpenAIServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
-from support import delivered, freed_without_gc, only_event, usage
+from support import base_id, delivered, freed_without_gc, only_event, usage
 
 MODEL = "gpt-4o-mini"
 SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
@@ -126,7 +126,7 @@ def test_injected_include_usage_is_sent_but_its_chunk_is_hidden(
     assert all(chunk.choices for chunk in metered)
     assert text_of(metered) == FULL_TEXT
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{metered[0].id}"
+    assert base_id(event) == f"openai:{metered[0].id}"
     assert usage(event) == chat_expect()
 
 
@@ -198,7 +198,7 @@ def test_full_consumption_emits_one_exact_event(dclient: Any, details: tuple[Met
     m, transport = details
     chunks = list(dclient.chat.completions.create(**CHAT_BODY, stream=True))
     event = only_event(m, transport)
-    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert base_id(event) == f"openai:{chunks[0].id}"
     assert event["metadata"] == {
         "model": SERVED_MODEL,
         "requests": 1,
@@ -257,7 +257,7 @@ def test_close_before_iterating_emits_one_event(dclient: Any, details: tuple[Met
     event = only_event(m, transport)
     assert_estimated(event, "")
     assert event["metadata"]["response_tokens"] == 0
-    assert event["external_id"] == f"openai:{request_id}"
+    assert base_id(event) == f"openai:{request_id}"
     del stream
     assert_no_second_event(m, transport)
 
@@ -313,7 +313,7 @@ def test_never_iterated_stream_collected_by_gc_emits_one_event(
     del stream
     gc.collect()
     event = only_event(m, transport)
-    assert event["external_id"] == f"openai:{request_id}"
+    assert base_id(event) == f"openai:{request_id}"
     assert_estimated(event, "")
     assert_no_second_event(m, transport)
 
@@ -348,7 +348,7 @@ def test_server_ignoring_include_usage_bills_one_estimated_event(
     chunks = list(dclient.chat.completions.create(**CHAT_BODY, stream=True))
     assert text_of(chunks) == FULL_TEXT
     event = only_event(m, transport)
-    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert base_id(event) == f"openai:{chunks[0].id}"
     assert_estimated(event, FULL_TEXT)
 
 
@@ -417,7 +417,7 @@ def test_azure_trailing_content_filter_chunks_keep_usage(
     assert all(c.usage is None for c in chunks)
     event = only_event(meter_, transport)
     assert event["metadata"]["model"] == SERVED_MODEL
-    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert base_id(event) == f"openai:{chunks[0].id}"
     assert usage(event) == chat_expect()
 
 
@@ -479,7 +479,7 @@ def test_legacy_completions_stream_is_metered_and_usage_chunk_hidden(
     assert all(chunk.choices for chunk in chunks)
     assert "".join(chunk.choices[0].text for chunk in chunks) == FULL_TEXT
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{chunks[0].id}"
+    assert base_id(event) == f"openai:{chunks[0].id}"
     assert usage(event) == (3, 5, 8)
 
 
@@ -492,7 +492,7 @@ def test_responses_stream_bills_response_completed_usage(
     assert "stream_options" not in server.requests[0].json
     assert events[-1].type == "response.completed"
     event = only_event(meter_, transport)
-    assert event["external_id"] == f"openai:{events[-1].response.id}"
+    assert base_id(event) == f"openai:{events[-1].response.id}"
     assert event["metadata"]["model"] == SERVED_MODEL
     assert usage(event) == (prompt, 5 + REASONING_TOKENS, prompt + 5 + REASONING_TOKENS)
 
@@ -511,7 +511,7 @@ def test_responses_stream_broken_early_is_estimated_under_the_response_id(
             break
     stream.close()
     event = only_event(m, transport)
-    assert event["external_id"] == f"openai:{created_id}"
+    assert base_id(event) == f"openai:{created_id}"
     assert_estimated(event, "tok0 ")
 
 

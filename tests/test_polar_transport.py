@@ -98,6 +98,14 @@ def test_send_accepts_wire_dicts(polar: FakePolarServer) -> None:
     assert [e["external_id"] for e in polar.events] == ["openai:0", "openai:1", "openai:2"]
 
 
+def test_text_that_cannot_be_encoded_is_sent_with_a_replacement_character(polar: FakePolarServer) -> None:
+    """A wire dict holding a lone surrogate is delivered (as U+FFFD), not failed on every retry."""
+    event = _event(0)
+    event["metadata"]["model"] = "gpt-4o-\ud800"
+    assert _send(_transport(polar), [event, _event(1)]) == IngestResult(inserted=2, duplicates=0)
+    assert polar.events[0]["metadata"]["model"] == "gpt-4o-\ufffd"
+
+
 def test_resend_is_reported_as_duplicates(polar: FakePolarServer) -> None:
     """Sending the same batch again stores nothing new and reports every event as a duplicate."""
     batch = _batch()
@@ -197,6 +205,42 @@ def test_timeout_is_a_retryable_delivery_error(polar: FakePolarServer) -> None:
         _send_json(_transport(polar, timeout=0.3), _batch(2))
     assert not isinstance(info.value, RejectedEventsError)
     assert info.value.configuration is False
+
+
+# -- 2xx answers that are not acknowledgements -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.bad_body(),
+        Fault.bad_body(b"", status=204, content_type=""),
+        Fault.bad_body(b"null", content_type="application/json"),
+        Fault.bad_body(b"[]", content_type="application/json"),
+        Fault.bad_body(b'{"inserted": 5}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": "5", "duplicates": 0}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": true, "duplicates": 4}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": -1, "duplicates": 6}', content_type="application/json"),
+        Fault.bad_body(b'{"inserted": 5, "duplicates": 0', content_type="application/json"),
+    ],
+    ids=["html", "204", "null", "list", "no-duplicates", "string", "bool", "negative", "truncated"],
+)
+def test_2xx_without_polars_answer_is_not_an_acknowledgement(polar: FakePolarServer, fault: Fault) -> None:
+    """A 2xx whose body is not Polar's {"inserted", "duplicates"} raises a DeliveryError (retried)."""
+    polar.inject(fault)
+    with pytest.raises(DeliveryError, match="not an acknowledgement") as info:
+        _send_json(_transport(polar), _batch(5))
+    assert not isinstance(info.value, RejectedEventsError)
+
+
+def test_2xx_counting_fewer_events_than_sent_is_not_an_acknowledgement(polar: FakePolarServer) -> None:
+    """inserted + duplicates below the batch size raises a DeliveryError; the resend stores the rest."""
+    polar.inject(Fault.short_count(2))
+    batch = _batch(5)
+    with pytest.raises(DeliveryError, match="3 of 5"):
+        _send_json(_transport(polar), batch)
+    assert _send_json(_transport(polar), batch) == IngestResult(inserted=2, duplicates=3)
+    assert len(polar.events) == 5
 
 
 def test_unreachable_server_is_a_retryable_delivery_error() -> None:
@@ -322,3 +366,87 @@ def test_unknown_server_name_is_a_configuration_error() -> None:
 def test_repr_hides_the_token() -> None:
     """repr(transport) never shows the access token."""
     assert TOKEN not in repr(PolarTransport(TOKEN, base_url="http://127.0.0.1:1"))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [f"{TOKEN}\n", f"Bearer {TOKEN}", f"{TOKEN} ", f"\t{TOKEN}", f"{TOKEN}\x00", f"{TOKEN}é"],
+    ids=["newline", "space-inside", "space-after", "tab", "nul", "non-ascii"],
+)
+def test_token_with_whitespace_or_odd_characters_is_refused_without_echoing_it(token: str) -> None:
+    """A token with a newline, a space or a non-printable character fails at construction, unshown."""
+    with pytest.raises(ConfigurationError, match="access token") as info:
+        PolarTransport(token, base_url="http://127.0.0.1:1")
+    assert TOKEN not in str(info.value)
+
+
+def test_token_with_a_newline_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """POLAR_ACCESS_TOKEN read from a secret file with its trailing newline fails at construction."""
+    monkeypatch.setenv("POLAR_ACCESS_TOKEN", TOKEN + "\n")
+    with pytest.raises(ConfigurationError, match="newline"):
+        PolarTransport(base_url="http://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1.0, True, "10"])
+def test_timeout_must_be_a_finite_positive_number(timeout: object) -> None:
+    """timeout= NaN, infinite, zero, negative or not a number fails at construction."""
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PolarTransport(TOKEN, base_url="http://127.0.0.1:1", timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://", "https://", "https:///v1/events", "ftp://api.polar.sh", "api.polar.sh", "https://h/?a=1"],
+    ids=["http-no-host", "https-no-host", "path-no-host", "ftp", "no-scheme", "query"],
+)
+def test_base_url_must_be_an_http_url_with_a_host(base_url: str) -> None:
+    """A base_url without http(s) scheme or host, or with a query, fails at construction."""
+    with pytest.raises(ConfigurationError, match="base_url"):
+        PolarTransport(TOKEN, base_url=base_url)
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://api.polar.sh/v1",
+        "https://api.polar.sh/v1/",
+        "https://proxy.example/polar/v1",
+        "https://api.polar.sh/v1/events/ingest",
+    ],
+)
+def test_base_url_with_the_api_path_is_refused_with_a_hint(base_url: str) -> None:
+    """A base_url ending in /v1 (or the ingest path) would 404 forever: refused, pointing at the root."""
+    with pytest.raises(ConfigurationError, match=r"adds /v1/events/ingest itself"):
+        PolarTransport(TOKEN, base_url=base_url)
+
+
+def test_base_url_with_a_path_prefix_is_kept() -> None:
+    """A proxy mounted under a path (no /v1 at the end) is a valid base_url."""
+    assert PolarTransport(TOKEN, base_url="https://proxy.example/polar/").base_url == (
+        "https://proxy.example/polar"
+    )
+
+
+@pytest.mark.parametrize("where", ["base_url", "server"])
+def test_token_given_in_place_of_another_setting_is_never_echoed(where: str) -> None:
+    """A token passed as base_url= or server= is refused without showing it in the message."""
+    with pytest.raises(ConfigurationError) as info:
+        PolarTransport(TOKEN, **{where: TOKEN})
+    assert TOKEN not in str(info.value) and "polar_oat" not in str(info.value)
+
+
+def test_api_version_with_whitespace_is_refused() -> None:
+    """A Polar-Version with a newline (an invalid header) fails at construction, not on every send."""
+    with pytest.raises(ConfigurationError, match="api_version"):
+        PolarTransport(TOKEN, base_url="http://127.0.0.1:1", api_version="2026-10\n")
+
+
+@pytest.mark.parametrize("size", [1, 2], ids=["one-event", "split-batch"])
+def test_refusal_reasons_never_carry_the_token(polar: FakePolarServer, size: int) -> None:
+    """A 413 page echoing the request headers becomes a reason with the token blanked out."""
+    polar.inject(*[Fault.echo_headers(413)] * (2 * size - 1))
+    with pytest.raises(RejectedEventsError) as info:
+        _send_json(_transport(polar), _batch(size))
+    reasons = list(info.value.rejected.values())
+    assert len(reasons) == size and all("Bearer ***" in reason for reason in reasons)
+    assert not [reason for reason in reasons if TOKEN in reason]

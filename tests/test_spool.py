@@ -222,3 +222,30 @@ def test_forked_child_spools_to_its_own_segment(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     ids = sorted(json.loads(line)["external_id"] for line in out.read_text().splitlines())
     assert ids == ["openai:child-1", "openai:parent-1", "openai:parent-2"]
+
+
+def test_half_record_does_not_corrupt_the_record_after_it(tmp_path: Path) -> None:
+    """A record cut short (disk full) followed by a complete one: the complete one is still delivered."""
+    writer = Spool(tmp_path)
+    writer.append(encode_record(json.dumps({"external_id": "openai:a"})))
+    (segment,) = _segments(tmp_path)
+    with open(segment, "ab") as file:  # what a write cut short by a full disk leaves
+        file.write(encode_record(json.dumps({"external_id": "openai:half"}))[:20])
+    writer.append(encode_record(json.dumps({"external_id": "openai:c"})))
+    writer.release_all()
+    transport = MemoryTransport()
+    m = Meter(transport=transport, spool_dir=tmp_path, flush_interval=0.01)
+    assert m._dispatcher.drain(5.0)
+    m.close(5.0)
+    assert _ids(transport.events) == ["openai:a", "openai:c"]
+
+
+def test_temporary_files_a_killed_process_left_are_removed(tmp_path: Path) -> None:
+    """Adoption deletes temporary files older than an hour and keeps recent ones (a write in progress)."""
+    stale = tmp_path / "tmp-0123-seg-1.log"
+    fresh = tmp_path / "tmp-4567-seg-2.log"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    Spool(tmp_path).adopt_orphans()
+    assert not stale.exists() and fresh.exists()

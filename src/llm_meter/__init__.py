@@ -10,7 +10,6 @@ client = meter(OpenAI(), customer="cus_123")
 
 from __future__ import annotations
 
-from ._client import meter
 from ._customer import customer
 from ._exceptions import (
     ConfigurationError,
@@ -20,6 +19,7 @@ from ._exceptions import (
     RejectedEventsError,
 )
 from ._meter import Meter, MeterStats
+from ._wrap import meter
 
 __all__ = [
     "ConfigurationError",

@@ -157,12 +157,15 @@ def _dead_letters(args: argparse.Namespace) -> int:
     count = 0
     for letter in iter_dead_letters(args.spool_dir):
         count += 1
-        event = letter.get("event", {})
-        print(
-            json.dumps(
-                {"external_id": event.get("external_id"), "reason": letter.get("reason"), "event": event}
-            )
-        )
+        event = letter.get("event")
+        shown: dict[str, Any] = {
+            "external_id": event.get("external_id") if isinstance(event, dict) else None,
+            "reason": letter.get("reason"),
+            "event": event,
+        }
+        if "payload" in letter:  # a damaged record that is not JSON, kept as it was
+            shown["payload"] = letter["payload"]
+        print(json.dumps(shown))
     if not count:
         print("no dead letters", file=sys.stderr)
     return 0
@@ -194,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     letters.set_defaults(func=_dead_letters)
 
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigurationError as exc:  # e.g. a spool directory other users can write
+        print(f"llm-meter {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -49,6 +49,11 @@ def make_customer(customer: str | None, customer_id: str | None) -> Customer | N
             raise ConfigurationError(
                 f"customer= must be a non-empty string of at most 500 characters, got {customer!r}"
             )
+        if not _encodes(customer):
+            # It goes into every event and request: refused now, or every call would fail.
+            raise ConfigurationError(
+                f"customer= cannot be encoded as UTF-8 (it holds a lone surrogate): {customer!r}"
+            )
         return Customer(_EXTERNAL, customer)
     if customer_id is not None:
         try:
@@ -59,6 +64,17 @@ def make_customer(customer: str | None, customer_id: str | None) -> Customer | N
             ) from None
         return Customer(_POLAR_ID, str(parsed))
     return None
+
+
+def _encodes(text: str) -> bool:
+    """Whether *text* encodes as UTF-8 (no lone surrogate such as ``"\\ud800"``)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _current: ContextVar[Customer | None] = ContextVar("llm_meter_customer", default=None)

@@ -4,6 +4,8 @@ Caller's path: without a spool, one ``deque.append`` (atomic in CPython, no lock
 spool, the record is encoded to its wire JSON and appended to the spool file (one
 ``os.write``) before the metered call returns. Records that still need a token estimate
 go through the deque either way: the estimate runs on the worker, which then spools them.
+An event the spool cannot take (disk full or read-only, directory gone) is kept in memory
+(``_direct``) and sent from there, counted as pending (and ``unspooled``) until delivered.
 
 A single daemon worker thread owns an asyncio loop of its own, so delivery works the same
 from sync code with no loop and from inside a running loop. It sends batches through the
@@ -16,6 +18,7 @@ is sent. An event counts as delivered only once the transport returned.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -24,19 +27,30 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
+from copy import copy
 from typing import Any
 
 from ._events import EventOptions, UsageRecord, encode_wire
 from ._exceptions import RejectedEventsError
-from ._spool import Spool, encode_record
+from ._spool import Spool, dead_letter_entry, encode_record
 from .transports import Transport
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "live_dispatchers"]
 
 log = logging.getLogger("llm_meter")
 
 MAX_BACKOFF = 30.0
 _ADOPT_EVERY = 30.0
+#: First pause after an unexpected failure of the worker itself; doubles up to MAX_BACKOFF.
+_FAILURE_PAUSE = 0.1
+
+
+def _wait_time(seconds: float) -> float:
+    """*seconds* as a timeout ``threading`` accepts (it raises OverflowError above TIMEOUT_MAX)."""
+    if seconds != seconds:  # NaN: never a zero wait, which would spin
+        return 1.0
+    return min(max(seconds, 0.0), threading.TIMEOUT_MAX)
 
 
 class Dispatcher:
@@ -50,12 +64,16 @@ class Dispatcher:
         spool: Spool | None = None,
         batch_size: int = 100,
         flush_interval: float = 1.0,
+        exit_timeout: float = 2.0,
     ) -> None:
         self._transport = transport
+        self.exit_timeout = exit_timeout
+        #: Set when the Meter was dropped without close(): the worker stops by then at the latest.
+        self._linger: float | None = None
         self._options = options
         self._spool = spool
         self._batch_size = batch_size
-        self._flush_interval = flush_interval
+        self._flush_interval = _wait_time(flush_interval)
         self._queue: deque[UsageRecord] = deque()
         self._wake = threading.Event()
         #: Set only by close(): the one thing that may cut a retry backoff short.
@@ -69,6 +87,12 @@ class Dispatcher:
         self._idle_pass = 0
         self._since_wake = 0
         self._warned_no_transport = False
+        self._guard_logged: dict[str, float] = {}
+        #: Wire JSON of events the spool could not take (disk full or read-only), sent from memory.
+        self._direct: deque[str] = deque()
+        self._direct_in = itertools.count()  # of those, how many callers put there (atomic)
+        self._direct_busy = 0  # taken off _direct by the worker, being sent
+        self._unspooled_logged = -60.0
         #: Events set aside when there is no spool to keep them in.
         self.dead_letters: list[dict[str, Any]] = []
         # Counters are written by the worker (under _done where flush waits on them).
@@ -81,10 +105,12 @@ class Dispatcher:
         self.retried = 0
         self.duplicates = 0
         self.failed = 0  # records lost to an error in llm_meter itself (logged)
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reset_in_child(ref))
+        self.errors = 0  # unexpected failures the worker logged and carried on from
+        _DISPATCHERS.add(self)
         if spool is not None and transport is not None:
-            self._start()  # deliver what earlier processes left in the spool
+            # Take on what stopped meters and processes left: pending from now on (SPEC 6).
+            self._guard(spool.adopt_orphans)
+            self._start()
 
     # -- caller side ---------------------------------------------------------------------
     def submit(self, record: UsageRecord) -> None:
@@ -93,11 +119,13 @@ class Dispatcher:
         if spool is None or record.estimate is not None:
             self._queue.append(record)
         else:
+            payload = encode_wire(record, self._options)
             try:
-                spool.append(encode_record(encode_wire(record, self._options)))
-            except OSError as exc:  # disk full, permissions: keep the event in memory instead
-                log.error("llm_meter: could not write to the spool (%s); keeping the event in memory", exc)
-                self._queue.append(record)
+                spool.append(encode_record(payload))
+            except OSError as exc:  # disk full or read-only: keep the event in memory instead
+                next(self._direct_in)
+                self._direct.append(payload)
+                self._unspooled(exc)
         if self._thread is None:
             self._start()
         # A full batch is waiting: wake the worker instead of letting it sleep out flush_interval.
@@ -108,30 +136,60 @@ class Dispatcher:
             if not self._wake.is_set():
                 self._wake.set()
 
+    def _unspooled(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._unspooled_logged >= 60.0:  # at most once a minute
+            self._unspooled_logged = now
+            log.error(
+                "llm_meter: could not write to the spool %s (%s); events are kept in memory and sent from "
+                "there until it can be written again (see stats().unspooled)",
+                self._spool.directory if self._spool is not None else "",
+                exc,
+            )
+
     @property
     def emitted(self) -> int:
         spooled = self._spool.appended - self.respooled if self._spool is not None else 0
-        return spooled + self.taken + len(self._queue)
+        direct = next(copy(self._direct_in))
+        return spooled + self.taken + len(self._queue) + direct
+
+    @property
+    def unspooled(self) -> int:
+        """Events the spool could not take, waiting in memory to be sent."""
+        return len(self._direct) + self._direct_busy
 
     @property
     def pending(self) -> int:
-        """Accepted events not yet acknowledged or dead-lettered."""
-        return self.emitted - self.delivered_own - self.dead_own - self.failed
+        """Events accepted, or taken on from the spool, not yet acknowledged or dead-lettered."""
+        own = self.emitted - self.delivered_own - self.dead_own - self.failed
+        spool = self._spool
+        return own if spool is None else own + spool.inherited - spool.inherited_done
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything accepted so far is acknowledged; ``False`` on timeout."""
+        """Wait until everything accepted so far is acknowledged; ``False`` on timeout.
+
+        With a spool this includes what was taken on from it, and what stopped processes
+        left there since the last look (pool children that exit without ``atexit``).
+        """
         target = self.emitted
         deadline = time.monotonic() + max(timeout, 0.0)
         if self._transport is None:
             return self._settled() >= target
+        spool = self._spool
+        if spool is not None and not self._closed:
+            self._guard(spool.adopt_orphans)
+        inherited = spool.inherited if spool is not None else 0
         if self._thread is None:
             self._start()
         with self._done:
-            while self._settled() < target:
+            while self._settled() < target or (spool is not None and spool.inherited_done < inherited):
+                thread = self._thread
+                if thread is not None and not thread.is_alive():
+                    return False  # stopped (closed): nothing more will be delivered
                 self._wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -166,6 +224,46 @@ class Dispatcher:
         """:meth:`flush` without blocking the running event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
 
+    def abandon(self) -> None:
+        """Its Meter was dropped without ``close()``: wind down in the background.
+
+        The worker delivers what is pending within ``exit_timeout``, then stops, closing the
+        transport and unlocking the spool: no thread or descriptor outlives the Meter for
+        long. Called by a finalizer (any thread, possibly the worker's own): takes no lock.
+        """
+        if self._closed:
+            return
+        self._linger = time.monotonic() + self.exit_timeout
+        self._closed = True
+        thread = self._thread
+        if thread is None:  # no worker: nothing can be delivered from here
+            if self._spool is not None:
+                self._guard(self._spool.close)
+            return
+        if thread is not threading.current_thread():
+            self._wake.set()
+
+    @property
+    def needs_exit_flush(self) -> bool:
+        """Whether interpreter exit should wait for this dispatcher (open, or winding down)."""
+        return (not self._closed or self._linger is not None) and self.pending > 0
+
+    def _wound_down(self) -> bool:
+        """A dropped meter's worker is done: nothing is pending, or its time is up."""
+        linger = self._linger
+        return linger is not None and (self.pending <= 0 or time.monotonic() >= linger)
+
+    def _should_stop(self) -> bool:
+        linger = self._linger
+        return self._stopping or (linger is not None and time.monotonic() >= linger)
+
+    def _pause(self, seconds: float) -> float:
+        """*seconds*, shortened to what is left of the wind-down of a dropped meter."""
+        linger = self._linger
+        if linger is not None:
+            seconds = min(seconds, linger - time.monotonic())
+        return _wait_time(seconds)
+
     def close(self, timeout: float) -> bool:
         """Flush within *timeout*, stop the worker and close the transport."""
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -177,7 +275,7 @@ class Dispatcher:
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(deadline - time.monotonic(), 0.0))
+            thread.join(_wait_time(deadline - time.monotonic()))
         elif thread is None and self._transport is not None:
             _run_aclose(self._transport)
         if self._spool is not None and thread is None:
@@ -208,87 +306,163 @@ class Dispatcher:
         transport = self._transport
         assert transport is not None
         next_adopt = 0.0
+        adopted_for = 0
+        failures = 0
         try:
-            adopted_for = 0
             while True:
-                spool = self._spool
-                request = self._drain_requested
-                if spool is not None and (request > adopted_for or time.monotonic() >= next_adopt):
-                    adopted_for = request
-                    next_adopt = time.monotonic() + _ADOPT_EVERY
-                    self._guard(spool.adopt_orphans)
-                    self._guard(spool.rotate_if_large)
-                handled = self._step(loop, transport)
-                if handled >= self._batch_size or (handled and self._stopping):
-                    continue  # a backlog: send the next batch now
-                if not handled:
+                try:
+                    if self._linger is not None and not self._stopping and self._wound_down():
+                        self._stopping = True
+                    spool = self._spool
+                    request = self._drain_requested
+                    due = request > adopted_for or time.monotonic() >= next_adopt
+                    if spool is not None and due and not self._closed:
+                        adopted_for = request
+                        next_adopt = time.monotonic() + _ADOPT_EVERY
+                        self._guard(spool.adopt_orphans)
+                        self._guard(spool.maintain)
+                    handled = self._step(loop, transport)
+                    failures = 0
+                    if handled >= self._batch_size or (handled and self._stopping):
+                        continue  # a backlog: send the next batch now
+                    if not handled:
+                        if self._stopping:
+                            break
+                        with self._done:
+                            self._idle_pass = request
+                            self._done.notify_all()
+                    # After a partial batch the next events wait for a full batch, a flush or the
+                    # interval, instead of leaving one or two at a time as they trickle in (which
+                    # costs the callers GIL time and Polar one request per event).
+                    self._wake.wait(self._flush_interval if self._linger is None else self._pause(0.05))
+                    self._wake.clear()
+                    if spool is not None:
+                        self._guard(spool.maintain)
+                except BaseException:  # nothing may end delivery for the process
+                    failures += 1
+                    self._failed_step(failures)
                     if self._stopping:
                         break
-                    with self._done:
-                        self._idle_pass = request
-                        self._done.notify_all()
-                # After a partial batch the next events wait for a full batch, a flush or the
-                # interval, instead of leaving one or two at a time as they trickle in (which
-                # costs the callers GIL time and Polar one request per event).
-                self._wake.wait(self._flush_interval)
-                self._wake.clear()
-                if spool is not None:
-                    self._guard(spool.rotate_if_large)
         finally:
+            self._guard(self._spool_direct)
             try:
                 loop.run_until_complete(transport.aclose())
-            except Exception:
+            except BaseException:
                 log.exception("llm_meter: transport.aclose() failed")
             loop.close()
             if self._spool is not None and self._closed:
                 self._guard(self._spool.close)  # what is left stays on disk, unlocked for others
 
+    def _failed_step(self, failures: int) -> None:
+        """An unexpected error in the worker: log and count it, resend what was in flight, pause."""
+        self.errors += 1
+        log.exception("llm_meter: unexpected error in the delivery worker (%d so far); going on", self.errors)
+        if self._spool is not None:
+            self._spool.release_reads()
+        # Growing pauses: a failure that repeats must not turn into a busy loop. Not _wake:
+        # flush() sets it every few ms; close() sets _stop.
+        self._stop.wait(min(MAX_BACKOFF, _FAILURE_PAUSE * 2 ** min(failures - 1, 10)))
+
     def _guard(self, fn: Any) -> None:
         try:
             fn()
-        except Exception:
-            log.exception("llm_meter: spool maintenance failed")
+        except Exception as exc:
+            self.errors += 1
+            now = time.monotonic()
+            key = getattr(fn, "__name__", "")
+            if now - self._guard_logged.get(key, -60.0) >= 60.0:  # at most once a minute each
+                self._guard_logged[key] = now
+                log.error("llm_meter: spool maintenance (%s) failed: %s", key, exc, exc_info=True)
 
     def _step(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> int:
-        """Deliver one batch; the number of events in it (0: nothing to do, or shutting down)."""
+        """Deliver one batch; the number of events in it (0: nothing to do, or shutting down).
+
+        Whatever happens, nothing taken for the batch is dropped: on failure (or an
+        exception) the records go back to the queue, the spool lines are read again.
+        """
         spool = self._spool
         if spool is None:
             if not self._queue:
                 return 0
-            records = self._take(self._batch_size)
-            payloads = self._encode(records)
-            ok, delivered, dead = self._deliver(loop, transport, payloads)
+            records, payloads = self._encode(self._take(self._batch_size))
+            try:
+                ok, delivered, dead = self._deliver(loop, transport, payloads)
+            except BaseException:
+                self._untake(records)
+                raise
             if not ok:
-                self.taken -= len(records)
-                self._queue.extendleft(reversed(records))  # estimates are resolved already
+                self._untake(records)
                 return 0
             self._count(delivered, dead, own=True)
             return len(records)
         # With a spool, the deque only holds records that needed an estimate: spool them.
         while self._queue:
-            records = self._take(self._batch_size)
-            for record, payload in zip(records, self._encode(records), strict=False):
+            _, payloads = self._encode(self._take(self._batch_size))
+            for payload in payloads:
                 try:
                     spool.append(encode_record(payload))
                     self.respooled += 1
-                except OSError:
-                    log.exception("llm_meter: could not spool %r", record)
-                    with self._done:
-                        self.failed += 1
-        try:
-            batch = spool.read_batch(self._batch_size)
-        except Exception:
-            log.exception("llm_meter: could not read the spool")
-            return 0
+                except OSError as exc:
+                    self._direct.append(payload)
+                    self._unspooled(exc)
+        if self._direct:  # in memory only: these go first
+            return self._send_direct(loop, transport, spool)
+        batch = spool.read_batch(self._batch_size)
         if batch is None:
             return 0
-        ok, delivered, dead = self._deliver(loop, transport, batch.payloads, spool=spool)
+        try:
+            ok, delivered, dead = self._deliver(loop, transport, batch.payloads, spool=spool)
+        except BaseException:
+            spool.release(batch)
+            raise
         if not ok:
             spool.release(batch)
             return 0
         spool.commit(batch)
         self._count(delivered, dead, own=batch.own)
         return len(batch.payloads)
+
+    def _send_direct(self, loop: asyncio.AbstractEventLoop, transport: Transport, spool: Spool) -> int:
+        direct = self._direct
+        payloads: list[str] = []
+        while direct and len(payloads) < self._batch_size:
+            payloads.append(direct.popleft())
+        self._direct_busy = len(payloads)
+        try:
+            ok, delivered, dead = self._deliver(loop, transport, payloads, spool=spool)
+            if not ok:
+                direct.extendleft(reversed(payloads))
+                return 0
+        except BaseException:
+            direct.extendleft(reversed(payloads))
+            raise
+        finally:
+            self._direct_busy = 0
+        self._count(delivered, dead, own=True)
+        return len(payloads)
+
+    def _spool_direct(self) -> None:
+        """The worker stops: move what waits in memory to the spool, if it can take it now."""
+        spool = self._spool
+        direct = self._direct
+        while spool is not None and direct:
+            payload = direct.popleft()
+            try:
+                spool.append(encode_record(payload))
+            except OSError:
+                direct.appendleft(payload)
+                log.error(
+                    "llm_meter: %d undelivered events could not be spooled either; they stay in memory "
+                    "and are lost when the process ends",
+                    len(direct),
+                )
+                return
+            self.respooled += 1
+
+    def _untake(self, records: list[UsageRecord]) -> None:
+        """Put records back at the head of the queue (their estimates are resolved already)."""
+        self.taken -= len(records)
+        self._queue.extendleft(reversed(records))
 
     def _take(self, limit: int) -> list[UsageRecord]:
         queue = self._queue
@@ -298,17 +472,22 @@ class Dispatcher:
         self.taken += len(records)
         return records
 
-    def _encode(self, records: list[UsageRecord]) -> list[str]:
+    def _encode(self, records: list[UsageRecord]) -> tuple[list[UsageRecord], list[str]]:
+        """The records that could be encoded, and their wire JSON (the others are counted lost)."""
+        kept = []
         payloads = []
         for record in records:
             try:
-                payloads.append(encode_wire(record, self._options))
+                payload = encode_wire(record, self._options)
             except Exception:
                 log.exception("llm_meter: could not build the event for %r", record)
                 with self._done:
                     self.failed += 1
                     self._done.notify_all()
-        return payloads
+            else:
+                kept.append(record)
+                payloads.append(payload)
+        return kept, payloads
 
     def _count(self, delivered: int, dead: int, *, own: bool) -> None:
         with self._done:
@@ -327,59 +506,84 @@ class Dispatcher:
         *,
         spool: Spool | None = None,
     ) -> tuple[bool, int, int]:
-        """Send until acknowledged: ``(ok, delivered, dead_lettered)``; ``ok`` is False on shutdown."""
+        """Send until acknowledged: ``(ok, delivered, dead_lettered)``; ``ok`` is False on shutdown.
+
+        Anything a transport raises (``BaseException`` included) is a failed attempt, retried.
+        """
         attempt = 0
         dead = 0
         send_json = getattr(transport, "send_json", None)
+        events: list[Any] = []
+        if send_json is None:
+            payloads, events, dead = self._decode(payloads, spool)
         while payloads:
-            if attempt and self._stopping:
+            if attempt and self._should_stop():
                 return False, 0, dead  # closing: no new attempt; the events stay pending
             try:
                 if send_json is not None:
                     result = loop.run_until_complete(send_json(payloads))
                 else:
-                    result = loop.run_until_complete(transport.send([json.loads(p) for p in payloads]))
+                    result = loop.run_until_complete(transport.send(events))
             except RejectedEventsError as exc:
-                rejected = exc.rejected
-                for index in sorted(rejected):
-                    if 0 <= index < len(payloads):
-                        self._dead_letter(payloads[index], rejected[index], exc.status, spool)
+                rejected = _rejections(exc, len(payloads))
+                if rejected:
+                    status = exc.status if isinstance(exc.status, int) else 422
+                    for index in sorted(rejected):
+                        self._dead_letter(payloads[index], rejected[index], status, spool)
                         dead += 1
-                payloads = [p for i, p in enumerate(payloads) if i not in rejected]
-                stored = getattr(exc, "result", None)
-                if stored is not None:  # the transport already delivered the others
-                    self.duplicates += int(getattr(stored, "duplicates", 0) or 0)
-                    return True, len(payloads), dead
-                continue
-            except Exception as exc:
-                attempt += 1
-                self.retried += 1
-                delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
-                retry_after = getattr(exc, "retry_after", None)
-                if isinstance(retry_after, int | float) and retry_after > delay:
-                    # A floor, jittered upwards so a fleet does not retry in step, still capped.
-                    delay = min(float(retry_after) * random.uniform(1.0, 1.2), MAX_BACKOFF)
-                level = logging.ERROR if getattr(exc, "configuration", False) else logging.WARNING
-                log.log(
-                    level,
-                    "llm_meter: %s could not deliver %d events (%s: %s); retrying in %.1fs",
-                    type(transport).__name__,
-                    len(payloads),
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                if self._stopping:
-                    return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
-                if spool is not None:
-                    self._guard(spool.rotate_if_large)  # an outage must not grow one segment forever
-                # Not _wake: flush() sets that every few ms, and must not hammer a server
-                # that asked to wait (429) or refuses the token.
-                self._stop.wait(delay)
-                continue
-            self.duplicates += int(getattr(result, "duplicates", 0) or 0)
-            return True, len(payloads), dead
+                    payloads = [p for i, p in enumerate(payloads) if i not in rejected]
+                    events = [e for i, e in enumerate(events) if i not in rejected]
+                    stored = getattr(exc, "result", None)
+                    if stored is not None:  # the transport already delivered the others
+                        self.duplicates += _duplicates(stored)
+                        return True, len(payloads), dead
+                    continue
+                failure: BaseException = exc  # it names no event of this batch: retried as a whole
+            except BaseException as exc:  # a transport failing in any way: retried
+                failure = exc
+            else:
+                self.duplicates += _duplicates(result)
+                return True, len(payloads), dead
+            attempt += 1
+            self.retried += 1
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+            retry_after = getattr(failure, "retry_after", None)
+            if isinstance(retry_after, int | float) and retry_after > delay:
+                # A floor, jittered upwards so a fleet does not retry in step, still capped.
+                delay = min(float(retry_after) * random.uniform(1.0, 1.2), MAX_BACKOFF)
+            level = logging.ERROR if getattr(failure, "configuration", False) else logging.WARNING
+            log.log(
+                level,
+                "llm_meter: %s could not deliver %d events (%s: %s); retrying in %.1fs",
+                type(transport).__name__,
+                len(payloads),
+                type(failure).__name__,
+                failure,
+                delay,
+            )
+            if self._should_stop():
+                return False, 0, dead  # shutting down: they stay pending (spooled if a spool)
+            if spool is not None:
+                self._guard(spool.maintain)  # an outage must not grow one segment forever
+            # Not _wake: flush() sets that every few ms, and must not hammer a server
+            # that asked to wait (429) or refuses the token.
+            self._stop.wait(self._pause(delay))
         return True, 0, dead
+
+    def _decode(self, payloads: list[str], spool: Spool | None) -> tuple[list[str], list[Any], int]:
+        """Wire dicts for a transport without ``send_json``; a payload that is not JSON is a dead letter."""
+        kept: list[str] = []
+        events: list[Any] = []
+        dead = 0
+        for payload in payloads:
+            try:
+                events.append(json.loads(payload))
+            except ValueError:
+                self._dead_letter(payload, "not valid JSON (a damaged spool record)", 0, spool)
+                dead += 1
+            else:
+                kept.append(payload)
+        return kept, events, dead
 
     def _dead_letter(self, payload: str, reason: str, status: int, spool: Spool | None) -> None:
         log.error("llm_meter: the destination refused an event (%s); set aside as a dead letter", reason)
@@ -387,9 +591,29 @@ class Dispatcher:
             try:
                 spool.dead_letter(payload, reason, status)
                 return
-            except OSError:
-                log.exception("llm_meter: could not write the dead letter")
-        self.dead_letters.append({"event": json.loads(payload), "reason": reason, "status": status})
+            except Exception:
+                log.exception("llm_meter: could not write the dead letter; kept in memory")
+        self.dead_letters.append(dead_letter_entry(payload, reason, status))
+
+
+def _rejections(exc: RejectedEventsError, count: int) -> dict[int, str]:
+    """The indices of a batch of *count* events that *exc* names, with their reasons."""
+    rejected = getattr(exc, "rejected", None)
+    if not isinstance(rejected, Mapping):
+        return {}
+    return {
+        index: str(reason)
+        for index, reason in rejected.items()
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < count
+    }
+
+
+def _duplicates(result: object) -> int:
+    """A transport result's ``duplicates`` (Polar's count of events it already had), else 0."""
+    try:
+        return max(int(getattr(result, "duplicates", 0) or 0), 0)
+    except Exception:
+        return 0
 
 
 def _run_aclose(transport: Transport) -> None:
@@ -399,21 +623,32 @@ def _run_aclose(transport: Transport) -> None:
         log.exception("llm_meter: transport.aclose() failed")
 
 
-def _reset_in_child(ref: weakref.ref[Dispatcher]) -> None:
+def _reset_in_child() -> None:
     """After ``os.fork()``: the child starts with an empty queue and no worker thread.
 
     Records queued before the fork belong to the parent, which delivers them; dropping the
     child's copies is what keeps them from being sent twice. (Spooled events stay in the
     parent's segments: the spool resets itself in the child too.)
     """
-    dispatcher = ref()
-    if dispatcher is None:
-        return
-    dispatcher._queue = deque()
-    dispatcher._wake = threading.Event()
-    dispatcher._stop = threading.Event()
-    dispatcher._done = threading.Condition()
-    dispatcher._start_lock = threading.Lock()
-    dispatcher._thread = None
-    dispatcher.taken = dispatcher.respooled = dispatcher.failed = 0
-    dispatcher.delivered = dispatcher.delivered_own = dispatcher.dead = dispatcher.dead_own = 0
+    for dispatcher in list(_DISPATCHERS):
+        dispatcher._queue = deque()
+        dispatcher._direct = deque()
+        dispatcher._direct_in = itertools.count()
+        dispatcher._direct_busy = 0
+        dispatcher._wake = threading.Event()
+        dispatcher._stop = threading.Event()
+        dispatcher._done = threading.Condition()
+        dispatcher._start_lock = threading.Lock()
+        dispatcher._thread = None
+        dispatcher.taken = dispatcher.respooled = dispatcher.failed = 0
+        dispatcher.delivered = dispatcher.delivered_own = dispatcher.dead = dispatcher.dead_own = 0
+
+
+def live_dispatchers() -> list[Dispatcher]:
+    """Every dispatcher still in memory (a dropped meter's stays while its worker winds down)."""
+    return list(_DISPATCHERS)
+
+
+#: Every live dispatcher, for the fork hook and interpreter exit (one hook for all).
+_DISPATCHERS: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_reset_in_child)

@@ -8,6 +8,12 @@ from them directly: no network, no tiktoken cache directory, no environment vari
 Loading an encoding takes about a second, so it happens lazily (once per encoding, thread-safe) on
 the caller's thread -- in llm_meter that is the background worker -- and never at import time.
 
+tiktoken itself is imported by :func:`prepare`, which a :class:`~llm_meter.Meter` that estimates
+calls when it is built (about 10 ms, no encoding loaded). An estimate may have to run at interpreter
+exit, for a stream still open when the program ends, and importing tiktoken then fails: it imports
+``concurrent.futures.thread``, which registers a threading exit hook, and Python refuses new ones
+once shutdown has begun ("can't register atexit after shutdown"), so the event would be lost.
+
 The ``estimate_*`` functions follow OpenAI's documented way of counting chat tokens. They accept
 whatever the caller passed to the SDK and never raise on malformed input: anything they cannot
 interpret counts as zero tokens. Only a broken installation (a missing or corrupt bundled encoding
@@ -23,11 +29,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final
-
-import tiktoken
+from typing import TYPE_CHECKING, Final
 
 from ._exceptions import LLMMeterError
+
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = [
     "CL100K_BASE",
@@ -40,6 +47,7 @@ __all__ = [
     "estimate_prompt",
     "estimate_responses_input",
     "load_encoding",
+    "prepare",
 ]
 
 O200K_BASE: Final = "o200k_base"
@@ -169,6 +177,11 @@ def _read_ranks(spec: _EncodingSpec) -> dict[bytes, int]:
     return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
 
 
+def prepare() -> None:
+    """Import tiktoken now, while imports still work (see the module docstring); loads no encoding."""
+    import tiktoken  # noqa: F401
+
+
 def load_encoding(name: str) -> tiktoken.Encoding:
     """The encoding called ``name`` (``"o200k_base"`` or ``"cl100k_base"``), built from bundled files.
 
@@ -182,6 +195,8 @@ def load_encoding(name: str) -> tiktoken.Encoding:
     with _locks[name]:
         encoding = _cache.get(name)
         if encoding is None:
+            import tiktoken  # imported by prepare() already, so this works at interpreter exit too
+
             encoding = tiktoken.Encoding(
                 name,
                 pat_str=spec.pat_str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -18,7 +19,16 @@ from typing import Any, Final
 from ._customer import Customer
 from ._exceptions import ConfigurationError
 
-__all__ = ["EVENT_NAME", "EventOptions", "UsageRecord", "encode_wire", "to_wire", "validate_metadata"]
+__all__ = [
+    "EVENT_NAME",
+    "EventOptions",
+    "UsageRecord",
+    "encode_wire",
+    "is_utf8",
+    "to_wire",
+    "utf8_safe",
+    "validate_metadata",
+]
 
 EVENT_NAME: Final = "ai_usage"
 
@@ -44,6 +54,24 @@ _MAX_KEY_LEN: Final = 40
 _MAX_STR_LEN: Final = 500
 #: Seconds an event's timestamp is kept behind this host's clock (Polar refuses future ones).
 _CLOCK_SKEW: Final = 5.0
+#: Code points that have no UTF-8 form: lone surrogates, e.g. a provider's "\ud800" JSON escape.
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
+
+
+def utf8_safe(text: str) -> str:
+    """*text* with every lone surrogate replaced by U+FFFD, so that it encodes as UTF-8.
+
+    For strings that come from a provider's answer (model name, response id): one such
+    character must not make the event unencodable, which would block or lose it.
+    """
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return text
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def is_utf8(text: str) -> bool:
+    """Whether *text* encodes as UTF-8 (has no lone surrogate)."""
+    return text.isascii() or _SURROGATES.search(text) is None
 
 
 class UsageRecord:
@@ -139,10 +167,16 @@ def validate_metadata(
     if len(metadata) + len(taken) > _MAX_KEYS:
         raise ConfigurationError(f"metadata= has too many keys: Polar allows {_MAX_KEYS} per event")
     clean: dict[str, str | int | float | bool] = {}
-    for key, value in metadata.items():
+    for key, given in metadata.items():
         if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LEN:
             raise ConfigurationError(
                 f"metadata key {key!r} must be a string of 1 to {_MAX_KEY_LEN} characters"
+            )
+        key = str.__str__(key)  # an exact str, whatever subclass was given
+        value = _plain(given)
+        if not is_utf8(key):
+            raise ConfigurationError(
+                f"metadata key {key!r} cannot be encoded as UTF-8 (it holds a lone surrogate)"
             )
         if key in taken or key in _RESERVED:
             raise ConfigurationError(f"metadata key {key!r} is reserved by llm_meter or Polar")
@@ -157,6 +191,10 @@ def validate_metadata(
                 raise ConfigurationError(
                     f"metadata[{key!r}] must be a string of 1 to {_MAX_STR_LEN} characters without NUL"
                 )
+            if not is_utf8(value):
+                raise ConfigurationError(
+                    f"metadata[{key!r}] cannot be encoded as UTF-8 (it holds a lone surrogate): {value!r}"
+                )
             clean[key] = value
         else:
             raise ConfigurationError(
@@ -164,6 +202,25 @@ def validate_metadata(
                 f"{type(value).__name__}), got {value!r}"
             )
     return clean
+
+
+def _plain(value: object) -> object:
+    """*value* as an exact ``bool``, ``int``, ``float`` or ``str`` when it is an instance of one.
+
+    Subclasses (``IntEnum``, ``StrEnum``, numpy's ``float64``) keep their value but may have a
+    ``repr`` or ``str`` that is not JSON: the base type's own conversion, which subclasses cannot
+    override, gives the plain value. Other types are returned unchanged (and refused).
+    """
+    kind = type(value)
+    if kind is bool or kind is int or kind is float or kind is str:
+        return value
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    return value
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
@@ -184,7 +241,7 @@ def _iso(ts: float) -> str:
 
 def _scalar(value: object) -> str:
     if isinstance(value, str):
-        return _quote(value)
+        return _quote(utf8_safe(value))
     if value is True:
         return "true"
     if value is False:
@@ -206,11 +263,18 @@ def encode_wire(record: UsageRecord, options: EventOptions) -> str:
     request_tokens = record.request_tokens
     response_tokens = record.response_tokens
     total = request_tokens + response_tokens
-    model = _quote(record.model[:_MAX_STR_LEN] or "unknown")  # Polar: strings of 1 to 500 characters
+    # Polar: strings of 1 to 500 characters. The model name and the response id come from the
+    # provider's answer: a lone surrogate in them is replaced, never left to fail the encoding.
+    # (isascii() is O(1): the call is skipped in the common case.)
+    model = record.model[:_MAX_STR_LEN]
+    model = _quote((model if model.isascii() else utf8_safe(model)) or "unknown")
+    external_id = record.external_id
+    if not external_id.isascii():
+        external_id = utf8_safe(external_id)
     customer = record.customer
     parts = [
         f'{{"name":"{EVENT_NAME}","{customer.key}":{_quote(customer.value)},'
-        f'"external_id":{_quote(record.external_id)},"timestamp":"{_iso(record.timestamp)}",'
+        f'"external_id":{_quote(external_id)},"timestamp":"{_iso(record.timestamp)}",'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import weakref
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, live_dispatchers
 from ._events import EventOptions, UsageRecord
 from ._exceptions import ConfigurationError
 from ._spool import Spool
@@ -20,6 +21,10 @@ from .transports import Transport, check_transport
 __all__ = ["Meter", "MeterStats", "default_meter", "default_spool_dir", "transport_from_env"]
 
 log = logging.getLogger("llm_meter")
+
+#: Upper bounds of Meter settings; anything above is a mistake (a value in ms, say).
+MAX_FLUSH_INTERVAL = 3600.0
+MAX_BATCH_SIZE = 10_000
 
 T = TypeVar("T")
 
@@ -40,6 +45,12 @@ class MeterStats:
     """Events set aside as undeliverable."""
     duplicates: int
     """Events the destination reported as already stored (Polar ``duplicates``)."""
+    unspooled: int = 0
+    """Of ``pending``, events the spool could not take (disk full or read-only, directory gone):
+    kept in memory and sent from there, lost if the process dies before they are delivered."""
+    errors: int = 0
+    """Failures inside llm_meter that were logged on the ``llm_meter`` logger instead of raised
+    (metering a call, or the background worker, which carries on)."""
 
 
 class Meter:
@@ -61,11 +72,18 @@ class Meter:
         spool_dir: a directory for the durable spool: every event is appended there before
             the metered call returns and removed only once delivered; events a crashed
             process left are delivered by the next meter opened on it. Several processes
-            may share one directory. ``None`` keeps events in memory only.
+            may share one directory. ``None`` keeps events in memory only. It must belong
+            to this process's user and not be writable by group or others (created 0700).
         fsync: ``fsync`` every spool append (survives power loss; costs a disk flush per event).
         exit_timeout: seconds spent delivering pending events at interpreter exit.
-        batch_size: most events per ``transport.send`` call.
-        flush_interval: longest wait, in seconds, before a partial batch is sent.
+        batch_size: most events per ``transport.send`` call (1 to 10,000).
+        flush_interval: longest wait, in seconds, before a partial batch is sent (above 0, at
+            most an hour).
+
+    Raises:
+        ConfigurationError: a setting that could only fail later, in the background (a NaN or
+            out-of-range number, an empty ``spool_dir``, a transport class instead of an
+            instance, metadata Polar would refuse).
     """
 
     def __init__(
@@ -93,14 +111,42 @@ class Meter:
             raise ConfigurationError(
                 f"on_missing_customer= must be 'raise' or 'warn', got {on_missing_customer!r}"
             )
-        for name, value in (("exit_timeout", exit_timeout), ("flush_interval", flush_interval)):
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise ConfigurationError(f"{name}= must be a number of seconds >= 0, got {value!r}")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ConfigurationError(f"batch_size= must be a positive integer, got {batch_size!r}")
+        if not _seconds(exit_timeout) or exit_timeout < 0:
+            raise ConfigurationError(
+                f"exit_timeout= must be a finite number of seconds >= 0, got {exit_timeout!r}"
+            )
+        if not _seconds(flush_interval) or not 0 < flush_interval <= MAX_FLUSH_INTERVAL:
+            # 0 would spin the worker on a CPU core; hours would leave partial batches unsent.
+            raise ConfigurationError(
+                f"flush_interval= must be a number of seconds above 0 and at most {MAX_FLUSH_INTERVAL:g}, "
+                f"got {flush_interval!r}"
+            )
+        if (
+            not isinstance(batch_size, int)
+            or isinstance(batch_size, bool)
+            or not 1 <= batch_size <= MAX_BATCH_SIZE
+        ):
+            raise ConfigurationError(
+                f"batch_size= must be an integer from 1 to {MAX_BATCH_SIZE:,} (Polar advises 50 to 100), "
+                f"got {batch_size!r}"
+            )
+        if spool_dir is not None:
+            try:
+                where = os.fspath(spool_dir)
+            except TypeError:
+                where = None
+            if not isinstance(where, str) or not where:
+                raise ConfigurationError(
+                    f"spool_dir= must be a non-empty path (str or os.PathLike), or None for no spool; "
+                    f"got {spool_dir!r}"
+                )
         self.transport = transport
         self.options = EventOptions(details=details, metadata=metadata, polar_llm=polar_llm)
         self.estimate_incomplete = incomplete_streams == "estimate"
+        if self.estimate_incomplete:
+            from ._estimate import prepare
+
+            prepare()  # now: an estimate made at interpreter exit could no longer import tiktoken
         self.raise_on_missing_customer = on_missing_customer == "raise"
         self.exit_timeout = float(exit_timeout)
         self.spool = Spool(spool_dir, fsync=fsync) if spool_dir is not None else None
@@ -110,6 +156,7 @@ class Meter:
             spool=self.spool,
             batch_size=batch_size,
             flush_interval=float(flush_interval),
+            exit_timeout=self.exit_timeout,
         )
         self._missing_customer_warned = False
         #: Metering failures that were logged instead of raised (hand-off, parsing).
@@ -117,8 +164,10 @@ class Meter:
         #: Streams in progress (objects with ``finish()`` and ``left_early``), finished at
         #: the latest by flush() (those the caller stopped reading) or at exit (all).
         self._open: set[Any] = set()
-        ref = weakref.ref(self)
-        atexit.register(_flush_at_exit, ref)
+        _METERS.add(self)
+        # Dropped without close(): the worker delivers what is pending, then stops and lets go
+        # of its files and connections (at exit, _flush_at_exit still waits for it).
+        weakref.finalize(self, self._dispatcher.abandon).atexit = False
 
     def __repr__(self) -> str:
         return f"Meter(transport={self.transport!r})"
@@ -128,7 +177,7 @@ class Meter:
 
         Same as ``llm_meter.meter(client, customer=..., customer_id=..., meter=self)``.
         """
-        from ._client import meter
+        from ._wrap import meter
 
         return meter(client, customer=customer, customer_id=customer_id, meter=self)
 
@@ -192,6 +241,8 @@ class Meter:
             retried=d.retried,
             dead_lettered=d.dead,
             duplicates=d.duplicates,
+            unspooled=d.unspooled,
+            errors=self.errors + d.errors,
         )
 
     def warn_missing_customer(self, what: str) -> None:
@@ -203,13 +254,26 @@ class Meter:
             log.debug("llm_meter: %s was sent with no customer; no usage event was emitted", what)
 
 
-def _flush_at_exit(ref: weakref.ref[Meter]) -> None:
-    meter = ref()
-    if meter is None or meter.closed:
-        return
-    meter._finish_open(all_streams=True)  # the process is ending: every open stream is over
-    if meter.stats().pending and not meter.flush(meter.exit_timeout):
-        log.warning("llm_meter: %d usage events were not delivered before exit", meter.stats().pending)
+def _seconds(value: object) -> bool:
+    """Whether *value* is a finite number (not a bool): a usable duration before range checks."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _flush_at_exit() -> None:
+    """Interpreter exit: bill open streams, then deliver what is pending within each ``exit_timeout``.
+
+    Covers the meters dropped without ``close()`` whose worker is still winding down too.
+    """
+    for meter in list(_METERS):
+        if not meter.closed:
+            meter._finish_open(all_streams=True)  # the process is ending: every open stream is over
+    for dispatcher in live_dispatchers():
+        if dispatcher.needs_exit_flush and not dispatcher.flush(dispatcher.exit_timeout):
+            log.warning("llm_meter: %d usage events were not delivered before exit", dispatcher.pending)
+
+
+_METERS: weakref.WeakSet[Meter] = weakref.WeakSet()
+atexit.register(_flush_at_exit)
 
 
 _default: Meter | None = None
@@ -250,5 +314,29 @@ def default_meter() -> Meter:
     if _default is None:
         with _default_lock:
             if _default is None:
-                _default = Meter(transport=transport_from_env(), spool_dir=default_spool_dir())
+                _default = _meter_from_env()
     return _default
+
+
+def _meter_from_env() -> Meter:
+    """The default meter; bad settings are logged, never raised into the call that needs it.
+
+    The environment is first read by a billed call, so an error here would break the caller's
+    LLM call: a bad token keeps events in the spool (delivered once a process with valid
+    settings, or ``llm-meter flush``, runs), a spool directory that cannot be used keeps
+    them in memory.
+    """
+    try:
+        transport = transport_from_env()
+    except ConfigurationError as exc:
+        log.error(
+            "llm_meter: the default meter cannot deliver (%s); events are kept in the spool until a "
+            "process with valid settings, or `llm-meter flush`, delivers them",
+            exc,
+        )
+        transport = None
+    try:
+        return Meter(transport=transport, spool_dir=default_spool_dir())
+    except ConfigurationError as exc:
+        log.error("llm_meter: the default meter cannot use its spool (%s); events are kept in memory", exc)
+        return Meter(transport=transport)

@@ -8,7 +8,9 @@ events by index. How each answer is turned into the worker's next step:
 ====================  =====================================================================
 answer                what happens
 ====================  =====================================================================
-2xx                   acknowledged; ``duplicates`` counted (a resend after a lost answer)
+2xx                   acknowledged when the body is Polar's JSON and ``inserted + duplicates``
+                      covers the batch; ``duplicates`` counted (a resend after a lost answer)
+2xx, anything else    not delivered: retried with backoff (a proxy's page, a short count)
 422 with indices      those events become dead letters, the rest is sent again at once
 422/413 without       the batch is split in halves until the refused events are isolated
 429                   retried after ``Retry-After`` (a floor, capped at 30 s, jittered)
@@ -18,17 +20,22 @@ answer                what happens
 
 No ``organization_id`` is ever sent (an organization token forbids it) and no
 ``Polar-Version`` is pinned unless asked for: a retired pinned version answers 404 to
-everything. The token never appears in ``repr``, logs or exception messages.
+everything. The token never appears in ``repr``, logs, exception messages or dead letters
+(it is blanked out of error pages that echo the request headers).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import urllib.parse
 import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._events import utf8_safe
 from ._exceptions import ConfigurationError, DeliveryError, RejectedEventsError
 
 __all__ = ["IngestResult", "PolarTransport"]
@@ -65,7 +72,8 @@ class PolarTransport:
         api_version: a ``Polar-Version`` to pin (``"2026-10"``); by default none is sent.
 
     Raises:
-        ConfigurationError: no token, an unknown server, or a bad timeout.
+        ConfigurationError: no token or one with whitespace, an unknown server, a base URL that
+            is not an http(s) server root, a timeout that is not a finite positive number.
     """
 
     def __init__(
@@ -82,14 +90,28 @@ class PolarTransport:
             raise ConfigurationError(
                 "PolarTransport needs an access token (access_token= or POLAR_ACCESS_TOKEN)"
             )
-        if server not in SERVERS:
-            raise ConfigurationError(f"server= must be 'production' or 'sandbox', got {server!r}")
+        _check_token(token)
+        if not isinstance(server, str) or server not in SERVERS:
+            raise ConfigurationError(
+                f"server= must be 'production' or 'sandbox', got {_shown(server, token)}"
+            )
         base = base_url or os.environ.get("POLAR_BASE_URL") or SERVERS[server]
-        if not base.startswith(("http://", "https://")):
-            raise ConfigurationError(f"base_url= must be an http(s) URL, got {base!r}")
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise ConfigurationError(f"timeout= must be a positive number of seconds, got {timeout!r}")
-        self.base_url = base.rstrip("/")
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigurationError(
+                f"timeout= must be a finite, positive number of seconds, got {timeout!r}"
+            )
+        if api_version is not None and (
+            not isinstance(api_version, str) or not api_version or not _PRINTABLE.fullmatch(api_version)
+        ):
+            raise ConfigurationError(
+                f"api_version= must be a Polar-Version such as '2026-10', got {_shown(api_version, token)}"
+            )
+        self.base_url = _check_base_url(base, token)
         self.timeout = float(timeout)
         self.api_version = api_version
         self._headers = {
@@ -100,6 +122,8 @@ class PolarTransport:
         }
         if api_version:
             self._headers["Polar-Version"] = api_version
+        #: To blank the token out of answers that echo the request (kept in dead letters).
+        self._token_bytes = token.encode()
         self._client: Any = None
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _drop_client_in_child(ref))
@@ -124,13 +148,10 @@ class PolarTransport:
         """Send a batch of events already encoded as JSON text (what the spool holds)."""
         status, body, headers = await self._post(events)
         if 200 <= status < 300:
-            try:
-                answer = json.loads(body)
-                return IngestResult(
-                    int(answer.get("inserted", len(events))), int(answer.get("duplicates", 0))
-                )
-            except (ValueError, AttributeError, TypeError):
-                return IngestResult(len(events), 0)
+            return self._acknowledgement(status, body, headers, len(events))
+        # Error pages of proxies and gateways may echo the request's headers: the reasons kept
+        # with dead letters (and logged) come from this body, so the token is blanked out first.
+        body = body.replace(self._token_bytes, b"***")
         if status in _SPLITTABLE:
             rejected = _rejected_indices(body, len(events)) if status == 422 else {}
             if rejected:
@@ -158,6 +179,30 @@ class PolarTransport:
             raise DeliveryError(f"Polar server error (HTTP {status})")
         raise DeliveryError(f"unexpected answer from Polar (HTTP {status})", configuration=True)
 
+    def _acknowledgement(self, status: int, body: bytes, headers: Any, count: int) -> IngestResult:
+        """The result of a 2xx, which must be Polar's answer accounting for every event sent.
+
+        Anything else (a proxy's or captive portal's page, an empty or truncated body, counts
+        that fall short of the batch) does not prove the events are stored: raise, so that the
+        batch is sent again; events Polar has already are reported as duplicates then.
+        """
+        result = _ingest_result(body)
+        if result is None:
+            kind = headers.get("content-type") or "no content type"
+            raise DeliveryError(
+                f"Polar answered HTTP {status} with a body that is not an acknowledgement ({kind}, "
+                f"{len(body)} bytes): the events are kept and sent again; check that {self.base_url} "
+                "is Polar's API and not a proxy answering for it",
+                configuration=True,
+            )
+        if result.inserted + result.duplicates < count:
+            raise DeliveryError(
+                f"Polar acknowledged {result.inserted + result.duplicates} of {count} events "
+                f"(HTTP {status}, inserted={result.inserted}, duplicates={result.duplicates}): "
+                "the batch is sent again"
+            )
+        return result
+
     async def _bisect(self, events: list[str]) -> IngestResult:
         """Isolate refused events when Polar's answer does not name them: send halves."""
         middle = len(events) // 2
@@ -181,7 +226,14 @@ class PolarTransport:
         return IngestResult(inserted, duplicates)
 
     async def _post(self, events: list[str]) -> tuple[int, bytes, Any]:
-        body = b'{"events":[' + ",".join(events).encode() + b"]}"
+        text = ",".join(events)
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (events llm_meter builds never hold one; a hand-made event may)
+            # would fail this batch on every retry: send U+FFFD in its place instead.
+            data = utf8_safe(text).encode()
+        body = b'{"events":[' + data + b"]}"
         try:
             response = await self._http().post(self.base_url + _PATH, content=body)
         except Exception as exc:
@@ -204,12 +256,92 @@ class _PartiallyRejected(RejectedEventsError):
         self.result = result
 
 
+#: What an HTTP header value can carry without surprises: printable ASCII, no space.
+_PRINTABLE: Final = re.compile(r"[\x21-\x7e]+")
+
+
+def _check_token(token: str) -> None:
+    """Refuse a token that cannot be a valid ``Authorization`` value, without ever showing it.
+
+    Such a token (a trailing newline from a secret file, ``"Bearer ..."`` pasted whole) would
+    otherwise fail every request, later and forever, as "could not reach Polar".
+    """
+    if _PRINTABLE.fullmatch(token):
+        return
+    if "\n" in token or "\r" in token:
+        what = "a newline (read from a file or secret with its line end?)"
+    elif " " in token or "\t" in token:
+        what = "a space or tab (only the token itself, without 'Bearer ')"
+    else:
+        what = "a character that is not printable ASCII"
+    raise ConfigurationError(f"the Polar access token contains {what}; it is not shown here")
+
+
+def _shown(value: object, token: str) -> str:
+    """``repr(value)`` for an error message, unless it may be the access token."""
+    if isinstance(value, str) and (token in value or value.startswith("polar_")):
+        return "a value that looks like an access token (not shown)"
+    return repr(value)
+
+
+def _check_base_url(base: object, token: str) -> str:
+    """The base URL without its trailing slash; ``ConfigurationError`` unless it is an http(s) root.
+
+    Error messages show at most the scheme and host: the value could be a misplaced token.
+    """
+    if not isinstance(base, str):
+        raise ConfigurationError(f"base_url= must be a string, got {type(base).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(base)
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        parts, host = None, None
+    scheme = parts.scheme if parts is not None else ""
+    if scheme not in ("http", "https") or not base.lower().startswith(scheme + "://"):
+        raise ConfigurationError(
+            "base_url= must be an http(s) URL such as https://api.polar.sh; the value given is not "
+            "(not shown, in case it is a token)"
+        )
+    assert parts is not None
+    if token in base:
+        raise ConfigurationError("base_url= contains the access token (not shown): give the server's URL")
+    if not host:
+        raise ConfigurationError(f"base_url= must name a host, as in {scheme}://api.polar.sh")
+    root = f"{scheme}://{host}"
+    if parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"base_url= must not have a query or fragment: give the server root ({root})"
+        )
+    path = parts.path.rstrip("/")
+    if path.endswith(("/v1", _PATH, _PATH.rsplit("/", 1)[0])):
+        raise ConfigurationError(
+            f"base_url= ends in {path[path.rfind('/v1') :]}: give the server root instead (e.g. "
+            f"{root}); PolarTransport adds /v1/events/ingest itself"
+        )
+    return base.rstrip("/")
+
+
 def _drop_client_in_child(ref: weakref.ref[PolarTransport]) -> None:
     """After ``os.fork()``: the child opens its own connections instead of sharing the parent's."""
     transport = ref()
     if transport is not None and transport._client is not None:
         _inherited_clients.append(transport._client)
         transport._client = None
+
+
+def _ingest_result(body: bytes) -> IngestResult | None:
+    """Polar's ``{"inserted": n, "duplicates": m}`` (non-negative integers); ``None`` for anything else."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    inserted, duplicates = answer.get("inserted"), answer.get("duplicates")
+    if type(inserted) is not int or type(duplicates) is not int or inserted < 0 or duplicates < 0:
+        return None
+    return IngestResult(inserted, duplicates)
 
 
 def _rejected_indices(body: bytes, count: int) -> dict[int, str]:

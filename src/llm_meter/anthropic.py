@@ -21,7 +21,7 @@ import anthropic as _sdk
 from anthropic._base_client import AsyncAPIClient as _AsyncAPIClient
 from anthropic._base_client import SyncAPIClient as _SyncAPIClient
 
-from ._client import metered_class
+from ._providers._stainless import metered_class
 
 __all__ = [
     "Anthropic",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import openai as _sdk
 
-from ._client import metered_class
+from ._providers._stainless import metered_class
 
 __all__ = ["AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
 

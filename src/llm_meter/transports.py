@@ -49,6 +49,11 @@ class Transport(Protocol):
 
 def check_transport(transport: object) -> None:
     """Raise ``ConfigurationError`` unless *transport* has the :class:`Transport` shape."""
+    if isinstance(transport, type):
+        # The class itself has the methods, so the shape check below would pass.
+        raise ConfigurationError(
+            f"transport= got the class {transport.__name__}, not an instance: pass {transport.__name__}(...)"
+        )
     for name in ("send", "aclose"):
         method = getattr(transport, name, None)
         if method is None or not inspect.iscoroutinefunction(method):

@@ -16,6 +16,10 @@ The Anthropic twin of :mod:`llm_meter._fakes.openai_server`: same keep-alive HTT
 
 Streams report a provisional ``output_tokens: 1`` in ``message_start`` and the final count in
 ``message_delta``, whose usage shape follows ``delta_usage`` (see :class:`FakeAnthropicServer`).
+
+Odd usage shapes, per request: ``x-fake-usage: <JSON>`` replaces the usage of the message (of
+``message_start`` in streams), ``x-fake-delta-usage: <JSON>`` the usage of every ``message_delta``; the
+value ``omit`` leaves the ``usage`` key out.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from urllib.parse import parse_qsl, unquote
 
 from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService
 from llm_meter._fakes.openai_server import (
+    _KEEP,
+    _OMIT,
     RecordedRequest,
     _count_words,
     _dumps,
@@ -62,6 +68,26 @@ class _APIError(Exception):
         super().__init__(message)
         self.status = status
         self.body = {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def _usage_header(headers: Mapping[str, str], name: str) -> Any:
+    """A usage override header: ``_KEEP`` (absent), ``_OMIT`` (``omit``) or its JSON value."""
+    raw = headers.get(name)
+    if raw is None:
+        return _KEEP
+    if raw == "omit":
+        return _OMIT
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _APIError(400, f"{name} is not JSON: {raw!r}") from None
+
+
+def _replace_usage(obj: dict[str, Any], override: Any) -> None:
+    if override is _OMIT:
+        obj.pop("usage", None)
+    elif override is not _KEEP:
+        obj["usage"] = override
 
 
 class _EventStream:
@@ -387,6 +413,7 @@ class FakeAnthropicServer(LoopbackService):
             if tool is not None:
                 blocks.append({"type": "tool_use", "id": tool_id, "name": tool, "input": {}})
             message.update(content=blocks, stop_reason=stop_reason)
+            _replace_usage(message, _usage_header(headers, "x-fake-usage"))
             return _json_reply(message)
 
         streamed: list[tuple[dict[str, Any], Iterable[str]]] = []
@@ -403,11 +430,13 @@ class FakeAnthropicServer(LoopbackService):
             streamed.append((start, ['{"type":"input_json_delta","partial_json":"{}"}']))
         message["usage"] = {key: value for key, value in usage.items() if key not in _FINAL_ONLY}
         message["usage"]["output_tokens"] = 1
+        _replace_usage(message, _usage_header(headers, "x-fake-usage"))
+        delta_override = _usage_header(headers, "x-fake-delta-usage")
         events = _stream_events(
             message,
             streamed,
             stop_reason,
-            self._delta_usages(usage),
+            self._delta_usages(usage) if delta_override is _KEEP else [delta_override],
             self.error_after,
             _invocation_metrics(usage) if stream == "bedrock" else None,
         )
@@ -440,7 +469,7 @@ def _stream_events(
     message: dict[str, Any],
     blocks: list[tuple[dict[str, Any], Iterable[str]]],
     stop_reason: str,
-    delta_usages: list[dict[str, Any]],
+    delta_usages: list[Any],
     error_after: int | None,
     metrics: dict[str, int] | None,
 ) -> Iterator[_Event]:
@@ -466,7 +495,10 @@ def _stream_events(
         yield "content_block_stop", f'{{"type":"content_block_stop","index":{index}}}'
     delta = f'{{"stop_reason":"{stop_reason}","stop_sequence":null}}'
     for usage in delta_usages:
-        yield "message_delta", f'{{"type":"message_delta","delta":{delta},"usage":{_dumps(usage)}}}'
+        if usage is _OMIT:
+            yield "message_delta", f'{{"type":"message_delta","delta":{delta}}}'
+        else:
+            yield "message_delta", f'{{"type":"message_delta","delta":{delta},"usage":{_dumps(usage)}}}'
     if metrics is None:
         yield "message_stop", '{"type":"message_stop"}'
     else:

@@ -12,6 +12,19 @@ Usage numbers are deterministic so tests can assert exact values:
 * responses: ``output_tokens`` = ``chunks + 2`` (the 2 are ``reasoning_tokens``);
 * legacy completions: ``completion_tokens`` = ``chunks * n`` (no reasoning);
 * ``total_tokens`` = input + output everywhere.
+
+Odd usage shapes, per request (for tests of what metering does with them):
+
+* ``x-fake-usage: <JSON>`` sends that JSON as the usage object instead of the real one (``{}``, ``null``,
+  ``{"prompt_tokens": NaN}``, ...), in bodies, stream usage chunks and terminal stream events alike;
+  ``x-fake-usage: omit`` leaves the usage out (no ``usage`` key, no usage chunk);
+* chat and legacy completion streams with ``stream_options.continuous_usage_stats`` (vLLM) carry the
+  cumulative usage so far on every chunk: ``completion_tokens`` counts the content chunks sent, and the
+  final usage (finish chunks, then the usage-only chunk when ``include_usage`` was asked) is the full one;
+* ``x-fake-usage-shape: finish`` puts a stream's usage on its last finish-reason chunk and sends no usage-only
+  chunk (Together, Fireworks); ``x-fake-usage-shape: groq`` sends Groq's shape: ``x_groq: {"id"}`` on the
+  first chunk and ``x_groq: {"id", "usage"}`` (with Groq's timing floats) on the last finish-reason chunk,
+  no top-level usage at all; on a non-stream chat completion it moves the usage into ``x_groq.usage``.
 """
 
 from __future__ import annotations
@@ -134,6 +147,53 @@ def _png_1x1() -> str:
 
 
 _PNG_B64 = _png_1x1()
+
+_KEEP: Any = object()
+"""No ``x-fake-usage`` header: the real usage."""
+_OMIT: Any = object()
+"""``x-fake-usage: omit``: no usage at all."""
+
+
+def _usage_override(headers: Mapping[str, str]) -> Any:
+    """The ``x-fake-usage`` header: ``_KEEP``, ``_OMIT`` or the JSON value to send as the usage."""
+    raw = headers.get("x-fake-usage")
+    if raw is None:
+        return _KEEP
+    if raw == "omit":
+        return _OMIT
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _HTTPError(400, f"x-fake-usage is not JSON: {raw!r}") from None
+
+
+def _set_usage(obj: dict[str, Any], override: Any, key: str = "usage") -> dict[str, Any]:
+    """``obj`` with its usage replaced per the ``x-fake-usage`` header (``obj`` itself is changed)."""
+    if override is _OMIT:
+        obj.pop(key, None)
+    elif override is not _KEEP:
+        obj[key] = override
+    return obj
+
+
+def _groq_timings(usage: dict[str, Any]) -> dict[str, Any]:
+    """Groq's usage: the three counts among its timing floats (no details objects).
+
+    A usage without the three counts (an ``x-fake-usage`` override) is sent as it is.
+    """
+    if not all(key in usage for key in ("prompt_tokens", "completion_tokens", "total_tokens")):
+        return usage
+    return {
+        "queue_time": 0.01,
+        "prompt_tokens": usage["prompt_tokens"],
+        "prompt_time": 0.002,
+        "completion_tokens": usage["completion_tokens"],
+        "completion_time": 0.03,
+        "total_tokens": usage["total_tokens"],
+        "total_time": 0.042,
+    }
+
+
 _EMBEDDING = [i / EMBEDDING_DIMENSIONS for i in range(EMBEDDING_DIMENSIONS)]
 _EMBEDDING_B64 = base64.b64encode(struct.pack(f"<{EMBEDDING_DIMENSIONS}f", *_EMBEDDING)).decode("ascii")
 
@@ -351,6 +411,8 @@ class FakeOpenAIServer(LoopbackService):
                 return self._chat_retrieve(ident)
             if ident and prefix == "/responses":
                 return self._response_retrieve(ident)
+            if ident and prefix.startswith("/threads/") and prefix.endswith("/runs"):
+                return self._run_retrieve(prefix.split("/")[2], ident)
         raise _HTTPError(404, f"Invalid URL ({method} {route})")
 
     def _pieces_for(self, request: _Request) -> tuple[str, ...]:
@@ -403,14 +465,51 @@ class FakeOpenAIServer(LoopbackService):
         n = int(body.get("n") or 1)
         pieces = self._pieces_for(request)
         prompt = self.count_input(body)
-        completion = self._chat_completion(f"chatcmpl-{_hex()}", prompt, n, pieces)
+        # `x-fake-id` answers with a fixed id, as proxies and Ollama's small id space do.
+        cid = request.headers.get("x-fake-id") or f"chatcmpl-{_hex()}"
+        completion = self._chat_completion(cid, prompt, n, pieces)
         self._store(self._chat_store, completion)
+        override = _usage_override(request.headers)
+        shape = request.headers.get("x-fake-usage-shape")
         if body.get("stream") is not True:
-            return _json_reply(completion)
-        return self._chat_stream(completion["id"], completion["created"], prompt, n, pieces, include_usage)
+            reply = dict(completion)
+            if shape == "groq":
+                reply["x_groq"] = {"id": f"req_{_hex()}", "usage": _groq_timings(reply.pop("usage"))}
+                _set_usage(reply["x_groq"], override)
+                return _json_reply(reply)
+            return _json_reply(_set_usage(reply, override))
+        if shape is not None or _continuous(body):
+            final = self._chat_usage(prompt, len(pieces) * n + REASONING_TOKENS)
+            return _shaped_stream(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": completion["created"],
+                    "model": self.model,
+                    "system_fingerprint": _SYSTEM_FINGERPRINT,
+                },
+                _chat_choice,
+                n,
+                pieces,
+                prompt,
+                _set_usage({"usage": final}, override).get("usage", _OMIT),
+                shape=shape,
+                include_usage=include_usage and self.stream_usage,
+                role_chunk=True,
+            )
+        return self._chat_stream(
+            completion["id"], completion["created"], prompt, n, pieces, include_usage, override
+        )
 
     def _chat_stream(
-        self, cid: str, created: int, prompt: int, n: int, pieces: tuple[str, ...], include_usage: bool
+        self,
+        cid: str,
+        created: int,
+        prompt: int,
+        n: int,
+        pieces: tuple[str, ...],
+        include_usage: bool,
+        override: Any = _KEEP,
     ) -> Iterator[str]:
         head = (
             f'data: {{"id":"{cid}","object":"chat.completion.chunk","created":{created},'
@@ -430,8 +529,9 @@ class FakeOpenAIServer(LoopbackService):
                 )
         for i in range(n):
             yield f'{head}{{"index":{i},"delta":{{}},"logprobs":null,"finish_reason":"stop"}}{tail}'
-        if include_usage and self.stream_usage:
-            usage = _dumps(self._chat_usage(prompt, len(pieces) * n + REASONING_TOKENS))
+        if include_usage and self.stream_usage and override is not _OMIT:
+            usage_obj = self._chat_usage(prompt, len(pieces) * n + REASONING_TOKENS)
+            usage = _dumps(usage_obj if override is _KEEP else override)
             yield f'{head}],"usage":{usage}}}\n\n'
         if self.azure_filter_chunks:
             yield from _azure_filter_chunks(n, len("".join(pieces)))
@@ -443,6 +543,23 @@ class FakeOpenAIServer(LoopbackService):
         if stored is None:
             raise _HTTPError(404, f"Chat completion with id '{cid}' not found.")
         return _json_reply(stored)
+
+    def _run_retrieve(self, thread_id: str, run_id: str) -> _Reply:
+        """An Assistants run, always already completed (enough for ``runs.poll``)."""
+        return _json_reply(
+            {
+                "id": run_id,
+                "object": "thread.run",
+                "thread_id": thread_id,
+                "assistant_id": "asst_fake",
+                "created_at": int(time.time()),
+                "status": "completed",
+                "model": self.model,
+                "instructions": "",
+                "tools": [],
+                "parallel_tool_calls": True,
+            }
+        )
 
     def _chat_list(self, request: _Request) -> _Reply:
         limit = int(request.query.get("limit") or 20)
@@ -471,26 +588,44 @@ class FakeOpenAIServer(LoopbackService):
         usage["total_tokens"] = prompt + completion
         cid = f"cmpl-{_hex()}"
         created = int(time.time())
+        override = _usage_override(request.headers)
         if body.get("stream") is not True:
             text = "".join(pieces)
             return _json_reply(
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": self.model,
-                    "choices": [
-                        {"text": text, "index": i, "logprobs": None, "finish_reason": "stop"}
-                        for i in range(n)
-                    ],
-                    "usage": usage,
-                    "system_fingerprint": _SYSTEM_FINGERPRINT,
-                }
+                _set_usage(
+                    {
+                        "id": cid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": self.model,
+                        "choices": [
+                            {"text": text, "index": i, "logprobs": None, "finish_reason": "stop"}
+                            for i in range(n)
+                        ],
+                        "usage": usage,
+                        "system_fingerprint": _SYSTEM_FINGERPRINT,
+                    },
+                    override,
+                )
             )
-        return self._completions_stream(cid, created, n, pieces, usage if include_usage else None)
+        shape = request.headers.get("x-fake-usage-shape")
+        if shape is not None or _continuous(body):
+            return _shaped_stream(
+                {"id": cid, "object": "text_completion", "created": created, "model": self.model},
+                _completion_choice,
+                n,
+                pieces,
+                prompt,
+                _set_usage({"usage": usage}, override).get("usage", _OMIT),
+                shape=shape,
+                include_usage=include_usage and self.stream_usage,
+                role_chunk=False,
+            )
+        final = _set_usage({"usage": usage}, override).get("usage", _OMIT) if include_usage else None
+        return self._completions_stream(cid, created, n, pieces, final)
 
     def _completions_stream(
-        self, cid: str, created: int, n: int, pieces: tuple[str, ...], usage: dict[str, Any] | None
+        self, cid: str, created: int, n: int, pieces: tuple[str, ...], usage: Any
     ) -> Iterator[str]:
         head = f'data: {{"id":"{cid}","object":"text_completion","created":{created},"choices":['
         meta = f'],"model":{json.dumps(self.model)},"system_fingerprint":"{_SYSTEM_FINGERPRINT}"'
@@ -500,7 +635,7 @@ class FakeOpenAIServer(LoopbackService):
                 yield f'{head}{{"text":{piece},"index":{i},"logprobs":null,"finish_reason":null}}{tail}'
         for i in range(n):
             yield f'{head}{{"text":"","index":{i},"logprobs":null,"finish_reason":"stop"}}{tail}'
-        if usage is not None and self.stream_usage:
+        if usage is not None and usage is not _OMIT and self.stream_usage:
             yield f'{head}{meta},"usage":{_dumps(usage)}}}\n\n'
         yield "data: [DONE]\n\n"
 
@@ -522,6 +657,7 @@ class FakeOpenAIServer(LoopbackService):
         rid, msg_id, created = f"resp_{_hex()}", f"msg_{_hex()}", int(time.time())
         final = _response_body(rid, msg_id, self.model, created, body, text="".join(pieces), usage=usage)
         self._store(self._response_store, final)
+        final = _set_usage(dict(final), _usage_override(request.headers))
         if body.get("stream") is not True:
             return _json_reply(final)
         started = _response_body(rid, msg_id, self.model, created, body, text=None, usage=None)
@@ -547,36 +683,34 @@ class FakeOpenAIServer(LoopbackService):
         vector: Any = _EMBEDDING_B64 if body.get("encoding_format") == "base64" else _EMBEDDING
         prompt = self.count_input(body)
         model = body.get("model")
-        return _json_reply(
-            {
-                "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)],
-                "model": model if isinstance(model, str) and not request.azure else self.model,
-                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-            }
-        )
+        reply = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)],
+            "model": model if isinstance(model, str) and not request.azure else self.model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
+        return _json_reply(_set_usage(reply, _usage_override(request.headers)))
 
     def _images(self, request: _Request) -> _Reply:
         body = request.json_body()
         n = int(body.get("n") or 1)
         prompt = self.count_input(body)
         output = IMAGE_OUTPUT_TOKENS * n
-        return _json_reply(
-            {
-                "created": int(time.time()),
-                "background": "opaque",
-                "data": [{"b64_json": _PNG_B64} for _ in range(n)],
-                "output_format": "png",
-                "quality": "low",
-                "size": "1024x1024",
-                "usage": {
-                    "input_tokens": prompt,
-                    "input_tokens_details": {"text_tokens": prompt, "image_tokens": 0},
-                    "output_tokens": output,
-                    "total_tokens": prompt + output,
-                },
-            }
-        )
+        reply = {
+            "created": int(time.time()),
+            "background": "opaque",
+            "data": [{"b64_json": _PNG_B64} for _ in range(n)],
+            "output_format": "png",
+            "quality": "low",
+            "size": "1024x1024",
+            "usage": {
+                "input_tokens": prompt,
+                "input_tokens_details": {"text_tokens": prompt, "image_tokens": 0},
+                "output_tokens": output,
+                "total_tokens": prompt + output,
+            },
+        }
+        return _json_reply(_set_usage(reply, _usage_override(request.headers)))
 
     def _transcriptions(self, request: _Request) -> _Reply:
         body = request.json_body()
@@ -592,8 +726,9 @@ class FakeOpenAIServer(LoopbackService):
             "output_tokens": words,
             "total_tokens": AUDIO_INPUT_TOKENS + words,
         }
+        override = _usage_override(request.headers)
         if str(body.get("stream", "")).lower() == "true":
-            return _transcription_stream(pieces, text, usage)
+            return _transcription_stream(pieces, text, usage, override)
         response_format = body.get("response_format") or "json"
         if response_format in ("text", "srt", "vtt"):
             return 200, "text/plain; charset=utf-8", text.encode("utf-8")
@@ -601,7 +736,7 @@ class FakeOpenAIServer(LoopbackService):
             return _json_reply(
                 {"task": "transcribe", "language": "english", "duration": 1.0, "text": text, "segments": []}
             )
-        return _json_reply({"text": text, "usage": usage})
+        return _json_reply(_set_usage({"text": text, "usage": usage}, override))
 
 
 _POST_ROUTES: dict[str, Callable[[FakeOpenAIServer, _Request], _Reply]] = {
@@ -635,6 +770,81 @@ def _azure_filter_chunks(n: int, length: int) -> Iterator[str]:
             yield f"data: {_dumps(chunk)}\n\n"
 
 
+def _continuous(body: Mapping[str, Any]) -> bool:
+    """vLLM's ``stream_options.continuous_usage_stats``: usage on every chunk (with ``include_usage``)."""
+    options = body.get("stream_options")
+    return (
+        isinstance(options, Mapping)
+        and options.get("include_usage") is True
+        and options.get("continuous_usage_stats") is True
+    )
+
+
+def _chat_choice(index: int, piece: str | None, finish_reason: str | None, first: bool) -> dict[str, Any]:
+    delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+    if piece is not None:
+        delta = {"content": piece}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _completion_choice(
+    index: int, piece: str | None, finish_reason: str | None, first: bool
+) -> dict[str, Any]:
+    return {"text": piece or "", "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _shaped_stream(
+    base: dict[str, Any],
+    choice: Callable[[int, str | None, str | None, bool], dict[str, Any]],
+    n: int,
+    pieces: tuple[str, ...],
+    prompt: int,
+    final: Any,
+    *,
+    shape: str | None,
+    include_usage: bool,
+    role_chunk: bool,
+) -> Iterator[str]:
+    """A chat or completion stream whose usage sits where some OpenAI-compatible servers put it.
+
+    ``shape`` ``None`` is vLLM's ``continuous_usage_stats`` (cumulative usage on every chunk),
+    ``"finish"`` usage on the last finish-reason chunk, ``"groq"`` Groq's ``x_groq`` object.
+    ``final`` is the full usage (``_OMIT``: none).
+    """
+    continuous = shape is None
+    groq_id = f"req_{_hex()}"
+    sent = 0
+
+    def chunk(choices: list[dict[str, Any]], *, last: bool = False, first: bool = False) -> str:
+        obj = {**base, "choices": choices}
+        if continuous:
+            usage = final if last else {"prompt_tokens": prompt, "completion_tokens": sent}
+            if usage is not _OMIT and isinstance(usage, dict) and not last:
+                usage["total_tokens"] = prompt + sent
+            if usage is not _OMIT:
+                obj["usage"] = usage
+        elif shape == "finish" and last and final is not _OMIT:
+            obj["usage"] = final
+        elif shape == "groq" and (first or last):
+            x_groq: dict[str, Any] = {"id": groq_id}
+            if last and final is not _OMIT:
+                x_groq["usage"] = _groq_timings(final) if isinstance(final, dict) else final
+            obj["x_groq"] = x_groq
+        return f"data: {_dumps(obj)}\n\n"
+
+    if role_chunk:
+        yield chunk([choice(i, None, None, True) for i in range(n)], first=True)
+    for number, piece in enumerate(pieces):
+        for i in range(n):
+            sent += 1
+            yield chunk([choice(i, piece, None, False)], first=not role_chunk and number == 0 and i == 0)
+    for i in range(n):
+        yield chunk([choice(i, None, "stop", False)], last=i == n - 1)
+    if continuous and include_usage and final is not _OMIT:
+        yield chunk([], last=True)
+    yield "data: [DONE]\n\n"
+
+
 def _responses_stream(
     started: dict[str, Any], final: dict[str, Any], msg_id: str, pieces: tuple[str, ...]
 ) -> Iterator[str]:
@@ -664,10 +874,14 @@ def _responses_stream(
     yield event("response.completed", f'"response":{_dumps(final)}')
 
 
-def _transcription_stream(pieces: tuple[str, ...], text: str, usage: dict[str, Any]) -> Iterator[str]:
+def _transcription_stream(
+    pieces: tuple[str, ...], text: str, usage: dict[str, Any], override: Any
+) -> Iterator[str]:
     for piece in _json_pieces(pieces):
         yield f'data: {{"type":"transcript.text.delta","delta":{piece},"logprobs":[]}}\n\n'
-    done = {"type": "transcript.text.done", "text": text, "logprobs": [], "usage": usage}
+    done = _set_usage(
+        {"type": "transcript.text.done", "text": text, "logprobs": [], "usage": usage}, override
+    )
     yield f"data: {_dumps(done)}\n\n"
 
 

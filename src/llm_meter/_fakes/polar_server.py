@@ -3,8 +3,9 @@
 It implements the contract in ``reference/polar-ingest-contract.md`` so that senders can be tested without
 a Polar account: bearer-token auth, ``Polar-Version`` 404s, whole-batch 422s with FastAPI/Pydantic-shaped
 errors whose ``loc`` names the event index, ``external_id`` dedup with first-write-wins, and
-``{"inserted", "duplicates"}`` answers. Faults (5xx, 429, timeouts after commit, connection resets, 401)
-can be queued with :meth:`FakePolarServer.inject`; each request consumes the next one.
+``{"inserted", "duplicates"}`` answers. Faults (5xx, 429, timeouts after commit, connection resets, 401,
+2xx answers that are not acknowledgements) can be queued with :meth:`FakePolarServer.inject`; each
+request consumes the next one.
 
 Validation is written for speed (a 100-event batch validates and stores in well under a millisecond):
 the server is also the sink of the throughput benchmarks.
@@ -13,6 +14,7 @@ the server is also the sink of the throughput benchmarks.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import math
 import socket
@@ -67,11 +69,14 @@ class Fault:
     Build them with the factory methods rather than the constructor.
     """
 
-    kind: Literal["status", "delay", "delay_after_commit", "reset"]
+    kind: Literal["status", "delay", "delay_after_commit", "reset", "bad_body", "short_count", "echo_headers"]
     code: int = 0
     retry_after: int | None = None
     seconds: float = 0.0
     commit: bool = False
+    body: bytes = b""
+    content_type: str = ""
+    missing: int = 0
 
     @classmethod
     def status(cls, code: int, *, retry_after: int | None = None) -> Fault:
@@ -107,6 +112,45 @@ class Fault:
     def reset(cls, *, commit: bool = False) -> Fault:
         """Reset the connection (TCP RST) instead of answering; ``commit=True`` stores the batch first."""
         return cls("reset", commit=commit)
+
+    @classmethod
+    def bad_body(
+        cls,
+        body: bytes = b"<html><body>OK</body></html>",
+        *,
+        status: int = 200,
+        content_type: str = "text/html; charset=utf-8",
+        commit: bool = False,
+    ) -> Fault:
+        """Answer a 2xx whose body is not Polar's ``{"inserted", "duplicates"}`` (a proxy, a captive portal).
+
+        Nothing is stored unless ``commit=True``, which stores the batch first (Polar behind a proxy
+        that rewrote the answer).
+        """
+        if not 200 <= status <= 299:
+            raise ValueError(f"Fault.bad_body needs a 2xx status, got {status}")
+        return cls("bad_body", code=status, body=body, content_type=content_type, commit=commit)
+
+    @classmethod
+    def echo_headers(cls, status: int = 413) -> Fault:
+        """Answer ``status`` with an HTML page listing the request's headers, ``Authorization`` included.
+
+        As the error pages of some proxies and gateways do; nothing is stored.
+        """
+        if not 400 <= status <= 599:
+            raise ValueError(f"Fault.echo_headers needs an HTTP error status (400-599), got {status}")
+        return cls("echo_headers", code=status)
+
+    @classmethod
+    def short_count(cls, missing: int = 1) -> Fault:
+        """Store all but the last ``missing`` events of the batch and answer 200 with the honest counts.
+
+        ``inserted + duplicates`` then falls short of the batch size: the sender must not count the
+        whole batch as stored.
+        """
+        if missing < 1:
+            raise ValueError(f"Fault.short_count needs missing >= 1, got {missing}")
+        return cls("short_count", missing=missing)
 
 
 @dataclass(slots=True)
@@ -648,6 +692,14 @@ def _fault_reply(fault: Fault) -> _Reply:
     return _json_reply(code, {"detail": phrase}, headers)
 
 
+def _echo_reply(code: int, headers: Iterable[tuple[str, str]]) -> _Reply:
+    """An HTML error page that shows the request headers back (``Fault.echo_headers``)."""
+    title = f"{code} {HTTPStatus(code).phrase}"
+    lines = "\n".join(html.escape(f"{name}: {value}") for name, value in headers)
+    page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1><pre>{lines}</pre></body></html>"
+    return code, [("Content-Type", "text/html; charset=utf-8")], page.encode("utf-8")
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Keep-alive HTTP/1.1 handler: read the body, apply any fault, answer in one write."""
 
@@ -696,6 +748,17 @@ class _Handler(BaseHTTPRequestHandler):
         seconds = fault.seconds if fault is not None else 0.0
         if fault is not None and kind == "status":
             reply = _fault_reply(fault)
+        elif fault is not None and kind == "bad_body":
+            if fault.commit:
+                fake._handle(self.command, path, headers, body, bad_json)
+            content_type = [("Content-Type", fault.content_type)] if fault.content_type else []
+            reply = fault.code, content_type, fault.body
+        elif fault is not None and kind == "echo_headers":
+            reply = _echo_reply(fault.code, self.headers.items())
+        elif fault is not None and kind == "short_count":
+            if type(body) is dict and type(body.get("events")) is list:
+                body = {**body, "events": body["events"][: max(len(body["events"]) - fault.missing, 0)]}
+            reply = fake._handle(self.command, path, headers, body, bad_json)
         else:
             if kind == "reset" and not (fault and fault.commit):
                 self._reset()

@@ -56,7 +56,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from ._estimate import count_text
+from .._estimate import count_text
 
 __all__ = [
     "INPUT_BASE_TOKENS",

@@ -10,19 +10,30 @@ so ``request_tokens = input_tokens + cache_creation_input_tokens + cache_read_in
 ``response_tokens = output_tokens`` (thinking included). A stream's usage is the
 ``message_start`` usage overwritten, field by field, by the non-null fields of the last
 ``message_delta`` usage, which is cumulative: never summed.
+
+Usage is billed in any shape, never dropped: every count must be an int in
+``[0, MAX_TOKENS)`` (see :func:`~llm_meter._call.token_count`), and so must the request sum.
+A message without usage, or whose input side (``input_tokens``, a present cache count) or
+output count is not valid (a string, negative, NaN, absurd), is billed as an estimate flagged
+``estimated``: valid sides are kept, the others estimated from the request and the text. A
+stream that reached ``message_stop`` is billed the same way, whatever ``incomplete_streams``
+says: it is complete.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import urllib.parse
 from typing import Any, Final
 
-from ._client import Call, register_provider, snapshot
-from ._events import UsageRecord
+from .._call import MAX_TOKENS, Call, snapshot, token_count
+from .._events import UsageRecord
+from . import register
+from ._stainless import StainlessAdapter
 
-__all__ = ["AnthropicProvider", "register"]
+__all__ = ["AnthropicProvider"]
 
 log = logging.getLogger("llm_meter")
 
@@ -39,8 +50,8 @@ _FIELDS: Final = (
 )
 
 
-def _int(value: object) -> int | None:
-    return value if type(value) is int else None  # not bool, not None
+#: Request fields an estimate reads (kept as a shallow snapshot, see ``snapshot``).
+_ESTIMATE_KEYS: Final = ("messages", "system", "tools")
 
 
 def _get(obj: object, name: str) -> Any:
@@ -132,7 +143,7 @@ class AnthropicProvider:
             call.state = _StreamUsage()
             if call.meter.estimate_incomplete:
                 call.text = []
-                call.body = snapshot(body, ("messages", "system", "tools"))
+                call.body = snapshot(body, _ESTIMATE_KEYS)
             call.observe = self._observe_event
         else:
             call.observe = self._observe_message
@@ -150,15 +161,25 @@ class AnthropicProvider:
 
     def _observe_message(self, call: Call, message: Any, response: Any) -> None:
         usage = getattr(message, "usage", None)
-        if usage is None:
-            return  # count_tokens-like shapes or parse(to=OtherType)
+        if usage is None and getattr(message, "type", None) != "message":
+            return  # parse(to=OtherType) or another shape that is no message
         ident = getattr(message, "id", None)
         if isinstance(ident, str) and ident:
             call.response_id = ident
         model = getattr(message, "model", None)
         if isinstance(model, str) and model:
             call.model = model
-        _emit(call, usage, response)
+        if usage is not None and _emit(call, usage, response):
+            return
+        # A message without valid usage: billed as an estimate, keeping what was valid.
+        state = call.state = _StreamUsage()
+        if usage is not None:
+            state.merge(usage)
+            state.started = state.output_final = True
+        call.text = _message_text(message)
+        call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
+        _warn_invalid("message")
+        call.estimate(response)
 
     def _observe_event(self, call: Call, event: Any, response: Any) -> None:
         # Runs for every event of a stream: the common case (a text delta) first and short.
@@ -190,49 +211,120 @@ class AnthropicProvider:
             if usage is not None:
                 state.merge(usage)
                 state.started = True
-        elif kind == "message_stop" and state.started:
-            _emit(call, state, response)
+        elif kind == "message_stop" and not (
+            state.started and state.output_final and _emit(call, state, response)
+        ):
+            # The stream is complete but its usage is missing or invalid: an estimate.
+            _warn_invalid("stream")
+            call.estimate(response)
 
     # -- estimates (background worker) ------------------------------------------------------
     def estimate(self, call: Call, record: UsageRecord) -> None:
-        from . import _estimate_anthropic
+        """Fill *record*: exact input and output where known and valid, estimates for the rest."""
+        from . import _anthropic_estimate as _estimate_anthropic
 
         state = copy.copy(call.state) if isinstance(call.state, _StreamUsage) else _StreamUsage()
-        estimated_input = not state.started
-        estimated_output = not state.output_final
-        if estimated_input:
-            state.input_tokens = _estimate_anthropic.estimate_input_tokens(call.body)
-        if estimated_output:
-            state.output_tokens = _estimate_anthropic.estimate_output_tokens("".join(call.text or ()))
-        cache_write, cache_read = _int(state.cache_creation_input_tokens), _int(state.cache_read_input_tokens)
-        record.request_tokens = _request_tokens(state, cache_write, cache_read)
-        record.response_tokens = _int(state.output_tokens) or 0
+        cache_write = token_count(state.cache_creation_input_tokens)
+        cache_read = token_count(state.cache_read_input_tokens)
+        request_tokens = (
+            _request_tokens(
+                state.input_tokens, state.cache_creation_input_tokens, state.cache_read_input_tokens
+            )
+            if state.started
+            else None
+        )
+        response_tokens = token_count(state.output_tokens) if state.output_final else None
+        record.estimated = request_tokens is None or response_tokens is None
+        if request_tokens is None:
+            # The estimate covers the whole prompt, cached parts included.
+            # (Streams under incomplete_streams="skip" keep no snapshot: the body as sent.)
+            body = call.body if call.body is not None else call.original_body
+            estimated = _estimate_anthropic.estimate_input_tokens(body)
+            request_tokens = min(max(estimated, (cache_write or 0) + (cache_read or 0)), MAX_TOKENS - 1)
+        if response_tokens is None:
+            response_tokens = _estimate_anthropic.estimate_output_tokens("".join(call.text or ()))
+        record.request_tokens = request_tokens
+        record.response_tokens = response_tokens
         record.cached_tokens = cache_read
         record.cache_write_tokens = cache_write
         record.reasoning_tokens, record.extra = _details(state)
-        record.estimated = estimated_input or estimated_output
 
 
-def _request_tokens(usage: Any, cache_write: int | None, cache_read: int | None) -> int:
-    """Anthropic's ``input_tokens`` leaves out cache writes and reads: bill all three."""
-    return (_int(getattr(usage, "input_tokens", None)) or 0) + (cache_write or 0) + (cache_read or 0)
+def _request_tokens(input_tokens: object, cache_write: object, cache_read: object) -> int | None:
+    """Anthropic's ``input_tokens`` leaves out cache writes and reads: bill all three.
+
+    ``None`` when a count is not valid (an absent cache count is 0), or the sum is absurd.
+    """
+    total = token_count(input_tokens)
+    if total is None:
+        return None
+    for part in (cache_write, cache_read):
+        if part is not None:
+            count = token_count(part)
+            if count is None:
+                return None
+            total += count
+    return total if total < MAX_TOKENS else None
 
 
-def _emit(call: Call, usage: Any, response: Any) -> None:
-    """Emit the billing numbers of an SDK ``Usage`` (or a :class:`_StreamUsage`)."""
-    cache_write = _int(getattr(usage, "cache_creation_input_tokens", None))
-    cache_read = _int(getattr(usage, "cache_read_input_tokens", None))
+def _emit(call: Call, usage: Any, response: Any) -> bool:
+    """Emit the billing numbers of an SDK ``Usage`` (or a :class:`_StreamUsage`) if valid.
+
+    ``False`` (nothing emitted) when a count is missing or not valid: the caller estimates.
+    """
+    cache_write = getattr(usage, "cache_creation_input_tokens", None)
+    cache_read = getattr(usage, "cache_read_input_tokens", None)
+    request_tokens = _request_tokens(getattr(usage, "input_tokens", None), cache_write, cache_read)
+    response_tokens = token_count(getattr(usage, "output_tokens", None))
+    if request_tokens is None or response_tokens is None:
+        return False
     # The breakdown only goes into events with details=True: skip reading it otherwise.
     thinking, extra = _details(usage) if call.meter.options.details else (None, None)
     call.emit(
         response,
-        _request_tokens(usage, cache_write, cache_read),
-        _int(getattr(usage, "output_tokens", None)) or 0,
-        cache_read,
+        request_tokens,
+        response_tokens,
+        cache_read,  # valid when present (checked by _request_tokens)
         cache_write,
         thinking,
         extra,
     )
+    return True
+
+
+def _warn_invalid(where: str) -> None:
+    """Log once per process that a server sent unusable usage (it is billed as an estimate)."""
+    if where not in _warned:
+        _warned.add(where)
+        log.warning(
+            "llm_meter: an Anthropic %s came without valid usage: billed as an estimate flagged "
+            "estimated (logged once)",
+            where,
+        )
+
+
+_warned: set[str] = set()
+
+
+def _message_text(message: Any) -> list[str]:
+    """The generated text of a whole message (text, thinking, tool input), for an estimate."""
+    texts: list[str] = []
+    for block in getattr(message, "content", None) or ():
+        kind = getattr(block, "type", None)
+        if kind == "text":
+            piece = getattr(block, "text", None)
+        elif kind == "thinking":
+            piece = getattr(block, "thinking", None)
+        elif kind == "tool_use":
+            try:
+                piece = json.dumps(getattr(block, "input", None))
+            except (TypeError, ValueError):
+                piece = None
+        else:
+            piece = None
+        if isinstance(piece, str) and piece:
+            texts.append(piece)
+    return texts
 
 
 def _details(usage: Any) -> tuple[int | None, dict[str, int | float | str | bool] | None]:
@@ -244,39 +336,34 @@ def _details(usage: Any) -> tuple[int | None, dict[str, int | float | str | bool
             ("ephemeral_5m_input_tokens", "cache_write_5m_tokens"),
             ("ephemeral_1h_input_tokens", "cache_write_1h_tokens"),
         ):
-            value = _int(_get(creation, source))
+            value = token_count(_get(creation, source))
             if value is not None:
                 extra[key] = value
     tools = getattr(usage, "server_tool_use", None)
     if tools is not None:
         for name in ("web_search_requests", "web_fetch_requests"):
-            value = _int(_get(tools, name))
+            value = token_count(_get(tools, name))
             if value is not None:
                 extra[name] = value
     details = getattr(usage, "output_tokens_details", None)
-    thinking = _int(_get(details, "thinking_tokens")) if details is not None else None
+    thinking = token_count(_get(details, "thinking_tokens")) if details is not None else None
     return thinking, extra or None
 
 
-_provider: AnthropicProvider | None = None
-
-
-def _detect(cls: type) -> AnthropicProvider | None:
-    global _provider
+def _detect(cls: type) -> bool:
     try:
         from anthropic._base_client import AsyncAPIClient, SyncAPIClient
     except ImportError:
-        return None
-    if not issubclass(cls, SyncAPIClient | AsyncAPIClient):
-        return None
-    if _provider is None:
-        _provider = AnthropicProvider()
-    return _provider
+        return False
+    return issubclass(cls, SyncAPIClient | AsyncAPIClient)
 
 
-def register() -> None:
-    """Make ``meter()`` accept every ``anthropic`` client (first-party, Bedrock, Vertex, ...)."""
-    register_provider(
-        _detect,
-        "anthropic.Anthropic, AsyncAnthropic, AnthropicBedrock, AnthropicVertex (and their async twins)",
+register(
+    StainlessAdapter(
+        label=(
+            "anthropic.Anthropic, AsyncAnthropic, AnthropicBedrock, AnthropicVertex (and their async twins)"
+        ),
+        detect=_detect,
+        provider=AnthropicProvider,
     )
+)

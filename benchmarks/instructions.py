@@ -1,0 +1,267 @@
+"""CPU instructions per call, metered versus plain, counted with ``valgrind --tool=callgrind``.
+
+Usage::
+
+    python benchmarks/instructions.py                 # every row (about 10 minutes)
+    python benchmarks/instructions.py --only anthropic-create-sync
+
+Wall time on a shared machine swings by tens of percent; instruction counts repeat to about 0.1 %. Each row
+runs the same client code as ``overhead.py`` (the SDK's client, replaying responses recorded from the
+local fake servers through ``httpx2.MockTransport``, so no server or socket shares the count) twice under
+callgrind, with N1 and N2 calls, and reports ``(I(N2) - I(N1)) / (N2 - N1)``: the instructions of one
+call, start-up and the meter's close cancelled out. Instrumentation is switched on only around the calls
+(a tiny C helper built with the system's ``gcc`` and valgrind's ``callgrind.h`` issues the client requests),
+so imports run at near native speed. Every thread of the process is counted, so the metered side
+includes its background worker (delivering to a transport that discards events) and the spool when
+``--spool`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODEL = "gpt-4.1-nano"
+MESSAGES = [{"role": "user", "content": "Say hello to the benchmark, in one short sentence please."}]
+ANTHROPIC_MODEL = "claude-haiku-4-5"
+STREAM_CHUNKS = 500
+USAGE = {"include_usage": True}
+_DROPPED = ("content-length", "content-encoding")
+ROWS = {
+    # name: (sdk, kind, async, N1, N2)
+    "openai-create-sync": ("openai", "create", False, 20, 120),
+    "openai-create-async": ("openai", "create", True, 20, 120),
+    "openai-stream-sync": ("openai", "stream", False, 2, 8),
+    "openai-stream-async": ("openai", "stream", True, 2, 8),
+    "anthropic-create-sync": ("anthropic", "create", False, 20, 120),
+    "anthropic-create-async": ("anthropic", "create", True, 20, 120),
+    "anthropic-stream-sync": ("anthropic", "stream", False, 4, 24),
+    "anthropic-stream-async": ("anthropic", "stream", True, 4, 24),
+}
+
+
+# -- recording (parent process, real loopback HTTP to the fake servers) ----------------------------------
+
+
+def record(path: Path) -> None:
+    """Record each response variant the rows need, as (status, headers, body bytes)."""
+    import httpx2
+
+    from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+    from llm_meter._fakes.openai_server import FakeOpenAIServer
+
+    out: dict[str, Any] = {}
+    with (
+        FakeOpenAIServer() as small,
+        FakeOpenAIServer(chunks=STREAM_CHUNKS) as large,
+        httpx2.Client() as http,
+    ):
+        chat = {"model": MODEL, "messages": MESSAGES}
+        for key, url, body in (
+            ("openai-create", small.url, chat),
+            ("openai-stream", large.url, {**chat, "stream": True}),
+            (
+                "openai-stream-usage",
+                large.url,
+                {**chat, "stream": True, "stream_options": {"include_usage": True}},
+            ),
+        ):
+            r = http.post(f"{url}/chat/completions", json=body, headers={"Authorization": "Bearer t"})
+            out[key] = [r.status_code, dict(r.headers), r.content.decode()]
+    with FakeAnthropicServer() as fake, httpx2.Client() as http:
+        body = {"model": ANTHROPIC_MODEL, "max_tokens": 256, "messages": MESSAGES}
+        headers = {"x-api-key": "t", "anthropic-version": "2023-06-01"}
+        r = http.post(f"{fake.url}/v1/messages", json=body, headers=headers)
+        out["anthropic-create"] = [r.status_code, dict(r.headers), r.content.decode()]
+        fake.chunks = STREAM_CHUNKS
+        r = http.post(f"{fake.url}/v1/messages", json={**body, "stream": True}, headers=headers)
+        out["anthropic-stream"] = [r.status_code, dict(r.headers), r.content.decode()]
+    for value in out.values():  # replayed bodies are not compressed, whatever the server sent
+        value[1] = {
+            k: v for k, v in value[1].items() if k.lower() not in ("content-length", "content-encoding")
+        }
+    path.write_text(json.dumps(out))
+
+
+# -- one measured run (child process, under callgrind) ----------------------------------------------------
+
+
+def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int, spool: str | None) -> None:
+    import httpx2
+
+    replies = json.loads(recorded.read_text())
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        key = f"{sdk}-{kind}"
+        if (
+            sdk == "openai"
+            and kind == "stream"
+            and b'"include_usage":true' in request.content.replace(b" ", b"")
+        ):
+            key = "openai-stream-usage"
+        status, headers, body = replies[key]
+        return httpx2.Response(status, headers=headers, content=body.encode())
+
+    transport = httpx2.MockTransport(handler)
+    http = httpx2.AsyncClient(transport=transport) if aio else httpx2.Client(transport=transport)
+    if sdk == "openai":
+        import openai
+
+        cls: Any = openai.AsyncOpenAI if aio else openai.OpenAI
+        client = cls(api_key="test", base_url="http://fake/v1", max_retries=0, http_client=http)
+
+        def call(c: Any) -> Any:
+            return c.chat.completions.create(model=MODEL, messages=MESSAGES, stream=kind == "stream")
+    else:
+        import anthropic
+
+        cls = anthropic.AsyncAnthropic if aio else anthropic.Anthropic
+        client = cls(api_key="test", base_url="http://fake", max_retries=0, http_client=http)
+
+        def call(c: Any) -> Any:
+            return c.messages.create(
+                model=ANTHROPIC_MODEL, max_tokens=256, messages=MESSAGES, stream=kind == "stream"
+            )
+
+    meter = None
+    if metered:
+        import llm_meter
+
+        class Discard:
+            async def send(self, events: list[dict[str, Any]], /) -> None:
+                return None
+
+            async def send_json(self, payloads: list[str], /) -> None:
+                return None  # the worker's fast path, as PolarTransport takes it
+
+            async def aclose(self) -> None:
+                return None
+
+        meter = llm_meter.Meter(transport=Discard(), spool_dir=spool)
+        client = llm_meter.meter(client, customer="cus_1", meter=meter)
+
+    toggle = _toggle()
+    toggle.llm_meter_instr_on()
+    if aio:
+
+        async def run() -> None:
+            for _ in range(n):
+                result = await call(client)
+                if kind == "stream":
+                    async for _item in result:
+                        pass
+
+        asyncio.run(run())
+    else:
+        for _ in range(n):
+            result = call(client)
+            if kind == "stream":
+                for _item in result:
+                    pass
+    if meter is not None:
+        meter.close(timeout=5.0)  # what the worker does for these events is part of the count
+    toggle.llm_meter_instr_off()
+
+
+_TOGGLE_C = """
+#include <valgrind/callgrind.h>
+void llm_meter_instr_on(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void llm_meter_instr_off(void) { CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+
+
+def _toggle() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(os.environ["LLM_METER_TOGGLE_LIB"])
+
+
+def build_toggle(directory: Path) -> Path:
+    source, lib = directory / "toggle.c", directory / "toggle.so"
+    source.write_text(_TOGGLE_C)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(source)], check=True)
+    return lib
+
+
+# -- driver -------------------------------------------------------------------------------------------------
+
+
+def count(recorded: Path, lib: Path, row: str, metered: bool, n: int, spool: bool) -> int:
+    sdk, kind, aio, _, _ = ROWS[row]
+    spool_dir = tempfile.mkdtemp(prefix="llm-meter-instr-") if spool else None
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        "--instr-atstart=no",
+        sys.executable,
+        __file__,
+        "--child",
+        str(recorded),
+        sdk,
+        kind,
+        "async" if aio else "sync",
+        "metered" if metered else "plain",
+        str(n),
+        spool_dir or "-",
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "LLM_METER_TOGGLE_LIB": str(lib)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if spool_dir:
+        shutil.rmtree(spool_dir, ignore_errors=True)
+    match = re.search(r"Collected : (\d+)", out.stderr)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"{row}: callgrind run failed:\n{out.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--only", action="append", choices=sorted(ROWS), help="rows to run (repeatable)")
+    parser.add_argument("--spool", action="store_true", help="metered side spools to disk (spool_dir)")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        recorded, sdk, kind, mode, side, n, spool = args.child
+        child(
+            Path(recorded),
+            sdk,
+            kind,
+            mode == "async",
+            side == "metered",
+            int(n),
+            None if spool == "-" else spool,
+        )
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        recorded = Path(tmp) / "recorded.json"
+        record(recorded)
+        lib = build_toggle(Path(tmp))
+        print(f"{'row':<26} {'plain instr/call':>18} {'metered instr/call':>20} {'extra':>12} {'ratio':>7}")
+        for row in args.only or list(ROWS):
+            _, _, _, n1, n2 = ROWS[row]
+            per = {}
+            for metered in (False, True):
+                low = count(recorded, lib, row, metered, n1, args.spool)
+                high = count(recorded, lib, row, metered, n2, args.spool)
+                per[metered] = (high - low) / (n2 - n1)
+            plain, metered_ = per[False], per[True]
+            cells = f"{plain:>18,.0f} {metered_:>20,.0f} {metered_ - plain:>12,.0f} {metered_ / plain:>7.4f}"
+            print(f"{row:<26} {cells}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

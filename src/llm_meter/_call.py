@@ -1,0 +1,302 @@
+"""Per-response metering state, shared by every provider: emit exactly one record.
+
+A :class:`Call` is made for one HTTP attempt (or one SDK operation) to a billed endpoint,
+once the customer is known. The provider adapter fills in what it learns (model, response
+id, usage); the first :meth:`Call.emit` or :meth:`Call.finish` wins, so a response is
+billed once whichever way it ends. Nothing here knows any SDK.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from ._customer import Customer
+from ._events import UsageRecord
+from ._meter import Meter, default_meter
+
+__all__ = ["MAX_TOKENS", "Call", "ClientConfig", "Estimator", "call_suffix", "snapshot", "token_count"]
+
+log = logging.getLogger("llm_meter")
+
+#: Token counts at or above this are invalid (billed as an estimate instead): 2**30 is about
+#: a hundred times the largest context window of any model, and keeps every total
+#: (request + response) below 2**31, inside a signed 32-bit integer wherever Polar or its
+#: consumers store one. An absurd count (2**70 from a broken server) is never sent as is.
+MAX_TOKENS: Final = 2**30
+
+
+def token_count(value: object) -> int | None:
+    """*value* as a billable token count: an ``int`` in ``[0, MAX_TOKENS)``, else ``None``.
+
+    Anything else a server may send (``None``, a bool, a float even when integral, ``NaN``,
+    a string, a negative or absurd number) is not a count: the caller estimates instead.
+    """
+    if type(value) is int and 0 <= value < MAX_TOKENS:
+        return value
+    return None
+
+
+class Estimator(Protocol):
+    """What a :class:`Call` needs from its provider: a name and a way to estimate."""
+
+    name: str
+
+    def estimate(self, call: Call, record: UsageRecord) -> None:
+        """Fill *record* with estimated token counts (runs on the background worker)."""
+
+
+class ClientConfig:
+    """The metering settings of one client instance.
+
+    ``meter`` ``None`` means the process-wide default meter, looked up only when a billed
+    call needs it: building a client never creates the default meter (and its spool).
+    """
+
+    __slots__ = ("_meter", "customer")
+
+    def __init__(self, meter: Meter | None, customer: Customer | None) -> None:
+        self._meter = meter
+        self.customer = customer
+
+    @property
+    def meter(self) -> Meter:
+        meter = self._meter
+        if meter is None:
+            meter = self._meter = default_meter()
+        return meter
+
+
+# -- call-unique part of external ids ------------------------------------------------------
+# A random per-process prefix and a counter: unique across calls, processes and restarts
+# without a syscall per call (uuid4 reads os.urandom). Renewed in a forked child, which
+# would otherwise repeat the parent's sequence.
+_prefix = secrets.token_hex(6)
+_counter = itertools.count()
+
+
+def _renew_prefix() -> None:
+    global _prefix, _counter
+    _prefix = secrets.token_hex(6)
+    _counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_renew_prefix)
+
+
+def call_suffix() -> str:
+    """A string no other call of any process will get (``next`` on a count is atomic)."""
+    return f"{_prefix}{next(_counter):x}"
+
+
+class Call:
+    """Metering state of one billed response; emits at most one record."""
+
+    __slots__ = (
+        "__weakref__",
+        "_once",
+        "body",
+        "customer",
+        "external_id",
+        "hide",
+        "injected",
+        "kind",
+        "left_early",
+        "meter",
+        "model",
+        "observe",
+        "on_finish",
+        "original_body",
+        "provider",
+        "request_id",
+        "response_id",
+        "state",
+        "stream",
+        "suffix",
+        "text",
+    )
+
+    def __init__(self, provider: Estimator, meter: Meter, customer: Customer, kind: str) -> None:
+        self.provider = provider
+        self.meter = meter
+        self.customer = customer
+        self.kind = kind
+        #: Call-unique part of ``external_id``, fixed now: servers may repeat response ids.
+        self.suffix = f"{_prefix}{next(_counter):x}"  # call_suffix(), inlined
+        self.stream = False
+        self.injected = False
+        self.body: Any = None
+        self.original_body: Any = None
+        self.model: str | None = None
+        self.response_id: str | None = None
+        self.external_id: str | None = None
+        #: Delivered text pieces, kept only while an estimate may be needed.
+        self.text: list[str] | None = None
+        #: ``hide(item) -> bool`` for stream items the caller did not ask for.
+        self.hide: Callable[[Any], bool] | None = None
+        #: The caller's loop over this stream ended early (``break`` or an exception in it).
+        self.left_early = False
+        #: The response's request id, kept when a stream starts (for ``external_id``).
+        self.request_id: str | None = None
+        #: Provider-specific progress (e.g. Anthropic's merged stream usage).
+        self.state: Any = None
+        #: ``on_finish(call, response)``, run once by :meth:`finish` before it estimates: a
+        #: provider that kept usage seen along the way (a stream whose chunks all carry usage)
+        #: emits it there. ``None`` for most calls.
+        self.on_finish: Callable[[Call, Any], None] | None = None
+        #: ``observe(call, obj, response)`` for each parsed object; ``None`` once done.
+        #: Providers bind the variant for the request (body, chat chunk, event) when preparing.
+        self.observe: Callable[[Call, Any, Any], None] | None = None
+        self._once = [True]
+
+    @property
+    def done(self) -> bool:
+        return not self._once
+
+    def ensure_external_id(self, response: Any) -> str:
+        """``<provider>:<response id or request id>:<call-unique suffix>``, fixed once made.
+
+        The provider's id is kept for cross-reference with its logs; the suffix keeps two
+        responses apart when a server repeats ids (proxies, Ollama's 999 values) or has none.
+        """
+        if self.external_id is None:
+            ident = self.response_id
+            if not ident and response is not None:
+                ident = request_id(response)
+            if not ident:
+                ident = self.request_id
+            name = self.provider.name
+            self.external_id = f"{name}:{ident}:{self.suffix}" if ident else f"{name}:{self.suffix}"
+        return self.external_id
+
+    def emit(
+        self,
+        response: Any,
+        request_tokens: int,
+        response_tokens: int,
+        cached_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        extra: dict[str, int | float | str | bool] | None = None,
+    ) -> None:
+        """Emit the exact usage of this response (the first emit or finish wins).
+
+        Runs on the caller's path once per billed call: positional arguments, no helper calls
+        when the response id is known.
+        """
+        try:
+            self._once.pop()  # atomic under the GIL: exactly one emit or finish wins, no lock
+        except IndexError:
+            return
+        self.observe = None
+        self.text = None
+        meter = self.meter
+        if self.stream:
+            meter.untrack_open(self)
+        external_id = self.external_id
+        if external_id is None:
+            ident = self.response_id
+            if ident:
+                external_id = self.external_id = f"{self.provider.name}:{ident}:{self.suffix}"
+            else:
+                external_id = self.ensure_external_id(response)
+        meter.emit(
+            UsageRecord(
+                self.provider.name,
+                self.customer,
+                external_id,
+                time.time(),
+                self.model or "unknown",
+                request_tokens,
+                response_tokens,
+                cached_tokens,
+                cache_write_tokens,
+                reasoning_tokens,
+                extra,
+            )
+        )
+
+    def finish(self, response: Any = None) -> None:
+        """The response ended without usage (early exit, error, no usage sent): estimate or skip.
+
+        ``on_finish`` runs first and may still emit the usage it kept.
+        """
+        on_finish = self.on_finish
+        if on_finish is not None:
+            self.on_finish = None
+            try:
+                on_finish(self, response)
+            except Exception:
+                self.meter.errors += 1
+                log.exception("llm_meter: could not bill the usage kept for %s", self.response_id)
+        try:
+            self._once.pop()
+        except IndexError:
+            return
+        self.observe = None
+        self.meter.untrack_open(self)
+        if not self.meter.estimate_incomplete:
+            log.debug(
+                "llm_meter: incomplete stream %s not billed (incomplete_streams='skip')", self.response_id
+            )
+            return
+        self._emit_estimate(response)
+
+    def estimate(self, response: Any = None) -> None:
+        """The response is complete but its usage is missing or invalid: bill an estimate.
+
+        Unlike :meth:`finish`, whatever ``incomplete_streams`` says: the response was whole,
+        so it is billed (never silently dropped); the provider's ``estimate`` keeps the
+        counts that were valid and marks the record ``estimated``.
+        """
+        try:
+            self._once.pop()
+        except IndexError:
+            return
+        self.observe = None
+        self.on_finish = None
+        if self.stream:
+            self.meter.untrack_open(self)
+        self._emit_estimate(response)
+
+    def _emit_estimate(self, response: Any) -> None:
+        provider = self.provider
+        self.meter.emit(
+            UsageRecord(
+                provider=provider.name,
+                customer=self.customer,
+                external_id=self.ensure_external_id(response),
+                timestamp=time.time(),
+                model=self.model or "unknown",
+                estimated=True,
+                estimate=lambda record: provider.estimate(self, record),
+            )
+        )
+
+
+def snapshot(body: Any, keys: tuple[str, ...]) -> Any:
+    """A shallow copy of a request body for an estimate that runs later on the worker.
+
+    The lists under *keys* are copied too: callers often append to ``messages`` right after
+    the call, and the estimate must see the request as it was sent.
+    """
+    if not isinstance(body, dict):
+        return body
+    copied = dict(body)
+    for key in keys:
+        value = copied.get(key)
+        if isinstance(value, list):
+            copied[key] = list(value)
+    return copied
+
+
+def request_id(response: Any) -> str | None:
+    """The provider's request id header of an HTTP response, if any."""
+    headers = response.headers
+    value = headers.get("x-request-id") or headers.get("request-id")
+    return value if isinstance(value, str) and value else None

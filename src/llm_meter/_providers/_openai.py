@@ -1,0 +1,443 @@
+"""OpenAI: which endpoints are billed, where their usage lives, and stream specifics.
+
+Billed (POST): chat completions, legacy completions, responses, embeddings, images
+(generations, edits, variations: token usage of gpt-image models) and audio transcriptions
+(token usage). Reads of stored objects (GET), ``responses/input_tokens`` and
+``responses/{id}/cancel`` are not billed here.
+
+Usage arithmetic (SPEC §4): ``request_tokens`` = ``prompt_tokens`` / ``input_tokens``
+(cached tokens are a subset of it), ``response_tokens`` = ``completion_tokens`` /
+``output_tokens`` (reasoning tokens are a subset of it).
+
+Usage in any shape is billed, never dropped (OpenAI-compatible servers send many):
+
+* counts must be ints in ``[0, MAX_TOKENS)`` (see :func:`~llm_meter._call.token_count`). A
+  response whose usage lacks a valid input or output count (``{}``, nulls, only
+  ``total_tokens``, NaN, floats, strings, negative or absurd numbers, ``usage: null`` or none
+  on a generation) is billed as an estimate flagged ``estimated``: the valid counts are kept,
+  the others estimated from the request and the text. A missing output count is derived
+  from ``total_tokens`` when that is valid; embeddings have no output (0).
+* Groq puts usage under ``x_groq.usage`` (of a stream's last chunk): read when ``usage`` is not.
+* Usage on chunks that still carry choices (vLLM's ``continuous_usage_stats`` on every
+  chunk, Together and Fireworks on the finish-reason chunk, Groq) is cumulative: the last one
+  seen is kept and billed when the stream ends, or at once by the usage-only chunk that ends
+  a stream. It is final once every requested choice reached its ``finish_reason`` (or when
+  the first usage seen came with a finish reason: usage on the finish chunk only). A stream
+  that ends before that (``break``, an error) bills the last usage seen as an estimate: its
+  input is exact and its output a lower bound, raised to the estimate from the delivered
+  text when that is larger.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from .._call import Call, snapshot, token_count
+from .._events import UsageRecord
+from . import register
+from ._stainless import StainlessAdapter
+
+__all__ = ["OpenAIProvider"]
+
+log = logging.getLogger("llm_meter")
+
+_KINDS: Final = {
+    "/chat/completions": "chat",
+    "/completions": "completions",
+    "/responses": "responses",
+    "/embeddings": "embeddings",
+    "/images/generations": "images",
+    "/images/edits": "images",
+    "/images/variations": "images",
+    "/audio/transcriptions": "transcriptions",
+}
+_INJECTABLE: Final = frozenset({"chat", "completions"})
+#: Request fields an estimate reads (kept as a shallow snapshot, see ``snapshot``).
+_ESTIMATE_KEYS: Final = ("messages", "input", "prompt")
+_RESPONSES_TERMINAL: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
+#: Status of a background response whose usage is not known yet.
+_PENDING: Final = frozenset({"queued", "in_progress"})
+#: Endpoint kinds already warned about usage without valid counts (warned once each).
+_warned: set[str] = set()
+
+#: Endpoints seen rejecting ``stream_options`` (older Azure API versions, some
+#: OpenAI-compatible servers): (base URL, path, api-version). Process-wide.
+_no_stream_options: set[tuple[str, str, str | None]] = set()
+
+
+def _endpoint_key(client: Any, kind: str) -> tuple[str, str, str | None]:
+    return (str(client.base_url), kind, getattr(client, "_api_version", None))
+
+
+_TEXT_RESPONSES: Final = frozenset(
+    {"ChatCompletion", "ParsedChatCompletion", "Completion", "Response", "ParsedResponse"}
+)
+#: Response types billed by an estimate when they come without usage.
+_ESTIMABLE: Final = _TEXT_RESPONSES | {"CreateEmbeddingResponse"}
+
+
+def _field(usage: Any, name: str) -> Any:
+    """A usage field of an SDK object or of a plain dict (Groq's ``x_groq.usage``)."""
+    if isinstance(usage, dict):
+        return usage.get(name)
+    return getattr(usage, name, None)
+
+
+def _groq_usage(extra: dict[str, Any]) -> Any:
+    """Groq's ``x_groq.usage`` among a chunk's or body's extra fields, if any."""
+    groq = extra.get("x_groq")
+    return groq.get("usage") if isinstance(groq, dict) else None
+
+
+def _counts(usage: Any, kind: str) -> tuple[int | None, int | None]:
+    """``(request_tokens, response_tokens)`` of a usage, each ``None`` when not valid."""
+    request = token_count(_field(usage, "prompt_tokens"))
+    if request is None:
+        request = token_count(_field(usage, "input_tokens"))
+    raw = _field(usage, "completion_tokens")
+    if raw is None:
+        raw = _field(usage, "output_tokens")
+    if raw is None:
+        # No output count at all: none for embeddings, else what the total says.
+        if kind == "embeddings":
+            return request, 0
+        total = token_count(_field(usage, "total_tokens"))
+        if total is not None and request is not None and total >= request:
+            return request, total - request
+        return request, None
+    return request, token_count(raw)
+
+
+def _details(usage: Any) -> tuple[int | None, int | None, int | None]:
+    """``(cached, cache write, reasoning)`` tokens of a usage, each ``None`` when not valid."""
+    details_in = _field(usage, "prompt_tokens_details") or _field(usage, "input_tokens_details")
+    details_out = _field(usage, "completion_tokens_details") or _field(usage, "output_tokens_details")
+    return (
+        token_count(_field(details_in, "cached_tokens")) if details_in is not None else None,
+        token_count(_field(details_in, "cache_write_tokens")) if details_in is not None else None,
+        token_count(_field(details_out, "reasoning_tokens")) if details_out is not None else None,
+    )
+
+
+class _Progress:
+    """Usage kept for a response that is billed later: the last usage seen and whether it is final."""
+
+    __slots__ = ("choices", "final", "finished", "usage")
+
+    def __init__(self, usage: Any = None, *, final: bool = False, choices: int = 1) -> None:
+        self.usage = usage
+        self.final = final
+        self.choices = choices  # the choices requested (``n``)
+        self.finished = 0  # finish reasons seen on chunks that carried usage
+
+
+def _response_text(obj: Any) -> list[str]:
+    """The generated text of a whole (non-stream) response, for an estimate."""
+    texts: list[str] = []
+    for choice in getattr(obj, "choices", None) or ():
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
+        if isinstance(text, str):
+            texts.append(text)
+    output_text = getattr(obj, "output_text", None) if not texts else None
+    if isinstance(output_text, str):
+        texts.append(output_text)
+    return texts
+
+
+def _hide_usage_chunk(chunk: Any) -> bool:
+    """The usage-only chunk the wrapper asked for: ``choices == []`` with usage."""
+    return chunk.usage is not None and not chunk.choices
+
+
+class OpenAIProvider:
+    """The :class:`~llm_meter._client.Provider` for the ``openai`` SDK."""
+
+    name = "openai"
+
+    def __init__(self) -> None:
+        import openai
+        from openai._resource import AsyncAPIResource, SyncAPIResource
+
+        self.resource_types: tuple[type, ...] = (SyncAPIResource, AsyncAPIResource)
+        self.sync_stream: type = openai.Stream
+        self.stream_subclass = True  # hides the usage chunk it asks for
+        self.injects_options = True  # stream_options, removed again if an endpoint rejects it
+        self.async_stream: type = openai.AsyncStream
+        self._status_error: type[BaseException] = openai.APIStatusError
+
+    # -- request side --------------------------------------------------------------------
+    def billed_kind(self, options: Any) -> str | None:
+        if options.method != "post":
+            return None
+        return _KINDS.get(options.url)
+
+    def prepare(self, client: Any, options: Any, call: Call) -> None:
+        body = options.json_data
+        if not isinstance(body, dict):
+            return
+        call.body = body
+        call.original_body = body
+        model = body.get("model")
+        if isinstance(model, str):
+            call.model = model
+        if body.get("stream") is not True:
+            call.observe = self._observe_body
+            return
+        call.stream = True
+        if call.meter.estimate_incomplete:
+            call.text = []
+            call.body = snapshot(body, _ESTIMATE_KEYS)
+        if call.kind not in _INJECTABLE:
+            call.observe = self._observe_event
+            return
+        call.observe = self._observe_chat_chunk if call.kind == "chat" else self._observe_completion_chunk
+        stream_options = body.get("stream_options")
+        extra = options.extra_json
+        if isinstance(extra, dict) and "stream_options" in extra:
+            return  # the caller set it through extra_body: theirs to see
+        if isinstance(stream_options, dict) and stream_options.get("include_usage") is True:
+            return  # asked for by the caller: they see the usage chunk as usual
+        if _endpoint_key(client, call.kind) in _no_stream_options:
+            return
+        merged = dict(stream_options) if isinstance(stream_options, dict) else {}
+        merged["include_usage"] = True
+        options.json_data = {**body, "stream_options": merged}
+        call.injected = True
+        call.hide = _hide_usage_chunk
+
+    def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
+        if not isinstance(exc, self._status_error):
+            return None
+        response = getattr(exc, "response", None)
+        call = getattr(getattr(response, "request", None), "_llm_meter_call", None)
+        if not isinstance(call, Call) or not call.injected:
+            return None
+        if getattr(exc, "status_code", None) not in (400, 422):
+            return None
+        text = f"{getattr(exc, 'message', '')} {getattr(exc, 'body', '')}"
+        if "stream_options" not in text:
+            return None
+        log.warning(
+            "llm_meter: %s rejected stream_options; resending without it and estimating usage "
+            "for streams to this endpoint from now on",
+            client.base_url,
+        )
+        _no_stream_options.add(_endpoint_key(client, call.kind))
+        return call
+
+    # -- response side -------------------------------------------------------------------
+    def observe(self, call: Call, obj: object, response: Any) -> None:
+        """Generic entry (prepare() normally binds one of the specific observers below)."""
+        if not call.stream:
+            self._observe_body(call, obj, response)
+        elif call.kind == "chat":
+            self._observe_chat_chunk(call, obj, response)
+        elif call.kind == "completions":
+            self._observe_completion_chunk(call, obj, response)
+        else:
+            self._observe_event(call, obj, response)
+
+    def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> None:
+        # Runs for every chunk of a chat stream: keep it to a few attribute reads, no allocation.
+        if call.response_id is None and chunk.id:
+            call.response_id = chunk.id
+            call.model = chunk.model or call.model
+        usage = chunk.usage
+        if usage is None:
+            try:
+                extra = chunk.__pydantic_extra__  # {} on OpenAI's own chunks
+            except AttributeError:  # pydantic v1 keeps extra fields as attributes
+                extra = getattr(chunk, "__dict__", None)
+            if extra:
+                usage = _groq_usage(extra)
+        if usage is not None:
+            choices = chunk.choices
+            if not choices:  # the usage-only chunk that ends a stream
+                self._settle(call, usage, response)
+                return
+            self._keep(call, usage, choices)
+        text = call.text
+        if text is not None:
+            for choice in chunk.choices:
+                piece = getattr(getattr(choice, "delta", None), "content", None)
+                if piece:
+                    text.append(piece)
+
+    def _observe_completion_chunk(self, call: Call, chunk: Any, response: Any) -> None:
+        if call.response_id is None and chunk.id:
+            call.response_id = chunk.id
+            call.model = chunk.model or call.model
+        usage = chunk.usage
+        if usage is not None:
+            choices = chunk.choices
+            if not choices:
+                self._settle(call, usage, response)
+                return
+            self._keep(call, usage, choices)
+        text = call.text
+        if text is not None:
+            for choice in chunk.choices:
+                piece = getattr(choice, "text", None)
+                if piece:
+                    text.append(piece)
+
+    def _keep(self, call: Call, usage: Any, choices: Any) -> None:
+        """Keep the cumulative usage of a chunk that still carries choices; billed at the end."""
+        progress = call.state
+        if progress is None:
+            n = call.original_body.get("n") if isinstance(call.original_body, dict) else None
+            progress = call.state = _Progress(choices=n if type(n) is int and n > 0 else 1)
+            call.on_finish = self._on_finish
+        first = progress.usage is None
+        progress.usage = usage
+        for choice in choices:
+            if getattr(choice, "finish_reason", None) is not None:
+                progress.finished += 1
+        progress.final = progress.finished >= progress.choices or (first and progress.finished > 0)
+
+    def _on_finish(self, call: Call, response: Any) -> None:
+        """The stream ended: bill its kept usage if it is final (else ``finish`` estimates)."""
+        progress = call.state
+        if isinstance(progress, _Progress) and progress.final:
+            self._settle(call, progress.usage, response)
+
+    def _observe_event(self, call: Call, obj: object, response: Any) -> None:
+        kind = call.kind
+        event_type = getattr(obj, "type", None)
+        if kind == "responses":
+            if event_type == "response.output_text.delta":
+                if call.text is not None:
+                    call.text.append(obj.delta)  # type: ignore[attr-defined]
+            elif event_type == "response.created" or event_type in _RESPONSES_TERMINAL:
+                full = getattr(obj, "response", None)
+                if full is not None:
+                    call.response_id = getattr(full, "id", None) or call.response_id
+                    call.model = getattr(full, "model", None) or call.model
+                    usage = getattr(full, "usage", None)
+                    if event_type in _RESPONSES_TERMINAL and (
+                        usage is not None or event_type == "response.completed"
+                    ):
+                        self._settle(call, usage, response)  # a completed one without usage: estimated
+        elif kind == "transcriptions":
+            if event_type == "transcript.text.delta":
+                if call.text is not None:
+                    call.text.append(getattr(obj, "delta", "") or "")
+            elif event_type == "transcript.text.done":
+                usage = getattr(obj, "usage", None)
+                if usage is not None:
+                    self._settle(call, usage, response)
+        elif kind == "images" and isinstance(event_type, str) and event_type.endswith(".completed"):
+            usage = getattr(obj, "usage", None)
+            if usage is not None:
+                self._settle(call, usage, response)
+
+    def _observe_body(self, call: Call, obj: object, response: Any) -> None:
+        usage = getattr(obj, "usage", None)
+        ident = getattr(obj, "id", None)
+        if isinstance(ident, str) and ident:
+            call.response_id = ident
+        model = getattr(obj, "model", None)
+        if isinstance(model, str) and model:
+            call.model = model
+        if usage is None:
+            extra = getattr(obj, "__pydantic_extra__", None)
+            if extra:
+                usage = _groq_usage(extra)
+        if usage is None:
+            if type(obj).__name__ not in _ESTIMABLE or getattr(obj, "status", None) in _PENDING:
+                # No usage to bill: DALL-E images, whisper durations, parse(to=OtherType), and
+                # background responses (their usage only appears on a later retrieve).
+                return
+        elif self._exact(call, usage, response):
+            return
+        # A generation whose server sent no valid usage (some OpenAI-compatible servers):
+        # billed with an estimate rather than not at all.
+        call.text = _response_text(obj)
+        call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
+        call.state = _Progress(usage, final=True)
+        call.estimate(response)
+
+    def _settle(self, call: Call, usage: Any, response: Any) -> None:
+        """Bill the final usage of a stream: exactly when its counts are valid, else an estimate."""
+        if usage is not None and self._exact(call, usage, response):
+            return
+        call.state = _Progress(usage, final=True)
+        call.estimate(response)
+
+    def _exact(self, call: Call, usage: Any, response: Any) -> bool:
+        """Emit *usage* if its counts are valid (or skip duration usage); ``False``: estimate it."""
+        request_tokens, response_tokens = _counts(usage, call.kind)
+        if request_tokens is not None and response_tokens is not None:
+            cached, cache_write, reasoning = _details(usage)
+            call.emit(response, request_tokens, response_tokens, cached, cache_write, reasoning)
+            return True
+        if _field(usage, "type") == "duration":
+            log.debug("llm_meter: %s usage in seconds, not tokens: not billed", call.kind)
+            return True
+        if call.kind not in _warned:
+            _warned.add(call.kind)
+            log.warning(
+                "llm_meter: a %s response has usage without valid token counts (%r): billed as an "
+                "estimate flagged estimated (logged once per endpoint kind)",
+                call.kind,
+                usage,
+            )
+        return False
+
+    # -- estimates (background worker) ------------------------------------------------------
+    def estimate(self, call: Call, record: UsageRecord) -> None:
+        """Fill *record*: the valid counts of the usage kept (if any), estimates for the rest.
+
+        A kept usage that is not final (a stream that stopped early) gives an exact input
+        and a lower bound for the output, raised to the estimate from the text if larger.
+        """
+        from .. import _estimate
+
+        progress = call.state if isinstance(call.state, _Progress) else _Progress()
+        usage = progress.usage
+        request_tokens, response_tokens = (None, None) if usage is None else _counts(usage, call.kind)
+        if usage is not None:
+            record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens = _details(usage)
+        body = call.body if isinstance(call.body, dict) else {}
+        model = record.model if record.model != "unknown" else "gpt-4o"
+        kind = call.kind
+        if request_tokens is None:
+            request_tokens = 0
+            if kind == "chat":
+                request_tokens = _estimate.estimate_chat_input(body.get("messages"), model)
+            elif kind == "completions":
+                request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
+            elif kind == "responses":
+                request_tokens = _estimate.estimate_responses_input(
+                    body.get("input"), body.get("instructions"), model
+                )
+            elif kind == "embeddings":
+                request_tokens = _estimate.estimate_prompt(body.get("input"), model)
+            elif kind == "images":
+                request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
+        if response_tokens is None or not progress.final:
+            text = "".join(call.text or ())
+            from_text = _estimate.count_text(text, model) if text else 0
+            response_tokens = from_text if response_tokens is None else max(response_tokens, from_text)
+        record.request_tokens = request_tokens
+        record.response_tokens = response_tokens
+        record.estimated = True
+
+
+def _detect(cls: type) -> bool:
+    try:
+        import openai
+    except ImportError:
+        return False
+    return issubclass(cls, openai.OpenAI | openai.AsyncOpenAI)
+
+
+register(
+    StainlessAdapter(
+        label="openai.OpenAI, openai.AsyncOpenAI (and subclasses such as AzureOpenAI)",
+        detect=_detect,
+        provider=OpenAIProvider,
+    )
+)
