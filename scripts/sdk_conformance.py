@@ -27,7 +27,7 @@ Usage::
     python scripts/sdk_conformance.py                     # both SDKs, versions installed here
     python scripts/sdk_conformance.py --sdk openai --version 1.66.5
     python scripts/sdk_conformance.py --oldest            # the lower bounds pyproject.toml claims
-    python scripts/sdk_conformance.py --subset            # the CI subset (see SUBSETS)
+    python scripts/sdk_conformance.py --sdk anthropic tests/lib/test_client_copy.py   # part of a suite
 
 Exit status: 0 no regression, 1 regressions, 2 the run itself failed (install, substitution).
 """
@@ -65,16 +65,34 @@ OFFLINE_NOTE = (
     "deselected in both runs"
 )
 
-#: The CI subset (``--subset``): test paths per SDK that exercise what a client hands out, in a
-#: fraction of the full suite's time. The full suites run without ``--subset``.
-SUBSETS: dict[str, list[str]] = {
-    "openai": [],
-    "anthropic": [],
-}
-
-#: Regressions that are SPEC-mandated behaviour, not bugs: (sdk, node id pattern, message regex, reason).
-#: Anything else that passes plain and fails metered is a bug to fix, never to list here.
-ALLOWED: list[tuple[str, str, str, str]] = []
+#: Failures that are not llm_meter bugs: (sdk, node id pattern, first-error-line regex, reason).
+#: Only SPEC-mandated behaviour, or what the substitution itself makes untrue; each entry is as
+#: narrow as the failure. Anything else that passes plain and fails metered is a bug to fix.
+ALLOWED: list[tuple[str, str, str, str]] = [
+    (
+        "openai",
+        "tests/lib/chat/test_stream_moderation.py::test_stream_moderation[*]",
+        r"^(AssertionError: )?assert \[",
+        "SPEC §5: a chat/completions stream whose caller did not ask for stream_options.include_usage "
+        "gets it added, and the usage-only chunk is hidden from the caller. The test's mock server "
+        "sends a usage-only chunk unasked, so the metered client hides it: one chunk fewer.",
+    ),
+    (
+        "openai",
+        "tests/test_module_client.py::test_azure_*",
+        r"where False = isinstance\(<openai\._AzureModuleClient object",
+        "Substitution artefact: the test checks that openai's module-level client (which the SDK "
+        "builds from its own AzureOpenAI at import, and which llm_meter does not meter) is an "
+        "instance of the AzureOpenAI it imports, here llm_meter's subclass.",
+    ),
+    (
+        "anthropic",
+        "tests/lib/test_client_copy.py::test_every_constructor_argument_is_covered[*]",
+        r"^AssertionError: Give each public argument of `(Async)?Anthropic(Bedrock|Vertex)?` a value",
+        "SPEC §2: the drop-in classes take the SDK's arguments plus keyword-only customer=, "
+        "customer_id= and meter=; the test wants every public __init__ argument in its own table.",
+    ),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,10 +458,10 @@ def conformance(sdk: str, version: str, args: argparse.Namespace) -> dict[str, o
         run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"], quiet=True)
     tree = fetch_sdist(sdk, version, cache, venv / "bin" / "python")
     python, digest = prepare_venv(sdk, version, tree, venv, args.python)
-    paths = SUBSETS[sdk] if args.subset else []
-    if args.subset:
-        print(f"  CI subset: {' '.join(paths)}", flush=True)
-    key = [digest, args.k, paths, OFFLINE_NOTE, (SCRIPTS / "sdk_conformance_plugin.py").read_bytes().hex()]
+    paths = list(args.paths)
+    if paths:
+        print(f"  only: {' '.join(paths)}", flush=True)
+    key = [digest, args.k, paths, OFFLINE_NOTE]  # the note names the plugin's deselection
     selection = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     runs = cache / "runs" / f"{sdk}-{version}"
     plain_out = runs / f"plain-{selection}"
@@ -538,7 +556,7 @@ def conformance(sdk: str, version: str, args: argparse.Namespace) -> dict[str, o
     report: dict[str, object] = {
         "sdk": sdk,
         "version": version,
-        "subset": paths,
+        "paths": paths,
         "k": args.k,
         "offline_note": OFFLINE_NOTE,
         "plain": {s: plain.count(s) for s in ("passed", "failed", "skipped", "xfailed")},
@@ -566,7 +584,7 @@ def main() -> int:
     parser.add_argument("--oldest", action="store_true", help="the lower bounds pyproject.toml claims")
     parser.add_argument("-k", help="pytest -k expression, passed to both runs")
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (0: none); default 2")
-    parser.add_argument("--subset", action="store_true", help="only the CI subset (SUBSETS in this script)")
+    parser.add_argument("paths", nargs="*", help="test paths in the SDK's tree (default: its whole suite)")
     parser.add_argument("--fresh-plain", action="store_true", help="rerun the plain suite even if cached")
     parser.add_argument("--rerun-limit", type=int, default=300, help="rerun regressions if at most this many")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".conformance")
@@ -574,8 +592,8 @@ def main() -> int:
     parser.add_argument("--classes", type=int, default=20, help="how many failure classes to list")
     args = parser.parse_args()
     sdks = list(SDKS) if args.sdk == "all" else [args.sdk]
-    if args.version and len(sdks) != 1:
-        parser.error("--version needs --sdk openai or --sdk anthropic")
+    if (args.version or args.paths) and len(sdks) != 1:
+        parser.error("--version and test paths need --sdk openai or --sdk anthropic")
     versions = {}
     bounds = lower_bounds()
     for sdk in sdks:

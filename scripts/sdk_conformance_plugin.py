@@ -174,8 +174,9 @@ def _first_line(report: Any) -> str:
         first = str(crash.message).strip().splitlines()[0]
     else:
         first = errors[0] if errors else lines[-1] if lines else ""
-    if "..." in first and first.lstrip().startswith(("assert", "AssertionError")):
-        detail = next((e for e in errors[1:] if " != " in e or e.startswith(("+", "-"))), "")
+    if first.lstrip().startswith(("assert", "AssertionError")):
+        # pytest's assertion detail: the first differing item, or what an opaque value was.
+        detail = next((e for e in errors[1:] if " != " in e or e.startswith(("+", "-", "where"))), "")
         if detail:
             first = f"{first} | {detail}"
     return first[:500]
