@@ -210,6 +210,18 @@ def locked_versions(tree: Path) -> dict[str, str]:
     return pins
 
 
+def dependency_closure(python: Path, path: str) -> set[str]:
+    """Names of every distribution ``pip install -e <path>`` needs, itself included."""
+    dry_run = ["install", "-q", "--dry-run", "--ignore-installed", "--report", "-", "-e", path]
+    done = subprocess.run(
+        [str(python), "-m", "pip", *dry_run],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {normalize(item["metadata"]["name"]) for item in json.loads(done.stdout)["install"]}
+
+
 def try_install(pip: list[str], attempts: list[list[str]]) -> bool:
     """Run ``pip install`` with each argument list in turn until one succeeds."""
     for arguments in attempts:
@@ -226,24 +238,15 @@ def prepare_venv(sdk: str, version: str, tree: Path, venv: Path, base_python: st
     python = venv / "bin" / "python"
     pyproject = tomllib.loads((tree / "pyproject.toml").read_text())
     extras = sorted(pyproject.get("project", {}).get("optional-dependencies", {}))
-    project = pyproject.get("project", {})
-    declared = [
-        *project.get("dependencies", []),
-        *(r for e in project.get("optional-dependencies", {}).values() for r in e),
-    ]
-    ours = {
-        requirement_name(r)
-        for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    }
+    ours = dependency_closure(python, str(REPO))
     dev = [r for r in dev_requirements(tree) if requirement_name(r) != sdk]
     if "pytest-xdist" not in {requirement_name(r) for r in dev}:
         dev.append("pytest-xdist")  # --workers; older suites ran without it
     pins = locked_versions(tree)
-    # The versions the SDK's maintainers test with (their lock file), for the test tools and
-    # the SDK's own dependencies (respx must match httpx, ...), except what llm_meter itself
-    # needs (httpx2, tiktoken), which the resolver picks for both.
-    names = {requirement_name(r) for r in [*dev, *declared]} - ours - {sdk}
-    constraints = sorted(pins[name] for name in names if name in pins)
+    # The versions the SDK's maintainers test with (their whole lock file: respx must match
+    # httpx, pydantic-core pydantic...), except llm_meter and what it needs (httpx2, tiktoken
+    # and their dependencies), which the resolver picks for both runs.
+    constraints = sorted(line for name, line in pins.items() if name not in ours | {sdk})
     target = f"{sdk}[{','.join(extras)}]=={version}" if extras else f"{sdk}=={version}"
     stamp = json.dumps(
         {
