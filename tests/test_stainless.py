@@ -303,3 +303,12 @@ def test_resource_classes_keep_the_sdks_own_methods(meter_: Meter) -> None:
     plain = openai.OpenAI(api_key="t")
     assert type(client.chat.completions).create is type(plain.chat.completions).create
     assert type(client.embeddings).create is type(plain.embeddings).create
+
+
+def test_a_patch_of_the_resource_class_takes_effect(meter_: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``monkeypatch.setattr(type(resource), "create", ...)`` reaches calls, as on the SDK's resources."""
+    client = llm_meter.meter(
+        openai.OpenAI(api_key="t", base_url="http://127.0.0.1:9"), customer="c", meter=meter_
+    )
+    monkeypatch.setattr(type(client.chat.completions), "create", lambda self, **kwargs: ("patched", kwargs))
+    assert client.chat.completions.create(model="m") == ("patched", {"model": "m"})

@@ -138,8 +138,11 @@ def _merged(headers: Any, marker: str) -> Any:
     return {**headers, MARKER: marker}
 
 
-def _customer_method(func: Callable[..., Any]) -> Callable[..., Any] | None:
-    """*func* accepting ``customer=`` / ``customer_id=``, or ``None`` to keep it as it is.
+def _customer_method(func: Callable[..., Any], name: str) -> Callable[..., Any] | None:
+    """*func* (the class attribute *name*) accepting ``customer=`` / ``customer_id=``, or ``None``.
+
+    The wrapper calls whatever the class holds under *name* when it is called, so a patch of
+    the class (``monkeypatch.setattr(type(resource), "create", ...)``) still takes effect.
 
     Only methods that send requests through the SDK's pipeline take ``extra_headers``; the
     websocket ``connect`` methods also do, but their headers never pass ``request``, so they
@@ -191,21 +194,21 @@ def _customer_method(func: Callable[..., Any]) -> Callable[..., Any] | None:
         async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if "customer" in kwargs or "customer_id" in kwargs:
                 args = who_and_args(self, args, kwargs)
-            return await func(self, *args, **kwargs)
+            return await getattr(type(self), name)(self, *args, **kwargs)
 
     elif carries_block:
 
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if "customer" in kwargs or "customer_id" in kwargs or block.get() is not None:
                 args = who_and_args(self, args, kwargs)
-            return func(self, *args, **kwargs)
+            return getattr(type(self), name)(self, *args, **kwargs)
 
     else:
 
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if "customer" in kwargs or "customer_id" in kwargs:
                 args = who_and_args(self, args, kwargs)
-            return func(self, *args, **kwargs)
+            return getattr(type(self), name)(self, *args, **kwargs)
 
     functools.update_wrapper(method, func)
     return method
@@ -275,7 +278,7 @@ def _metered_resource_class(cls: type, resource_types: tuple[type, ...]) -> type
             if _is_cached_property(value):
                 namespace[name] = _adopting_property(value.func, resource_types)
             elif inspect.isfunction(value):
-                method = _customer_method(value)
+                method = _customer_method(value, name)
                 if method is not None:
                     methods[name] = method
     base_init = cls.__init__  # type: ignore[misc]
