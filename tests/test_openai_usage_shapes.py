@@ -176,6 +176,16 @@ def test_responses_without_usage_bill_an_estimate(
     assert_estimate(event_of(details), expected_in, count_text(result.output_text, SERVED_MODEL))
 
 
+def test_responses_with_null_output_and_no_usage_bill_an_estimate(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A Responses answer with ``output: null`` and no usage is still billed (its input, no output)."""
+    headers = {"x-fake-usage": "null", "x-fake-output": "null"}
+    client.responses.create(model=MODEL, input="a question to answer", extra_headers=headers)
+    expected_in = estimate_responses_input("a question to answer", None, SERVED_MODEL)
+    assert_estimate(event_of(details), expected_in, 0)
+
+
 def test_embeddings_with_empty_usage_bill_an_estimate(
     client: Any, details: tuple[Meter, MemoryTransport]
 ) -> None:

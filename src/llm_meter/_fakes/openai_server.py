@@ -755,6 +755,8 @@ class FakeOpenAIServer(LoopbackService):
         final = _response_body(rid, self.model, created, body, output=[item], usage=usage)
         self._store(self._response_store, final)
         final = _set_usage(dict(final), _usage_override(request.headers))
+        if request.headers.get("x-fake-output") == "null":  # a response whose output is null
+            final["output"] = None
         if body.get("stream") is not True:
             return _json_reply(final)
         started = _response_body(rid, self.model, created, body, output=None, usage=None)

@@ -140,9 +140,13 @@ def _response_text(obj: Any) -> list[str]:
         text = getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
         if isinstance(text, str):
             texts.append(text)
-    output_text = getattr(obj, "output_text", None) if not texts else None
-    if isinstance(output_text, str):
-        texts.append(output_text)
+    if not texts:
+        try:
+            output_text = getattr(obj, "output_text", None)
+        except Exception:  # the SDK's property iterates `output`, which a server may send as null
+            output_text = None
+        if isinstance(output_text, str):
+            texts.append(output_text)
     return texts
 
 
