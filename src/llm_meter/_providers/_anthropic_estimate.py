@@ -56,7 +56,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from .._estimate import count_text
+from .._estimate import _get, count_text
 
 __all__ = [
     "INPUT_BASE_TOKENS",
@@ -143,16 +143,6 @@ def estimate_output_tokens(text: str, *, model: object = None) -> int:
 # ---------------------------------------------------------------------------------------------
 # Request bodies
 # ---------------------------------------------------------------------------------------------
-
-
-def _get(obj: object, key: str) -> object:
-    """``obj[key]`` for mappings, ``obj.key`` otherwise; None when absent or failing."""
-    try:
-        if isinstance(obj, Mapping):
-            return obj.get(key)
-        return getattr(obj, key, None)
-    except Exception:
-        return None
 
 
 def _items(value: object) -> list[object]:
