@@ -63,3 +63,12 @@ def meter_(transport: MemoryTransport) -> Iterator[Meter]:
     m = Meter(transport=transport, flush_interval=0.01)
     yield m
     m.close(timeout=5.0)
+
+
+@pytest.fixture
+def details() -> Iterator[tuple[Meter, MemoryTransport]]:
+    """A meter with details=True (events say whether they were estimated)."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, details=True)
+    yield m, transport
+    m.close(5)

@@ -54,15 +54,6 @@ def fake(_fake: FakeAnthropicServer) -> FakeAnthropicServer:
 
 
 @pytest.fixture
-def details() -> Iterator[tuple[Meter, MemoryTransport]]:
-    """A meter with details=True (events say whether they were estimated)."""
-    transport = MemoryTransport()
-    m = Meter(transport=transport, flush_interval=0.01, details=True)
-    yield m, transport
-    m.close(5)
-
-
-@pytest.fixture
 def client(fake: FakeAnthropicServer, details: tuple[Meter, MemoryTransport]) -> Iterator[Any]:
     with (
         anthropic.Anthropic(base_url=fake.url, api_key="test", max_retries=0) as base,

@@ -56,15 +56,6 @@ UNUSABLE = {
 
 
 @pytest.fixture
-def details() -> Iterator[tuple[Meter, MemoryTransport]]:
-    """A meter with details=True (events say whether they were estimated)."""
-    transport = MemoryTransport()
-    m = Meter(transport=transport, flush_interval=0.01, details=True)
-    yield m, transport
-    m.close(5)
-
-
-@pytest.fixture
 def client(server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]) -> Iterator[Any]:
     with (
         openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as base,
