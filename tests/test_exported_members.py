@@ -40,3 +40,10 @@ def test_middleware_modules_export_their_names() -> None:
 
     assert llm_meter.asgi.__all__ == ["CustomerMiddleware"]
     assert llm_meter.wsgi.__all__ == ["CustomerMiddleware"]
+
+
+def test_otel_module_exports_the_span_processor() -> None:
+    """llm_meter.otel exports MeteringSpanProcessor and nothing else."""
+    import llm_meter.otel
+
+    assert llm_meter.otel.__all__ == ["MeteringSpanProcessor"]
