@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -60,8 +60,13 @@ class Service:
         )
         self.barrier = asyncio.Barrier(concurrent)
         self.done = threading.Event()
-        self.app = FastAPI()
+        self.app = FastAPI(lifespan=self._lifespan)
         self._routes()
+
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await self.aclient.close()  # on the server's loop, where its connections live
 
     async def ask(self, n: int) -> str:
         answer = await self.aclient.chat.completions.create(
@@ -137,8 +142,22 @@ def concurrently(base: str, paths: dict[str, str]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def service(server: FakeOpenAIServer, meter_: Meter) -> Iterator[Service]:
-    yield Service(server, meter_)
+def make_service(server: FakeOpenAIServer, meter_: Meter) -> Iterator[Callable[[int], Service]]:
+    """Services for this test (``concurrent`` requests meet before calling the model); closed after."""
+    made: list[Service] = []
+
+    def make(concurrent: int = 1) -> Service:
+        made.append(Service(server, meter_, concurrent=concurrent))
+        return made[-1]
+
+    yield make
+    for service in made:
+        service.client.close()
+
+
+@pytest.fixture
+def service(make_service: Callable[[int], Service]) -> Service:
+    return make_service(1)
 
 
 def test_construction_refuses_both_resolvers() -> None:
@@ -160,10 +179,10 @@ def test_construction_refuses_a_non_callable() -> None:
 
 
 def test_concurrent_requests_each_bill_their_own_customer(
-    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    make_service: Callable[[int], Service], meter_: Meter, transport: MemoryTransport
 ) -> None:
     """Eight requests in flight at once, each for another customer, each bill their own call."""
-    service = Service(server, meter_, concurrent=8)
+    service = make_service(8)
     service.app.add_middleware(CustomerMiddleware, customer=header_customer)
     with serve_asgi(service.app) as base:
         got = concurrently(base, {f"cus_{i}": f"/ask/{i + 1}" for i in range(8)})
@@ -176,10 +195,10 @@ def test_concurrent_requests_each_bill_their_own_customer(
 
 
 def test_streamed_bodies_bill_their_request_customer(
-    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    make_service: Callable[[int], Service], meter_: Meter, transport: MemoryTransport
 ) -> None:
     """A model called while a streaming body is sent bills the request's customer, concurrently too."""
-    service = Service(server, meter_, concurrent=4)
+    service = make_service(4)
     service.app.add_middleware(CustomerMiddleware, customer=header_customer)
     with serve_asgi(service.app) as base:
         got = concurrently(base, {f"cus_{i}": f"/stream/{i + 1}" for i in range(4)})
@@ -248,11 +267,10 @@ def test_customer_id_resolver_bills_a_polar_customer_id(
 
 
 def test_none_leaves_the_clients_own_customer(
-    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    service: Service, meter_: Meter, transport: MemoryTransport
 ) -> None:
     """A resolver returning None opens no block: the metered client's own customer is billed."""
-    service = Service(server, meter_)
-    service.client = service.client.with_customer("cus_default")
+    service.client = service.client.with_customer("cus_default")  # shares the original's pool
     service.app.add_middleware(CustomerMiddleware, customer=header_customer)
     with serve_asgi(service.app) as base:
         assert fetch(base, "/sync/1").status == 200

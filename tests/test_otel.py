@@ -67,6 +67,13 @@ def detailed(details: tuple[Meter, MemoryTransport]) -> Iterator[Traced]:
     t.provider.shutdown()
 
 
+@pytest.fixture
+def plain_client(server: FakeOpenAIServer) -> Iterator[openai.OpenAI]:
+    """A plain OpenAI client on the fake server, closed after the test."""
+    with openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as client:
+        yield client
+
+
 def test_a_chat_span_is_one_event(traced: Traced) -> None:
     """A chat span with current attribute names bills its tokens, response model and customer."""
     with llm_meter.customer("cus_1"):
@@ -342,11 +349,11 @@ def test_configuration_errors() -> None:
 # -- a metered client inside an instrumented span ---------------------------------------------------
 
 
-def test_a_metered_call_inside_a_model_span_is_billed_once(traced: Traced, server: FakeOpenAIServer) -> None:
+def test_a_metered_call_inside_a_model_span_is_billed_once(
+    traced: Traced, plain_client: openai.OpenAI, server: FakeOpenAIServer
+) -> None:
     """A metered client's call inside a model-call span bills once, by the client; the span is not billed."""
-    client = llm_meter.meter(
-        openai.OpenAI(api_key="test", base_url=server.url, max_retries=0), meter=traced.meter
-    )
+    client = llm_meter.meter(plain_client, meter=traced.meter)
     with llm_meter.customer("cus_1"), traced.tracer.start_as_current_span("chat gpt-4o", attributes=CHAT):
         answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     [event] = traced.events()
@@ -354,21 +361,21 @@ def test_a_metered_call_inside_a_model_span_is_billed_once(traced: Traced, serve
 
 
 def test_an_unmetered_call_inside_a_model_span_is_billed_by_the_span(
-    traced: Traced, server: FakeOpenAIServer
+    traced: Traced, plain_client: openai.OpenAI, server: FakeOpenAIServer
 ) -> None:
     """The same call through a plain client is billed once, by its span."""
-    client = openai.OpenAI(api_key="test", base_url=server.url, max_retries=0)
+    client = plain_client
     with llm_meter.customer("cus_1"), traced.tracer.start_as_current_span("chat gpt-4o", attributes=CHAT):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     [event] = traced.events()
     assert event["external_id"].startswith("otel:")
 
 
-def test_a_metered_call_covers_only_its_own_span(traced: Traced, server: FakeOpenAIServer) -> None:
+def test_a_metered_call_covers_only_its_own_span(
+    traced: Traced, plain_client: openai.OpenAI, server: FakeOpenAIServer
+) -> None:
     """A metered call in one model span does not stop a sibling model span from billing."""
-    client = llm_meter.meter(
-        openai.OpenAI(api_key="test", base_url=server.url, max_retries=0), meter=traced.meter
-    )
+    client = llm_meter.meter(plain_client, meter=traced.meter)
     with (
         llm_meter.customer("cus_1"),
         traced.tracer.start_as_current_span(
@@ -379,3 +386,13 @@ def test_a_metered_call_covers_only_its_own_span(traced: Traced, server: FakeOpe
             client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         traced.span("chat plain", **CHAT)
     assert sorted(e["external_id"].split(":")[0] for e in traced.events()) == ["openai", "otel"]
+
+
+def test_the_call_hook_is_installed_only_while_a_processor_is(meter_: Meter) -> None:
+    """Metered calls run no OpenTelemetry code once every processor is shut down."""
+    from llm_meter._call import CALL_HOOKS
+
+    processor = MeteringSpanProcessor(meter_)
+    assert len(CALL_HOOKS) == 1
+    processor.shutdown()
+    assert CALL_HOOKS == []

@@ -70,11 +70,22 @@ def tokens(events: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     )
 
 
+@pytest.fixture
+def plain_client(server: FakeOpenAIServer) -> Iterator[openai.OpenAI]:
+    """A plain OpenAI client on the fake server, closed after the test."""
+    with openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as client:
+        yield client
+
+
 def test_each_instrumented_call_is_one_event(
-    instrumented: TracerProvider, server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    instrumented: TracerProvider,
+    plain_client: openai.OpenAI,
+    server: FakeOpenAIServer,
+    meter_: Meter,
+    transport: MemoryTransport,
 ) -> None:
     """Chat, a streamed chat and an embedding on a plain client: one event each, from their spans."""
-    client = openai.OpenAI(api_key="test", base_url=server.url, max_retries=0)
+    client = plain_client
     with llm_meter.customer("cus_1"):
         events = billed(meter_, transport, lambda: calls(client))
     assert len(events) == len(server.requests) == 3
@@ -83,10 +94,10 @@ def test_each_instrumented_call_is_one_event(
 
 
 def test_spans_bill_what_a_metered_client_bills(
-    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    plain_client: openai.OpenAI, server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
 ) -> None:
     """The same calls billed by openai-v2's spans and by a metered client (no instrumentation) agree."""
-    metered = llm_meter.meter(openai.OpenAI(api_key="test", base_url=server.url, max_retries=0), meter=meter_)
+    metered = llm_meter.meter(plain_client, meter=meter_)
     with llm_meter.customer("cus_1"):
         by_client = billed(meter_, transport, lambda: calls(metered))
     provider = TracerProvider()
@@ -94,7 +105,7 @@ def test_spans_bill_what_a_metered_client_bills(
     instrumentor = OpenAIInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
     try:
-        plain = openai.OpenAI(api_key="test", base_url=server.url, max_retries=0)
+        plain = plain_client
         with llm_meter.customer("cus_1"):
             by_spans = billed(meter_, transport, lambda: calls(plain))
     finally:
@@ -105,10 +116,14 @@ def test_spans_bill_what_a_metered_client_bills(
 
 
 def test_a_metered_client_under_instrumentation_is_billed_once(
-    instrumented: TracerProvider, server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    instrumented: TracerProvider,
+    plain_client: openai.OpenAI,
+    server: FakeOpenAIServer,
+    meter_: Meter,
+    transport: MemoryTransport,
 ) -> None:
     """A metered client's calls, instrumented too, are billed once each, by the client."""
-    client = llm_meter.meter(openai.OpenAI(api_key="test", base_url=server.url, max_retries=0), meter=meter_)
+    client = llm_meter.meter(plain_client, meter=meter_)
     with llm_meter.customer("cus_1"):
         events = billed(meter_, transport, lambda: calls(client))
     assert len(events) == len(server.requests) == 3

@@ -83,8 +83,14 @@ class Service:
 
         @app.get("/on-close/<int:n>")
         def on_close(n: int) -> Response:
+            def later() -> None:
+                try:
+                    self.ask(n)
+                finally:
+                    self.done.set()
+
             response = Response("queued")
-            response.call_on_close(lambda: self.ask(n))  # the server calls close() after sending
+            response.call_on_close(later)  # the server calls close() after sending the response
             return response
 
         @app.get("/thread/<int:n>")
@@ -114,8 +120,22 @@ def concurrently(base: str, paths: dict[str, str]) -> dict[str, Fetched]:
 
 
 @pytest.fixture
-def service(server: FakeOpenAIServer, meter_: Meter) -> Service:
-    return Service(server, meter_)
+def make_service(server: FakeOpenAIServer, meter_: Meter) -> Iterator[Callable[[int], Service]]:
+    """Services for this test (``concurrent`` requests meet before calling the model); closed after."""
+    made: list[Service] = []
+
+    def make(concurrent: int = 1) -> Service:
+        made.append(Service(server, meter_, concurrent=concurrent))
+        return made[-1]
+
+    yield make
+    for service in made:
+        service.client.close()
+
+
+@pytest.fixture
+def service(make_service: Callable[[int], Service]) -> Service:
+    return make_service(1)
 
 
 def test_construction_refuses_both_resolvers() -> None:
@@ -137,10 +157,10 @@ def test_construction_refuses_a_non_callable() -> None:
 
 
 def test_concurrent_requests_each_bill_their_own_customer(
-    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    make_service: Callable[[int], Service], meter_: Meter, transport: MemoryTransport
 ) -> None:
     """Six requests in flight at once in server threads, each for another customer, bill their own."""
-    service = Service(server, meter_, concurrent=6)
+    service = make_service(6)
     service.app.wsgi_app = CustomerMiddleware(service.app.wsgi_app, customer=header_customer)  # type: ignore[method-assign]
     with serve_wsgi(service.app) as base:
         got = concurrently(base, {f"cus_{i}": f"/ask/{i + 1}" for i in range(6)})
@@ -153,10 +173,10 @@ def test_concurrent_requests_each_bill_their_own_customer(
 
 
 def test_streamed_bodies_bill_their_request_customer(
-    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+    make_service: Callable[[int], Service], meter_: Meter, transport: MemoryTransport
 ) -> None:
     """A generator body that calls the model while the server sends it bills the request's customer."""
-    service = Service(server, meter_, concurrent=4)
+    service = make_service(4)
     service.app.wsgi_app = CustomerMiddleware(service.app.wsgi_app, customer=header_customer)  # type: ignore[method-assign]
     with serve_wsgi(service.app) as base:
         got = concurrently(base, {f"cus_{i}": f"/stream/{i + 1}" for i in range(4)})
@@ -173,6 +193,7 @@ def test_close_of_the_body_bills_the_request_customer(
     service.app.wsgi_app = CustomerMiddleware(service.app.wsgi_app, customer=header_customer)  # type: ignore[method-assign]
     with serve_wsgi(service.app) as base:
         assert fetch(base, "/on-close/3", headers={"X-Customer": "cus_close"}).status == 200
+        assert service.done.wait(30)  # close() runs after the client has the response
     assert by_customer(delivered(meter_, transport)) == {"cus_close": 6}
 
 
@@ -195,6 +216,7 @@ def test_customer_id_resolver_bills_a_polar_customer_id(
     service.app.wsgi_app = CustomerMiddleware(service.app.wsgi_app, customer_id=lambda environ: polar_id)  # type: ignore[method-assign]
     with serve_wsgi(service.app) as base:
         assert fetch(base, "/on-close/1").status == 200
+        assert service.done.wait(30)
     [event] = delivered(meter_, transport)
     assert event["customer_id"] == polar_id
     assert "external_customer_id" not in event

@@ -207,8 +207,8 @@ class MeteringSpanProcessor(SpanProcessor):
         self._attribute = customer_attribute
         self._open: dict[tuple[int, int], _Open] = {}
         self._warned: set[str] = set()
-        _processors.add(self)
         with _hook_lock:
+            _processors.add(self)
             if _note_metered_call not in CALL_HOOKS:
                 CALL_HOOKS.append(_note_metered_call)
 
@@ -251,8 +251,12 @@ class MeteringSpanProcessor(SpanProcessor):
             log.exception("llm_meter: could not bill span %r", getattr(span, "name", span))
 
     def shutdown(self) -> None:
-        _processors.discard(self)
+        """Stop metering spans (the meter stays open); the last processor removes the call hook."""
         self._open.clear()
+        with _hook_lock:
+            _processors.discard(self)
+            if not _processors and _note_metered_call in CALL_HOOKS:
+                CALL_HOOKS.remove(_note_metered_call)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         meter = self._meter
