@@ -242,21 +242,24 @@ class Call:
                 external_id = self.external_id = f"{self.provider.name}:{ident}:{self.suffix}"
             else:
                 external_id = self.ensure_external_id(response)
-        meter.emit(
-            UsageRecord(
-                self.provider.name,
-                self.customer,
-                external_id,
-                time.time(),
-                self.model or "unknown",
-                request_tokens,
-                response_tokens,
-                cached_tokens,
-                cache_write_tokens,
-                reasoning_tokens,
-                extra,
-            )
+        record = UsageRecord(
+            self.provider.name,
+            self.customer,
+            external_id,
+            time.time(),
+            self.model or "unknown",
+            request_tokens,
+            response_tokens,
+            cached_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
+            extra,
         )
+        try:  # Meter.emit, inlined: the hand-off never raises into the caller's call
+            meter._dispatcher.submit(record)
+        except Exception:
+            meter.errors += 1
+            log.exception("llm_meter: could not hand over the usage event %r", record)
 
     def finish(self, response: Any = None) -> None:
         """The response ended without usage (early exit, error, no usage sent): estimate or skip.

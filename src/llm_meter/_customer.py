@@ -32,12 +32,13 @@ _POLAR_ID: Final = "customer_id"
 class Customer:
     """A validated billing subject: Polar's ``external_customer_id`` or ``customer_id``."""
 
-    __slots__ = ("key", "marker", "value")
+    __slots__ = ("key", "marker", "value", "wire")
 
     def __init__(self, key: str, value: str) -> None:
         self.key = key  # the wire field name
         self.value = value
         self.marker: str | None = None  # its header-safe form, made when first needed
+        self.wire: str | None = None  # its JSON member for events, made when first needed
 
     def __repr__(self) -> str:
         return f"Customer({self.key}={self.value!r})"
