@@ -126,6 +126,13 @@ class Service:
             app.state.task = asyncio.create_task(later())  # outlives the request
             return {"started": "yes"}
 
+        @app.websocket("/ws")
+        async def ws(websocket: WebSocket) -> None:
+            await websocket.accept()
+            n = int(await websocket.receive_text())
+            await websocket.send_text(await self.ask(n))
+            await websocket.close()
+
 
 def by_customer(events: list[dict[str, Any]]) -> dict[str, int]:
     """Each event's customer -> its request_tokens."""
@@ -283,6 +290,31 @@ def test_none_without_any_customer_refuses_the_call(
 ) -> None:
     """With no customer anywhere, the call is refused before it reaches the provider (a 500 here)."""
     service.app.add_middleware(CustomerMiddleware, customer=header_customer)
+    with serve_asgi(service.app) as base:
+        assert fetch(base, "/sync/1").status == 500
+    assert server.requests == []
+    assert delivered(meter_, transport) == []
+
+
+def test_websocket_connections_bill_their_customer(
+    service: Service, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A model called from a WebSocket endpoint bills the customer resolved for the connection."""
+    service.app.add_middleware(CustomerMiddleware, customer=header_customer)
+    with (
+        serve_asgi(service.app) as base,
+        connect(base.replace("http", "ws") + "/ws", additional_headers={"x-customer": "cus_ws"}) as socket,
+    ):
+        socket.send("2")
+        socket.recv()
+    assert by_customer(delivered(meter_, transport)) == {"cus_ws": 5}
+
+
+def test_an_invalid_resolved_id_fails_the_request_before_any_call(
+    service: Service, server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A resolver returning something that is not a customer id fails that request; nothing is sent."""
+    service.app.add_middleware(CustomerMiddleware, customer_id=lambda scope: "not-a-uuid")
     with serve_asgi(service.app) as base:
         assert fetch(base, "/sync/1").status == 500
     assert server.requests == []
