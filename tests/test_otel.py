@@ -371,6 +371,20 @@ def test_an_unmetered_call_inside_a_model_span_is_billed_by_the_span(
     assert event["external_id"].startswith("otel:")
 
 
+def test_a_metered_call_under_a_span_that_is_not_current_is_billed_once(
+    traced: Traced, plain_client: openai.OpenAI
+) -> None:
+    """A model span that is not the current span during the call is matched by its response id."""
+    client = llm_meter.meter(plain_client, meter=traced.meter)
+    with llm_meter.customer("cus_1"):
+        span = traced.tracer.start_span("chat gpt-4o", attributes=CHAT)  # not the current span
+        answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        span.set_attribute("gen_ai.response.id", answer.id)
+        span.end()
+    [event] = traced.events()
+    assert event["external_id"].startswith(f"openai:{answer.id}:")
+
+
 def test_a_metered_call_covers_only_its_own_span(
     traced: Traced, plain_client: openai.OpenAI, server: FakeOpenAIServer
 ) -> None:
@@ -390,9 +404,9 @@ def test_a_metered_call_covers_only_its_own_span(
 
 def test_the_call_hook_is_installed_only_while_a_processor_is(meter_: Meter) -> None:
     """Metered calls run no OpenTelemetry code once every processor is shut down."""
-    from llm_meter._call import CALL_HOOKS
+    from llm_meter._call import BILLED_HOOKS, CALL_HOOKS
 
     processor = MeteringSpanProcessor(meter_)
-    assert len(CALL_HOOKS) == 1
+    assert (len(CALL_HOOKS), len(BILLED_HOOKS)) == (1, 1)
     processor.shutdown()
-    assert CALL_HOOKS == []
+    assert CALL_HOOKS == BILLED_HOOKS == []

@@ -22,6 +22,7 @@ from ._events import UsageRecord
 from ._meter import Meter, default_meter
 
 __all__ = [
+    "BILLED_HOOKS",
     "CALL_HOOKS",
     "MAX_TOKENS",
     "Call",
@@ -121,6 +122,13 @@ _NO_KEEP: Final[Mapping[type, Callable[[Any], str]]] = MappingProxyType({})
 #: that span is not billed a second time; the core never imports OpenTelemetry, and with no hook
 #: the cost is one truth test per call. A hook must not raise.
 CALL_HOOKS: list[Callable[[], None]] = []
+
+#: Functions called with the provider's response id of each billed response a metered client emits
+#: (exact or estimated), in the caller's context. ``llm_meter.otel`` matches it with the
+#: ``gen_ai.response.id`` of spans that are not the current span during the call (an
+#: instrumentation that starts its span without making it current). Empty unless installed; must
+#: not raise.
+BILLED_HOOKS: list[Callable[[str], None]] = []
 
 
 class Call:
@@ -242,6 +250,9 @@ class Call:
                 external_id = self.external_id = f"{self.provider.name}:{ident}:{self.suffix}"
             else:
                 external_id = self.ensure_external_id(response)
+        if BILLED_HOOKS and self.response_id:
+            for billed in BILLED_HOOKS:
+                billed(self.response_id)
         record = UsageRecord(
             self.provider.name,
             self.customer,
@@ -306,6 +317,9 @@ class Call:
 
     def _emit_estimate(self, response: Any) -> None:
         provider = self.provider
+        if BILLED_HOOKS and self.response_id:
+            for billed in BILLED_HOOKS:
+                billed(self.response_id)
         self.meter.emit(
             UsageRecord(
                 provider=provider.name,

@@ -49,7 +49,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
-from ._call import CALL_HOOKS, MAX_TOKENS
+from ._call import BILLED_HOOKS, CALL_HOOKS, MAX_TOKENS
 from ._customer import Customer, current_customer, make_customer
 from ._events import UsageRecord
 from ._exceptions import ConfigurationError
@@ -134,22 +134,19 @@ _MAX_WARNED: Final = 1_000
 class _Open:
     """What a processor keeps of a span between its start and its end."""
 
-    __slots__ = ("baggage", "covered", "customer", "model", "parent")
+    __slots__ = ("baggage", "covered", "customer", "parent")
 
     def __init__(
         self,
         customer: Customer | None,
         baggage: Customer | None,
         parent: tuple[int, int] | None,
-        model: bool,
     ) -> None:
         #: The ``customer(...)`` block active when the span started.
         self.customer = customer
         #: The customer attribute's baggage entry when the span started.
         self.baggage = baggage
         self.parent = parent
-        #: Already a model-call span when it started.
-        self.model = model
         #: A metered client, or a model-call span inside it, billed this call already.
         self.covered = False
 
@@ -158,15 +155,36 @@ _processors: weakref.WeakSet[MeteringSpanProcessor] = weakref.WeakSet()
 _hook_lock = threading.Lock()
 
 
-def _note_metered_call() -> None:
-    """A metered client starts a billed call: the spans around it, up to the model-call span, are covered."""
+#: Provider response ids a metered client billed lately (insertion-ordered, the oldest dropped first).
+_billed_ids: dict[str, None] = {}
+_MAX_BILLED_IDS: Final = 10_000
+
+
+def _note_billed_response(response_id: str) -> None:
+    """A metered client billed this response: a span with this ``gen_ai.response.id`` is not billed."""
     try:
-        context = trace.get_current_span().get_span_context()
+        ids = _billed_ids
+        if len(ids) >= _MAX_BILLED_IDS:
+            ids.pop(next(iter(ids)), None)
+        ids[response_id] = None
+    except Exception:
+        log.debug("llm_meter: could not note a metered response", exc_info=True)
+
+
+def _note_metered_call() -> None:
+    """A metered client starts a billed call: the current span and its ancestors are covered."""
+    try:
+        span = trace.get_current_span()
+        context = span.get_span_context()
         if not context.is_valid:
             return
-        key: tuple[int, int] | None = (context.trace_id, context.span_id)
+        key = (context.trace_id, context.span_id)
+        # The current span may belong to another tracer provider (one instrumentation's span inside
+        # another's): its own parent link lets the walk reach this provider's spans.
+        parent = getattr(span, "parent", None)
+        parent_key = (parent.trace_id, parent.span_id) if parent is not None else None
         for processor in list(_processors):
-            processor._cover(key)
+            processor._cover(key, parent_key)
     except Exception:
         log.debug("llm_meter: could not note the span of a metered call", exc_info=True)
 
@@ -211,6 +229,8 @@ class MeteringSpanProcessor(SpanProcessor):
             _processors.add(self)
             if _note_metered_call not in CALL_HOOKS:
                 CALL_HOOKS.append(_note_metered_call)
+            if _note_billed_response not in BILLED_HOOKS:
+                BILLED_HOOKS.append(_note_billed_response)
 
     def __repr__(self) -> str:
         return f"MeteringSpanProcessor(meter={self._meter!r}, customer_attribute={self._attribute!r})"
@@ -233,13 +253,10 @@ class MeteringSpanProcessor(SpanProcessor):
                 carried = self._customer_in(baggage.get_baggage(self._attribute, parent_context))
             parent = getattr(span, "parent", None)
             parent_key = (parent.trace_id, parent.span_id) if parent is not None else None
-            attributes = span.attributes or {}
             open_spans = self._open
             if len(open_spans) >= _MAX_OPEN:
                 open_spans.pop(next(iter(open_spans)), None)  # the oldest: a span never ended
-            open_spans[(context.trace_id, context.span_id)] = _Open(
-                who, carried, parent_key, _operation(attributes) in MODEL_OPERATIONS
-            )
+            open_spans[(context.trace_id, context.span_id)] = _Open(who, carried, parent_key)
         except Exception:
             log.debug("llm_meter: could not note a span's start", exc_info=True)
 
@@ -255,8 +272,12 @@ class MeteringSpanProcessor(SpanProcessor):
         self._open.clear()
         with _hook_lock:
             _processors.discard(self)
-            if not _processors and _note_metered_call in CALL_HOOKS:
-                CALL_HOOKS.remove(_note_metered_call)
+            if not _processors:
+                if _note_metered_call in CALL_HOOKS:
+                    CALL_HOOKS.remove(_note_metered_call)
+                if _note_billed_response in BILLED_HOOKS:
+                    BILLED_HOOKS.remove(_note_billed_response)
+                _billed_ids.clear()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         meter = self._meter
@@ -264,19 +285,23 @@ class MeteringSpanProcessor(SpanProcessor):
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _cover(self, key: tuple[int, int] | None) -> None:
-        """Mark the span *key* and its ancestors up to the nearest model-call span as billed already."""
+    def _cover(self, key: tuple[int, int] | None, parent: tuple[int, int] | None = None) -> None:
+        """Mark the span *key* and its open ancestors as billed already.
+
+        A model-call span stands for one call, so no model-call span around a billed call (a
+        framework's span around a library's, or around a metered client's call) bills it again.
+        *parent* is *key*'s parent, for a span this processor did not see start.
+        """
         open_spans = self._open
-        for _ in range(16):  # a model-call span is a few levels above the call at most
+        for _ in range(64):  # bounded: a parent chain never loops, but a broken emitter must not hang us
             if key is None:
                 return
             state = open_spans.get(key)
             if state is None:
-                return
+                key, parent = parent, None
+                continue
             state.covered = True
-            if state.model:
-                return
-            key = state.parent
+            key, parent = state.parent, None
 
     def _end(self, span: ReadableSpan) -> None:
         context = span.context
@@ -287,9 +312,12 @@ class MeteringSpanProcessor(SpanProcessor):
         if _operation(attributes) not in MODEL_OPERATIONS:
             return
         if state is not None:
+            self._cover(state.parent)  # enclosing model-call spans of other instrumentations
             if state.covered:
                 return  # billed by a metered client, or by a model-call span inside this one
-            self._cover(state.parent)  # an enclosing model-call span of another instrumentation
+        response_id = attributes.get("gen_ai.response.id")
+        if isinstance(response_id, str) and response_id in _billed_ids:
+            return  # a metered client billed this response; its span was not current during the call
         usage = _usage(attributes)
         name = span.name or "<unnamed>"
         if usage is None:
