@@ -338,6 +338,15 @@ def test_nested_model_spans_of_two_instrumentations_bill_once(traced: Traced) ->
     assert usage(event)[0] == 101
 
 
+def test_an_inner_model_span_without_usage_leaves_the_outer_one_billed(traced: Traced) -> None:
+    """An inner model span that reports no tokens does not stop the enclosing one from billing."""
+    no_usage = {k: v for k, v in CHAT.items() if not k.startswith("gen_ai.usage.")}
+    with llm_meter.customer("cus_1"), traced.tracer.start_as_current_span("chat outer", attributes=CHAT):
+        traced.span("chat inner", **no_usage)
+    [event] = traced.events()
+    assert usage(event)[0] == 100
+
+
 def test_configuration_errors() -> None:
     """A meter that is not a Meter, or an empty customer_attribute, is refused at construction."""
     with pytest.raises(ConfigurationError, match="meter="):

@@ -311,12 +311,14 @@ class MeteringSpanProcessor(SpanProcessor):
         attributes: Mapping[str, Any] = span.attributes or {}
         if _operation(attributes) not in MODEL_OPERATIONS:
             return
-        if state is not None:
-            self._cover(state.parent)  # enclosing model-call spans of other instrumentations
-            if state.covered:
-                return  # billed by a metered client, or by a model-call span inside this one
+        parent = span.parent
+        parent_key = (parent.trace_id, parent.span_id) if parent is not None else None
+        if state is not None and state.covered:
+            self._cover(parent_key)  # enclosing model-call spans are this call too
+            return  # billed by a metered client, or by a model-call span inside this one
         response_id = attributes.get("gen_ai.response.id")
         if isinstance(response_id, str) and response_id in _billed_ids:
+            self._cover(parent_key)
             return  # a metered client billed this response; its span was not current during the call
         usage = _usage(attributes)
         name = span.name or "<unnamed>"
@@ -352,6 +354,7 @@ class MeteringSpanProcessor(SpanProcessor):
                 reasoning,
             )
         )
+        self._cover(parent_key)  # an enclosing model-call span of another instrumentation is this call
 
     def _customer_in(self, value: object) -> Customer | None:
         """A customer attribute or baggage value as a customer; ``None`` when absent or invalid."""
