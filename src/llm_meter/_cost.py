@@ -413,7 +413,10 @@ def _warn_no_function() -> None:
 def quote(
     model: str, *, provider: str | None = None, request_tokens: int = 0, response_tokens: int = 0
 ) -> Quote:
-    """genai-prices' price of one call, now (``LookupError`` for an unknown model or provider)."""
+    """genai-prices' price of one call made now, found as for an event (``LookupError``: no price).
+
+    A provider name genai-prices does not know is matched by model name, as events are.
+    """
     pricer = _shared_genai()
     line = _Line(
         [
@@ -430,8 +433,6 @@ def quote(
             None,
         ]
     )
-    if provider is not None and pricer._provider_id(provider) is None:
-        raise LookupError(f"genai-prices knows no provider {provider!r}")
     calculation = pricer.calculation(line)
     return Quote(
         calculation.total_price, genai_prices_version(), calculation.provider.id, calculation.model.id
