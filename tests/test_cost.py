@@ -395,16 +395,16 @@ cus = Customer("external_customer_id", "c")
 m.emit(UsageRecord("openai", cus, "x:1", time.time(), "gpt-4.1-nano", 58, 19))
 assert m.flush(30)
 m.close(5)
-import genai_prices.update_prices as up
+from genai_prices import data_snapshot
 print(json.dumps({"cost": t.events[0]["metadata"].get("_cost"), "attempts": attempts,
-                  "updaters": up._shared_updater.ref_count}))
+                  "fetched_table": data_snapshot._custom_snapshot is not None}))
 """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"cost": {"amount": 0.00134, "currency": "usd"}, "attempts": [], "updaters": 0}
+    assert result == {"cost": {"amount": 0.00134, "currency": "usd"}, "attempts": [], "fetched_table": False}
 
 
 # -- cost=fn -------------------------------------------------------------------------------------------

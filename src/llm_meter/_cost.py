@@ -200,6 +200,8 @@ class GenaiPrices(Pricer):
         self._snapshot: Any = None
         self._usage_cls: Any = None
         self._provider_ids: dict[str, str | None] = {}
+        #: ``(provider, model)`` pairs the table has no price for.
+        self._unknown: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def _load(self) -> Any:
@@ -257,9 +259,14 @@ class GenaiPrices(Pricer):
         )
 
     def price(self, line: _Line) -> Decimal | None:
+        key = (line.provider, line.model)
+        if key in self._unknown:  # genai-prices searches its whole table again for each miss
+            return None
         try:
             calculation = self.calculation(line)
         except LookupError:
+            if len(self._unknown) < 10_000:
+                self._unknown.add(key)
             _warn_unknown(line.provider, line.model)
             return None
         total: Decimal = calculation.total_price
