@@ -170,6 +170,44 @@ def test_anthropic_bedrock_client_is_priced_from_the_aws_table(
     assert event["metadata"]["_cost"] == {"amount": 1.309, "currency": "usd"}
 
 
+def test_openai_transcription_audio_input_is_priced_at_the_audio_rate(
+    server: FakeOpenAIServer, priced: tuple[Meter, MemoryTransport]
+) -> None:
+    """gpt-4o-transcribe: audio input $6, text input $2.50, output $10 per million tokens."""
+    m, transport = priced
+    server.model = "gpt-4o-transcribe"
+    usage = {
+        "type": "tokens",
+        "input_tokens": 5_000,
+        "input_token_details": {"text_tokens": 1_000, "audio_tokens": 4_000},
+        "output_tokens": 700,
+        "total_tokens": 5_700,
+    }
+    client = m.wrap(openai.OpenAI(base_url=server.url, api_key="k", max_retries=0), customer="cus_1")
+    client.audio.transcriptions.create(
+        model="gpt-4o-transcribe",
+        file=("a.wav", b"RIFF0000WAVE", "audio/wav"),
+        extra_headers={"x-fake-usage": json.dumps(usage)},
+    )
+    event = _only(m, transport)
+    assert event["metadata"]["input_audio_tokens"] == 4_000
+    # (1000*2.50 + 4000*6 + 700*10) / 1e6 = 0.0335 USD
+    assert event["metadata"]["_cost"] == {"amount": 3.35, "currency": "usd"}
+
+
+def test_usage_the_table_cannot_split_sends_no_cost() -> None:
+    """Cached image input for a model that prices cached image tokens apart, without their split: no _cost."""
+    cost = _cost_of(
+        "openai",
+        "gpt-image-1",
+        request_tokens=1_000,
+        response_tokens=100,
+        cached_tokens=500,
+        extra={"input_image_tokens": 600},
+    )
+    assert cost is None
+
+
 # -- the conversion for providers priced from a record ----------------------------------------------
 
 

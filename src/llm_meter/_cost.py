@@ -269,6 +269,11 @@ class GenaiPrices(Pricer):
                 self._unknown.add(key)
             _warn_unknown(line.provider, line.model)
             return None
+        except ValueError as exc:
+            # Usage the table cannot split (e.g. cached tokens of a modality it prices apart but that
+            # the response does not break down): no price rather than a wrong one.
+            _warn_unknown(line.provider, line.model, f"its usage cannot be priced ({exc})")
+            return None
         total: Decimal = calculation.total_price
         return total
 
@@ -278,16 +283,29 @@ _EXTRA_USAGE: Final = {
     "cache_write_5m_tokens": "cache_write_5m_tokens",
     "cache_write_1h_tokens": "cache_write_1h_tokens",
     "web_search_requests": "web_searches",
+    "input_audio_tokens": "input_audio_tokens",
+    "output_audio_tokens": "output_audio_tokens",
+    "input_image_tokens": "input_image_tokens",
+    "output_image_tokens": "output_image_tokens",
 }
 
 _warned: set[tuple[str, str]] = set()
 
 
-def _warn_unknown(provider: str, model: str) -> None:
+def _warn_unknown(provider: str, model: str, why: str = "") -> None:
     """Once per model per process: no price is known, the events carry no ``_cost``."""
     key = (provider, model)
     if key not in _warned:
         _warned.add(key)
+        if why:
+            log.warning(
+                "llm_meter: no price for an event of model %r (provider %r): %s; sent without _cost "
+                "(logged once per model)",
+                model,
+                provider,
+                why,
+            )
+            return
         log.warning(
             "llm_meter: no price for model %r (provider %r) in the installed genai-prices table: "
             "its events are sent without _cost (pip install -U genai-prices may know it; logged once)",

@@ -48,6 +48,10 @@ _DETAIL_KEYS: Final = frozenset(
         "cache_write_1h_tokens",
         "web_search_requests",
         "web_fetch_requests",
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "output_image_tokens",
     }
 )
 _RESERVED: Final = frozenset({"_llm", "_cost"})
