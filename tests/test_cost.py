@@ -376,6 +376,31 @@ def test_function_priced_line_is_sent_without_cost_by_a_meter_without_function(t
     assert event["metadata"]["total_tokens"] == 77
 
 
+def test_line_needing_genai_prices_is_sent_without_cost_where_it_is_missing(tmp_path: Path) -> None:
+    """A process without genai-prices delivers a cost=True process's line whole, without _cost, and logs."""
+    _orphan_line(tmp_path, True)
+    script = tmp_path / "no_genai.py"
+    script.write_text(
+        f"""
+import json, sys
+sys.modules["genai_prices"] = None  # not installed here
+from llm_meter import Meter
+from llm_meter.transports import MemoryTransport
+t = MemoryTransport()
+m = Meter(transport=t, spool_dir={str(tmp_path)!r}, flush_interval=0.01)
+assert m.flush(10)
+m.close(5)
+print(json.dumps(t.events))
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    (event,) = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "_cost" not in event["metadata"] and event["metadata"]["total_tokens"] == 77
+    assert done.stderr.count("could not price an event") == 1
+
+
 def test_prices_never_come_from_a_table_an_updater_installed() -> None:
     """A snapshot genai-prices' UpdatePrices installs (a downloaded table) is ignored: bundled data prices."""
     from genai_prices import data_snapshot

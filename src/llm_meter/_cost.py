@@ -187,6 +187,9 @@ class Pricer:
 
     mode: str = ""
 
+    def prepare(self) -> None:
+        """Load what pricing needs (the worker calls it when it starts, off the callers' path)."""
+
     def price(self, line: _Line) -> Decimal | None:
         raise NotImplementedError
 
@@ -218,6 +221,9 @@ class GenaiPrices(Pricer):
                     self._snapshot = DataSnapshot(providers=providers, from_auto_update=False)
                 snapshot = self._snapshot
         return snapshot
+
+    def prepare(self) -> None:
+        self._load()
 
     def _provider_id(self, provider: str) -> str | None:
         """The genai-prices id for our provider name; ``None``: match the provider by model name."""
@@ -416,11 +422,22 @@ def finish_line(payload: str, pricer: Pricer | None) -> str:
             log.error("llm_meter: a price of %s US dollars cannot be sent as _cost (Polar's limits)", usd)
             return wire
     except Exception:
-        log.exception("llm_meter: could not price an event; it is sent without _cost")
+        _log_failure()
         return wire
     if not wire.endswith("}}"):
         return wire
     return f"{wire[:-2]}{cost}}}}}"
+
+
+_failure_logged = [-60.0]
+
+
+def _log_failure() -> None:
+    """An unexpected pricing failure (genai-prices missing where a line needs it, ...): once a minute."""
+    now = time.monotonic()
+    if now - _failure_logged[0] >= 60.0:
+        _failure_logged[0] = now
+        log.exception("llm_meter: could not price an event; it is sent without _cost (logged once a minute)")
 
 
 _no_function_warned = [False]

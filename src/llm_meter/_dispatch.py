@@ -306,6 +306,9 @@ class Dispatcher:
         loop = asyncio.new_event_loop()
         transport = self._transport
         assert transport is not None
+        pricer = self._options.pricer
+        if pricer is not None:
+            self._guard(pricer.prepare)  # genai-prices' import (~0.25 s) here, not in a caller's call
         next_adopt = 0.0
         adopted_for = 0
         failures = 0
