@@ -1,7 +1,7 @@
 """Polar's ``_cost`` object: the price of one event, from genai-prices' bundled table or the user's function.
 
 Pricing runs on the background worker, never on the metered call's path: the caller only
-appends what pricing needs (:func:`pricing_tail`) to the line it spools, and the worker turns
+appends what pricing needs (``_events.encode_line``) to the line it spools, and the worker turns
 that line into the wire event with its ``_cost`` (:func:`finish_line`). A line is priced from
 its own data (the response's timestamp included), so pricing it again after a failed send or a
 restart gives the same event.
@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from json.encoder import encode_basestring as _quote
 from typing import Any, Final
 
 from ._exceptions import ConfigurationError
@@ -38,7 +37,6 @@ __all__ = [
     "finish_line",
     "genai_prices_version",
     "make_pricer",
-    "pricing_tail",
     "quote",
 ]
 
@@ -92,7 +90,12 @@ CostFunction = Callable[[str, str, Usage], "Decimal | float | int | None"]
 
 
 class _Line:
-    """The pricing data of one spooled line (decoded on the worker)."""
+    """The pricing data of one spooled line (decoded on the worker).
+
+    After the TAB: ``[mode, provider, model, request_tokens, response_tokens, cached_tokens,
+    cache_write_tokens, reasoning_tokens, estimated, timestamp_ms, extra]`` (``mode`` ``"g"``:
+    genai-prices, ``"f"``: the meter's function; ``null`` for counts not reported).
+    """
 
     __slots__ = (
         "cache_write_tokens",
@@ -120,32 +123,6 @@ class _Line:
             self.timestamp,
             self.extra,
         ) = data[1:11]
-
-
-def pricing_tail(
-    mode: str,
-    provider: str,
-    model_json: str,
-    request_tokens: int,
-    response_tokens: int,
-    cached_tokens: int | None,
-    cache_write_tokens: int | None,
-    reasoning_tokens: int | None,
-    estimated: bool,
-    timestamp: float,
-    extra: Mapping[str, object] | None,
-) -> str:
-    """What the worker needs to price a line, appended to it on the caller's path (a few µs)."""
-    extra_json = json.dumps(extra, separators=(",", ":")) if extra else "null"
-    return (
-        f'{TAIL_SEP}["{mode}",{_quote(provider)},{model_json},{request_tokens},{response_tokens},'
-        f"{_num(cached_tokens)},{_num(cache_write_tokens)},{_num(reasoning_tokens)},"
-        f"{'true' if estimated else 'false'},{timestamp!r},{extra_json}]"
-    )
-
-
-def _num(value: int | None) -> str:
-    return "null" if value is None else str(value)
 
 
 def cost_json(usd: Decimal) -> str | None:
@@ -259,7 +236,7 @@ class GenaiPrices(Pricer):
                 value = extra.get(ours)
                 if type(value) is int and value > 0:
                     values[theirs] = value
-        when = datetime.fromtimestamp(line.timestamp, UTC)
+        when = datetime.fromtimestamp(line.timestamp / 1000, UTC)  # the tail keeps milliseconds
         return snapshot.calc(
             self._usage_cls(**values), line.model, self._provider_id(line.provider), None, when
         )
@@ -471,7 +448,7 @@ def quote(
             None,
             None,
             False,
-            time.time(),
+            int(time.time() * 1000),
             None,
         ]
     )

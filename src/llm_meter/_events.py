@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote  # C-accelerated JSON string quoting
 from typing import Any, Final
 
-from ._cost import Pricer, finish_line, make_pricer, pricing_tail
+from ._cost import TAIL_SEP, Pricer, finish_line, make_pricer
 from ._customer import Customer
 from ._exceptions import ConfigurationError
 
@@ -281,7 +281,7 @@ def encode_line(record: UsageRecord, options: EventOptions) -> str:
     Formatted directly instead of building a dict and calling ``json.dumps``: this runs on
     the caller's path when events are spooled, and costs a fraction of the generic encoder.
     A meter that prices events appends the pricing data after a TAB
-    (:func:`~llm_meter._cost.pricing_tail`); the worker prices it and sends the wire JSON with
+    (the format :class:`~llm_meter._cost._Line` reads); the worker prices it and sends the wire JSON with
     its ``_cost`` (:func:`~llm_meter._cost.finish_line`). Without pricing the line is exactly
     what Polar gets.
     """
@@ -328,20 +328,16 @@ def encode_line(record: UsageRecord, options: EventOptions) -> str:
     parts.append("}}")
     pricer = options.pricer
     if pricer is not None:
+        # What the worker needs to price the line (see _cost.finish_line), formatted inline: ~1 µs.
+        extra = record.extra
+        cached = record.cached_tokens
+        write = record.cache_write_tokens
+        reasoning = record.reasoning_tokens
         parts.append(
-            pricing_tail(
-                pricer.mode,
-                record.provider,
-                model,
-                request_tokens,
-                response_tokens,
-                record.cached_tokens,
-                record.cache_write_tokens,
-                record.reasoning_tokens,
-                record.estimated,
-                record.timestamp,
-                record.extra,
-            )
+            f'{TAIL_SEP}["{pricer.mode}",{_quote(record.provider)},{model},{request_tokens},{response_tokens},'
+            f"{'null' if cached is None else cached},{'null' if write is None else write},"
+            f"{'null' if reasoning is None else reasoning},{'true' if record.estimated else 'false'},"
+            f"{int(record.timestamp * 1000)},{json.dumps(extra, separators=(',', ':')) if extra else 'null'}]"
         )
     return "".join(parts)
 
