@@ -208,6 +208,27 @@ def test_usage_the_table_cannot_split_sends_no_cost() -> None:
     assert cost is None
 
 
+def test_anthropic_vertex_client_is_priced_from_the_google_table(
+    _fake: FakeAnthropicServer, priced: tuple[Meter, MemoryTransport]
+) -> None:
+    """AnthropicVertex events name provider google; Vertex AI's Haiku 4.5 rates are $1 input, $5 output."""
+    m, transport = priced
+    fake = reset_fake(_fake, model="claude-haiku-4-5-20251001")
+    usage = {"input_tokens": 10_000, "output_tokens": 2_000}
+    base = anthropic.AnthropicVertex(
+        region="us-east5", project_id="p", access_token="t", base_url=fake.vertex_url, max_retries=0
+    )
+    m.wrap(base, customer="c").messages.create(
+        model="claude-haiku-4-5@20251001",
+        max_tokens=10,
+        messages=MESSAGES,
+        extra_headers={"x-fake-usage": json.dumps(usage)},
+    )
+    event = _only(m, transport)
+    assert event["metadata"]["provider"] == "google"
+    assert event["metadata"]["_cost"] == {"amount": 2, "currency": "usd"}  # (10000*1 + 2000*5) / 1e6 USD
+
+
 # -- the conversion for providers priced from a record ----------------------------------------------
 
 
