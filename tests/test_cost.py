@@ -273,6 +273,22 @@ def test_unknown_provider_name_falls_back_on_the_model_name() -> None:
     assert cost == {"amount": 0.00134, "currency": "usd"}  # (58*0.10 + 19*0.40) / 1e6 USD
 
 
+def test_openai_compatible_url_prices_another_vendors_model_by_its_name() -> None:
+    """provider openai (any unrecognised URL, e.g. a proxy) with a Claude model: Anthropic's $3 / $15."""
+    cost = _cost_of("openai", "claude-sonnet-4-5", request_tokens=1_000, response_tokens=100)
+    assert cost == {"amount": 0.45, "currency": "usd"}  # (1000*3 + 100*15) / 1e6 USD
+
+
+def test_openai_compatible_url_with_a_model_no_provider_lists_has_no_cost() -> None:
+    """A local model behind an OpenAI-compatible URL is not priced (never a guess)."""
+    assert _cost_of("openai", "meta-llama/My-Finetune-8B", request_tokens=10, response_tokens=10) is None
+
+
+def test_known_provider_never_falls_back_to_another_vendors_table() -> None:
+    """groq with a model Groq does not list gets no _cost, even if another provider sells that name."""
+    assert _cost_of("groq", "gpt-4.1-nano", request_tokens=10, response_tokens=10) is None
+
+
 # -- unknown models ------------------------------------------------------------------------------------
 
 

@@ -237,9 +237,16 @@ class GenaiPrices(Pricer):
                 if type(value) is int and value > 0:
                     values[theirs] = value
         when = datetime.fromtimestamp(line.timestamp / 1000, UTC)  # the tail keeps milliseconds
-        return snapshot.calc(
-            self._usage_cls(**values), line.model, self._provider_id(line.provider), None, when
-        )
+        usage = self._usage_cls(**values)
+        try:
+            return snapshot.calc(usage, line.model, self._provider_id(line.provider), None, when)
+        except LookupError:
+            if line.provider != "openai":
+                raise
+            # "openai" also names any OpenAI-compatible URL llm_meter does not recognise (a LiteLLM
+            # proxy, say): a model OpenAI does not sell is looked up by its name (claude-... -> Anthropic);
+            # a model no provider lists (a local llama) still has no price.
+            return snapshot.calc(usage, line.model, None, None, when)
 
     def price(self, line: _Line) -> Decimal | None:
         key = (line.provider, line.model)
