@@ -567,6 +567,16 @@ def test_bad_cost_setting_fails_at_construction(bad: Any) -> None:
         Meter(cost=bad)
 
 
+def test_async_cost_function_fails_at_construction() -> None:
+    """An async def cost= function could never be awaited on the worker: ConfigurationError now."""
+
+    async def fn(provider: str, model: str, usage: Usage) -> Decimal:
+        return Decimal(0)
+
+    with pytest.raises(ConfigurationError, match="plain function"):
+        Meter(cost=fn)  # type: ignore[arg-type]
+
+
 def test_usage_is_public_and_frozen() -> None:
     """llm_meter.Usage is exported and immutable."""
     usage = llm_meter.Usage(1, 2)

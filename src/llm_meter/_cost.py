@@ -372,6 +372,12 @@ def make_pricer(cost: object) -> Pricer | None:
             raise ConfigurationError("cost=True needs genai-prices: pip install 'llm-meter[cost]'")
         return _shared_genai()
     if callable(cost) and not isinstance(cost, type):
+        import inspect
+
+        if inspect.iscoroutinefunction(cost) or inspect.iscoroutinefunction(type(cost).__call__):
+            raise ConfigurationError(
+                "cost= must be a plain function: it runs on the background worker, which cannot await it"
+            )
         return UserPrices(cost)
     raise ConfigurationError(
         "cost= must be True (genai-prices), a function (provider, model, usage) -> US dollars or None, "
