@@ -61,8 +61,8 @@ PROVIDER_IDS: Final[Mapping[str, str]] = {
 #: Separates the wire JSON of a spooled line from its pricing data; never in compact JSON text
 #: (``json`` escapes a TAB inside strings and puts no whitespace between tokens).
 TAIL_SEP: Final = "\t"
-#: Polar's ``_cost.amount``: ``Decimal(max_digits=17, decimal_places=12)``, in cents.
-_PLACES: Final = Decimal("1e-12")
+#: Polar's ``_cost.amount``: ``Decimal(max_digits=17, decimal_places=12)``, in cents: under 100,000.
+_PLACES: Final = 12
 _MAX_CENTS: Final = Decimal(100_000)
 #: Significant digits kept: at most 15, so the JSON number reads back as the same value through a
 #: float parser too (Polar's FastAPI body), and never shows more than 12 decimal places there.
@@ -137,7 +137,7 @@ def cost_json(usd: Decimal) -> str | None:
             return None
         if cents:
             # Keep at most 15 significant digits (fewer decimals for larger amounts).
-            places = max(min(12, _SIGNIFICANT - 1 - cents.adjusted()), 0)
+            places = max(min(_PLACES, _SIGNIFICANT - 1 - cents.adjusted()), 0)
             cents = cents.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
         if not cents:
             return ',"_cost":{"amount":0,"currency":"usd"}'
