@@ -567,6 +567,13 @@ def test_bad_cost_setting_fails_at_construction(bad: Any) -> None:
         Meter(cost=bad)
 
 
+def test_cost_true_without_genai_prices_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cost=True where genai-prices is not installed: ConfigurationError naming the extra."""
+    monkeypatch.setitem(sys.modules, "genai_prices", None)
+    with pytest.raises(ConfigurationError, match=r"llm-meter\[cost\]"):
+        Meter(cost=True)
+
+
 def test_async_cost_function_fails_at_construction() -> None:
     """An async def cost= function could never be awaited on the worker: ConfigurationError now."""
 
