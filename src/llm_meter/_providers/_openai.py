@@ -120,6 +120,40 @@ def _details(usage: Any) -> tuple[int | None, int | None, int | None]:
     )
 
 
+#: ``(details objects to look in, ((field, flat key), ...))``: audio and image tokens, priced at their own
+#: rates by ``cost=`` (chat ``*_tokens_details``, transcriptions' ``input_token_details``, images'
+#: ``input_tokens_details``).
+_MODALITIES: Final = (
+    (
+        ("prompt_tokens_details", "input_tokens_details", "input_token_details"),
+        (("audio_tokens", "input_audio_tokens"), ("image_tokens", "input_image_tokens")),
+    ),
+    (
+        ("completion_tokens_details", "output_tokens_details"),
+        (("audio_tokens", "output_audio_tokens"), ("image_tokens", "output_image_tokens")),
+    ),
+)
+
+
+def _modalities(usage: Any) -> dict[str, int | float | str | bool] | None:
+    """Audio and image token counts above 0 as flat extras, ``None`` when there are none."""
+    extra: dict[str, int | float | str | bool] | None = None
+    for containers, fields in _MODALITIES:
+        for name in containers:
+            details = _field(usage, name)
+            if details is not None:
+                break
+        else:
+            continue
+        for source, key in fields:
+            value = token_count(_field(details, source))
+            if value:
+                if extra is None:
+                    extra = {}
+                extra[key] = value
+    return extra
+
+
 class _Progress:
     """Usage kept for a response that is billed later: the last usage seen and whether it is final."""
 
@@ -375,7 +409,9 @@ class OpenAIProvider:
         request_tokens, response_tokens = _counts(usage, call.kind)
         if request_tokens is not None and response_tokens is not None:
             cached, cache_write, reasoning = _details(usage)
-            call.emit(response, request_tokens, response_tokens, cached, cache_write, reasoning)
+            # Audio and image tokens only go into events that price them or show details.
+            extra = _modalities(usage) if call.meter.options.breakdown else None
+            call.emit(response, request_tokens, response_tokens, cached, cache_write, reasoning, extra)
             return True
         if _field(usage, "type") == "duration":
             log.debug("llm_meter: %s usage in seconds, not tokens: not billed", call.kind)
@@ -404,6 +440,8 @@ class OpenAIProvider:
         request_tokens, response_tokens = (None, None) if usage is None else _counts(usage, call.kind)
         if usage is not None:
             record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens = _details(usage)
+            if call.meter.options.breakdown:
+                record.extra = _modalities(usage)
         body = call.body if isinstance(call.body, dict) else {}
         model = record.model if record.model != "unknown" else "gpt-4o"
         kind = call.kind
