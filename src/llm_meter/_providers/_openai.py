@@ -26,11 +26,18 @@ Usage in any shape is billed, never dropped (OpenAI-compatible servers send many
   that ends before that (``break``, an error) bills the last usage seen as an estimate: its
   input is exact and its output a lower bound, raised to the estimate from the delivered
   text when that is larger.
+
+The provider name (``details=True`` ``provider``, the ``external_id`` prefix) is the service a
+client reaches, recognised once per client from its class and base URL (:func:`service_name`):
+``azure``, ``bedrock``, ``groq``, ``openrouter``, ``together``, ``fireworks``, ``deepseek``,
+``xai``, ``mistral``, else ``openai`` (local servers such as vLLM, Ollama and LiteLLM included).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import urllib.parse
 from typing import Any, Final
 
 from .._call import Call, snapshot, token_count
@@ -64,6 +71,44 @@ _warned: set[str] = set()
 #: Endpoints seen rejecting ``stream_options`` (older Azure API versions, some
 #: OpenAI-compatible servers): (base URL, path, api-version). Process-wide.
 _no_stream_options: set[tuple[str, str, str | None]] = set()
+
+
+#: OpenAI-compatible services recognised from a client's base URL: its host, or a parent domain of
+#: it, -> the provider name (``details=True`` ``provider``, the ``external_id`` prefix, prices).
+_SERVICES: Final = (
+    ("groq.com", "groq"),
+    ("openrouter.ai", "openrouter"),
+    ("together.xyz", "together"),
+    ("together.ai", "together"),
+    ("fireworks.ai", "fireworks"),
+    ("deepseek.com", "deepseek"),
+    ("x.ai", "xai"),
+    ("mistral.ai", "mistral"),
+    # Azure OpenAI's v1 API is reached with a plain OpenAI client on these hosts.
+    ("openai.azure.com", "azure"),
+    ("cognitiveservices.azure.com", "azure"),
+    ("services.ai.azure.com", "azure"),
+)
+
+
+def service_name(client: Any) -> str:
+    """The provider name of an ``openai`` client: ``azure`` for Azure clients, ``bedrock`` for
+    Bedrock ones, the service of a known base URL host, else ``openai`` (local servers included)."""
+    import openai
+
+    if isinstance(client, openai.AzureOpenAI | openai.AsyncAzureOpenAI):
+        return "azure"
+    bedrock = getattr(openai, "BedrockOpenAI", None)  # openai >= 2.40
+    if bedrock is not None and isinstance(client, bedrock | openai.AsyncBedrockOpenAI):
+        return "bedrock"
+    try:
+        host = (urllib.parse.urlsplit(str(client.base_url)).hostname or "").rstrip(".")
+    except Exception:  # an odd base_url: not a known service
+        return "openai"
+    for domain, name in _SERVICES:
+        if host == domain or host.endswith("." + domain):
+            return name
+    return "openai"
 
 
 def _endpoint_key(client: Any, kind: str) -> tuple[str, str, str | None]:
@@ -170,6 +215,20 @@ class OpenAIProvider:
         self.injects_options = True  # stream_options, removed again if an endpoint rejects it
         self.async_stream: type = openai.AsyncStream
         self._status_error: type[BaseException] = openai.APIStatusError
+        #: Variants of this provider named for other services (see ``for_client``), by name.
+        self._named: dict[str, OpenAIProvider] = {}
+
+    def for_client(self, client: Any) -> OpenAIProvider:
+        """This provider, or a copy of it named for the service *client*'s base URL reaches."""
+        name = service_name(client)
+        if name == self.name:
+            return self
+        named = self._named.get(name)
+        if named is None:
+            named = copy.copy(self)  # shares everything (the variants dict too) but the name
+            named.name = name
+            named = self._named.setdefault(name, named)
+        return named
 
     # -- request side --------------------------------------------------------------------
     def billed_kind(self, options: Any) -> str | None:
