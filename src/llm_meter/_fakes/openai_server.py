@@ -28,8 +28,9 @@ Odd usage shapes, per request (for tests of what metering does with them):
 
 Groq itself (the ``groq`` SDK on :attr:`FakeOpenAIServer.groq_url`, or any client on ``api.groq.com``
 through :attr:`FakeOpenAIServer.proxy_url`): chat bodies carry Groq's usage (the counts among its timing
-floats) and ``x_groq: {"id"}``; chat streams have the ``groq`` shape above unless ``x-fake-usage-shape``
-names another.
+floats) and ``x_groq: {"id", "usage"}`` whose usage is Groq's hardware cache statistics
+(``dram_cached_tokens``, ``sram_cached_tokens``), not token counts; chat streams have the ``groq``
+shape above unless ``x-fake-usage-shape`` names another.
 
 The same counts apply when the model calls a function tool instead of answering (see
 :class:`FakeOpenAIServer`): the call's arguments take the place of the text, cut into ``chunks`` pieces.
@@ -573,7 +574,9 @@ class FakeOpenAIServer(LoopbackService):
             reply = dict(completion)
             if request.groq:
                 reply["usage"] = _groq_timings(reply["usage"])
-                reply["x_groq"] = {"id": f"req_{_hex()}"}
+                # Groq's x_groq.usage of a body: hardware cache statistics, not token counts.
+                cache = {"dram_cached_tokens": 0, "sram_cached_tokens": prompt // 2}
+                reply["x_groq"] = {"id": f"req_{_hex()}", "usage": cache}
                 return _json_reply(_set_usage(reply, override))
             if shape == "groq":
                 reply["x_groq"] = {"id": f"req_{_hex()}", "usage": _groq_timings(reply.pop("usage"))}

@@ -256,6 +256,8 @@ class OpenAIProvider:
             call.observe = self._observe_event
             return
         call.observe = self._observe_chat_chunk if call.kind == "chat" else self._observe_completion_chunk
+        if not self.injects_options:
+            return  # a service whose streams always carry usage (Groq's SDK)
         stream_options = body.get("stream_options")
         extra = options.extra_json
         if isinstance(extra, dict) and "stream_options" in extra:
