@@ -7,7 +7,16 @@ Billed (POST): chat completions, legacy completions, responses, embeddings, imag
 
 Usage arithmetic (SPEC §4): ``request_tokens`` = ``prompt_tokens`` / ``input_tokens``
 (cached tokens are a subset of it), ``response_tokens`` = ``completion_tokens`` /
-``output_tokens`` (reasoning tokens are a subset of it).
+``output_tokens`` (reasoning tokens are a subset of it). Services that count differently:
+
+* xAI reports reasoning on top of ``completion_tokens`` (``total_tokens`` = prompt +
+  completion + reasoning): when the total adds up that way, the reasoning is added to
+  ``response_tokens``;
+* DeepSeek names its cache reads ``prompt_cache_hit_tokens`` (``prompt_tokens`` = hits +
+  ``prompt_cache_miss_tokens``): read as ``cached_tokens``, and their sum bills when
+  ``prompt_tokens`` is missing;
+* OpenRouter's ``prompt_tokens_details.cache_write_tokens`` and ``cost`` ride along: the
+  first is ``cache_write_tokens``, the second (credits, not tokens) is ignored.
 
 Usage in any shape is billed, never dropped (OpenAI-compatible servers send many):
 
@@ -140,6 +149,11 @@ def _counts(usage: Any, kind: str) -> tuple[int | None, int | None]:
     request = token_count(_field(usage, "prompt_tokens"))
     if request is None:
         request = token_count(_field(usage, "input_tokens"))
+        if request is None:  # DeepSeek's split of its prompt: cache hits + misses
+            hit = token_count(_field(usage, "prompt_cache_hit_tokens"))
+            miss = token_count(_field(usage, "prompt_cache_miss_tokens"))
+            if hit is not None and miss is not None:
+                request = hit + miss
     raw = _field(usage, "completion_tokens")
     if raw is None:
         raw = _field(usage, "output_tokens")
@@ -158,11 +172,27 @@ def _details(usage: Any) -> tuple[int | None, int | None, int | None]:
     """``(cached, cache write, reasoning)`` tokens of a usage, each ``None`` when not valid."""
     details_in = _field(usage, "prompt_tokens_details") or _field(usage, "input_tokens_details")
     details_out = _field(usage, "completion_tokens_details") or _field(usage, "output_tokens_details")
+    cached = token_count(_field(details_in, "cached_tokens")) if details_in is not None else None
+    if cached is None:  # DeepSeek names its cache reads prompt_cache_hit_tokens
+        cached = token_count(_field(usage, "prompt_cache_hit_tokens"))
     return (
-        token_count(_field(details_in, "cached_tokens")) if details_in is not None else None,
+        cached,
         token_count(_field(details_in, "cache_write_tokens")) if details_in is not None else None,
         token_count(_field(details_out, "reasoning_tokens")) if details_out is not None else None,
     )
+
+
+def _with_reasoning(usage: Any, request: int, response: int, reasoning: int | None) -> int:
+    """The output count with reasoning tokens included.
+
+    OpenAI's ``completion_tokens`` include reasoning; xAI's do not: it reports reasoning on top
+    (``total_tokens`` = prompt + completion + reasoning). A total that adds up that way (with
+    some reasoning, so it cannot be OpenAI's prompt + completion) means the reasoning is
+    added to the output; otherwise the output count already holds it.
+    """
+    if reasoning and token_count(_field(usage, "total_tokens")) == request + response + reasoning:
+        return response + reasoning
+    return response
 
 
 class _Progress:
@@ -436,6 +466,7 @@ class OpenAIProvider:
         request_tokens, response_tokens = _counts(usage, call.kind)
         if request_tokens is not None and response_tokens is not None:
             cached, cache_write, reasoning = _details(usage)
+            response_tokens = _with_reasoning(usage, request_tokens, response_tokens, reasoning)
             call.emit(response, request_tokens, response_tokens, cached, cache_write, reasoning)
             return True
         if _field(usage, "type") == "duration":
@@ -465,6 +496,10 @@ class OpenAIProvider:
         request_tokens, response_tokens = (None, None) if usage is None else _counts(usage, call.kind)
         if usage is not None:
             record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens = _details(usage)
+            if request_tokens is not None and response_tokens is not None:
+                response_tokens = _with_reasoning(
+                    usage, request_tokens, response_tokens, record.reasoning_tokens
+                )
         body = call.body if isinstance(call.body, dict) else {}
         model = record.model if record.model != "unknown" else "gpt-4o"
         kind = call.kind
