@@ -135,3 +135,17 @@ def test_service_is_recognised_once_per_client_not_per_call(
             client.chat.completions.create(**CHAT)
     assert built >= 1 and len(seen) == built
     assert {event["metadata"]["provider"] for event in delivered(*details)} == {"mistral"}
+
+
+def test_bedrock_openai_client_is_named_bedrock(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """openai's BedrockOpenAI client (openai >= 2.40) bills as bedrock, whatever its base URL."""
+    bedrock = getattr(openai, "BedrockOpenAI", None)
+    if bedrock is None:
+        pytest.skip("this openai SDK has no BedrockOpenAI")
+    base = bedrock(api_key="test", aws_region="us-east-1", base_url=server.url, max_retries=0)
+    with llm_meter.meter(base, customer="cus_1", meter=details[0]) as client:
+        client.chat.completions.create(**CHAT)
+    event = only_event(*details)
+    assert event["metadata"]["provider"] == "bedrock" and event["external_id"].startswith("bedrock:")

@@ -66,8 +66,8 @@ class GroqProvider(OpenAIProvider):
         usage = chunk.usage
         if usage is None:
             x_groq = chunk.x_groq
-            if x_groq is not None:
-                usage = x_groq.usage
+            if x_groq is not None:  # on the first and the last chunk
+                usage = x_groq.get("usage") if isinstance(x_groq, dict) else x_groq.usage
         choices = chunk.choices
         if usage is not None:
             if not choices:  # a usage-only chunk (stream_options.include_usage): final
