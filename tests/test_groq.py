@@ -8,6 +8,7 @@ carry it only in the last chunk's ``x_groq.usage``.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -196,6 +197,28 @@ def test_stream_with_streaming_response_is_billed(
     event = only_event(*details)
     assert event["external_customer_id"] == "cus_s"
     assert_exact(event)
+
+
+def test_stream_dropped_after_a_break_bills_one_estimate(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """break, then the stream is dropped without close(): its collection bills one estimate."""
+    stream = client.chat.completions.create(**CHAT, stream=True)
+    for _ in stream:
+        break
+    del stream
+    gc.collect()
+    assert only_event(*details)["metadata"]["estimated"] is True
+
+
+def test_customer_block_and_with_customer_bill_their_customers(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A customer(...) block, then with_customer(), each bill their own customer."""
+    with llm_meter.customer("cus_block"):
+        client.chat.completions.create(**CHAT)
+    client.with_customer("cus_other").chat.completions.create(**CHAT)
+    assert [e["external_customer_id"] for e in delivered(*details)] == ["cus_block", "cus_other"]
 
 
 # -- async ----------------------------------------------------------------------------------------
