@@ -13,6 +13,7 @@ def test_all_matches_public_names() -> None:
     modules = {
         "anthropic",
         "openai",
+        "groq",
         "langchain",
         "testing",
         "transports",

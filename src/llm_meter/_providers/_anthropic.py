@@ -175,6 +175,9 @@ class AnthropicProvider:
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         return None  # Anthropic streams always carry usage; nothing is added to the request
 
+    def for_client(self, client: Any) -> AnthropicProvider:
+        return self  # every Anthropic client bills as anthropic
+
     # -- response side -------------------------------------------------------------------
     def observe(self, call: Call, obj: object, response: Any) -> None:
         """Generic entry (prepare() binds the specific observer)."""
