@@ -1,4 +1,4 @@
-"""Run the openai / anthropic SDKs' own test suites plain and with llm_meter's drop-in clients.
+"""Run the openai / anthropic / groq SDKs' own test suites plain and with llm_meter's drop-in clients.
 
 SPEC §2 "Fidelity": code that uses a metered client cannot tell it from the SDK's. The yardstick is
 each SDK's own test suite, taken from the sdist of the release under test:
@@ -10,9 +10,9 @@ each SDK's own test suite, taken from the sdist of the release under test:
    type checkers left out), pinned to the sdist's lock file where it pins them.
 3. The suite runs twice with ``scripts/sdk_conformance_plugin.py`` loaded (``-p``): plain, and
    metered (llm_meter's ``OpenAI`` / ``AsyncOpenAI`` / ``AzureOpenAI`` / ``AsyncAzureOpenAI``, or
-   every ``Anthropic*`` class ``llm_meter.anthropic`` exports, substituted for the SDK's classes
-   before the tests import them; every test inside ``llm_meter.customer("cus_conf")``; the default
-   meter delivers to a ``MemoryTransport``).
+   every ``Anthropic*`` class ``llm_meter.anthropic`` exports, or ``Groq`` / ``AsyncGroq``,
+   substituted for the SDK's classes before the tests import them; every test inside
+   ``llm_meter.customer("cus_conf")``; the default meter delivers to a ``MemoryTransport``).
 4. Every test that passes plain and does not pass metered is a regression: it is printed with its
    node id and first error line, and the script exits 1 if there is any that is not in
    ``ALLOWED`` below.
@@ -24,7 +24,7 @@ deselected in both runs.
 
 Usage::
 
-    python scripts/sdk_conformance.py                     # both SDKs, versions installed here
+    python scripts/sdk_conformance.py                     # every SDK, versions installed here
     python scripts/sdk_conformance.py --sdk openai --version 1.66.5
     python scripts/sdk_conformance.py --oldest            # the lower bounds pyproject.toml claims
     python scripts/sdk_conformance.py --sdk anthropic tests/lib/test_client_copy.py   # part of a suite
@@ -52,7 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
-SDKS = ("openai", "anthropic")
+SDKS = ("openai", "anthropic", "groq")
 
 #: Dev-group packages that only lint or type-check; the tests do not need them.
 NOT_FOR_TESTS = {"ty", "pyright", "mypy", "ruff", "black", "isort", "nox", "pre-commit", "pandas-stubs"}
@@ -609,7 +609,7 @@ def main() -> int:
     args = parser.parse_args()
     sdks = list(SDKS) if args.sdk == "all" else [args.sdk]
     if (args.version or args.paths) and len(sdks) != 1:
-        parser.error("--version and test paths need --sdk openai or --sdk anthropic")
+        parser.error("--version and test paths need one --sdk")
     versions = {}
     bounds = lower_bounds()
     for sdk in sdks:

@@ -13,6 +13,7 @@ def test_all_matches_public_names() -> None:
     modules = {
         "anthropic",
         "openai",
+        "groq",
         "langchain",
         "testing",
         "transports",
@@ -26,7 +27,9 @@ def test_all_matches_public_names() -> None:
 
 def test_spec_names_are_exported() -> None:
     """The names SPEC.md fixes are importable from where it says."""
-    assert {"meter", "Meter", "MeterStats", "customer", "MissingCustomerError"} <= set(llm_meter.__all__)
+    assert {"meter", "Meter", "MeterStats", "customer", "MissingCustomerError", "Usage"} <= set(
+        llm_meter.__all__
+    )
     assert {"MemoryTransport", "JSONLTransport", "CallbackTransport", "Transport"} <= set(
         llm_meter.transports.__all__
     )

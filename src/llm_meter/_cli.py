@@ -1,4 +1,4 @@
-"""The ``llm-meter`` command line: ``demo`` (offline), ``flush``, ``status``, ``dead-letters``.
+"""The ``llm-meter`` command line: ``demo`` (offline), ``flush``, ``status``, ``dead-letters``, ``price``.
 
 Every command takes ``--spool-dir`` (default: ``LLM_METER_SPOOL_DIR``, else
 ``~/.local/state/llm-meter/spool``).
@@ -7,11 +7,13 @@ Every command takes ``--spool-dir`` (default: ``LLM_METER_SPOOL_DIR``, else
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from ._exceptions import ConfigurationError
@@ -41,10 +43,13 @@ def _demo(args: argparse.Namespace) -> int:
         FakePolarServer() as polar,
         tempfile.TemporaryDirectory(prefix="llm-meter-demo-") as spool_dir,
     ):
+        # Cost per customer when genai-prices is installed (llm-meter[cost]): priced offline.
+        priced = importlib.util.find_spec("genai_prices") is not None
         m = Meter(
             transport=PolarTransport(polar.access_token, base_url=polar.url),
             spool_dir=spool_dir,
             details=args.details,
+            cost=priced,
             flush_interval=0.2,
         )
         print(f"fake OpenAI server on {server.url}, fake Polar ingest on {polar.url} (no keys, no network)")
@@ -87,22 +92,64 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n{stats}")
     print(f"\n{len(stored)} ai_usage events stored by the Polar-compatible server:")
     totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    costs: dict[str, Decimal] = defaultdict(Decimal)
     for event in stored:
         print("  " + json.dumps(event, separators=(",", ":")))
         who = event.get("external_customer_id") or event.get("customer_id") or "?"
         meta: dict[str, Any] = event["metadata"]
         for key in ("requests", "request_tokens", "response_tokens", "total_tokens"):
             totals[who][key] += int(meta[key])
+        if "_cost" in meta:
+            costs[who] += Decimal(str(meta["_cost"]["amount"]))
     print("\nper-customer totals (what Polar's meters would sum):")
-    header = ("customer", "requests", "request_tokens", "response_tokens", "total_tokens")
-    print("  {:<12} {:>8} {:>15} {:>16} {:>13}".format(*header))
+    header = ("customer", "requests", "request_tokens", "response_tokens", "total_tokens", "cost (US cents)")
+    print("  {:<12} {:>8} {:>15} {:>16} {:>13} {:>16}".format(*header))
     for who in sorted(totals):
         t = totals[who]
+        cost = f"{costs[who]:f}" if who in costs else "-"
         print(
             f"  {who:<12} {t['requests']:>8} {t['request_tokens']:>15} "
-            f"{t['response_tokens']:>16} {t['total_tokens']:>13}"
+            f"{t['response_tokens']:>16} {t['total_tokens']:>13} {cost:>16}"
         )
+    if not priced:
+        print("  (install llm-meter[cost] to see each customer's cost, priced offline by genai-prices)")
     return 0 if delivered else 1
+
+
+def _price(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("genai_prices") is None:
+        print("llm-meter price needs genai-prices: pip install 'llm-meter[cost]'", file=sys.stderr)
+        return 2
+    from ._cost import cost_json, genai_prices_version, quote
+
+    if args.request_tokens < 0 or args.response_tokens < 0:
+        print("llm-meter price: token counts must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        found = quote(
+            args.model,
+            provider=args.provider,
+            request_tokens=args.request_tokens,
+            response_tokens=args.response_tokens,
+        )
+    except LookupError as exc:
+        print(
+            f"llm-meter price: no price for {args.model!r} in {genai_prices_version()} ({exc}); "
+            "events for it are sent without _cost",
+            file=sys.stderr,
+        )
+        return 1
+    cost = cost_json(found.usd)
+    print(
+        f"{args.model}: {args.request_tokens} request + {args.response_tokens} response tokens "
+        f"= ${found.usd:f} = {found.usd * 100:f} US cents"
+    )
+    print(f"sent as: {cost[1:] if cost else '(no _cost: beyond what Polar accepts in one event)'}")
+    print(
+        f"price table: {found.source} (bundled with the installed package, never fetched), "
+        f"provider {found.provider_id!r}, model {found.model_id!r}"
+    )
+    return 0
 
 
 def _flush(args: argparse.Namespace) -> int:
@@ -195,6 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     letters = command("dead-letters", "list the events Polar refused, with the reason")
     letters.add_argument("--retry", action="store_true", help="put them back in the spool to be sent again")
     letters.set_defaults(func=_dead_letters)
+    price = command("price", "the _cost a cost=True meter would send for one call (genai-prices, offline)")
+    price.add_argument("model", help="the model name the provider reports, e.g. gpt-4.1-nano")
+    price.add_argument(
+        "--provider",
+        default=None,
+        help="openai, azure, anthropic, google, bedrock, groq, ... (default: by model)",
+    )
+    price.add_argument(
+        "--request-tokens", type=int, default=1_000_000, help="input tokens (default 1,000,000)"
+    )
+    price.add_argument("--response-tokens", type=int, default=0, help="output tokens (default 0)")
+    price.set_defaults(func=_price)
 
     args = parser.parse_args(argv)
     try:

@@ -31,7 +31,8 @@ from collections.abc import Mapping
 from copy import copy
 from typing import Any
 
-from ._events import EventOptions, UsageRecord, encode_wire
+from ._cost import TAIL_SEP, finish_line
+from ._events import EventOptions, UsageRecord, encode_line, encode_wire
 from ._exceptions import RejectedEventsError
 from ._spool import Spool, dead_letter_entry, encode_record
 from .transports import Transport
@@ -119,7 +120,7 @@ class Dispatcher:
         if spool is None or record.estimate is not None:
             self._queue.append(record)
         else:
-            payload = encode_wire(record, self._options)
+            payload = encode_line(record, self._options)  # priced later, on the worker
             try:
                 spool.append(encode_record(payload))
             except OSError as exc:  # disk full or read-only: keep the event in memory instead
@@ -305,6 +306,9 @@ class Dispatcher:
         loop = asyncio.new_event_loop()
         transport = self._transport
         assert transport is not None
+        pricer = self._options.pricer
+        if pricer is not None:
+            self._guard(pricer.prepare)  # genai-prices' import (~0.25 s) here, not in a caller's call
         next_adopt = 0.0
         adopted_for = 0
         failures = 0
@@ -512,6 +516,10 @@ class Dispatcher:
         """
         attempt = 0
         dead = 0
+        pricer = self._options.pricer
+        # Lines spooled with their pricing data get their _cost now, on the worker (once per
+        # attempt to send them: a retry of this batch sends the same priced text).
+        payloads = [finish_line(p, pricer) if TAIL_SEP in p else p for p in payloads]
         send_json = getattr(transport, "send_json", None)
         events: list[Any] = []
         if send_json is None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote  # C-accelerated JSON string quoting
 from typing import Any, Final
 
+from ._cost import TAIL_SEP, Pricer, finish_line, make_pricer
 from ._customer import Customer
 from ._exceptions import ConfigurationError
 
@@ -23,6 +24,7 @@ __all__ = [
     "EVENT_NAME",
     "EventOptions",
     "UsageRecord",
+    "encode_line",
     "encode_wire",
     "is_utf8",
     "to_wire",
@@ -46,6 +48,10 @@ _DETAIL_KEYS: Final = frozenset(
         "cache_write_1h_tokens",
         "web_search_requests",
         "web_fetch_requests",
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "output_image_tokens",
     }
 )
 _RESERVED: Final = frozenset({"_llm", "_cost"})
@@ -139,18 +145,27 @@ class UsageRecord:
 class EventOptions:
     """The event-shaping settings of a :class:`~llm_meter.Meter`, validated once."""
 
-    __slots__ = ("details", "metadata", "metadata_json", "plain", "polar_llm")
+    __slots__ = ("breakdown", "details", "metadata", "metadata_json", "plain", "polar_llm", "pricer")
 
     def __init__(
-        self, *, details: bool = False, metadata: Mapping[str, object] | None = None, polar_llm: bool = False
+        self,
+        *,
+        details: bool = False,
+        metadata: Mapping[str, object] | None = None,
+        polar_llm: bool = False,
+        cost: object = None,
     ) -> None:
         self.details = bool(details)
         self.polar_llm = bool(polar_llm)
+        #: Prices each event on the worker (``Meter(cost=...)``); ``None``: no ``_cost``.
+        self.pricer: Pricer | None = make_pricer(cost)
+        #: Providers read the usage breakdown (cache writes by TTL, server tools) only when set.
+        self.breakdown = self.details or self.pricer is not None
         self.metadata = validate_metadata(metadata, details=self.details)
         #: The static metadata pre-encoded as ``,"key":value`` pairs (encoded once, here).
         self.metadata_json = "".join(f",{_quote(k)}:{_scalar(v)}" for k, v in self.metadata.items())
-        #: Nothing beyond the five default metadata keys.
-        self.plain = not (self.details or self.polar_llm or self.metadata_json)
+        #: Nothing beyond the five default metadata keys, and no pricing tail.
+        self.plain = not (self.details or self.polar_llm or self.metadata_json or self.pricer)
 
 
 def validate_metadata(
@@ -275,12 +290,25 @@ def _scalar(value: object) -> str:
 
 
 def encode_wire(record: UsageRecord, options: EventOptions) -> str:
-    """The Polar wire event of one record as compact JSON text.
+    """The Polar wire event of one record as compact JSON text, priced (``_cost``) if the meter prices.
+
+    Runs on the worker. Equal to
+    ``json.dumps(to_wire(record, options), separators=(",", ":"), ensure_ascii=False)``.
+    """
+    line = encode_line(record, options)
+    pricer = options.pricer
+    return line if pricer is None else finish_line(line, pricer)
+
+
+def encode_line(record: UsageRecord, options: EventOptions) -> str:
+    """The line the spool stores for one record: its wire JSON, then what pricing needs, if anything.
 
     Formatted directly instead of building a dict and calling ``json.dumps``: this runs on
-    the caller's path when events are spooled (the spool stores exactly what Polar gets),
-    and costs a fraction of the generic encoder. Equal to
-    ``json.dumps(to_wire(record, options), separators=(",", ":"), ensure_ascii=False)``.
+    the caller's path when events are spooled, and costs a fraction of the generic encoder.
+    A meter that prices events appends the pricing data after a TAB
+    (the format :class:`~llm_meter._cost._Line` reads); the worker prices it and sends the wire JSON with
+    its ``_cost`` (:func:`~llm_meter._cost.finish_line`). Without pricing the line is exactly
+    what Polar gets.
     """
     if record.estimate is not None:
         estimate, record.estimate = record.estimate, None
@@ -324,6 +352,19 @@ def encode_wire(record: UsageRecord, options: EventOptions) -> str:
             f'"cached_input_tokens":{record.cached_tokens or 0}}}'
         )
     parts.append("}}")
+    pricer = options.pricer
+    if pricer is not None:
+        # What the worker needs to price the line (see _cost.finish_line), formatted inline: ~1 µs.
+        extra = record.extra
+        cached = record.cached_tokens
+        write = record.cache_write_tokens
+        reasoning = record.reasoning_tokens
+        parts.append(
+            f'{TAIL_SEP}["{pricer.mode}",{_quote(record.provider)},{model},{request_tokens},{response_tokens},'
+            f"{'null' if cached is None else cached},{'null' if write is None else write},"
+            f"{'null' if reasoning is None else reasoning},{'true' if record.estimated else 'false'},"
+            f"{int(record.timestamp * 1000)},{json.dumps(extra, separators=(',', ':')) if extra else 'null'}]"
+        )
     return "".join(parts)
 
 

@@ -2,7 +2,10 @@
 
 - :class:`MemoryTransport`: collects the wire events a :class:`~llm_meter.Meter` delivers.
 - :class:`FakeOpenAIServer`: a local OpenAI-compatible server (real HTTP on 127.0.0.1,
-  JSON and SSE streams shaped like the real API, deterministic usage numbers).
+  JSON and SSE streams shaped like the real API, deterministic usage numbers). Its
+  ``groq_url`` answers the ``groq`` SDK like Groq (stream usage in ``x_groq.usage``), and as an
+  HTTP proxy (``proxy_url``) it serves clients on a service's real base URL
+  (``http://api.groq.com/openai/v1``, ``http://openrouter.ai/api/v1``, ...).
 - :class:`FakePolarServer`: a local Polar events-ingest server (real HTTP on 127.0.0.1):
   Polar's validation with Polar-shaped 422 bodies, ``external_id`` deduplication,
   ``{inserted, duplicates}`` answers, and injectable :class:`Fault` s (5xx, 429 with

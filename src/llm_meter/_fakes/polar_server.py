@@ -378,7 +378,7 @@ def _cost_issues(value: Any) -> list[_Issue]:
         issues.append((loc, "missing", "Field required", value, None))
     elif type(currency) is not str:
         issues.append((loc, "string_type", "Input should be a valid string", currency, None))
-    elif currency != "usd":
+    elif "usd" not in currency:  # pydantic's pattern= searches: "usd" anywhere matches, "USD" does not
         msg = "String should match pattern 'usd'"
         issues.append((loc, "string_pattern_mismatch", msg, currency, {"pattern": "usd"}))
     return issues

@@ -98,12 +98,29 @@ class _StreamUsage:
                 setattr(self, name, value)
 
 
+class _Cloud:
+    """Anthropic's API served by a cloud that bills the call: events name that cloud.
+
+    ``provider`` (``details=True``), the ``external_id`` prefix and the price table (``cost=``)
+    follow whoever bills the call: ``bedrock`` for AnthropicBedrock (AWS's Claude prices, with
+    their regional premium), ``google`` for AnthropicVertex (Vertex AI's).
+    """
+
+    __slots__ = ("estimate", "name")
+
+    def __init__(self, name: str, provider: AnthropicProvider) -> None:
+        self.name = name
+        self.estimate = provider.estimate
+
+
 class AnthropicProvider:
     """The :class:`~llm_meter._client.Provider` for the ``anthropic`` SDK."""
 
     name = "anthropic"
 
     def __init__(self) -> None:
+        self.on_bedrock = _Cloud("bedrock", self)
+        self.on_vertex = _Cloud("google", self)
         import anthropic
         from anthropic._resource import AsyncAPIResource, SyncAPIResource
 
@@ -132,6 +149,8 @@ class AnthropicProvider:
     def prepare(self, client: Any, options: Any, call: Call) -> None:
         body = options.json_data
         url = options.url
+        if url not in _MESSAGES_URLS:  # billed_kind() let only Bedrock and Vertex URLs through besides
+            call.provider = self.on_bedrock if url.startswith("/model/") else self.on_vertex
         if isinstance(body, dict):
             model = body.get("model")
             call.model = model if isinstance(model, str) else _model_from_url(url)
@@ -155,6 +174,9 @@ class AnthropicProvider:
 
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         return None  # Anthropic streams always carry usage; nothing is added to the request
+
+    def for_client(self, client: Any) -> AnthropicProvider:
+        return self  # every Anthropic client bills as anthropic
 
     # -- response side -------------------------------------------------------------------
     def observe(self, call: Call, obj: object, response: Any) -> None:
@@ -322,7 +344,7 @@ def _emit(call: Call, usage: Any, response: Any) -> bool:
             return False
         request_tokens, response_tokens = checked_request, checked_response
     # The breakdown only goes into events with details=True: skip reading it otherwise.
-    thinking, extra = _details(usage) if call.meter.options.details else (None, None)
+    thinking, extra = _details(usage) if call.meter.options.breakdown else (None, None)
     call.emit(
         response,
         request_tokens,
