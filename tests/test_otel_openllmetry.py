@@ -8,6 +8,8 @@ response id. Calls go to the fake servers; the events are compared with a metere
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -89,13 +91,29 @@ def clients(server: FakeOpenAIServer, _fake: FakeAnthropicServer) -> Iterator[Cl
     c.anthropic.close()
 
 
+def sdk_methods() -> dict[tuple[type, str], Any]:
+    """Every attribute of every class in the openai and anthropic resource modules, to restore later."""
+    found: dict[tuple[type, str], Any] = {}
+    for package in (openai.resources, anthropic.resources):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecated resource modules warn on import
+                module = importlib.import_module(info.name)
+            for value in vars(module).values():
+                if isinstance(value, type) and value.__module__ == module.__name__:
+                    found.update(((value, name), attr) for name, attr in vars(value).items())
+    return found
+
+
 @pytest.fixture(scope="module")
 def instrumented() -> Iterator[tuple[Meter, MemoryTransport]]:
     """OpenLLMetry's instrumentation, on for this module, spans to a provider with the metering processor.
 
-    Switched on once: OpenLLMetry 0.62.4's uninstrument() leaves some wrappers in place (with their
-    tracer), so switching it on again would stack a second wrapper on those methods.
+    Switched on once: OpenLLMetry 0.62.4's uninstrument() leaves its wrappers of the openai resource
+    methods in place (with their tracer), so switching it on again would stack a second wrapper; the SDKs'
+    own functions are put back afterwards, for the modules that run next.
     """
+    saved = sdk_methods()
     transport = MemoryTransport()
     m = Meter(transport=transport, flush_interval=0.01)
     provider = TracerProvider()
@@ -106,6 +124,9 @@ def instrumented() -> Iterator[tuple[Meter, MemoryTransport]]:
     yield m, transport
     for instrumentor in instrumentors:
         instrumentor.uninstrument()
+    for (cls, name), function in saved.items():
+        if cls.__dict__.get(name) is not function:
+            setattr(cls, name, function)
     provider.shutdown()
     m.close(5)
 
