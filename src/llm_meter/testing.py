@@ -3,6 +3,7 @@
 - :class:`MemoryTransport`: collects the wire events a :class:`~llm_meter.Meter` delivers.
 - :class:`FakeOpenAIServer`: a local OpenAI-compatible server (real HTTP on 127.0.0.1,
   JSON and SSE streams shaped like the real API, deterministic usage numbers).
+- :class:`FakeAnthropicServer`: the same for Anthropic's Messages API (``Anthropic(base_url=server.url)``).
 - :class:`FakePolarServer`: a local Polar events-ingest server (real HTTP on 127.0.0.1):
   Polar's validation with Polar-shaped 422 bodies, ``external_id`` deduplication,
   ``{inserted, duplicates}`` answers, and injectable :class:`Fault` s (5xx, 429 with
@@ -24,11 +25,13 @@ with FakeOpenAIServer() as server, OpenAI(base_url=server.url, api_key="test") a
 
 from __future__ import annotations
 
+from ._fakes.anthropic_server import FakeAnthropicServer
 from ._fakes.openai_server import FakeOpenAIServer, RecordedRequest
 from ._fakes.polar_server import FakePolarServer, Fault, PolarRequest
 from .transports import MemoryTransport
 
 __all__ = [
+    "FakeAnthropicServer",
     "FakeOpenAIServer",
     "FakePolarServer",
     "Fault",
