@@ -71,7 +71,11 @@ def main() -> int:
         if LIVE:  # a real model may get it right the first time
             return 0 if delivered and stats.delivered >= 1 and not stats.dead_lettered else 1
         billed = Counter(event["external_customer_id"] for event in polar.events)
-        print("events stored by Polar, per customer:", dict(billed))
+        tokens: Counter[str] = Counter()
+        for event in polar.events:
+            tokens[event["external_customer_id"]] += event["metadata"]["total_tokens"]
+        for who in sorted(billed):
+            print(f"billed {who}: {billed[who]} requests, {tokens[who]} tokens")
         # Two requests: the answer that failed validation, then the retry.
         return 0 if delivered and billed == {"cus_acme": 2} and person.age == 36 else 1
 

@@ -87,7 +87,11 @@ def main() -> int:
         if LIVE:  # a real model may answer without the tool: at least one request per customer
             return 0 if delivered and stats.delivered >= 2 and not stats.dead_lettered else 1
         billed = Counter(event["external_customer_id"] for event in polar.events)
-        print("events stored by Polar, per customer:", dict(billed))
+        tokens: Counter[str] = Counter()
+        for event in polar.events:
+            tokens[event["external_customer_id"]] += event["metadata"]["total_tokens"]
+        for who in sorted(billed):
+            print(f"billed {who}: {billed[who]} requests, {tokens[who]} tokens")
         # Each run is two model requests: the tool call, then the answer.
         return 0 if delivered and billed == {"cus_acme": 2, "cus_globex": 2} else 1
 
