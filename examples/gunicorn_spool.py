@@ -4,8 +4,9 @@
 gunicorn master (``--preload``) and inherited by each forked worker. Each worker appends its events to
 spool segments of its own and delivers them in the background; at exit a worker flushes what is pending
 within ``exit_timeout``, and whatever a worker could not deliver (a crash, a SIGKILL, Polar down) stays
-in the spool for the next ``Meter`` on that directory or ``llm-meter flush``. The customer comes from the
-``X-Customer`` request header; ``?stream=1`` streams the answer, and the stream is billed when it ends.
+in the spool for the next ``Meter`` on that directory or ``llm-meter flush``.
+``llm_meter.wsgi.CustomerMiddleware`` bills each request to the customer its ``X-Customer`` header names,
+the body the server sends after the app returned included (``?stream=1`` streams the answer).
 
     pip install 'llm-meter[openai]' gunicorn
     python examples/gunicorn_spool.py
@@ -42,6 +43,7 @@ from openai import OpenAI
 import llm_meter
 from llm_meter import Meter
 from llm_meter.transports import PolarTransport
+from llm_meter.wsgi import CustomerMiddleware
 
 LIVE = bool(os.environ.get("OPENAI_API_KEY") and os.environ.get("POLAR_ACCESS_TOKEN"))
 MODEL = "gpt-4o-mini"
@@ -66,27 +68,25 @@ def create_app() -> Callable[..., Iterable[bytes]]:
     client = llm_meter.meter(OpenAI(max_retries=2), meter=m)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        customer = environ.get("HTTP_X_CUSTOMER")
-        if not customer:
+        if not environ.get("HTTP_X_CUSTOMER"):  # no customer: a metered call would raise
             start_response("400 Bad Request", [("Content-Type", "text/plain")])
             return [b"X-Customer header required\n"]
         messages: Any = [{"role": "user", "content": "Say something about metering."}]
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("X-Worker-Pid", str(os.getpid()))]
-        # The customer is captured when the call is made: a stream read after the block ends bills it too.
-        with llm_meter.customer(customer):
-            if "stream=1" in environ.get("QUERY_STRING", ""):
-                stream = client.chat.completions.create(model=MODEL, messages=messages, stream=True)
-                start_response("200 OK", headers)
-                return stream_text(stream)
-            reply = client.chat.completions.create(model=MODEL, messages=messages)
-        start_response("200 OK", headers)
+        start_response(
+            "200 OK", [("Content-Type", "text/plain; charset=utf-8"), ("X-Worker-Pid", str(os.getpid()))]
+        )
+        if "stream=1" in environ.get("QUERY_STRING", ""):
+            return streamed_answer(client, messages)
+        reply = client.chat.completions.create(model=MODEL, messages=messages)
         return [(reply.choices[0].message.content or "").encode()]
 
-    return app
+    # Each request, and the iteration of its body by the server, bills the X-Customer header's customer.
+    return CustomerMiddleware(app, customer=lambda environ: environ.get("HTTP_X_CUSTOMER"))
 
 
-def stream_text(stream: Any) -> Iterator[bytes]:
-    with stream:
+def streamed_answer(client: OpenAI, messages: Any) -> Iterator[bytes]:
+    """The body of a streamed answer: the model is called when gunicorn starts sending it."""
+    with client.chat.completions.create(model=MODEL, messages=messages, stream=True) as stream:
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content.encode()
