@@ -50,3 +50,8 @@ def test_otel_module_exports_the_span_processor() -> None:
     import llm_meter.otel
 
     assert llm_meter.otel.__all__ == ["MeteringSpanProcessor"]
+
+
+def test_testing_exports_every_fake_server() -> None:
+    """The examples start the fake provider and Polar servers from llm_meter.testing, as users would."""
+    assert {"FakeOpenAIServer", "FakeAnthropicServer", "FakePolarServer"} <= set(llm_meter.testing.__all__)

@@ -6,6 +6,7 @@
   ``groq_url`` answers the ``groq`` SDK like Groq (stream usage in ``x_groq.usage``), and as an
   HTTP proxy (``proxy_url``) it serves clients on a service's real base URL
   (``http://api.groq.com/openai/v1``, ``http://openrouter.ai/api/v1``, ...).
+- :class:`FakeAnthropicServer`: the same for Anthropic's Messages API (``Anthropic(base_url=server.url)``).
 - :class:`FakePolarServer`: a local Polar events-ingest server (real HTTP on 127.0.0.1):
   Polar's validation with Polar-shaped 422 bodies, ``external_id`` deduplication,
   ``{inserted, duplicates}`` answers, and injectable :class:`Fault` s (5xx, 429 with
@@ -27,11 +28,13 @@ with FakeOpenAIServer() as server, OpenAI(base_url=server.url, api_key="test") a
 
 from __future__ import annotations
 
+from ._fakes.anthropic_server import FakeAnthropicServer
 from ._fakes.openai_server import FakeOpenAIServer, RecordedRequest
 from ._fakes.polar_server import FakePolarServer, Fault, PolarRequest
 from .transports import MemoryTransport
 
 __all__ = [
+    "FakeAnthropicServer",
     "FakeOpenAIServer",
     "FakePolarServer",
     "Fault",
