@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from fleet_support import SRC, redis_server  # noqa: F401 -- fixture
 
+from fleet_support import SRC, redis_server  # noqa: F401 -- fixture
 from llm_meter import ConfigurationError, DeliveryError, Meter
 from llm_meter._customer import Customer
 from llm_meter._events import UsageRecord
@@ -104,7 +104,9 @@ def test_unreachable_redis_is_a_delivery_error(redis_server: RedisServerProcess)
 def test_outage_with_a_spool_loses_nothing(redis_server: RedisServerProcess, tmp_path: Path) -> None:  # noqa: F811
     """Events emitted while Redis is down wait in the spool and reach the stream once it is back."""
     redis_server.kill()
-    m = Meter(transport=RedisTransport(redis_server.url, timeout=1.0), spool_dir=tmp_path, flush_interval=0.01)
+    m = Meter(
+        transport=RedisTransport(redis_server.url, timeout=1.0), spool_dir=tmp_path, flush_interval=0.01
+    )
     for n in range(20):
         m.emit(_record(n))
     assert not m.flush(0.5)
