@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import llm_meter
+import llm_meter.relay
 import llm_meter.testing
 import llm_meter.transports
 
@@ -10,7 +11,7 @@ import llm_meter.transports
 def test_all_matches_public_names() -> None:
     """Every public name is in __all__ and every __all__ name exists."""
     public = {name for name in vars(llm_meter) if not name.startswith("_")}
-    modules = {"anthropic", "openai", "langchain", "testing", "transports", "annotations"}
+    modules = {"anthropic", "openai", "langchain", "relay", "testing", "transports", "annotations"}
     assert set(llm_meter.__all__) == public - modules
 
 
@@ -21,3 +22,4 @@ def test_spec_names_are_exported() -> None:
         llm_meter.transports.__all__
     )
     assert "MemoryTransport" in llm_meter.testing.__all__
+    assert "RedisTransport" in llm_meter.transports.__all__ and "Relay" in llm_meter.relay.__all__
