@@ -726,3 +726,24 @@ def test_throughput_smoke(server: FakePolarServer) -> None:
         conn.close()
     assert len(server.events) == 100_000
     print(f"\nfake Polar ingest: {100_000 / elapsed:,.0f} events/s ({elapsed / 1000 * 1e3:.2f} ms per batch)")
+
+
+def test_requests_per_minute_limit_answers_429_with_retry_after() -> None:
+    """Past requests_per_minute in one window, requests get 429 with retry-after and store nothing."""
+    with FakePolarServer(requests_per_minute=2, rate_window=30.0) as limited:
+        assert _post(limited, _batch(1)).status == 200
+        assert _post(limited, _batch(1, start=1)).status == 200
+        reply = _post(limited, _batch(1, start=2))
+        assert (reply.status, reply.raw) == (429, b"")
+        assert 1 <= int(reply.headers["retry-after"]) <= 30
+        assert len(limited.events) == 2 and limited.rate_limited == 1
+        assert limited.busiest_window() == 2
+
+
+def test_requests_per_minute_window_slides() -> None:
+    """A request passes again once the oldest served request left the window."""
+    with FakePolarServer(requests_per_minute=1, rate_window=0.3) as limited:
+        assert _post(limited, _batch(1)).status == 200
+        assert _post(limited, _batch(1, start=1)).status == 429
+        time.sleep(0.35)
+        assert _post(limited, _batch(1, start=1)).status == 200
