@@ -81,11 +81,16 @@ def start_relay(url: str, polar: FakePolarServer, *options: str) -> subprocess.P
 
 def emitted(app: subprocess.Popen[str], timeout: float = 120.0) -> list[str]:
     """The ids an app printed (each was spooled), after it exited successfully."""
+    return finished(app, timeout)[0]
+
+
+def finished(app: subprocess.Popen[str], timeout: float = 120.0) -> tuple[list[str], int]:
+    """The ids an app printed and its count of failed delivery attempts, once it exited successfully."""
     out, err = app.communicate(timeout=timeout)
     assert app.returncode == 0, err
     lines = out.splitlines()
-    assert lines[-1] == "flushed", err
-    return lines[:-1]
+    assert lines[-1].startswith("flushed retried="), err
+    return lines[:-1], int(lines[-1].partition("=")[2])
 
 
 def stored_ids(polar: FakePolarServer) -> list[str]:
