@@ -13,7 +13,8 @@ as it can), the relays (``llm-meter relay`` subprocesses sharing one request bud
 (Polar's 500 a minute, scaled down so that a run takes a minute instead of an hour: a relay's work per
 request is the same).
 
-It reports: events per second end to end (first app started to last event stored in Polar), Polar
+It reports: events per second end to end (first app started to last event stored in Polar) and once
+the apps are done (the relays alone on the machine, with a backlog), Polar
 requests per window against the limit (the busiest window, and 429s received), events per request, the
 lag (age of the oldest unacknowledged event, sampled every 0.5 s), peak RSS of apps, relays and Redis,
 and the exactness check: every emitted ``external_id`` stored once, nothing else (exit 1 otherwise).
@@ -139,7 +140,8 @@ def main() -> int:
         ]
         lags: list[float] = []
         app_rss = relay_rss = 0
-        apps_done_at = None
+        apps_done_at: float | None = None
+        stored_then = 0
         deadline = started + 600
         while len(polar.events) < total and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -148,6 +150,7 @@ def main() -> int:
             lags.append(fleet_status(redis.url).lag_seconds)
             if apps_done_at is None and all(p.poll() is not None for p in apps):
                 apps_done_at = time.monotonic() - started
+                stored_then = len(polar.events)
         elapsed = time.monotonic() - started
         time.sleep(1.0)  # anything sent twice would arrive now
         status = fleet_status(redis.url)
@@ -167,6 +170,9 @@ def main() -> int:
 
     print(f"end to end: {len(ids):,} events in {elapsed:.1f}s = {len(ids) / elapsed:,.0f} events/s")
     print(f"  apps finished emitting into Redis after {apps_done_at or elapsed:.1f}s")
+    if apps_done_at is not None and elapsed - apps_done_at > 2 * args.window:
+        steady = (len(ids) - stored_then) / (elapsed - apps_done_at)
+        print(f"  after that (a backlog in Redis, the apps gone): {steady:,.0f} events/s")
     ceiling = args.limit * args.batch_size / args.window
     print(
         f"  ceiling (limit x batch / window): {ceiling:,.0f} events/s; "

@@ -300,3 +300,26 @@ def test_relay_command_without_a_token_exits_2(capsys: pytest.CaptureFixture[str
     """`llm-meter relay` needs POLAR_ACCESS_TOKEN, like `llm-meter flush`."""
     assert main(["relay", "--redis", "redis://localhost:6379/0"]) == 2
     assert "POLAR_ACCESS_TOKEN" in capsys.readouterr().err
+
+
+def test_relays_gone_for_long_are_forgotten_unless_they_hold_events(
+    redis_server: RedisServerProcess,  # noqa: F811
+    polar: FakePolarServer,  # noqa: F811
+) -> None:
+    """Idle consumers holding nothing leave the group; one that holds events stays."""
+    _add(redis_server.url, [_event(n) for n in range(2)])
+    client = redis.Redis.from_url(redis_server.url)
+    client.xgroup_create(STREAM, "llm_meter", id="0")
+    client.xgroup_createconsumer(STREAM, "llm_meter", "gone")
+    client.xreadgroup("llm_meter", "holder", {STREAM: ">"}, count=1)
+    time.sleep(2.2)  # "gone" and "holder" have not been seen for longer than forget_after
+    relay = Relay(redis_server.url, transport=MemoryTransport(), consumer="live", claim_after=3600)
+    relay.forget_after = 2.0  # "live" reads at least every second: it is never that idle
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: relay.delivered == 1)
+        wait_for(lambda: {c[0] for c in fleet_status(redis_server.url).consumers} == {"holder", "live"})
+    finally:
+        assert relay.stop(timeout=10.0)
+    client.close()

@@ -20,7 +20,11 @@ Polar with a :class:`~llm_meter.transports.PolarTransport`. The rules that make 
   Polar's answer arrives, so the time a request spends travelling never lets the fleet's
   count fall behind Polar's.
 - The stream is trimmed (``XTRIM MINID``, in a Lua script) below the oldest entry some group
-  still needs: unacknowledged entries and entries not yet read are never trimmed.
+  still needs: unacknowledged entries and entries not yet read are never trimmed. Relays gone
+  for an hour that hold nothing are removed from the group (``XGROUP DELCONSUMER``).
+- Every attempt takes one slot, retries included. Only ``PolarTransport``'s splitting of a batch
+  whose 413 or 422 names no event sends requests without a slot of their own (rare: Polar's 422
+  names the refused events).
 - ``stop()`` (or SIGTERM for ``llm-meter relay``) lets a request in flight finish for up to
   two seconds, acknowledges only what Polar acknowledged, and returns; what is left stays
   pending for the next relay.
@@ -129,6 +133,26 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', best_ms, bes
 """
 
 
+# Forget consumers of the group (relays that stopped under a one-off name) that hold nothing and were not
+# seen for ARGV[1] ms, so that status shows the relays that exist. Atomic: none can read meanwhile.
+_FORGET: Final = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[2])
+if not ok then return 0 end
+local forgotten = 0
+for _, c in ipairs(consumers) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if tonumber(info['pending']) == 0 and tonumber(info['idle']) > tonumber(ARGV[1]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[2], info['name'])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
+#: Relays not seen for this long, holding nothing, are removed from the group.
+_FORGET_AFTER: Final = 3600.0
+
+
 class _Stopped(Exception):
     """``stop()`` was called: unwind without acknowledging anything more."""
 
@@ -224,6 +248,8 @@ class Relay:
         self.claim_after = _positive_seconds("claim_after", claim_after)
         self.budget_window = _positive_seconds("budget_window", budget_window)
         self.timeout = _positive_seconds("timeout", timeout)
+        #: Seconds after which a relay that holds nothing and was not seen is removed from the group.
+        self.forget_after = _FORGET_AFTER
         self.dead_stream = f"{stream}:dead"
         self._budget_keys = [f"{stream}:budget", f"{stream}:budget:pause"]
         self._stopping = False
@@ -236,6 +262,7 @@ class Relay:
         self._budget: Any = None
         self._trim_script: Any = None
         self._settle: Any = None
+        self._forget: Any = None
         self._throttle = _Throttle()
         #: Events Polar acknowledged (of which ``duplicates`` it had already), dead letters, requests.
         self.delivered = 0
@@ -325,6 +352,7 @@ class Relay:
         self._budget = self._redis.register_script(_BUDGET)
         self._trim_script = self._redis.register_script(_TRIM)
         self._settle = self._redis.register_script(_SETTLE)
+        self._forget = self._redis.register_script(_FORGET)
         log.info(
             "llm_meter relay %s: delivering %s (group %s) from %s with %s, at most %d requests per %gs "
             "fleet-wide, %d events per request",
@@ -371,6 +399,7 @@ class Relay:
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + _TRIM_EVERY
                     await self._trim_script(keys=[self.stream])
+                    await self._forget(keys=[self.stream], args=[int(self.forget_after * 1000), self.group])
                 self._report()
                 if failures:
                     failures = 0
