@@ -323,3 +323,25 @@ def test_relays_gone_for_long_are_forgotten_unless_they_hold_events(
     finally:
         assert relay.stop(timeout=10.0)
     client.close()
+
+
+def test_redis_outage_is_logged_once_not_per_attempt(
+    redis_server: RedisServerProcess,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While Redis is down the relay retries several times but logs the failure once (rate-limited)."""
+    relay = Relay(redis_server.url, transport=MemoryTransport(), timeout=0.5)
+    with caplog.at_level(logging.INFO, "llm_meter.relay"):
+        thread = threading.Thread(target=relay.run, daemon=True)
+        thread.start()
+        wait_for(lambda: any("delivering" in r.getMessage() for r in caplog.records))
+        redis_server.kill()
+        wait_for(lambda: any("failed" in r.getMessage() for r in caplog.records))
+        time.sleep(2.0)  # several more attempts fail meanwhile
+        redis_server.start()
+        _add(redis_server.url, [_event(1)])
+        wait_for(lambda: relay.delivered == 1)
+        assert relay.stop(timeout=10.0)
+    failures = [r for r in caplog.records if "Redis at" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].levelno == logging.WARNING
+    assert any("reachable again" in r.getMessage() for r in caplog.records)

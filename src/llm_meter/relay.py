@@ -409,10 +409,18 @@ class Relay:
             except _Stopped:
                 break
             except Exception as exc:  # Redis down or refusing: wait, then start over from what we hold
-                failures += 1
                 own_pending = True
-                if "NOGROUP" in str(exc):
+                if "NOGROUP" in str(exc) and group_ready:
+                    # The stream or group is gone (a Redis restarted without persistence, a FLUSHALL).
+                    log.warning(
+                        "llm_meter relay %s: the group %s of %s is gone; creating it again",
+                        self.consumer,
+                        self.group,
+                        self.stream,
+                    )
                     group_ready = False
+                    continue
+                failures += 1
                 self._throttle.log(
                     "redis",
                     logging.WARNING,
@@ -441,7 +449,8 @@ class Relay:
             self.consumer,
             {self.stream: start},
             count=self.batch_size,
-            block=None if start != ">" else _BLOCK_MS,
+            # Shorter than the socket timeout, or a quiet stream would read as a dead Redis.
+            block=None if start != ">" else min(_BLOCK_MS, int(self.timeout * 500)),
         )
         if isinstance(answer, dict):  # RESP3
             found: list[Any] = next(iter(answer.values()), [[]])
