@@ -184,6 +184,17 @@ def main() -> int:
         f"{polar.rate_limited} answered 429"
     )
     print(f"  {len(served)} accepted requests, {len(ids) / max(len(served), 1):.1f} events per request")
+    times = sorted(r.arrived for r in served)
+    full = int((times[-1] - times[0]) // args.window) if times else 0
+    if full:
+        counts = [sum(1 for t in times if k <= (t - times[0]) // args.window < k + 1) for k in range(full)]
+        mean = sum(counts) / full
+        per_minute = mean * len(ids) / len(served) * 60 / args.window
+        print(
+            f"  sustained: {mean:.1f} requests per full {args.window:g}s window (min {min(counts)}, limit "
+            f"{args.limit}) over {full} windows = {per_minute:,.0f} events/min against a ceiling of "
+            f"{args.limit * args.batch_size * 60 / args.window:,.0f}"
+        )
     if lags:
         print(
             f"lag: oldest unacknowledged event at most {max(lags):.1f}s old; "
