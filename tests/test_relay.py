@@ -345,3 +345,24 @@ def test_redis_outage_is_logged_once_not_per_attempt(
     failures = [r for r in caplog.records if "Redis at" in r.getMessage()]
     assert len(failures) == 1 and failures[0].levelno == logging.WARNING
     assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_429_pauses_every_relay_of_the_fleet(
+    redis_server: RedisServerProcess,  # noqa: F811
+    polar: FakePolarServer,  # noqa: F811
+) -> None:
+    """After one relay gets a 429 with Retry-After, no relay sends anything until it has passed."""
+    polar.inject(Fault.rate_limit(retry_after=2))
+    _add(redis_server.url, [_event(n) for n in range(100)])
+    # A budget of 6 requests a second keeps both relays sending for seconds.
+    options: dict[str, Any] = {"batch_size": 5, "requests_per_minute": 6, "budget_window": 1.0}
+    with (
+        running(redis_server.url, polar, consumer="a", **options) as a,
+        running(redis_server.url, polar, consumer="b", **options) as b,
+    ):
+        wait_for(lambda: a.delivered + b.delivered == 100)
+    refused = polar.requests[0].arrived
+    assert polar.requests[0].status == 429
+    # Requests already on their way when the 429 came may land just after it; none later.
+    assert not [r for r in polar.requests if refused + 0.5 < r.arrived < refused + 2.0]
+    assert sorted(_stored(polar)) == sorted(f"relay-{n}" for n in range(100))

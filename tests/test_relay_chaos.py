@@ -115,8 +115,8 @@ def test_redis_down_while_apps_emit(
     tmp_path: Path,
 ) -> None:
     """Redis stopped (or SIGKILLed) and restarted on its AOF while apps emit: nothing lost or doubled."""
-    relay = start_relay(redis_aof.url, polar, *RELAY)
-    processes.append(relay)
+    relays = [start_relay(redis_aof.url, polar, *RELAY, "--consumer", f"r{n}") for n in range(2)]
+    processes.extend(relays)
     apps = [start_app(redis_aof.url, tmp_path / f"spool{n}", f"c{n}", 300, pause=0.005) for n in range(3)]
     processes.extend(apps)
     wait_for(lambda: len(polar.events) >= 50, what="delivery under way")
@@ -128,7 +128,8 @@ def test_redis_down_while_apps_emit(
     assert len(ids) == 900
     assert sum(retried for _, retried in results) > 0  # the apps did meet the outage
     _all_delivered(redis_aof.url, polar, ids)
-    _stop(relay)
+    for relay in relays:
+        _stop(relay)
 
 
 def test_poison_events_become_dead_letters(
