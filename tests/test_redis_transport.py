@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -116,3 +117,23 @@ def test_outage_with_a_spool_loses_nothing(redis_server: RedisServerProcess, tmp
     m.close()
     ids = [e["external_id"] for e in _stream(redis_server.url)]
     assert sorted(ids) == sorted(f"redis-{n}" for n in range(20))
+
+
+def test_forked_child_connects_anew(redis_server: RedisServerProcess) -> None:  # noqa: F811
+    """After os.fork() the child opens its own Redis connection; parent and child both deliver."""
+    m = Meter(transport=RedisTransport(redis_server.url), flush_interval=0.01)
+    m.emit(_record(0))
+    assert m.flush(10.0)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            m.emit(_record(1))
+            os._exit(0 if m.flush(10.0) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    m.emit(_record(2))
+    assert m.flush(10.0)
+    m.close()
+    assert sorted(e["external_id"] for e in _stream(redis_server.url)) == ["redis-0", "redis-1", "redis-2"]
