@@ -137,3 +137,15 @@ def test_forked_child_connects_anew(redis_server: RedisServerProcess) -> None:  
     assert m.flush(10.0)
     m.close()
     assert sorted(e["external_id"] for e in _stream(redis_server.url)) == ["redis-0", "redis-1", "redis-2"]
+
+
+def test_missing_redis_py_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-py, RedisTransport and Relay say how to install it when built."""
+    from llm_meter.relay import Relay
+    from llm_meter.transports import MemoryTransport
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ConfigurationError, match=r"llm-meter\[redis\]"):
+        RedisTransport("redis://localhost:6379/0")
+    with pytest.raises(ConfigurationError, match=r"llm-meter\[redis\]"):
+        Relay("redis://localhost:6379/0", transport=MemoryTransport())

@@ -12,6 +12,7 @@ redis-py (``llm-meter[redis]``) is imported on first use, never by ``import llm_
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import urllib.parse
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_STREAM",
     "EVENT_FIELD",
     "RedisTransport",
+    "check_redis_installed",
     "check_redis_url",
     "check_stream",
     "connect",
@@ -69,6 +71,15 @@ def check_redis_url(url: object) -> str:
     if path and not path.isdigit():
         raise ConfigurationError(f"the Redis URL's path must be a database number (/0), got /{path}")
     return url
+
+
+def check_redis_installed() -> None:
+    """``ConfigurationError`` now, rather than failing every batch later, when redis-py is missing.
+
+    Looks the package up without importing it.
+    """
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigurationError("Redis support needs redis-py: pip install 'llm-meter[redis]'")
 
 
 def check_stream(stream: object, what: str = "stream") -> str:
@@ -137,12 +148,13 @@ class RedisTransport:
 
     Raises:
         ConfigurationError: a URL that is not a Redis URL, an empty stream name, a timeout that is
-            not a positive number. (redis-py itself is imported on the first batch.)
+            not a positive number, redis-py not installed (it is imported on the first batch).
     """
 
     def __init__(self, url: str, *, stream: str = DEFAULT_STREAM, timeout: float = 5.0) -> None:
         self.url = check_redis_url(url)
         self.stream = check_stream(stream)
+        check_redis_installed()
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 3600:
             raise ConfigurationError(f"timeout= must be a number of seconds above 0, got {timeout!r}")
         self.timeout = float(timeout)

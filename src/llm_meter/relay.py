@@ -46,7 +46,15 @@ from typing import Any, Final, TypeVar
 
 from ._dispatch import backoff_delay, duplicates_of, rejections
 from ._exceptions import ConfigurationError, RejectedEventsError
-from ._redis import DEFAULT_STREAM, EVENT_FIELD, check_redis_url, check_stream, connect, shown_url
+from ._redis import (
+    DEFAULT_STREAM,
+    EVENT_FIELD,
+    check_redis_installed,
+    check_redis_url,
+    check_stream,
+    connect,
+    shown_url,
+)
 from .transports import Transport, check_transport
 
 __all__ = [
@@ -218,7 +226,8 @@ class Relay:
         timeout: seconds a Redis connection attempt or command may take.
 
     Raises:
-        ConfigurationError: a bad URL, name or number, or a transport without ``async send``.
+        ConfigurationError: a bad URL, name or number, a transport without ``async send``, redis-py
+            not installed.
     """
 
     def __init__(
@@ -236,6 +245,7 @@ class Relay:
         timeout: float = 5.0,
     ) -> None:
         self.url = check_redis_url(url)
+        check_redis_installed()
         check_transport(transport)
         self.transport = transport
         self.stream = check_stream(stream)
