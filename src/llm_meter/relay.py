@@ -115,6 +115,7 @@ return 1
 # Trim the stream below the oldest entry any consumer group still needs: its oldest pending entry,
 # else the one after its last-delivered id. Nothing happens while the stream has no group.
 _TRIM: Final = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok or #groups == 0 then return 0 end
 local function parse(id)
@@ -144,6 +145,7 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', best_ms, bes
 # Forget consumers of the group (relays that stopped under a one-off name) that hold nothing and were not
 # seen for ARGV[1] ms, so that status shows the relays that exist. Atomic: none can read meanwhile.
 _FORGET: Final = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[2])
 if not ok then return 0 end
 local forgotten = 0
