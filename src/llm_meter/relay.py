@@ -177,12 +177,13 @@ class _Throttle:
     def log(self, key: str, level: int, message: str, *args: object) -> None:
         now = time.monotonic()
         self._count[key] = self._count.get(key, 0) + 1
-        if now - self._last.get(key, -_LOG_EVERY) < _LOG_EVERY:
+        last = self._last.get(key)
+        if last is not None and now - last < _LOG_EVERY:
             return
         repeats = self._count[key] - 1
         self._last[key] = now
         self._count[key] = 0
-        suffix = f" ({repeats} more like it since the last report)" if repeats and key in self._last else ""
+        suffix = f" ({repeats} more like it since the last report)" if repeats else ""
         log.log(level, message + suffix, *args)
 
     def over(self, key: str, message: str, *args: object) -> None:
