@@ -425,7 +425,13 @@ def _metered_stream_class() -> type:
 
     def __iter__(self: Any) -> Any:
         yield from EventStream.__iter__(self)
-        self._llm_meter_call.finish()  # the stream ended; billed already if usage came
+        # The stream ended. Billed already if its terminal event came; else the family usage
+        # its chunks carried (no invocation metrics), else an estimate.
+        call: Call = self._llm_meter_call
+        state = call.state
+        if not call.done and isinstance(state, _Usage):
+            _emit(call, state, None)
+        call.finish()
 
     def _parse_event(self: Any, event: Any) -> Any:
         call: Call = self._llm_meter_call
