@@ -245,7 +245,16 @@ class FakeBedrockServer(LoopbackService):
 
     def _count_tokens(self, model_id: str, body: dict[str, Any]) -> _Reply:
         family(model_id)
-        return _json(200, {"inputTokens": self.count_input(body.get("input"))})
+        given = body.get("input")
+        given = given if isinstance(given, dict) else {}
+        counted = given.get("converse")
+        invoke = given.get("invokeModel")
+        if isinstance(invoke, dict) and isinstance(invoke.get("body"), str):
+            try:
+                counted = json.loads(base64.b64decode(invoke["body"]))
+            except ValueError:
+                raise _AWSError(400, "ValidationException", "invokeModel.body is not JSON") from None
+        return _json(200, {"inputTokens": self.count_input(counted)})
 
     def _invoke(self, model_id: str, body: dict[str, Any]) -> _Reply:
         kind = family(model_id)
