@@ -76,9 +76,11 @@ class _Usage:
     chunks overwrite them field by field (Anthropic's cumulative ``message_delta``).
     """
 
-    __slots__ = ("cache_read", "cache_write", "inclusive", "input", "output")
+    __slots__ = ("cache_read", "cache_write", "inclusive", "input", "output", "raw")
 
     def __init__(self) -> None:
+        #: An invoke stream's chunk bytes, kept while an estimate may be needed.
+        self.raw: list[bytes] | None = None
         self.input: Any = None
         self.output: Any = None
         self.cache_read: Any = None
@@ -121,9 +123,11 @@ def _merge_family(usage: _Usage, obj: Any) -> None:
     if not isinstance(obj, dict):
         return
     found = obj.get("usage")
+    provisional = False
     if not isinstance(found, dict):
-        message = obj.get("message")  # Anthropic message_start
+        message = obj.get("message")  # Anthropic message_start: its output count is provisional
         found = message.get("usage") if isinstance(message, dict) else None
+        provisional = True
     if not isinstance(found, dict):
         metadata = obj.get("metadata")  # Nova stream
         found = metadata.get("usage") if isinstance(metadata, dict) else None
@@ -131,7 +135,7 @@ def _merge_family(usage: _Usage, obj: Any) -> None:
         if "input_tokens" in found or "output_tokens" in found:  # Anthropic
             usage.set(
                 found.get("input_tokens"),
-                found.get("output_tokens"),
+                None if provisional else found.get("output_tokens"),
                 found.get("cache_read_input_tokens"),
                 found.get("cache_creation_input_tokens"),
             )
@@ -369,36 +373,16 @@ def _observe_invoke(call: Call, parsed: dict[str, Any], response: Any) -> None:
     call.estimate(response)
 
 
-def _observe_converse_event(call: Call, event: Any, response: Any) -> None:
-    """One ``converse_stream`` event (a dict with one key)."""
-    delta = event.get("contentBlockDelta")
-    if delta is not None:
-        text = call.text
-        if text is not None:
-            piece = delta.get("delta", {}).get("text")
-            if piece:
-                text.append(piece)
-        return
+def _converse_event(call: Call, event: dict[str, Any]) -> None:
+    """A ``converse_stream`` event other than a text delta: the ``metadata`` event bills."""
     metadata = event.get("metadata")
     if metadata is not None and not _emit(call, _converse_usage(metadata.get("usage")), None):
         _warn_invalid("ConverseStream metadata event")
         call.estimate(None)
 
 
-def _observe_invoke_event(call: Call, event: Any, response: Any) -> None:
-    """One ``invoke_model_with_response_stream`` event: a chunk of the family's own JSON."""
-    chunk = event.get("chunk")
-    if chunk is None:
-        return
-    data = chunk.get("bytes")
-    if not isinstance(data, bytes):
-        return
-    text = call.text
-    if text is not None:
-        text.append(data.decode("utf-8", "replace"))  # its text is read only if an estimate is needed
-    # Only chunks that may carry counts are decoded on the caller's path.
-    if b"oken" not in data and b"invocationMetrics" not in data:
-        return
+def _counting_chunk(call: Call, data: bytes) -> None:
+    """An ``invoke_model_with_response_stream`` chunk that may carry counts: merge, bill at the last."""
     try:
         obj = json.loads(data)
     except ValueError:
@@ -411,43 +395,78 @@ def _observe_invoke_event(call: Call, event: Any, response: Any) -> None:
         call.estimate(None)
 
 
+def _emit_kept(call: Call, response: Any) -> None:
+    """``Call.on_finish`` of invoke streams: the family counts received so far, when complete."""
+    if isinstance(call.state, _Usage):
+        _emit(call, call.state, response)
+
+
 # -- streams -------------------------------------------------------------------------------
 
-_stream_class: type | None = None
+_stream_classes: dict[str, type] = {}
 
 
-def _metered_stream_class() -> type:
-    """A subclass of botocore's ``EventStream`` whose events are read as the caller iterates."""
-    global _stream_class
-    if _stream_class is not None:
-        return _stream_class
+def _stream_class(kind: str) -> type:
+    """The subclass of botocore's ``EventStream`` for streams of *kind*, made once.
+
+    Its ``_parse_event`` (botocore's one call per event) reads each event as the caller
+    iterates; its ``close`` and ``__del__`` finish the call. Kept to one Python call per event:
+    text deltas and chunks without counts are handled inline.
+    """
+    found = _stream_classes.get(kind)
+    if found is not None:
+        return found
     from botocore.eventstream import EventStream  # type: ignore[import-untyped]
 
-    def __iter__(self: Any) -> Any:
-        yield from EventStream.__iter__(self)
-        # The stream ended. Billed already if its terminal event came; else the family usage
-        # its chunks carried (no invocation metrics), else an estimate.
-        call: Call = self._llm_meter_call
-        state = call.state
-        if not call.done and isinstance(state, _Usage):
-            _emit(call, state, None)
-        call.finish()
+    base_parse = EventStream._parse_event
 
-    def _parse_event(self: Any, event: Any) -> Any:
-        call: Call = self._llm_meter_call
-        try:
-            parsed = EventStream._parse_event(self, event)
-        except BaseException:
-            call.finish()  # a stream error (throttling, model error): bill what was delivered
-            raise
-        observe = call.observe
-        if observe is not None and parsed:
+    if kind == "converse_stream":
+
+        def _parse_event(self: Any, event: Any) -> Any:
+            call: Call = self._llm_meter_call
             try:
-                observe(call, parsed, None)
+                parsed = base_parse(self, event)
+            except BaseException:
+                call.finish()  # a stream error (throttling, model error): bill what was delivered
+                raise
+            try:
+                delta = parsed.get("contentBlockDelta")
+                if delta is not None:
+                    text = call.text
+                    if text is not None:
+                        piece = delta["delta"].get("text")
+                        if piece:
+                            text.append(piece)
+                elif not call.done:
+                    _converse_event(call, parsed)
             except Exception:
                 call.meter.errors += 1
                 log.exception("llm_meter: could not read a Bedrock stream event")
-        return parsed
+            return parsed
+
+    else:
+
+        def _parse_event(self: Any, event: Any) -> Any:
+            call: Call = self._llm_meter_call
+            try:
+                parsed = base_parse(self, event)
+            except BaseException:
+                call.finish()
+                raise
+            try:
+                chunk = parsed.get("chunk")
+                if chunk is not None:
+                    data = chunk.get("bytes")
+                    raw = call.state.raw
+                    if raw is not None:
+                        raw.append(data)  # its text is read only if an estimate is needed
+                    # Only chunks that may carry counts are decoded on the caller's path.
+                    if (b"oken" in data or b"invocationMetrics" in data) and not call.done:
+                        _counting_chunk(call, data)
+            except Exception:
+                call.meter.errors += 1
+                log.exception("llm_meter: could not read a Bedrock stream chunk")
+            return parsed
 
     def close(self: Any) -> None:
         try:
@@ -460,30 +479,27 @@ def _metered_stream_class() -> type:
         if call is not None:
             call.finish()
 
+    _parse_event.__wrapped__ = base_parse  # type: ignore[attr-defined]
+    close.__wrapped__ = EventStream.close  # type: ignore[attr-defined]
     namespace = {
         "__module__": EventStream.__module__,
         "__qualname__": EventStream.__qualname__,
         "__doc__": EventStream.__doc__,
-        "__iter__": __iter__,
         "_parse_event": _parse_event,
         "close": close,
         "__del__": __del__,
     }
-    for name in ("__iter__", "_parse_event", "close"):
-        namespace[name].__wrapped__ = getattr(EventStream, name)
-    _stream_class = type(EventStream.__name__, (EventStream,), namespace)
-    return _stream_class
+    return _stream_classes.setdefault(kind, type(EventStream.__name__, (EventStream,), namespace))
 
 
 def _attach_stream(call: Call, stream: Any) -> None:
-    cls = _metered_stream_class()
+    cls = _stream_class(call.kind)
     if stream is None or not isinstance(stream, cls.__mro__[1]):
         return
-    if call.kind == "converse_stream":
-        call.observe = _observe_converse_event
-    else:
-        call.state = _Usage()
-        call.observe = _observe_invoke_event
+    if call.kind == "invoke_stream":
+        state = call.state = _Usage()
+        state.raw = [] if call.text is not None else None
+        call.on_finish = _emit_kept
     call.request_id = call.response_id or ""
     stream.__dict__["_llm_meter_call"] = call
     stream.__class__ = cls
@@ -557,9 +573,11 @@ def _request_text(body: Any) -> list[str]:
 
 def _response_text(call: Call) -> list[str]:
     """The delivered text: Converse deltas as they are, the text in invoke bodies or chunks."""
-    pieces = call.text or []
+    pieces: list[Any] = list(call.text or [])
     if call.kind.startswith("converse"):
-        return list(pieces)
+        return pieces
+    if isinstance(call.state, _Usage) and call.state.raw:
+        pieces += call.state.raw
     out: list[str] = []
     for piece in pieces:
         try:
