@@ -61,6 +61,17 @@ def test_converse_cache_reads_and_writes_count_as_request_tokens(
     assert (md["cached_tokens"], md["cache_write_tokens"]) == (1000, 200)
 
 
+def test_converse_cache_writes_by_ttl_are_in_the_details(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """usage.cacheDetails becomes cache_write_5m_tokens / cache_write_1h_tokens under details=True."""
+    if "cacheDetails" not in metered.meta.service_model.shape_for("TokenUsage").members:
+        pytest.skip("this botocore release predates TokenUsage.cacheDetails")
+    bedrock.cache_write = 200
+    metered.converse(modelId=CLAUDE, messages=MESSAGES)
+    assert only_event(*details)["metadata"]["cache_write_5m_tokens"] == 200
+
+
 def test_event_model_is_the_model_id_asked_for(metered: Any, details: tuple[Meter, MemoryTransport]) -> None:
     """Bedrock responses never name the model: the event carries the requested modelId."""
     metered.converse(modelId=NOVA, messages=MESSAGES)

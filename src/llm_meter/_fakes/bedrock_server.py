@@ -132,8 +132,8 @@ class _Answer:
             metrics["cacheWriteInputTokenCount"] = self.cache_write
         return metrics
 
-    def converse_usage(self) -> dict[str, int]:
-        usage = {
+    def converse_usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "inputTokens": self.input,
             "outputTokens": self.output,
             "totalTokens": self.input + self.output + self.cache_read + self.cache_write,
@@ -141,6 +141,8 @@ class _Answer:
         if self.cache_read or self.cache_write:
             usage["cacheReadInputTokens"] = self.cache_read
             usage["cacheWriteInputTokens"] = self.cache_write
+        if self.cache_write:  # every write with the default 5-minute TTL
+            usage["cacheDetails"] = [{"inputTokens": self.cache_write, "ttl": "5m"}]
         return usage
 
 

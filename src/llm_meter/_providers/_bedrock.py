@@ -76,9 +76,11 @@ class _Usage:
     chunks overwrite them field by field (Anthropic's cumulative ``message_delta``).
     """
 
-    __slots__ = ("cache_read", "cache_write", "inclusive", "input", "output", "raw")
+    __slots__ = ("cache_read", "cache_write", "inclusive", "input", "output", "raw", "ttl")
 
     def __init__(self) -> None:
+        #: Converse's ``cacheDetails`` (cache writes by TTL), read only for ``details=True``.
+        self.ttl: Any = None
         #: An invoke stream's chunk bytes, kept while an estimate may be needed.
         self.raw: list[bytes] | None = None
         self.input: Any = None
@@ -203,8 +205,21 @@ def _emit(call: Call, usage: _Usage, response: Any) -> bool:
     if counts is None:
         return False
     request, output, read, write = counts
-    call.emit(response, request, output, read, write)
+    extra = _ttl_split(usage.ttl) if usage.ttl is not None and call.meter.options.details else None
+    call.emit(response, request, output, read, write, None, extra)
     return True
+
+
+def _ttl_split(details: Any) -> dict[str, int | float | str | bool] | None:
+    """Converse's ``cacheDetails`` as ``cache_write_5m_tokens`` / ``cache_write_1h_tokens``."""
+    extra: dict[str, int | float | str | bool] = {}
+    for item in details if isinstance(details, list) else ():
+        if isinstance(item, dict) and item.get("ttl") in ("5m", "1h"):
+            count = token_count(item.get("inputTokens"))
+            if count is not None:
+                key = f"cache_write_{item['ttl']}_tokens"
+                extra[key] = int(extra.get(key, 0)) + count
+    return extra or None
 
 
 def _converse_usage(found: Any) -> _Usage:
@@ -216,6 +231,7 @@ def _converse_usage(found: Any) -> _Usage:
             found.get("cacheReadInputTokens"),
             found.get("cacheWriteInputTokens"),
         )
+        usage.ttl = found.get("cacheDetails")
     return usage
 
 
