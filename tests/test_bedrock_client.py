@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import boto3
 import botocore.exceptions
@@ -215,3 +216,23 @@ def test_other_boto3_clients_are_not_supported() -> None:
     s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
     with pytest.raises(TypeError, match="bedrock-runtime"):
         meter(s3, customer="cus_1")
+
+
+def test_customer_blocks_in_threads_bill_each_threads_customer(
+    bedrock: FakeBedrockServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """One metered client shared by threads: each call bills the customer(...) block of its thread."""
+    metered = meter(client(bedrock), meter=meter_)
+
+    def work(who: str) -> None:
+        with llm_meter.customer(who):
+            for _ in range(5):
+                metered.converse(modelId=CLAUDE, messages=MESSAGES)
+
+    threads = [threading.Thread(target=work, args=(f"cus_{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    customers = _customers(meter_, transport)
+    assert sorted(customers) == sorted(f"cus_{i}" for i in range(4) for _ in range(5))
