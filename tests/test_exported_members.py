@@ -10,7 +10,17 @@ import llm_meter.transports
 def test_all_matches_public_names() -> None:
     """Every public name is in __all__ and every __all__ name exists."""
     public = {name for name in vars(llm_meter) if not name.startswith("_")}
-    modules = {"anthropic", "openai", "langchain", "testing", "transports", "annotations"}
+    modules = {
+        "anthropic",
+        "openai",
+        "langchain",
+        "testing",
+        "transports",
+        "annotations",
+        "asgi",
+        "wsgi",
+        "otel",
+    }
     assert set(llm_meter.__all__) == public - modules
 
 
@@ -21,3 +31,19 @@ def test_spec_names_are_exported() -> None:
         llm_meter.transports.__all__
     )
     assert "MemoryTransport" in llm_meter.testing.__all__
+
+
+def test_middleware_modules_export_their_names() -> None:
+    """llm_meter.asgi and llm_meter.wsgi export CustomerMiddleware and nothing else."""
+    import llm_meter.asgi
+    import llm_meter.wsgi
+
+    assert llm_meter.asgi.__all__ == ["CustomerMiddleware"]
+    assert llm_meter.wsgi.__all__ == ["CustomerMiddleware"]
+
+
+def test_otel_module_exports_the_span_processor() -> None:
+    """llm_meter.otel exports MeteringSpanProcessor and nothing else."""
+    import llm_meter.otel
+
+    assert llm_meter.otel.__all__ == ["MeteringSpanProcessor"]

@@ -139,7 +139,7 @@ class UsageRecord:
 class EventOptions:
     """The event-shaping settings of a :class:`~llm_meter.Meter`, validated once."""
 
-    __slots__ = ("details", "metadata", "metadata_json", "polar_llm")
+    __slots__ = ("details", "metadata", "metadata_json", "plain", "polar_llm")
 
     def __init__(
         self, *, details: bool = False, metadata: Mapping[str, object] | None = None, polar_llm: bool = False
@@ -149,6 +149,8 @@ class EventOptions:
         self.metadata = validate_metadata(metadata, details=self.details)
         #: The static metadata pre-encoded as ``,"key":value`` pairs (encoded once, here).
         self.metadata_json = "".join(f",{_quote(k)}:{_scalar(v)}" for k, v in self.metadata.items())
+        #: Nothing beyond the five default metadata keys.
+        self.plain = not (self.details or self.polar_llm or self.metadata_json)
 
 
 def validate_metadata(
@@ -224,19 +226,42 @@ def _plain(value: object) -> object:
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
+#: ``.mmmZ"`` for each millisecond: the timestamp's tail without a format call per event.
+_MILLIS: Final = tuple(f'.{milli:03d}Z"' for milli in range(1000))
+#: Model name -> its JSON string (truncated, UTF-8 safe): models repeat, quoting once is enough.
+_model_json: dict[str, str] = {}
+_MODEL_CACHE_SIZE: Final = 4096
 
 
 def _iso(ts: float) -> str:
-    """ISO 8601 UTC with milliseconds; the per-second prefix is cached (one format per second)."""
+    """ISO 8601 UTC with milliseconds, as a JSON string (quotes included)."""
     # Polar rejects a timestamp later than its own clock ("Timestamp must be in the past"):
     # keep a margin for clock skew between this host and Polar's.
-    ts = min(ts, time.time() - _CLOCK_SKEW)
-    second = int(ts)
+    second, milli = divmod(int(min(ts, time.time() - _CLOCK_SKEW) * 1000), 1000)
     cached_second, prefix = _second_cache[0]
-    if cached_second != second:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if cached_second != second:  # one strftime per second
+        prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = (second, prefix)
-    return f"{prefix}.{int((ts - second) * 1000):03d}Z"
+    return prefix + _MILLIS[milli]
+
+
+def _quote_model(model: str) -> str:
+    quoted = _model_json.get(model)
+    if quoted is None:
+        text = model[:_MAX_STR_LEN]
+        quoted = _quote((text if text.isascii() else utf8_safe(text)) or "unknown")
+        if len(_model_json) >= _MODEL_CACHE_SIZE:  # a bound, for servers that vary names
+            _model_json.clear()
+        _model_json[model] = quoted
+    return quoted
+
+
+def _customer_json(customer: Customer) -> str:
+    """``"external_customer_id":"cus_1"`` (or ``customer_id``), made once per customer value."""
+    wire = customer.wire
+    if wire is None:
+        wire = customer.wire = f'"{customer.key}":{_quote(customer.value)}'
+    return wire
 
 
 def _scalar(value: object) -> str:
@@ -266,18 +291,19 @@ def encode_wire(record: UsageRecord, options: EventOptions) -> str:
     # Polar: strings of 1 to 500 characters. The model name and the response id come from the
     # provider's answer: a lone surrogate in them is replaced, never left to fail the encoding.
     # (isascii() is O(1): the call is skipped in the common case.)
-    model = record.model[:_MAX_STR_LEN]
-    model = _quote((model if model.isascii() else utf8_safe(model)) or "unknown")
+    model = _model_json.get(record.model) or _quote_model(record.model)
     external_id = record.external_id
     if not external_id.isascii():
         external_id = utf8_safe(external_id)
-    customer = record.customer
-    parts = [
-        f'{{"name":"{EVENT_NAME}","{customer.key}":{_quote(customer.value)},'
-        f'"external_id":{_quote(external_id)},"timestamp":"{_iso(record.timestamp)}",'
+    head = (
+        f'{{"name":"{EVENT_NAME}",{record.customer.wire or _customer_json(record.customer)},'
+        f'"external_id":{_quote(external_id)},"timestamp":{_iso(record.timestamp)},'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
-    ]
+    )
+    if options.plain:  # the default: the five keys only
+        return head + "}}"
+    parts = [head]
     if options.details:
         parts.append(f',"provider":{_quote(record.provider)}')
         if record.cached_tokens is not None:

@@ -300,10 +300,27 @@ def _emit(call: Call, usage: Any, response: Any) -> bool:
     """
     cache_write = getattr(usage, "cache_creation_input_tokens", None)
     cache_read = getattr(usage, "cache_read_input_tokens", None)
-    request_tokens = _request_tokens(getattr(usage, "input_tokens", None), cache_write, cache_read)
-    response_tokens = token_count(getattr(usage, "output_tokens", None))
-    if request_tokens is None or response_tokens is None:
-        return False
+    input_tokens = getattr(usage, "input_tokens", None)
+    response_tokens = getattr(usage, "output_tokens", None)
+    # The common case checked inline (once per billed call): four plain ints in range.
+    if (
+        type(input_tokens) is int
+        and type(response_tokens) is int
+        and type(cache_write) is int
+        and type(cache_read) is int
+        and 0 <= response_tokens < MAX_TOKENS
+        and input_tokens >= 0
+        and cache_write >= 0
+        and cache_read >= 0
+        and (request_tokens := input_tokens + cache_write + cache_read) < MAX_TOKENS
+    ):
+        pass
+    else:
+        checked_request = _request_tokens(input_tokens, cache_write, cache_read)
+        checked_response = token_count(response_tokens)
+        if checked_request is None or checked_response is None:
+            return False
+        request_tokens, response_tokens = checked_request, checked_response
     # The breakdown only goes into events with details=True: skip reading it otherwise.
     thinking, extra = _details(usage) if call.meter.options.details else (None, None)
     call.emit(

@@ -570,11 +570,12 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
             config.meter.warn_missing_customer(what)
             return self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
         call = Call(provider, config.meter, who, kind)
-        call.observe = provider.observe
         try:
             provider.prepare(self, options, call)
         except Exception:  # metering must never break the caller's call
             log.exception("llm_meter: could not prepare metering for %s", options.url)
+        if call.observe is None:  # prepare() binds the observer for the request's shape
+            call.observe = provider.observe
         request = self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
         setattr(request, CALL_ATTR, call)
         return request
