@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/instructions_bedrock.py   # about 15 minutes on a shared machine
+    python benchmarks/instructions_bedrock.py   # about 25 minutes on a shared machine
+    python benchmarks/instructions_bedrock.py --only invoke_model
 
 Two rows, each run plain and metered, with two counts N1 < N2 under callgrind, reporting
 ``(I(N2) - I(N1)) / (N2 - N1)`` (start-up, imports and the meter's close cancel out; every thread
@@ -10,6 +11,8 @@ counted, the metered side's background worker included):
 
 * ``converse`` through botocore's ``Stubber`` (no I/O: the whole of botocore's per-call work, the
   two event handlers, the ``Call``, the hand-off and the worker's encoding);
+* ``invoke_model`` likewise, with an Anthropic body the caller reads (metering reads it first,
+  hands back an equal ``StreamingBody`` and parses its JSON);
 * events of an ``invoke_model_with_response_stream`` body parsed by botocore's ``EventStream`` from
   bytes in memory (per event: the metered ``_parse_event``).
 """
@@ -27,7 +30,7 @@ import tempfile
 
 MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
 MESSAGES = [{"role": "user", "content": [{"text": "Say hello to the benchmark in a few words."}]}]
-ROWS = {"converse": (50, 250), "stream event": (200, 1000)}
+ROWS = {"converse": (50, 250), "invoke_model": (50, 250), "stream event": (200, 1000)}
 
 
 class _Discard:
@@ -43,9 +46,12 @@ class _Discard:
 
 def child(row: str, metered: bool, n: int) -> None:
     """The measured process: *n* converse calls or stream events, plain or metered."""
+    import io
+
     import boto3
     from botocore.eventstream import EventStream
     from botocore.parsers import create_parser
+    from botocore.response import StreamingBody
     from botocore.stub import Stubber
 
     import llm_meter
@@ -80,6 +86,28 @@ def child(row: str, metered: bool, n: int) -> None:
             stubber.add_response("converse", answer)
         for _ in range(n + 5):
             client.converse(modelId=MODEL, messages=MESSAGES)
+    elif row == "invoke_model":
+        body = json.dumps(
+            {
+                "id": "msg_bdrk_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-haiku-4-5-20251001",
+                "content": [{"type": "text", "text": "Hello, benchmark."}],
+                "stop_reason": "end_turn",
+                "usage": {"input_tokens": 15, "output_tokens": 4},
+            }
+        ).encode()
+        stubber = Stubber(client)
+        stubber.activate()
+        for _ in range(n + 5):
+            reply = {"body": StreamingBody(io.BytesIO(body), len(body)), "contentType": "application/json"}
+            stubber.add_response("invoke_model", reply)
+        request = json.dumps(
+            {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": MESSAGES}
+        )
+        for _ in range(n + 5):
+            client.invoke_model(modelId=MODEL, body=request)["body"].read()
     else:
 
         def frame(obj: object) -> bytes:
@@ -137,12 +165,15 @@ def main() -> int:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]))
         return 0
+    only = sys.argv[2] if len(sys.argv) == 3 and sys.argv[1] == "--only" else None
     if shutil.which("valgrind") is None:
         print("valgrind is not installed")
         return 1
     print(f"{'row':<14} {'plain':>10} {'metered':>10} {'extra':>9} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as directory:
         for row, (n1, n2) in ROWS.items():
+            if only is not None and row != only:
+                continue
             per = {}
             for metered in (False, True):
                 per[metered] = (count(row, metered, n2, directory) - count(row, metered, n1, directory)) / (

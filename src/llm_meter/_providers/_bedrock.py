@@ -357,10 +357,25 @@ def _is_json(content_type: Any) -> bool:
     return not isinstance(content_type, str) or "json" in content_type or not content_type
 
 
-def _streaming_body() -> Any:
-    from botocore.response import StreamingBody  # type: ignore[import-untyped]
+_body_class: Any = None
 
-    return StreamingBody
+
+def _streaming_body() -> Any:
+    """botocore's ``StreamingBody`` (imported once, when the first response arrives)."""
+    global _body_class
+    if _body_class is None:
+        from botocore.response import StreamingBody  # type: ignore[import-untyped]
+
+        _body_class = StreamingBody
+    return _body_class
+
+
+def _loads(data: bytes) -> Any:
+    """JSON from UTF-8 bytes (Bedrock's encoding); ``json.loads`` would first guess the encoding."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return json.loads(data)
 
 
 def _observe_invoke(call: Call, parsed: dict[str, Any], response: Any) -> None:
@@ -368,12 +383,13 @@ def _observe_invoke(call: Call, parsed: dict[str, Any], response: Any) -> None:
     usage = _Usage()
     body: Any = parsed.get("body")
     data: bytes | None = None
-    if _is_json(parsed.get("contentType")) and isinstance(body, _streaming_body()):
+    streaming_body = _streaming_body()
+    if _is_json(parsed.get("contentType")) and isinstance(body, streaming_body):
         # Read the (complete, already received) body once and hand the caller an equal one.
         data = cast(bytes, body.read())
-        parsed["body"] = _streaming_body()(io.BytesIO(data), len(data))
+        parsed["body"] = streaming_body(io.BytesIO(data), len(data))
         try:
-            _merge_family(usage, json.loads(data))
+            _merge_family(usage, _loads(data))
         except ValueError:
             pass
     if _emit(call, usage, response):
@@ -400,7 +416,7 @@ def _converse_event(call: Call, event: dict[str, Any]) -> None:
 def _counting_chunk(call: Call, data: bytes) -> None:
     """An ``invoke_model_with_response_stream`` chunk that may carry counts: merge, bill at the last."""
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except ValueError:
         return
     state: _Usage = call.state
