@@ -59,6 +59,16 @@ def test_per_call_customer_is_removed_before_botocore_validates(
     assert all("customer" not in json.dumps(r.json) for r in bedrock.requests)
 
 
+def test_per_call_customer_on_streams_bills_that_customer(
+    bedrock: FakeBedrockServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """customer= on converse_stream / invoke_model_with_response_stream bills it when the stream ends."""
+    metered = meter(client(bedrock), customer="cus_1", meter=meter_)
+    list(metered.converse_stream(modelId=CLAUDE, messages=MESSAGES, customer="cus_s1")["stream"])
+    list(metered.invoke_model_with_response_stream(modelId=CLAUDE, body=BODY, customer="cus_s2")["body"])
+    assert _customers(meter_, transport) == ["cus_s1", "cus_s2"]
+
+
 def test_per_call_customer_id_bills_the_polar_customer_id(
     bedrock: FakeBedrockServer, meter_: Meter, transport: MemoryTransport
 ) -> None:
