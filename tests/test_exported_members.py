@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import llm_meter
+import llm_meter.relay
 import llm_meter.testing
 import llm_meter.transports
 
@@ -21,6 +22,7 @@ def test_all_matches_public_names() -> None:
         "asgi",
         "wsgi",
         "otel",
+        "relay",
     }
     assert set(llm_meter.__all__) == public - modules
 
@@ -34,6 +36,7 @@ def test_spec_names_are_exported() -> None:
         llm_meter.transports.__all__
     )
     assert "MemoryTransport" in llm_meter.testing.__all__
+    assert "RedisTransport" in llm_meter.transports.__all__ and "Relay" in llm_meter.relay.__all__
 
 
 def test_middleware_modules_export_their_names() -> None:
@@ -50,3 +53,8 @@ def test_otel_module_exports_the_span_processor() -> None:
     import llm_meter.otel
 
     assert llm_meter.otel.__all__ == ["MeteringSpanProcessor"]
+
+
+def test_testing_exports_every_fake_server() -> None:
+    """The examples start the fake provider and Polar servers from llm_meter.testing, as users would."""
+    assert {"FakeOpenAIServer", "FakeAnthropicServer", "FakePolarServer"} <= set(llm_meter.testing.__all__)

@@ -728,7 +728,7 @@ def test_throughput_smoke(server: FakePolarServer) -> None:
     print(f"\nfake Polar ingest: {100_000 / elapsed:,.0f} events/s ({elapsed / 1000 * 1e3:.2f} ms per batch)")
 
 
-# Polar's ``CostMetadata`` (server/polar/event/schemas.py), rebuilt with pydantic to compare the fake with.
+# Polar's ``CostMetadata`` schema (its event ingest model), rebuilt with pydantic to compare the fake with.
 _COST_CASES = [
     '{"amount": 1, "currency": "usd"}',
     '{"amount": 0.5, "currency": "usd"}',
@@ -792,3 +792,24 @@ def test_cost_validation_matches_polars_schema(server: FakePolarServer, raw: str
     assert reply.status == 422
     got = {tuple(e["loc"][4:]) for e in reply.json["detail"] if e["loc"][3] == EXT}
     assert got == {("metadata", "_cost", *loc) for loc in expected}
+
+
+def test_requests_per_minute_limit_answers_429_with_retry_after() -> None:
+    """Past requests_per_minute in one window, requests get 429 with retry-after and store nothing."""
+    with FakePolarServer(requests_per_minute=2, rate_window=30.0) as limited:
+        assert _post(limited, _batch(1)).status == 200
+        assert _post(limited, _batch(1, start=1)).status == 200
+        reply = _post(limited, _batch(1, start=2))
+        assert (reply.status, reply.raw) == (429, b"")
+        assert 1 <= int(reply.headers["retry-after"]) <= 30
+        assert len(limited.events) == 2 and limited.rate_limited == 1
+        assert limited.busiest_window() == 2
+
+
+def test_requests_per_minute_window_slides() -> None:
+    """A request passes again once the oldest served request left the window."""
+    with FakePolarServer(requests_per_minute=1, rate_window=0.3) as limited:
+        assert _post(limited, _batch(1)).status == 200
+        assert _post(limited, _batch(1, start=1)).status == 429
+        time.sleep(0.35)
+        assert _post(limited, _batch(1, start=1)).status == 200

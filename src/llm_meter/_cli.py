@@ -1,7 +1,9 @@
-"""The ``llm-meter`` command line: ``demo`` (offline), ``flush``, ``status``, ``dead-letters``, ``price``.
+"""The ``llm-meter`` command line: ``demo`` (offline), ``flush``, ``status``, ``dead-letters``, ``price``,
+``relay``.
 
-Every command takes ``--spool-dir`` (default: ``LLM_METER_SPOOL_DIR``, else
-``~/.local/state/llm-meter/spool``).
+Every command but ``relay`` takes ``--spool-dir`` (default: ``LLM_METER_SPOOL_DIR``, else
+``~/.local/state/llm-meter/spool``); ``status`` and ``dead-letters`` look at a fleet's Redis
+stream instead with ``--redis URL``.
 """
 
 from __future__ import annotations
@@ -177,8 +179,95 @@ def _flush(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from ._meter import transport_from_env
+    from .relay import Relay
+
+    try:
+        transport = transport_from_env()
+        if transport is None:
+            print(
+                "llm-meter relay: set POLAR_ACCESS_TOKEN (and POLAR_SERVER or POLAR_BASE_URL)",
+                file=sys.stderr,
+            )
+            return 2
+        relay = Relay(
+            args.redis,
+            transport=transport,
+            stream=args.stream,
+            group=args.group,
+            consumer=args.consumer,
+            requests_per_minute=args.requests_per_minute,
+            batch_size=args.batch_size,
+            claim_after=args.claim_after,
+            budget_window=args.budget_window,
+        )
+    except ConfigurationError as exc:
+        print(f"llm-meter relay: {exc}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+    def stop(signum: int, frame: object) -> None:
+        relay.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    relay.run()
+    return 0
+
+
+def _redis_status(args: argparse.Namespace) -> int:
+    from .relay import fleet_status
+
+    status = fleet_status(args.redis, stream=args.stream, group=args.group)
+    print(f"stream: {args.stream} (group {args.group}{'' if status.group_exists else ', not created yet'})")
+    print(f"  {status.pending} event(s) not yet acknowledged by Polar")
+    print(f"    {status.waiting} waiting for a relay")
+    print(f"    {status.in_flight} in flight (read by a relay, not yet acknowledged)")
+    print(f"  {status.dead} dead letter(s) in {args.stream}:dead (see `llm-meter dead-letters --redis`)")
+    print(f"  lag: the oldest unacknowledged event is {status.lag_seconds:.1f}s old")
+    print(f"  {status.stream_length} entries in the stream")
+    for name, held, idle in status.consumers:
+        print(f"  relay {name}: holds {held} event(s), last seen {idle:.1f}s ago")
+    return 0
+
+
+def _redis_dead_letters(args: argparse.Namespace) -> int:
+    from .relay import dead_letters, requeue_dead_letters
+
+    if args.retry:
+        count = requeue_dead_letters(args.redis, stream=args.stream)
+        print(f"requeued {count} dead letter(s) into {args.stream}; the relays deliver them")
+        return 0
+    letters = dead_letters(args.redis, stream=args.stream)
+    for letter in letters:
+        try:
+            event: Any = json.loads(letter.event)
+        except ValueError:
+            event = None
+        shown: dict[str, Any] = {
+            "external_id": event.get("external_id") if isinstance(event, dict) else None,
+            "reason": letter.reason,
+            "event": event,
+        }
+        if event is None:
+            shown["payload"] = letter.event
+        print(json.dumps(shown))
+    if not letters:
+        print("no dead letters", file=sys.stderr)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from ._spool import iter_dead_letters, spool_status
+
+    if args.redis:
+        return _redis_status(args)
 
     segments = spool_status(args.spool_dir)
     pending = sum(s.pending for s in segments)
@@ -197,6 +286,8 @@ def _status(args: argparse.Namespace) -> int:
 def _dead_letters(args: argparse.Namespace) -> int:
     from ._spool import iter_dead_letters, requeue_dead_letters
 
+    if args.redis:
+        return _redis_dead_letters(args)
     if args.retry:
         count = requeue_dead_letters(args.spool_dir)
         print(f"requeued {count} dead letter(s); `llm-meter flush` (or any metered process) delivers them")
@@ -216,6 +307,14 @@ def _dead_letters(args: argparse.Namespace) -> int:
     if not count:
         print("no dead letters", file=sys.stderr)
     return 0
+
+
+def _stream_options(parser: argparse.ArgumentParser) -> None:
+    from ._redis import DEFAULT_STREAM
+    from .relay import DEFAULT_GROUP
+
+    parser.add_argument("--stream", default=DEFAULT_STREAM, help=f"the stream (default {DEFAULT_STREAM})")
+    parser.add_argument("--group", default=DEFAULT_GROUP, help=f"the relays' group (default {DEFAULT_GROUP})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     flush = command("flush", "deliver every event waiting in the spool (uses POLAR_ACCESS_TOKEN)")
     flush.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying (default 60)")
     flush.set_defaults(func=_flush)
-    command("status", "what the spool holds").set_defaults(func=_status)
+    status = command("status", "what the spool (or with --redis, a fleet's stream) holds")
+    status.set_defaults(func=_status)
     letters = command("dead-letters", "list the events Polar refused, with the reason")
     letters.add_argument("--retry", action="store_true", help="put them back in the spool to be sent again")
     letters.set_defaults(func=_dead_letters)
@@ -254,6 +354,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     price.add_argument("--response-tokens", type=int, default=0, help="output tokens (default 0)")
     price.set_defaults(func=_price)
+    for sub in (status, letters):
+        sub.add_argument("--redis", metavar="URL", help="a fleet's Redis (see `llm-meter relay`)")
+        _stream_options(sub)
+    relay = commands.add_parser(
+        "relay", help="deliver a fleet's events from Redis to Polar (uses POLAR_ACCESS_TOKEN)"
+    )
+    relay.add_argument(
+        "--redis", metavar="URL", required=True, help="the Redis the apps' RedisTransport uses"
+    )
+    _stream_options(relay)
+    relay.add_argument("--consumer", metavar="NAME", help="this relay's name in the group (default host-pid)")
+    relay.add_argument(
+        "--requests-per-minute",
+        type=int,
+        default=500,
+        metavar="N",
+        help="Polar requests per minute for the whole fleet (default 500; sandbox allows 100)",
+    )
+    relay.add_argument("--batch-size", type=int, default=100, metavar="N", help="events per request")
+    relay.add_argument(
+        "--claim-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="take over events another relay has held this long (default 60)",
+    )
+    relay.add_argument("--budget-window", type=float, default=60.0, help=argparse.SUPPRESS)
+    relay.set_defaults(func=_relay)
 
     args = parser.parse_args(argv)
     try:
@@ -261,6 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:  # e.g. a spool directory other users can write
         print(f"llm-meter {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "redis":
+            raise
+        print(f"llm-meter {args.command}: Redis failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
     return result
 
 

@@ -6,6 +6,10 @@
   ``groq_url`` answers the ``groq`` SDK like Groq (stream usage in ``x_groq.usage``), and as an
   HTTP proxy (``proxy_url``) it serves clients on a service's real base URL
   (``http://api.groq.com/openai/v1``, ``http://openrouter.ai/api/v1``, ...).
+- :class:`FakeAnthropicServer`: the same for Anthropic's Messages API (``Anthropic(base_url=server.url)``).
+- :class:`FakeBedrockServer`: a local AWS Bedrock Runtime server for boto3's ``bedrock-runtime``
+  client (``endpoint_url=server.url``, dummy credentials): Converse JSON, each model family's
+  InvokeModel body with the token-count headers, and AWS event-stream framed streams.
 - :class:`FakePolarServer`: a local Polar events-ingest server (real HTTP on 127.0.0.1):
   Polar's validation with Polar-shaped 422 bodies, ``external_id`` deduplication,
   ``{inserted, duplicates}`` answers, and injectable :class:`Fault` s (5xx, 429 with
@@ -27,11 +31,15 @@ with FakeOpenAIServer() as server, OpenAI(base_url=server.url, api_key="test") a
 
 from __future__ import annotations
 
+from ._fakes.anthropic_server import FakeAnthropicServer
+from ._fakes.bedrock_server import FakeBedrockServer
 from ._fakes.openai_server import FakeOpenAIServer, RecordedRequest
 from ._fakes.polar_server import FakePolarServer, Fault, PolarRequest
 from .transports import MemoryTransport
 
 __all__ = [
+    "FakeAnthropicServer",
+    "FakeBedrockServer",
     "FakeOpenAIServer",
     "FakePolarServer",
     "Fault",

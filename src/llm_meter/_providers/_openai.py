@@ -49,7 +49,7 @@ import logging
 import urllib.parse
 from typing import Any, Final
 
-from .._call import Call, snapshot, token_count
+from .._call import MAX_TOKENS, Call, snapshot, token_count
 from .._events import UsageRecord
 from . import register
 from ._stainless import StainlessAdapter
@@ -229,6 +229,45 @@ def _with_reasoning(usage: Any, request: int, response: int, reasoning: int | No
     return response
 
 
+#: The openai SDK's ``CompletionUsage`` (set when the provider loads): its instances take the fast path.
+_chat_usage: list[type | None] = [None]
+
+
+def _exact_chat(call: Call, usage: Any, response: Any) -> bool:
+    """:meth:`OpenAIProvider._exact` for the SDK's chat usage with both details objects: inline.
+
+    Once per billed chat call, so the checks of ``_counts`` / ``_details`` / ``token_count`` are
+    written out here (same results); ``False`` sends any other shape down the general path.
+    """
+    prompt = usage.prompt_tokens
+    completion = usage.completion_tokens
+    details_in = usage.prompt_tokens_details
+    details_out = usage.completion_tokens_details
+    if (
+        type(prompt) is not int
+        or type(completion) is not int
+        or not 0 <= prompt < MAX_TOKENS
+        or not 0 <= completion < MAX_TOKENS
+        or details_in is None
+        or details_out is None
+    ):
+        return False
+    cached = getattr(details_in, "cached_tokens", None)
+    if cached is not None and not (type(cached) is int and 0 <= cached < MAX_TOKENS):
+        cached = None
+    cache_write = getattr(details_in, "cache_write_tokens", None)
+    if cache_write is not None and not (type(cache_write) is int and 0 <= cache_write < MAX_TOKENS):
+        cache_write = None
+    reasoning = getattr(details_out, "reasoning_tokens", None)
+    if reasoning is not None and not (type(reasoning) is int and 0 <= reasoning < MAX_TOKENS):
+        reasoning = None
+    if reasoning:
+        completion = _with_reasoning(usage, prompt, completion, reasoning)
+    extra = _modalities(usage) if call.meter.options.breakdown else None
+    call.emit(response, prompt, completion, cached, cache_write, reasoning, extra)
+    return True
+
+
 class _Progress:
     """Usage kept for a response that is billed later: the last usage seen and whether it is final."""
 
@@ -279,6 +318,9 @@ class OpenAIProvider:
         self.injects_options = True  # stream_options, removed again if an endpoint rejects it
         self.async_stream: type = openai.AsyncStream
         self._status_error: type[BaseException] = openai.APIStatusError
+        from openai.types import CompletionUsage
+
+        _chat_usage[0] = CompletionUsage
         #: Variants of this provider named for other services (see ``for_client``), by name.
         self._named: dict[str, OpenAIProvider] = {}
 
@@ -497,6 +539,8 @@ class OpenAIProvider:
 
     def _exact(self, call: Call, usage: Any, response: Any) -> bool:
         """Emit *usage* if its counts are valid (or skip duration usage); ``False``: estimate it."""
+        if type(usage) is _chat_usage[0] and _exact_chat(call, usage, response):
+            return True
         request_tokens, response_tokens = _counts(usage, call.kind)
         if request_tokens is not None and response_tokens is not None:
             cached, cache_write, reasoning = _details(usage)
