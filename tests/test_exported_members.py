@@ -10,7 +10,7 @@ import llm_meter.transports
 def test_all_matches_public_names() -> None:
     """Every public name is in __all__ and every __all__ name exists."""
     public = {name for name in vars(llm_meter) if not name.startswith("_")}
-    modules = {"anthropic", "openai", "langchain", "testing", "transports", "annotations"}
+    modules = {"anthropic", "openai", "google", "langchain", "testing", "transports", "annotations"}
     assert set(llm_meter.__all__) == public - modules
 
 

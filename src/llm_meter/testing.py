@@ -3,6 +3,9 @@
 - :class:`MemoryTransport`: collects the wire events a :class:`~llm_meter.Meter` delivers.
 - :class:`FakeOpenAIServer`: a local OpenAI-compatible server (real HTTP on 127.0.0.1,
   JSON and SSE streams shaped like the real API, deterministic usage numbers).
+- :class:`FakeGeminiServer`: a local Gemini REST server (Developer API and Vertex AI paths, JSON
+  and SSE streams with ``usageMetadata`` on every chunk); pass ``server.url`` as
+  ``genai.Client(http_options=HttpOptions(base_url=...))``.
 - :class:`FakePolarServer`: a local Polar events-ingest server (real HTTP on 127.0.0.1):
   Polar's validation with Polar-shaped 422 bodies, ``external_id`` deduplication,
   ``{inserted, duplicates}`` answers, and injectable :class:`Fault` s (5xx, 429 with
@@ -24,11 +27,13 @@ with FakeOpenAIServer() as server, OpenAI(base_url=server.url, api_key="test") a
 
 from __future__ import annotations
 
+from ._fakes.gemini_server import FakeGeminiServer
 from ._fakes.openai_server import FakeOpenAIServer, RecordedRequest
 from ._fakes.polar_server import FakePolarServer, Fault, PolarRequest
 from .transports import MemoryTransport
 
 __all__ = [
+    "FakeGeminiServer",
     "FakeOpenAIServer",
     "FakePolarServer",
     "Fault",
