@@ -10,6 +10,7 @@ import pytest
 
 from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter.transports import MemoryTransport
 
@@ -72,3 +73,19 @@ def details() -> Iterator[tuple[Meter, MemoryTransport]]:
     m = Meter(transport=transport, flush_interval=0.01, details=True)
     yield m, transport
     m.close(5)
+
+
+@pytest.fixture(scope="session")
+def _gemini() -> Iterator[FakeGeminiServer]:
+    with FakeGeminiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def gemini(_gemini: FakeGeminiServer) -> Iterator[FakeGeminiServer]:
+    """The session's fake Gemini server, reset to defaults for each test."""
+    defaults = FakeGeminiServer()
+    for name in ("chunks", "thoughts", "cached", "tool_use_prompt", "model_version"):
+        setattr(_gemini, name, getattr(defaults, name))
+    _gemini.requests.clear()
+    yield _gemini
