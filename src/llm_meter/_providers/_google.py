@@ -750,8 +750,9 @@ def _wrap(client: Any, *, meter: Meter | None, customer: Customer | None) -> Any
     cls = metered_client_class(type(client))
     new: Any = object.__new__(cls)
     new.__dict__.update(client.__dict__)
-    new.__dict__["_llm_meter_origin"] = client  # keeps the pool's owner alive as long as the copy
+    new.__dict__.pop("_llm_meter_origin", None)
     _install(new, config, shared=True)
+    new.__dict__["_llm_meter_origin"] = client  # keeps the pool's owner alive as long as the copy
     return new
 
 
