@@ -1,17 +1,19 @@
-"""Overhead of metered OpenAI and Anthropic clients versus the plain SDK clients, against local fake servers.
+"""Overhead of metered OpenAI, Anthropic and Gemini clients versus the plain SDK clients (local fake servers).
 
 Usage::
 
     python benchmarks/overhead.py            # full run (about 2.5 minutes, capped under 4)
     python benchmarks/overhead.py --quick    # smoke run (under 50 s)
-    python benchmarks/overhead.py --only anthropic  # one SDK only (openai or anthropic)
+    python benchmarks/overhead.py --only anthropic  # one SDK only (openai, anthropic or google)
     python benchmarks/overhead.py --server thread   # fake servers in this process (GIL-shared, noisier)
 
 What is measured (one run, the same fake server for both sides of a row):
 
-1. non-streaming ``chat.completions.create`` (OpenAI) and ``messages.create`` (Anthropic), sync and async;
-2. a 500-chunk ``chat.completions.create(stream=True)`` stream and a 500-delta
-   ``messages.create(stream=True)`` stream, fully consumed, sync and async;
+1. non-streaming ``chat.completions.create`` (OpenAI), ``messages.create`` (Anthropic) and
+   ``models.generate_content`` (Gemini, sync and ``client.aio``), sync and async;
+2. a 500-chunk ``chat.completions.create(stream=True)`` stream, a 500-delta
+   ``messages.create(stream=True)`` stream and a 500-chunk ``models.generate_content_stream``
+   (``usageMetadata`` on every chunk), fully consumed, sync and async;
 3. the hand-off on the caller's path: ``Meter.emit(UsageRecord(...))``, ``Call.emit(...)`` and each
    provider's usage reading plus emit (``provider.observe(call, ChatCompletion | Message, ...)``), each
    timed one iteration at a time with ``time.perf_counter_ns`` in batches.
@@ -43,6 +45,8 @@ from typing import Any
 
 import anthropic
 import openai
+from google import genai
+from google.genai import types as genai_types
 
 import llm_meter
 from llm_meter import Meter
@@ -50,6 +54,7 @@ from llm_meter._call import Call
 from llm_meter._customer import make_customer
 from llm_meter._events import UsageRecord
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter._providers._stainless import metered_class
 
@@ -69,7 +74,9 @@ TARGET_NON_STREAM = 1.02
 TARGET_STREAM = 1.03
 CPU_TARGET: dict[float, float] = {TARGET_NON_STREAM: 1.03, TARGET_STREAM: 1.02}
 TARGET_HANDOFF_US = 10.0
-SDK_NAMES = ("openai", "anthropic")
+SDK_NAMES = ("openai", "anthropic", "google")
+GEMINI_MODEL = "gemini-2.5-flash"
+GEMINI_PROMPT = "Say hello to the benchmark in a few words."
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,11 @@ class Sdk:
     stream: Callable[[Any], Any]
     is_content: Callable[[Any], bool]
     stream_scale: int = 1
+    #: The async client's calls, when they differ from ``create`` / ``stream`` (Gemini's ``client.aio``).
+    acreate: Callable[[Any], Any] | None = None
+    astream: Callable[[Any], Any] | None = None
+    #: Closes an async client (returns an awaitable).
+    aclose: Callable[[Any], Any] = lambda client: client.close()
 
 
 def _openai_sdk() -> Sdk:
@@ -178,7 +190,32 @@ def _anthropic_sdk() -> Sdk:
     )
 
 
-SDKS: dict[str, Callable[[], Sdk]] = {"openai": _openai_sdk, "anthropic": _anthropic_sdk}
+def _gemini_client(*, base_url: str, **_: Any) -> genai.Client:
+    return genai.Client(api_key="test", http_options=genai_types.HttpOptions(base_url=base_url))
+
+
+def _google_sdk() -> Sdk:
+    return Sdk(
+        name="google",
+        version=genai.__version__,
+        create_label="generate_content",
+        stream_label=f"stream {STREAM_CHUNKS} chunks",
+        client=_gemini_client,
+        aclient=_gemini_client,
+        create=lambda c: c.models.generate_content(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        stream=lambda c: c.models.generate_content_stream(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        is_content=lambda chunk: bool(chunk.text),
+        acreate=lambda c: c.aio.models.generate_content(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        astream=lambda c: c.aio.models.generate_content_stream(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        aclose=lambda c: c.aio.aclose(),
+    )
+
+
+SDKS: dict[str, Callable[[], Sdk]] = {
+    "openai": _openai_sdk,
+    "anthropic": _anthropic_sdk,
+    "google": _google_sdk,
+}
 
 
 # -- fake servers -----------------------------------------------------------------------------------
@@ -197,6 +234,10 @@ def _start_servers(stack: contextlib.ExitStack, names: Sequence[str]) -> Urls:
         asmall = stack.enter_context(FakeAnthropicServer(model=ANTHROPIC_MODEL))
         alarge = stack.enter_context(FakeAnthropicServer(chunks=STREAM_CHUNKS, model=ANTHROPIC_MODEL))
         urls["anthropic"] = (asmall.url, alarge.url)
+    if "google" in names:
+        gsmall = stack.enter_context(FakeGeminiServer())
+        glarge = stack.enter_context(FakeGeminiServer(chunks=STREAM_CHUNKS))
+        urls["google"] = (gsmall.url, glarge.url)
     return urls
 
 
@@ -399,8 +440,8 @@ def run_sdk(
             compare(
                 f"{sdk.name} {sdk.create_label}, async",
                 TARGET_NON_STREAM,
-                aside(async_create, sdk.create, aplain),
-                aside(async_create, sdk.create, ametered),
+                aside(async_create, sdk.acreate or sdk.create, aplain),
+                aside(async_create, sdk.acreate or sdk.create, ametered),
                 p.calls_per_block,
                 p.call_blocks,
                 p.warmup_calls,
@@ -419,8 +460,8 @@ def run_sdk(
             compare(
                 f"{sdk.name} {sdk.stream_label}, async",
                 TARGET_STREAM,
-                aside(async_stream, sdk.stream, aplain_s),
-                aside(async_stream, sdk.stream, ametered_s),
+                aside(async_stream, sdk.astream or sdk.stream, aplain_s),
+                aside(async_stream, sdk.astream or sdk.stream, ametered_s),
                 p.streams_per_block * sdk.stream_scale,
                 p.stream_blocks,
                 p.warmup_streams * sdk.stream_scale,
@@ -433,7 +474,7 @@ def run_sdk(
         for client in (plain, metered, plain_s, metered_s):
             client.close()
         for aclient in (aplain, ametered, aplain_s, ametered_s):
-            runner.run(aclient.close())
+            runner.run(sdk.aclose(aclient))
     return rows, (body, item)
 
 
@@ -737,7 +778,7 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run, < 50 s)")
-    parser.add_argument("--only", choices=SDK_NAMES, help="benchmark one SDK only (default: both)")
+    parser.add_argument("--only", choices=SDK_NAMES, help="benchmark one SDK only (default: all)")
     parser.add_argument(
         "--server",
         choices=("process", "thread"),

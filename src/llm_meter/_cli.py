@@ -12,11 +12,31 @@ import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigurationError
 
+if TYPE_CHECKING:
+    from ._meter import Meter
+
 __all__ = ["main"]
+
+
+def _demo_gemini(m: Meter) -> None:
+    """A Gemini call next to the OpenAI ones, against the fake Gemini server (needs google-genai)."""
+    try:
+        from google.genai import types
+    except ImportError:
+        print("(Gemini call skipped: pip install 'llm-meter[google]')")
+        return
+    from ._fakes.gemini_server import FakeGeminiServer
+    from .google import Client
+
+    with FakeGeminiServer(chunks=6, thoughts=4) as gemini:
+        options = types.HttpOptions(base_url=gemini.url)
+        with Client(api_key="demo", http_options=options, customer="cus_acme", meter=m) as client:
+            reply = client.models.generate_content(model="gemini-2.5-flash", contents="A haiku on tokens.")
+            print(f"cus_acme   Gemini call     -> {reply.text!r} (thoughts billed as response tokens)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -76,6 +96,8 @@ def _demo(args: argparse.Namespace) -> int:
             with customer("cus_globex"):
                 acme.responses.create(model="gpt-4.1-nano", input="Summarise usage-based billing.")
             print("cus_globex customer(...) block around a Responses API call")
+
+        _demo_gemini(m)
 
         delivered = m.flush(timeout=10.0)
         stats = m.stats()

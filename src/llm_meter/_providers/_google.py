@@ -144,11 +144,17 @@ def _finished(data: dict[str, Any]) -> bool:
 class _Progress:
     """What a call learnt from its response(s): the last usage, whether it is final."""
 
-    __slots__ = ("final", "usage")
+    __slots__ = ("final", "seen", "usage")
 
     def __init__(self) -> None:
         self.usage: Any = None
         self.final = False
+        self.seen = False  # a first chunk was decoded whole (model version, response id)
+
+
+_USAGE_KEY: Final = '"usageMetadata": '
+_USAGE_KEY_LEN: Final = len(_USAGE_KEY)
+_decode: Final = json.JSONDecoder().raw_decode
 
 
 def _embed_usage(data: dict[str, Any]) -> int | None:
@@ -203,7 +209,24 @@ class GoogleProvider:
             call.estimate()
 
     def observe_chunk(self, call: Call, body: str) -> None:
-        """One stream chunk (its usage is cumulative): keep the last usage and the text."""
+        """One stream chunk (its usage is cumulative): keep the last usage.
+
+        Called for every chunk, so the usual chunk costs one ``rfind`` and the decoding of its
+        small usage object: the SDK hands over ``json.dumps`` of the chunk, where the top-level
+        ``"usageMetadata": `` follows the candidates (a quote inside a string value is escaped,
+        so text cannot fake it). The first chunk, a chunk without usage (its text is kept for an
+        estimate) and a chunk naming a ``finishReason`` are decoded whole.
+        """
+        progress: _Progress = call.state
+        if progress.seen:
+            at = body.rfind(_USAGE_KEY)
+            if at >= 0 and '"finishReason"' not in body:
+                try:
+                    progress.usage = _decode(body, at + _USAGE_KEY_LEN)[0]
+                    return
+                except ValueError:
+                    pass
+        progress.seen = True
         try:
             data = json.loads(body)
         except ValueError:
@@ -211,15 +234,13 @@ class GoogleProvider:
         if not isinstance(data, dict):
             return
         self._ids(call, data)
-        progress: _Progress = call.state
         usage = data.get("usageMetadata")
         if usage is not None:
             progress.usage = usage
+        elif call.text is not None:
+            call.text.extend(_texts(data))
         if _finished(data):
             progress.final = True
-        text = call.text
-        if text is not None:
-            text.extend(_texts(data))
 
     def end_stream(self, call: Call, complete: bool) -> None:
         """The stream ended: bill its last usage when final, else estimate (or skip)."""
