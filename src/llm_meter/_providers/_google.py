@@ -187,12 +187,20 @@ class GoogleProvider:
     name = "google"
 
     # -- the caller's path ---------------------------------------------------------------------------
-    def observe_body(self, call: Call, body: str) -> None:
-        """A whole (non-stream) response body: bill its usage once."""
-        try:
-            data = json.loads(body) if body else {}
-        except ValueError:
-            data = {}
+    def observe_body(self, call: Call, response: Any) -> None:
+        """A whole (non-stream) response: bill its usage once.
+
+        *response* is the SDK's ``SdkHttpResponse`` (its ``body`` the JSON text), or, before
+        google-genai 1.2x, the decoded JSON object itself.
+        """
+        body = getattr(response, "body", response)
+        if isinstance(body, str | bytes):
+            try:
+                data = json.loads(body) if body else {}
+            except ValueError:
+                data = {}
+        else:
+            data = body
         if not isinstance(data, dict):
             data = {}
         self._ids(call, data)
@@ -208,7 +216,7 @@ class GoogleProvider:
             call.text = list(_texts(data))
             call.estimate()
 
-    def observe_chunk(self, call: Call, body: str) -> None:
+    def observe_chunk(self, call: Call, chunk: Any) -> None:
         """One stream chunk (its usage is cumulative): keep the last usage.
 
         Called for every chunk, so the usual chunk costs one ``rfind`` and the decoding of its
@@ -218,6 +226,10 @@ class GoogleProvider:
         estimate) and a chunk naming a ``finishReason`` are decoded whole.
         """
         progress: _Progress = call.state
+        body = getattr(chunk, "body", chunk)  # older releases hand over the decoded JSON object
+        if type(body) is dict:
+            self._observe_data(call, progress, body)
+            return
         if progress.seen:
             at = body.rfind(_USAGE_KEY)
             if at >= 0 and '"finishReason"' not in body:
@@ -226,14 +238,17 @@ class GoogleProvider:
                     return
                 except ValueError:
                     pass
-        progress.seen = True
         try:
             data = json.loads(body)
         except ValueError:
             return
-        if not isinstance(data, dict):
-            return
-        self._ids(call, data)
+        if isinstance(data, dict):
+            self._observe_data(call, progress, data)
+
+    def _observe_data(self, call: Call, progress: _Progress, data: dict[str, Any]) -> None:
+        if not progress.seen:
+            progress.seen = True
+            self._ids(call, data)
         usage = data.get("usageMetadata")
         if usage is not None:
             progress.usage = usage
@@ -354,7 +369,7 @@ class _MeteredApiClient:
         response = super().request(http_method, path, request_dict, http_options)  # type: ignore[misc]
         if call is not None:
             try:
-                _PROVIDER.observe_body(call, response.body)
+                _PROVIDER.observe_body(call, response)
             except Exception:
                 call.meter.errors += 1
                 log.exception("llm_meter: could not read usage from a Gemini response")
@@ -389,7 +404,7 @@ class _MeteredApiClient:
         response = await super().async_request(http_method, path, request_dict, http_options)  # type: ignore[misc]
         if call is not None:
             try:
-                _PROVIDER.observe_body(call, response.body)
+                _PROVIDER.observe_body(call, response)
             except Exception:
                 call.meter.errors += 1
                 log.exception("llm_meter: could not read usage from a Gemini response")
@@ -427,7 +442,7 @@ def _start_stream(call: Call) -> None:
 
 def _observe_chunk(call: Call, chunk: Any) -> None:
     try:
-        _PROVIDER.observe_chunk(call, chunk.body)
+        _PROVIDER.observe_chunk(call, chunk)
     except Exception:
         call.meter.errors += 1
         log.exception("llm_meter: could not read usage from a Gemini stream chunk")
