@@ -11,7 +11,7 @@ import pytest
 from google import genai
 
 import llm_meter
-from google_support import MODEL, PROMPT, headers, sdk_client
+from google_support import MODEL, PROMPT, aclose, headers, opened
 from llm_meter import Meter, MissingCustomerError, meter
 from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter.transports import MemoryTransport
@@ -27,14 +27,14 @@ def run(client: genai.Client, main: Callable[[], Awaitable[T]]) -> T:
         try:
             return await main()
         finally:
-            await client.aio.aclose()
+            await aclose(client)
 
     return asyncio.run(wrapper())
 
 
 @pytest.fixture(params=[False, True], ids=["developer", "vertex"])
 def client(request: pytest.FixtureRequest, gemini: FakeGeminiServer, meter_: Meter) -> Iterator[genai.Client]:
-    with sdk_client(gemini, vertexai=request.param) as base:
+    with opened(gemini, vertexai=request.param) as base:
         yield meter(base, customer="cus_1", meter=meter_)
 
 
@@ -113,7 +113,7 @@ def test_block_follows_tasks(client: genai.Client, meter_: Meter, transport: Mem
 
 def test_missing_customer_raises_before_sending(gemini: FakeGeminiServer, meter_: Meter) -> None:
     """aio generate_content without a customer raises MissingCustomerError and sends nothing."""
-    with sdk_client(gemini) as base:
+    with opened(gemini) as base:
         client = meter(base, meter=meter_)
         with pytest.raises(MissingCustomerError):
             run(client, lambda: client.aio.models.generate_content(model=MODEL, contents=PROMPT))

@@ -12,7 +12,7 @@ from google.genai import _api_client, chats, models
 from google.genai import client as sdk_client_module
 
 import llm_meter.google
-from google_support import MODEL, PROMPT, sdk_client
+from google_support import MODEL, PROMPT, close, opened, sdk_client
 from llm_meter import ConfigurationError, Meter, meter
 from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter.transports import MemoryTransport
@@ -21,7 +21,7 @@ from support import delivered, only_event, usage
 
 @pytest.fixture
 def base(gemini: FakeGeminiServer) -> Iterator[genai.Client]:
-    with sdk_client(gemini) as client:
+    with opened(gemini) as client:
         yield client
 
 
@@ -66,7 +66,7 @@ def test_dropping_the_original_keeps_the_metered_copy_open(
     gc.collect()
     client.models.generate_content(model=MODEL, contents=PROMPT)
     assert usage(only_event(meter_, transport)) == (4, 3, 7)
-    client.close()
+    close(client)
 
 
 def test_rewrapping_changes_the_customer_without_double_billing(
@@ -93,14 +93,15 @@ def test_drop_in_client_is_metered(
     """llm_meter.google.Client takes the SDK's arguments plus customer= and meter=, and bills."""
     from google.genai import types
 
-    with llm_meter.google.Client(
+    client = llm_meter.google.Client(
         api_key="k",
         http_options=types.HttpOptions(base_url=gemini.url),
         customer="cus_drop",
         meter=meter_,
-    ) as client:
-        assert isinstance(client, genai.Client)
-        client.models.generate_content(model=MODEL, contents=PROMPT)
+    )
+    assert isinstance(client, genai.Client)
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    close(client)
     assert only_event(meter_, transport)["external_customer_id"] == "cus_drop"
 
 
@@ -119,7 +120,7 @@ def test_drop_in_client_vertex(gemini: FakeGeminiServer, meter_: Meter, transpor
         meter=meter_,
     )
     client.models.generate_content(model=MODEL, contents=PROMPT)
-    client.close()
+    close(client)
     assert "/projects/proj/locations/us-central1/" in gemini.requests[0].path
     assert gemini.requests[0].headers["authorization"] == "Bearer local-token"
     assert usage(only_event(meter_, transport)) == (4, 3, 7)

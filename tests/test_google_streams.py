@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from google import genai
 
-from google_support import MODEL, PROMPT, headers, sdk_client
+from google_support import MODEL, PROMPT, headers, opened
 from llm_meter import Meter, meter
 from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter.transports import MemoryTransport
@@ -22,7 +22,7 @@ from support import delivered, only_event, usage
 
 @pytest.fixture
 def client(gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]) -> Iterator[genai.Client]:
-    with sdk_client(gemini) as base:
+    with opened(gemini) as base:
         yield meter(base, customer="cus_1", meter=details[0])
 
 
@@ -132,7 +132,7 @@ def test_skip_mode_bills_no_incomplete_stream(gemini: FakeGeminiServer, transpor
     """incomplete_streams='skip': a stream left early emits nothing."""
     m = Meter(transport=transport, flush_interval=0.01, incomplete_streams="skip")
     try:
-        with sdk_client(gemini) as base:
+        with opened(gemini) as base:
             stream = meter(base, customer="cus_1", meter=m).models.generate_content_stream(
                 model=MODEL, contents=PROMPT
             )
@@ -158,7 +158,7 @@ def test_chat_stream_break_is_billed_once(
 def test_meter_close_bills_a_stream_left_open(gemini: FakeGeminiServer, transport: MemoryTransport) -> None:
     """A stream still held open when the meter closes is billed by the close."""
     m = Meter(transport=transport, flush_interval=0.01)
-    with sdk_client(gemini) as base:
+    with opened(gemini) as base:
         stream = meter(base, customer="cus_1", meter=m).models.generate_content_stream(
             model=MODEL, contents=PROMPT
         )

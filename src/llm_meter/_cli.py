@@ -34,9 +34,12 @@ def _demo_gemini(m: Meter) -> None:
 
     with FakeGeminiServer(chunks=6, thoughts=4) as gemini:
         options = types.HttpOptions(base_url=gemini.url)
-        with Client(api_key="demo", http_options=options, customer="cus_acme", meter=m) as client:
-            reply = client.models.generate_content(model="gemini-2.5-flash", contents="A haiku on tokens.")
-            print(f"cus_acme   Gemini call     -> {reply.text!r} (thoughts billed as response tokens)")
+        client = Client(api_key="demo", http_options=options, customer="cus_acme", meter=m)
+        reply = client.models.generate_content(model="gemini-2.5-flash", contents="A haiku on tokens.")
+        print(f"cus_acme   Gemini call     -> {reply.text!r} (thoughts billed as response tokens)")
+        close = getattr(client, "close", None)  # google-genai >= 1.2x
+        if close is not None:
+            close()
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -748,17 +748,21 @@ def _client_namespace(base: type) -> dict[str, Any]:
     def chats(self: Any) -> Any:
         return _get_classes().chats(modules=self.models)
 
-    def __del__(self: Any) -> None:
-        if self.__dict__.get("_llm_meter_origin") is not None:
-            return  # a copy made by meter(): the original closes the shared connections
-        base.__del__(self)  # type: ignore[attr-defined]
-
-    return {
+    namespace: dict[str, Any] = {
         "__init__": __init__,
         "with_customer": with_customer,
         "chats": property(chats, doc=base.chats.__doc__),  # type: ignore[attr-defined]
-        "__del__": __del__,
     }
+    base_del = getattr(base, "__del__", None)  # google-genai >= 1.2x closes its connections there
+    if base_del is not None:
+
+        def __del__(self: Any) -> None:
+            if self.__dict__.get("_llm_meter_origin") is not None:
+                return  # a copy made by meter(): the original closes the shared connections
+            base_del(self)
+
+        namespace["__del__"] = __del__
+    return namespace
 
 
 def metered_client_class(base: type) -> type:
