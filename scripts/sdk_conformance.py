@@ -26,8 +26,9 @@ deselected in both runs.
 google-genai ships its suite inside the package (``google/genai/tests`` in the sdist). Most of its
 tests replay recorded API traffic (``--mode replay``) from a directory of recordings that is not in
 the sdist and not public; without it those tests fail in both runs (they would otherwise record,
-i.e. call the real API with credentials). They run with ``--mode replay`` so nothing leaves the
-machine: what compares is the offline subset, the unit tests of the client, its API client
+i.e. call the real API with credentials). They run with ``--mode replay``, an empty replay directory
+and a dummy API key (what the suite's own offline "tap" mode sets) so nothing leaves the machine:
+what compares is the offline subset, the unit tests of the client, its API client
 (``mock.patch`` of the HTTP layer), types, transformers, errors, AFC, chats' history and the like.
 
 Usage::
@@ -73,6 +74,8 @@ class Suite:
     pytest_args: tuple[str, ...] = ()
     skip_extras: frozenset[str] = frozenset()
     dev: tuple[str, ...] = ()  # test dependencies the sdist does not declare
+    #: Environment for both runs; ``{out}`` is the run's output directory.
+    env: tuple[tuple[str, str], ...] = ()
     note: str = ""
 
 
@@ -87,6 +90,11 @@ SUITES = {
         # torch and transformers only serve one local tokenizer test module.
         skip_extras=frozenset({"local-tokenizer-transformers"}),
         dev=("pytest", "pytest-asyncio", "pillow", "mcp"),
+        env=(
+            # An empty directory: modules whose test tables read it collect, their replays fail.
+            ("GOOGLE_GENAI_REPLAYS_DIRECTORY", "{out}/replays"),
+            ("GOOGLE_API_KEY", "dummy-api-key"),  # what the suite's own offline ("tap") mode sets
+        ),
         note=(
             "google-genai: --mode replay; the recorded API traffic its replay tests read is not in the "
             "sdist, so those fail in both runs; the offline unit tests compare"
@@ -432,6 +440,8 @@ def run_suite(
         LLM_METER_CONFORMANCE_OUT=str(out),
         LLM_METER_SPOOL_DIR=str(out / "spool"),
     )
+    for name, value in SUITES[sdk].env:
+        env[name] = value.format(out=out)
     if only is not None:
         env["LLM_METER_CONFORMANCE_ONLY"] = str(only)
     cmd = [str(python), "-m", "pytest", "-p", "sdk_conformance_plugin", "-p", "no:cacheprovider"]
@@ -538,6 +548,7 @@ def conformance(sdk: str, version: str, args: argparse.Namespace) -> dict[str, o
         paths,
         OFFLINE_NOTE,
         list(SUITES[sdk].pytest_args),
+        list(SUITES[sdk].env),
     ]  # the note names the plugin's deselection
     selection = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     runs = cache / "runs" / f"{sdk}-{version}"
