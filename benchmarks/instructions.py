@@ -54,7 +54,12 @@ ROWS = {
     "anthropic-create-async": ("anthropic", "create", True, 20, 120),
     "anthropic-stream-sync": ("anthropic", "stream", False, 4, 24),
     "anthropic-stream-async": ("anthropic", "stream", True, 4, 24),
+    "google-create-sync": ("google", "create", False, 20, 120),
+    "google-create-async": ("google", "create", True, 20, 120),
+    "google-stream-sync": ("google", "stream", False, 2, 8),
+    "google-stream-async": ("google", "stream", True, 2, 8),
 }
+GEMINI_MODEL = "gemini-2.5-flash"
 
 
 # -- recording (parent process, real loopback HTTP to the fake servers) ----------------------------------
@@ -93,6 +98,20 @@ def record(path: Path) -> None:
         fake.chunks = STREAM_CHUNKS
         r = http.post(f"{fake.url}/v1/messages", json={**body, "stream": True}, headers=headers)
         out["anthropic-stream"] = [r.status_code, dict(r.headers), r.content.decode()]
+    from llm_meter._fakes.gemini_server import FakeGeminiServer
+
+    with (
+        FakeGeminiServer() as gsmall,
+        FakeGeminiServer(chunks=STREAM_CHUNKS) as glarge,
+        httpx2.Client() as http,
+    ):
+        body = {"contents": [{"role": "user", "parts": [{"text": MESSAGES[0]["content"]}]}]}
+        for key, url, verb in (
+            ("google-create", gsmall.url, "generateContent"),
+            ("google-stream", glarge.url, "streamGenerateContent?alt=sse"),
+        ):
+            r = http.post(f"{url}/v1beta/models/{GEMINI_MODEL}:{verb}", json=body)
+            out[key] = [r.status_code, dict(r.headers), r.content.decode()]
     for value in out.values():  # replayed bodies are not compressed, whatever the server sent
         value[1] = {
             k: v for k, v in value[1].items() if k.lower() not in ("content-length", "content-encoding")
@@ -129,6 +148,21 @@ def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int,
 
         def call(c: Any) -> Any:
             return c.chat.completions.create(model=MODEL, messages=MESSAGES, stream=kind == "stream")
+    elif sdk == "google":
+        from google import genai
+        from google.genai import types
+
+        options = types.HttpOptions(
+            base_url="http://fake", **{"httpx_async_client" if aio else "httpx_client": http}
+        )
+        client = genai.Client(api_key="test", http_options=options)
+
+        def call(c: Any) -> Any:
+            models = c.aio.models if aio else c.models
+            prompt = MESSAGES[0]["content"]
+            if kind == "stream":
+                return models.generate_content_stream(model=GEMINI_MODEL, contents=prompt)
+            return models.generate_content(model=GEMINI_MODEL, contents=prompt)
     else:
         import anthropic
 

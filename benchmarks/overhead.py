@@ -1,10 +1,10 @@
-"""Overhead of metered OpenAI, Anthropic and Bedrock clients versus the plain SDK clients, on local fakes.
+"""Overhead of metered OpenAI, Anthropic, Bedrock and Gemini clients versus the plain SDKs' (local fakes).
 
 Usage::
 
     python benchmarks/overhead.py            # full run (about 2.5 minutes, capped under 4)
     python benchmarks/overhead.py --quick    # smoke run (under 50 s)
-    python benchmarks/overhead.py --only anthropic  # one SDK only (openai, anthropic or bedrock)
+    python benchmarks/overhead.py --only anthropic  # one SDK only (openai, anthropic, bedrock or google)
     python benchmarks/overhead.py --server thread   # fake servers in this process (GIL-shared, noisier)
 
 What is measured (one run, the same fake server for both sides of a row):
@@ -14,7 +14,9 @@ What is measured (one run, the same fake server for both sides of a row):
    ``messages.create(stream=True)`` stream, fully consumed, sync and async;
 3. Bedrock (boto3, sync only): ``converse`` and ``invoke_model`` (Anthropic body), a 500-event
    ``converse_stream`` and a 500-chunk ``invoke_model_with_response_stream``, fully consumed;
-4. the hand-off on the caller's path: ``Meter.emit(UsageRecord(...))``, ``Call.emit(...)`` and each
+4. Gemini (google-genai): ``models.generate_content`` (sync and ``client.aio``) and a 500-chunk
+   ``models.generate_content_stream`` (``usageMetadata`` on every chunk), fully consumed;
+5. the hand-off on the caller's path: ``Meter.emit(UsageRecord(...))``, ``Call.emit(...)`` and each
    provider's usage reading plus emit (``provider.observe(call, ChatCompletion | Message, ...)``), each
    timed one iteration at a time with ``time.perf_counter_ns`` in batches.
 
@@ -47,6 +49,8 @@ import anthropic
 import boto3
 import botocore.config
 import openai
+from google import genai
+from google.genai import types as genai_types
 
 import llm_meter
 from llm_meter import Meter
@@ -55,6 +59,7 @@ from llm_meter._customer import make_customer
 from llm_meter._events import UsageRecord
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.bedrock_server import FakeBedrockServer
+from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter._providers._stainless import metered_class
 
@@ -74,7 +79,7 @@ TARGET_NON_STREAM = 1.02
 TARGET_STREAM = 1.03
 CPU_TARGET: dict[float, float] = {TARGET_NON_STREAM: 1.03, TARGET_STREAM: 1.02}
 TARGET_HANDOFF_US = 10.0
-SDK_NAMES = ("openai", "anthropic", "bedrock")
+SDK_NAMES = ("openai", "anthropic", "bedrock", "google")
 BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
 BEDROCK_MESSAGES: list[Any] = [
     {"role": "user", "content": [{"text": "Say hello to the benchmark in a few words."}]}
@@ -83,6 +88,8 @@ BEDROCK_BODY = (
     '{"anthropic_version":"bedrock-2023-05-31","max_tokens":1024,'
     '"messages":[{"role":"user","content":"Say hello to the benchmark in a few words."}]}'
 )
+GEMINI_MODEL = "gemini-2.5-flash"
+GEMINI_PROMPT = "Say hello to the benchmark in a few words."
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,11 @@ class Sdk:
     stream: Callable[[Any], Any]
     is_content: Callable[[Any], bool]
     stream_scale: int = 1
+    #: The async client's calls, when they differ from ``create`` / ``stream`` (Gemini's ``client.aio``).
+    acreate: Callable[[Any], Any] | None = None
+    astream: Callable[[Any], Any] | None = None
+    #: Closes an async client (returns an awaitable).
+    aclose: Callable[[Any], Any] = lambda client: client.close()
 
 
 def _openai_sdk() -> Sdk:
@@ -217,10 +229,32 @@ def _bedrock_client(base_url: str, **options: Any) -> Any:
     )
 
 
+def _gemini_client(*, base_url: str, **_: Any) -> genai.Client:
+    return genai.Client(api_key="test", http_options=genai_types.HttpOptions(base_url=base_url))
+
+
+def _google_sdk() -> Sdk:
+    return Sdk(
+        name="google",
+        version=genai.__version__,
+        create_label="generate_content",
+        stream_label=f"stream {STREAM_CHUNKS} chunks",
+        client=_gemini_client,
+        aclient=_gemini_client,
+        create=lambda c: c.models.generate_content(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        stream=lambda c: c.models.generate_content_stream(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        is_content=lambda chunk: bool(chunk.text),
+        acreate=lambda c: c.aio.models.generate_content(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        astream=lambda c: c.aio.models.generate_content_stream(model=GEMINI_MODEL, contents=GEMINI_PROMPT),
+        aclose=lambda c: c.aio.aclose(),
+    )
+
+
 SDKS: dict[str, Callable[[], Sdk]] = {
     "openai": _openai_sdk,
     "anthropic": _anthropic_sdk,
     "bedrock": _bedrock_sdk,
+    "google": _google_sdk,
 }
 
 
@@ -245,6 +279,10 @@ def _start_servers(stack: contextlib.ExitStack, names: Sequence[str]) -> Urls:
         blarge = stack.enter_context(FakeBedrockServer())
         blarge.chunks = STREAM_CHUNKS
         urls["bedrock"] = (bsmall.url, blarge.url)
+    if "google" in names:
+        gsmall = stack.enter_context(FakeGeminiServer())
+        glarge = stack.enter_context(FakeGeminiServer(chunks=STREAM_CHUNKS))
+        urls["google"] = (gsmall.url, glarge.url)
     return urls
 
 
@@ -447,8 +485,8 @@ def run_sdk(
             compare(
                 f"{sdk.name} {sdk.create_label}, async",
                 TARGET_NON_STREAM,
-                aside(async_create, sdk.create, aplain),
-                aside(async_create, sdk.create, ametered),
+                aside(async_create, sdk.acreate or sdk.create, aplain),
+                aside(async_create, sdk.acreate or sdk.create, ametered),
                 p.calls_per_block,
                 p.call_blocks,
                 p.warmup_calls,
@@ -467,8 +505,8 @@ def run_sdk(
             compare(
                 f"{sdk.name} {sdk.stream_label}, async",
                 TARGET_STREAM,
-                aside(async_stream, sdk.stream, aplain_s),
-                aside(async_stream, sdk.stream, ametered_s),
+                aside(async_stream, sdk.astream or sdk.stream, aplain_s),
+                aside(async_stream, sdk.astream or sdk.stream, ametered_s),
                 p.streams_per_block * sdk.stream_scale,
                 p.stream_blocks,
                 p.warmup_streams * sdk.stream_scale,
@@ -481,7 +519,7 @@ def run_sdk(
         for client in (plain, metered, plain_s, metered_s):
             client.close()
         for aclient in (aplain, ametered, aplain_s, ametered_s):
-            runner.run(aclient.close())
+            runner.run(sdk.aclose(aclient))
     return rows, (body, item)
 
 

@@ -1,9 +1,9 @@
-"""Run the openai / anthropic / groq SDKs' own test suites plain and with llm_meter's drop-in clients.
+"""Run the openai, anthropic, groq and google-genai SDKs' own test suites, plain and with our drop-ins.
 
 SPEC §2 "Fidelity": code that uses a metered client cannot tell it from the SDK's. The yardstick is
 each SDK's own test suite, taken from the sdist of the release under test:
 
-1. ``pip download --no-deps --no-binary :all: <sdk>==<version>`` fetches the sdist (it holds
+1. ``pip download --no-deps --no-binary <sdk> <sdk>==<version>`` fetches the sdist (it holds
    ``tests/``) into ``.conformance/`` (the cache directory, gitignored), which is unpacked there.
 2. A throwaway venv ``.conformance/venv-<sdk>-<version>`` gets ``<sdk>[all its extras]==<version>``,
    llm_meter from this repository (editable), and the suite's dev dependency group (linters and
@@ -13,6 +13,8 @@ each SDK's own test suite, taken from the sdist of the release under test:
    every ``Anthropic*`` class ``llm_meter.anthropic`` exports, or ``Groq`` / ``AsyncGroq``,
    substituted for the SDK's classes before the tests import them; every test inside
    ``llm_meter.customer("cus_conf")``; the default meter delivers to a ``MemoryTransport``).
+   google-genai: ``llm_meter.google.Client`` for ``google.genai.Client`` (and
+   ``google.genai.client.Client``).
 4. Every test that passes plain and does not pass metered is a regression: it is printed with its
    node id and first error line, and the script exits 1 if there is any that is not in
    ``ALLOWED`` below.
@@ -22,12 +24,21 @@ anything is sent); the others need a Prism mock server of the API (``TEST_API_BA
 OpenAPI spec is not in the sdist, so offline they would fail plain and metered alike: they are
 deselected in both runs.
 
+google-genai ships its suite inside the package (``google/genai/tests`` in the sdist). Most of its
+tests replay recorded API traffic (``--mode replay``) from a directory of recordings that is not in
+the sdist and not public; without it those tests fail in both runs (they would otherwise record,
+i.e. call the real API with credentials). They run with ``--mode replay``, an empty replay directory
+and a dummy API key (what the suite's own offline "tap" mode sets) so nothing leaves the machine:
+what compares is the offline subset, the unit tests of the client, its API client
+(``mock.patch`` of the HTTP layer), types, transformers, errors, AFC, chats' history and the like.
+
 Usage::
 
     python scripts/sdk_conformance.py                     # every SDK, versions installed here
     python scripts/sdk_conformance.py --sdk openai --version 1.66.5
     python scripts/sdk_conformance.py --oldest            # the lower bounds pyproject.toml claims
     python scripts/sdk_conformance.py --sdk anthropic tests/lib/test_client_copy.py   # part of a suite
+    python scripts/sdk_conformance.py --sdk google-genai   # google-genai's offline subset
 
 Exit status: 0 no regression, 1 regressions, 2 the run itself failed (install, substitution).
 """
@@ -52,7 +63,47 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
-SDKS = ("openai", "anthropic", "groq")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Where an SDK's suite lives in its sdist and what it needs to run here."""
+
+    module: str  # what `import` names
+    dropin: str  # llm_meter's module of drop-in classes
+    tests: str = "tests"  # the suite's directory in the sdist
+    pytest_args: tuple[str, ...] = ()
+    skip_extras: frozenset[str] = frozenset()
+    dev: tuple[str, ...] = ()  # test dependencies the sdist does not declare
+    #: Environment for both runs; ``{out}`` is the run's output directory.
+    env: tuple[tuple[str, str], ...] = ()
+    note: str = ""
+
+
+SUITES = {
+    "openai": Suite("openai", "llm_meter.openai"),
+    "anthropic": Suite("anthropic", "llm_meter.anthropic"),
+    "groq": Suite("groq", "llm_meter.groq"),
+    "google-genai": Suite(
+        "google.genai",
+        "llm_meter.google",
+        tests="google/genai/tests",
+        pytest_args=("--mode", "replay"),
+        # torch and transformers only serve one local tokenizer test module.
+        skip_extras=frozenset({"local-tokenizer-transformers"}),
+        dev=("pytest", "pytest-asyncio", "pillow", "mcp"),
+        env=(
+            # An empty directory: modules whose test tables read it collect, their replays fail.
+            ("GOOGLE_GENAI_REPLAYS_DIRECTORY", "{out}/replays"),
+            ("GOOGLE_API_KEY", "dummy-api-key"),  # what the suite's own offline ("tap") mode sets
+        ),
+        note=(
+            "google-genai: --mode replay; the recorded API traffic its replay tests read is not in the "
+            "sdist, so those fail in both runs; the offline unit tests compare"
+        ),
+    ),
+}
+SDKS = tuple(SUITES)
 
 #: Dev-group packages that only lint or type-check; the tests do not need them.
 NOT_FOR_TESTS = {"ty", "pyright", "mypy", "ruff", "black", "isort", "nox", "pre-commit", "pandas-stubs"}
@@ -136,11 +187,16 @@ def lower_bounds() -> dict[str, str]:
 
 def fetch_sdist(sdk: str, version: str, cache: Path, python: Path) -> Path:
     """Download and unpack the sdist; return the unpacked source tree."""
-    tree = cache / "src" / f"{sdk}-{version}"
-    if (tree / "tests").is_dir():
-        return tree
+    stem = f"{sdk.replace('-', '_')}-{version}"  # setuptools names google-genai's sdist google_genai-*
+    tests = SUITES[sdk].tests
+    for tree in (cache / "src" / f"{sdk}-{version}", cache / "src" / stem):
+        if (tree / tests).is_dir():
+            return tree
     sdists = cache / "sdists"
-    archive = sdists / f"{sdk}-{version}.tar.gz"
+    archive = next(
+        (a for a in (sdists / f"{sdk}-{version}.tar.gz", sdists / f"{stem}.tar.gz") if a.exists()),
+        sdists / f"{sdk}-{version}.tar.gz",
+    )
     if not archive.exists():
         run(
             [
@@ -151,19 +207,23 @@ def fetch_sdist(sdk: str, version: str, cache: Path, python: Path) -> Path:
                 "-q",
                 "--no-deps",
                 "--no-binary",
-                ":all:",
+                sdk,  # the SDK's sdist; its build dependencies may come as wheels
                 f"{sdk}=={version}",
                 "-d",
                 str(sdists),
             ]
         )
     if not archive.exists():
+        archive = sdists / f"{stem}.tar.gz"
+    if not archive.exists():
         raise SuiteError(f"pip download did not produce {archive}")
-    shutil.rmtree(tree, ignore_errors=True)
     with tarfile.open(archive) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        tree = cache / "src" / top
+        shutil.rmtree(tree, ignore_errors=True)
         tar.extractall(cache / "src", filter="data")
-    if not (tree / "tests").is_dir():
-        raise SuiteError(f"the {sdk} {version} sdist has no tests/ directory")
+    if not (tree / tests).is_dir():
+        raise SuiteError(f"the {sdk} {version} sdist has no {tests}/ directory")
     return tree
 
 
@@ -237,9 +297,11 @@ def prepare_venv(sdk: str, version: str, tree: Path, venv: Path, base_python: st
     """Create/refresh the throwaway venv; return its python and a hash of what it holds."""
     python = venv / "bin" / "python"
     pyproject = tomllib.loads((tree / "pyproject.toml").read_text())
-    extras = sorted(pyproject.get("project", {}).get("optional-dependencies", {}))
+    suite = SUITES[sdk]
+    extras = sorted(set(pyproject.get("project", {}).get("optional-dependencies", {})) - suite.skip_extras)
     ours = dependency_closure(python, str(REPO))
     dev = [r for r in dev_requirements(tree) if requirement_name(r) != sdk]
+    dev += [r for r in suite.dev if requirement_name(r) not in {requirement_name(d) for d in dev}]
     if "pytest-xdist" not in {requirement_name(r) for r in dev}:
         dev.append("pytest-xdist")  # --workers; older suites ran without it
     pins = locked_versions(tree)
@@ -375,17 +437,21 @@ def run_suite(
         PYTHONPATH=str(SCRIPTS),
         PYTHONDONTWRITEBYTECODE="1",
         LLM_METER_CONFORMANCE=mode,
-        LLM_METER_CONFORMANCE_SDK=sdk,
+        LLM_METER_CONFORMANCE_SDK=SUITES[sdk].module,
+        LLM_METER_CONFORMANCE_DROPIN=SUITES[sdk].dropin,
         LLM_METER_CONFORMANCE_OUT=str(out),
         LLM_METER_SPOOL_DIR=str(out / "spool"),
     )
+    for name, value in SUITES[sdk].env:
+        env[name] = value.format(out=out)
     if only is not None:
         env["LLM_METER_CONFORMANCE_ONLY"] = str(only)
     cmd = [str(python), "-m", "pytest", "-p", "sdk_conformance_plugin", "-p", "no:cacheprovider"]
     cmd += ["-n", str(workers), "-q"]
+    cmd += SUITES[sdk].pytest_args
     if keyword:
         cmd += ["-k", keyword]
-    cmd += paths
+    cmd += paths or ([SUITES[sdk].tests] if SUITES[sdk].tests != "tests" else [])
     log = out / "pytest.log"
     print(f"  {mode} run: {' '.join(cmd[1:])}  (log: {log})", flush=True)
     started = time.monotonic()
@@ -465,9 +531,10 @@ def failure_class(message: str) -> str:
 def conformance(sdk: str, version: str, args: argparse.Namespace) -> dict[str, object]:
     cache: Path = args.cache_dir
     print(
-        f"\n== {sdk} {version}: its own suite, plain and with llm_meter.{sdk}'s drop-in clients", flush=True
+        f"\n== {sdk} {version}: its own suite, plain and with {SUITES[sdk].dropin}'s drop-in clients",
+        flush=True,
     )
-    print(f"  {OFFLINE_NOTE}", flush=True)
+    print(f"  {SUITES[sdk].note or OFFLINE_NOTE}", flush=True)
     venv = cache / f"venv-{sdk}-{version}"
     if not (venv / "bin" / "python").exists():
         run([args.python, "-m", "venv", str(venv)])
@@ -477,7 +544,14 @@ def conformance(sdk: str, version: str, args: argparse.Namespace) -> dict[str, o
     paths = list(args.paths)
     if paths:
         print(f"  only: {' '.join(paths)}", flush=True)
-    key = [digest, args.k, paths, OFFLINE_NOTE]  # the note names the plugin's deselection
+    key = [
+        digest,
+        args.k,
+        paths,
+        OFFLINE_NOTE,
+        list(SUITES[sdk].pytest_args),
+        list(SUITES[sdk].env),
+    ]  # the note names the plugin's deselection
     selection = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     runs = cache / "runs" / f"{sdk}-{version}"
     plain_out = runs / f"plain-{selection}"

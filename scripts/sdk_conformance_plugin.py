@@ -10,7 +10,9 @@ Configured by environment variables the script sets:
   default meter delivers into a ``MemoryTransport`` (nothing leaves the machine), and every
   test runs inside ``llm_meter.customer("cus_conf")`` so billed calls are metered instead of
   raising ``MissingCustomerError``.
-- ``LLM_METER_CONFORMANCE_SDK``: ``openai`` or ``anthropic``.
+- ``LLM_METER_CONFORMANCE_SDK``: the SDK's import name (``openai``, ``anthropic``, ``google.genai``);
+  ``LLM_METER_CONFORMANCE_DROPIN``: llm_meter's module of drop-in classes for it (default
+  ``llm_meter.<sdk>``; ``llm_meter.google`` for ``google.genai``).
 - ``LLM_METER_CONFORMANCE_OUT``: a directory. The controlling process appends one JSON line per
   test report to ``outcomes.jsonl``; every process (each xdist worker) writes
   ``meter-<worker>.json`` with the number of usage events its meter received.
@@ -31,6 +33,7 @@ import pytest
 
 MODE = os.environ.get("LLM_METER_CONFORMANCE", "plain")
 SDK = os.environ.get("LLM_METER_CONFORMANCE_SDK", "")
+DROPIN = os.environ.get("LLM_METER_CONFORMANCE_DROPIN") or f"llm_meter.{SDK}"
 OUT = Path(os.environ.get("LLM_METER_CONFORMANCE_OUT", "."))
 CUSTOMER = "cus_conf"
 
@@ -47,13 +50,13 @@ def substitute_clients(sdk_name: str) -> list[str]:
     switched its imports to ``llm_meter.openai`` / ``llm_meter.anthropic``.
     """
     sdk = importlib.import_module(sdk_name)
-    dropin = importlib.import_module(f"llm_meter.{sdk_name}")
+    dropin = importlib.import_module(DROPIN)
     replacements: dict[int, tuple[type, type]] = {}
     modules = {sdk_name}
     for name in dropin.__all__:
         new, old = getattr(dropin, name), getattr(sdk, name)
         if not (isinstance(new, type) and isinstance(old, type) and issubclass(new, old) and new is not old):
-            raise RuntimeError(f"llm_meter.{sdk_name}.{name} is not a subclass of {sdk_name}.{name}")
+            raise RuntimeError(f"{DROPIN}.{name} is not a subclass of {sdk_name}.{name}")
         replacements[id(old)] = (old, new)
         parts = old.__module__.split(".")
         for end in range(2, len(parts) + 1):

@@ -11,6 +11,7 @@ import pytest
 from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.bedrock_server import FakeBedrockServer
+from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter.transports import MemoryTransport
 
@@ -81,9 +82,25 @@ def _bedrock() -> Iterator[FakeBedrockServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def _gemini() -> Iterator[FakeGeminiServer]:
+    with FakeGeminiServer() as server:
+        yield server
+
+
 @pytest.fixture
 def bedrock(_bedrock: FakeBedrockServer) -> FakeBedrockServer:
     """The session's fake Bedrock Runtime server, reset to defaults for each test."""
     from bedrock_support import reset
 
     return reset(_bedrock)
+
+
+@pytest.fixture
+def gemini(_gemini: FakeGeminiServer) -> Iterator[FakeGeminiServer]:
+    """The session's fake Gemini server, reset to defaults for each test."""
+    defaults = FakeGeminiServer()
+    for name in ("chunks", "thoughts", "cached", "tool_use_prompt", "model_version"):
+        setattr(_gemini, name, getattr(defaults, name))
+    _gemini.requests.clear()
+    yield _gemini

@@ -26,12 +26,13 @@ def _stored(out: str) -> list[dict[str, object]]:
 
 
 def test_demo_prints_what_polar_stored_and_per_customer_totals(capsys: pytest.CaptureFixture[str]) -> None:
-    """`llm-meter demo` runs offline, delivers five events through PolarTransport and sums them."""
+    """`llm-meter demo` runs offline, delivers six events (five OpenAI, one Gemini) and sums them."""
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     events = _stored(out)
-    assert len(events) == 5
-    assert sorted(str(e["external_customer_id"]) for e in events) == ["cus_acme"] * 3 + ["cus_globex"] * 2
+    assert len(events) == 6
+    assert sorted(str(e["external_customer_id"]) for e in events) == ["cus_acme"] * 4 + ["cus_globex"] * 2
+    assert sum(str(e["external_id"]).startswith("google:") for e in events) == 1
     totals = {}
     for line in out.split("per-customer totals")[1].splitlines()[2:]:
         who, requests, req, resp, total, cost = line.split()
@@ -70,7 +71,7 @@ def test_demo_with_details_marks_only_the_broken_stream_estimated(capsys: pytest
     """With --details, exactly one stored event (the broken-off stream) is flagged estimated."""
     assert main(["demo", "--details"]) == 0
     events = _stored(capsys.readouterr().out)
-    assert sorted(e["metadata"]["estimated"] for e in events) == [False] * 4 + [True]  # type: ignore[index]
+    assert sorted(e["metadata"]["estimated"] for e in events) == [False] * 5 + [True]  # type: ignore[index]
 
 
 def _orphan_spool(directory: Path, count: int) -> None:

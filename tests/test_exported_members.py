@@ -15,6 +15,7 @@ def test_all_matches_public_names() -> None:
         "anthropic",
         "openai",
         "groq",
+        "google",
         "langchain",
         "testing",
         "transports",

@@ -16,11 +16,34 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigurationError
 
+if TYPE_CHECKING:
+    from ._meter import Meter
+
 __all__ = ["main"]
+
+
+def _demo_gemini(m: Meter) -> None:
+    """A Gemini call next to the OpenAI ones, against the fake Gemini server (needs google-genai)."""
+    try:
+        from google.genai import types
+    except ImportError:
+        print("(Gemini call skipped: pip install 'llm-meter[google]')")
+        return
+    from ._fakes.gemini_server import FakeGeminiServer
+    from .google import Client
+
+    with FakeGeminiServer(chunks=6, thoughts=4, model_version="gemini-2.5-flash") as gemini:
+        options = types.HttpOptions(base_url=gemini.url)
+        client = Client(api_key="demo", http_options=options, customer="cus_acme", meter=m)
+        reply = client.models.generate_content(model="gemini-2.5-flash", contents="A haiku on tokens.")
+        print(f"cus_acme   Gemini call     -> {reply.text!r} (thoughts billed as response tokens)")
+        close = getattr(client, "close", None)  # google-genai >= 1.2x
+        if close is not None:
+            close()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -83,6 +106,8 @@ def _demo(args: argparse.Namespace) -> int:
             with customer("cus_globex"):
                 acme.responses.create(model="gpt-4.1-nano", input="Summarise usage-based billing.")
             print("cus_globex customer(...) block around a Responses API call")
+
+        _demo_gemini(m)
 
         delivered = m.flush(timeout=10.0)
         stats = m.stats()

@@ -10,6 +10,9 @@
 - :class:`FakeBedrockServer`: a local AWS Bedrock Runtime server for boto3's ``bedrock-runtime``
   client (``endpoint_url=server.url``, dummy credentials): Converse JSON, each model family's
   InvokeModel body with the token-count headers, and AWS event-stream framed streams.
+- :class:`FakeGeminiServer`: a local Gemini REST server (Developer API and Vertex AI paths, JSON
+  and SSE streams with ``usageMetadata`` on every chunk); pass ``server.url`` as
+  ``genai.Client(http_options=HttpOptions(base_url=...))``.
 - :class:`FakePolarServer`: a local Polar events-ingest server (real HTTP on 127.0.0.1):
   Polar's validation with Polar-shaped 422 bodies, ``external_id`` deduplication,
   ``{inserted, duplicates}`` answers, and injectable :class:`Fault` s (5xx, 429 with
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from ._fakes.anthropic_server import FakeAnthropicServer
 from ._fakes.bedrock_server import FakeBedrockServer
+from ._fakes.gemini_server import FakeGeminiServer
 from ._fakes.openai_server import FakeOpenAIServer, RecordedRequest
 from ._fakes.polar_server import FakePolarServer, Fault, PolarRequest
 from .transports import MemoryTransport
@@ -40,6 +44,7 @@ from .transports import MemoryTransport
 __all__ = [
     "FakeAnthropicServer",
     "FakeBedrockServer",
+    "FakeGeminiServer",
     "FakeOpenAIServer",
     "FakePolarServer",
     "Fault",

@@ -1,0 +1,814 @@
+"""Google Gemini (``google-genai``): the Gemini Developer API and Vertex AI, sync and ``client.aio``.
+
+The hook is the SDK's API client: every call of every resource ends in one of its four request
+methods (``request``, ``request_streamed``, ``async_request``, ``async_request_streamed``),
+which have kept their signature since google-genai 1.0. A metered client's API client is an
+instance of a subclass of the SDK's (``BaseApiClient``, or the replay client of the SDK's own
+tests) overriding those four; the path names the RPC, so the billed ones are recognised there:
+
+* billed: ``:generateContent``, ``:streamGenerateContent`` (``models.generate_content``,
+  ``generate_content_stream`` and the chats built on them, each turn of automatic function
+  calling), ``:embedContent`` / ``:batchEmbedContents`` / ``:predict`` with ``content``
+  instances (``models.embed_content``; an event only when the response reports tokens);
+* not billed: everything else (``countTokens``, ``computeTokens``, ``cachedContents``,
+  ``files``, model reads, tunings, batches, ...): no customer needed.
+
+Usage arithmetic (SPEC §9): ``request_tokens = promptTokenCount + toolUsePromptTokenCount``
+(cached content is part of ``promptTokenCount``), ``response_tokens = candidatesTokenCount +
+thoughtsTokenCount``; ``cached_tokens`` = ``cachedContentTokenCount``, ``reasoning_tokens`` =
+``thoughtsTokenCount``; ``model`` = ``modelVersion`` when reported, else the path's model.
+Proto3 JSON leaves zero counts out, so an absent count is 0; a count that is present but not a
+valid integer makes the usage an estimate.
+
+Streams carry cumulative ``usageMetadata`` on every chunk: the last one is billed once the
+stream ends, whichever way (exhausted, ``break`` then close or collection, an exception, an
+abandoned async generator, the meter's close at exit). A stream that ends before a chunk
+carrying every candidate's ``finishReason`` (or without any usage) is billed as an estimate:
+the last usage seen gives the input and a lower bound for the output, raised to the count of
+the delivered text when that is larger.
+
+Per-call ``customer=`` / ``customer_id=`` are taken by the metered resources' methods
+(``models.generate_content``, ``generate_content_stream``, ``embed_content``, and the chats'
+``send_message``, ``send_message_stream``); they travel to the request in a context variable
+that is set only while the SDK runs (around each step of a stream), so SDK objects never see
+them. Stream methods also capture the ``customer(...)`` block active at the call.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+import logging
+import sys
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, Final
+
+from .._call import Call, ClientConfig, token_count
+from .._customer import Customer, current_customer, make_customer
+from .._events import UsageRecord
+from .._exceptions import ConfigurationError, MissingCustomerError
+from .._meter import Meter
+from . import register
+
+__all__ = ["GoogleProvider", "metered_client_class"]
+
+log = logging.getLogger("llm_meter")
+
+#: RPC verb (after the last ``:`` of the path) -> kind of billed call.
+_VERBS: Final = {
+    "generateContent": "generate",
+    "streamGenerateContent": "generate",
+    "embedContent": "embed",
+    "batchEmbedContents": "embed",
+    "predict": "predict",
+}
+
+#: The customer of the call being made (per-call argument, or the block at a stream call).
+_request_customer: ContextVar[Customer | None] = ContextVar("llm_meter_google_customer", default=None)
+
+
+def _kind(path: str, body: Any) -> str | None:
+    """The billed kind of a request to *path*, or ``None`` (not billed)."""
+    colon = path.rfind(":")
+    if colon < 0:
+        return None
+    verb = path[colon + 1 :].partition("?")[0]
+    kind = _VERBS.get(verb)
+    if kind == "predict":
+        # `:predict` serves image generation too: only text-embedding instances are billed here.
+        instances = body.get("instances") if isinstance(body, dict) else None
+        if not (isinstance(instances, list) and instances and isinstance(instances[0], dict)):
+            return None
+        return "embed" if "content" in instances[0] else None
+    return kind
+
+
+def _path_model(path: str) -> str | None:
+    """``gemini-2.5-flash`` from ``.../models/gemini-2.5-flash:generateContent``."""
+    head = path.partition(":")[0]
+    name = head.rpartition("/")[2]
+    return name or None
+
+
+def _count(usage: dict[str, Any], key: str) -> int | None:
+    """A count of *usage*: absent means 0 (proto3 JSON omits zeros), invalid means ``None``."""
+    if key not in usage:
+        return 0
+    return token_count(usage[key])
+
+
+def _counts(usage: Any) -> tuple[int | None, int | None]:
+    if not isinstance(usage, dict):
+        return None, None
+    prompt = _count(usage, "promptTokenCount")
+    tool = _count(usage, "toolUsePromptTokenCount")
+    candidates = _count(usage, "candidatesTokenCount")
+    thoughts = _count(usage, "thoughtsTokenCount")
+    request = None if prompt is None or tool is None else prompt + tool
+    response = None if candidates is None or thoughts is None else candidates + thoughts
+    return request, response
+
+
+def _details(usage: Any) -> tuple[int | None, int | None]:
+    if not isinstance(usage, dict):
+        return None, None
+    return token_count(usage.get("cachedContentTokenCount")), token_count(usage.get("thoughtsTokenCount"))
+
+
+def _texts(data: dict[str, Any]) -> Iterator[str]:
+    candidates = data.get("candidates")
+    if not isinstance(candidates, list):
+        return
+    for candidate in candidates:
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if isinstance(parts, list):
+            for part in parts:
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str):
+                    yield text
+
+
+def _finished(data: dict[str, Any]) -> bool:
+    """Whether every candidate of a chunk carries its ``finishReason``."""
+    candidates = data.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        return False
+    return all(isinstance(c, dict) and c.get("finishReason") for c in candidates)
+
+
+class _Progress:
+    """What a call learnt from its response(s): the last usage, whether it is final."""
+
+    __slots__ = ("final", "seen", "usage")
+
+    def __init__(self) -> None:
+        self.usage: Any = None
+        self.final = False
+        self.seen = False  # a first chunk was decoded whole (model version, response id)
+
+
+_USAGE_KEY: Final = '"usageMetadata": '
+_USAGE_KEY_LEN: Final = len(_USAGE_KEY)
+_decode: Final = json.JSONDecoder().raw_decode
+
+
+def _embed_usage(data: dict[str, Any]) -> int | None:
+    """Input tokens an embedding response reports, or ``None`` when it reports none."""
+    usage = data.get("usageMetadata")
+    if isinstance(usage, dict) and "promptTokenCount" in usage:
+        return token_count(usage["promptTokenCount"])
+    predictions = data.get("predictions")
+    if not isinstance(predictions, list):
+        return None
+    total = 0
+    seen = False
+    for prediction in predictions:
+        embeddings = prediction.get("embeddings") if isinstance(prediction, dict) else None
+        stats = embeddings.get("statistics") if isinstance(embeddings, dict) else None
+        count = stats.get("token_count") if isinstance(stats, dict) else None
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)
+        count = token_count(count)
+        if count is None:
+            continue
+        seen = True
+        total += count
+    return total if seen else None
+
+
+class GoogleProvider:
+    """Usage from Gemini responses (JSON bodies and stream chunks), and estimates."""
+
+    name = "google"
+
+    # -- the caller's path ---------------------------------------------------------------------------
+    def observe_body(self, call: Call, response: Any) -> None:
+        """A whole (non-stream) response: bill its usage once.
+
+        *response* is the SDK's ``SdkHttpResponse`` (its ``body`` the JSON text), or, before
+        google-genai 1.2x, the decoded JSON object itself.
+        """
+        body = getattr(response, "body", response)
+        if isinstance(body, str | bytes):
+            try:
+                data = json.loads(body) if body else {}
+            except ValueError:
+                data = {}
+        else:
+            data = body
+        if not isinstance(data, dict):
+            data = {}
+        self._ids(call, data)
+        if call.kind == "embed":
+            tokens = _embed_usage(data)
+            if tokens is not None:
+                call.emit(None, tokens, 0)
+            return  # an embedding response without tokens (the Developer API) bills nothing
+        progress = call.state = _Progress()
+        progress.usage = data.get("usageMetadata")
+        progress.final = True
+        if not self._exact(call, progress.usage):
+            call.text = list(_texts(data))
+            call.estimate()
+
+    def observe_chunk(self, call: Call, chunk: Any) -> None:
+        """One stream chunk (its usage is cumulative): keep the last usage.
+
+        Called for every chunk, so the usual chunk costs one ``rfind`` and the decoding of its
+        small usage object: the SDK hands over ``json.dumps`` of the chunk, where the top-level
+        ``"usageMetadata": `` follows the candidates (a quote inside a string value is escaped,
+        so text cannot fake it). The first chunk, a chunk without usage (its text is kept for an
+        estimate) and a chunk naming a ``finishReason`` are decoded whole.
+        """
+        progress: _Progress = call.state
+        body = getattr(chunk, "body", chunk)  # older releases hand over the decoded JSON object
+        if type(body) is dict:
+            self._observe_data(call, progress, body)
+            return
+        if progress.seen:
+            at = body.rfind(_USAGE_KEY)
+            if at >= 0 and '"finishReason"' not in body:
+                try:
+                    progress.usage = _decode(body, at + _USAGE_KEY_LEN)[0]
+                    return
+                except ValueError:
+                    pass
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(data, dict):
+            self._observe_data(call, progress, data)
+
+    def _observe_data(self, call: Call, progress: _Progress, data: dict[str, Any]) -> None:
+        if not progress.seen:
+            progress.seen = True
+            self._ids(call, data)
+        usage = data.get("usageMetadata")
+        if usage is not None:
+            progress.usage = usage
+        elif call.text is not None:
+            call.text.extend(_texts(data))
+        if _finished(data):
+            progress.final = True
+
+    def end_stream(self, call: Call, complete: bool) -> None:
+        """The stream ended: bill its last usage when final, else estimate (or skip)."""
+        if call.done:
+            return
+        progress: _Progress = call.state
+        if complete or progress.final:
+            progress.final = True
+            if not self._exact(call, progress.usage):
+                call.estimate()
+        else:
+            call.finish()
+
+    def _ids(self, call: Call, data: dict[str, Any]) -> None:
+        version = data.get("modelVersion")
+        if isinstance(version, str) and version:
+            call.model = version
+        ident = data.get("responseId")
+        if isinstance(ident, str) and ident:
+            call.response_id = ident
+
+    def _exact(self, call: Call, usage: Any) -> bool:
+        request_tokens, response_tokens = _counts(usage)
+        if request_tokens is None or response_tokens is None:
+            if usage is not None:
+                log.warning(
+                    "llm_meter: a Gemini response has invalid usage (%r): billed as an estimate", usage
+                )
+            return False
+        cached, reasoning = _details(usage)
+        call.emit(None, request_tokens, response_tokens, cached, None, reasoning)
+        return True
+
+    # -- estimates (background worker) ---------------------------------------------------------------
+    def estimate(self, call: Call, record: UsageRecord) -> None:
+        """Valid counts of the last usage seen, estimates from the request and text for the rest."""
+        from .. import _estimate
+
+        progress = call.state if isinstance(call.state, _Progress) else _Progress()
+        usage = progress.usage
+        request_tokens, response_tokens = _counts(usage) if usage is not None else (None, None)
+        if usage is not None:
+            record.cached_tokens, record.reasoning_tokens = _details(usage)
+        model = "gpt-4o"  # no Gemini tokenizer is bundled: o200k_base approximates it
+        if request_tokens is None:
+            request_tokens = _estimate.count_text(" ".join(_request_texts(call.body)), model)
+        if response_tokens is None or not progress.final:
+            text = "".join(call.text or ())
+            from_text = _estimate.count_text(text, model) if text else 0
+            response_tokens = from_text if response_tokens is None else max(response_tokens, from_text)
+        record.request_tokens = request_tokens
+        record.response_tokens = response_tokens
+        record.estimated = True
+
+
+def _request_texts(body: Any) -> Iterator[str]:
+    """The text parts of a request body (``contents``, ``systemInstruction``)."""
+    if not isinstance(body, dict):
+        return
+    items: list[Any] = []
+    contents = body.get("contents")
+    if isinstance(contents, list):
+        items.extend(contents)
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    if system is not None:
+        items.append(system)
+    for item in items:
+        parts = item.get("parts") if isinstance(item, dict) else None
+        if isinstance(parts, list):
+            for part in parts:
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str):
+                    yield text
+
+
+_PROVIDER: Final = GoogleProvider()
+
+
+# -- the API client hook ---------------------------------------------------------------------------
+
+
+class _MeteredApiClient:
+    """Mixin over the SDK's API client class: the four request methods, metered."""
+
+    _llm_meter: ClientConfig
+    #: True on the copy made by ``meter()``: the original owns (and closes) the connections.
+    _llm_meter_shared = False
+
+    def _llm_meter_call(self, kind: str, path: str, body: Any) -> Call | None:
+        config = self._llm_meter
+        who = _request_customer.get() or current_customer() or config.customer
+        if who is None:
+            what = f"POST {path}"
+            if config.meter.raise_on_missing_customer:
+                raise MissingCustomerError(
+                    f"no customer to bill for {what}: pass customer= to meter(), to the call, "
+                    "or use `with llm_meter.customer(...)`"
+                )
+            config.meter.warn_missing_customer(what)
+            return None
+        call = Call(_PROVIDER, config.meter, who, kind)
+        call.model = _path_model(path)
+        call.body = body
+        return call
+
+    def request(self, http_method: str, path: str, request_dict: Any, http_options: Any = None) -> Any:
+        kind = _kind(path, request_dict)
+        if kind is None:
+            return super().request(http_method, path, request_dict, http_options)  # type: ignore[misc]
+        call = self._llm_meter_call(kind, path, request_dict)
+        response = super().request(http_method, path, request_dict, http_options)  # type: ignore[misc]
+        if call is not None:
+            try:
+                _PROVIDER.observe_body(call, response)
+            except Exception:
+                call.meter.errors += 1
+                log.exception("llm_meter: could not read usage from a Gemini response")
+        return response
+
+    def request_streamed(
+        self, http_method: str, path: str, request_dict: Any, http_options: Any = None
+    ) -> Iterator[Any]:
+        kind = _kind(path, request_dict)
+        inner = super().request_streamed(http_method, path, request_dict, http_options)  # type: ignore[misc]
+        call = None if kind is None else self._llm_meter_call(kind, path, request_dict)
+        if call is None:
+            yield from inner
+            return
+        _start_stream(call)
+        complete = False
+        try:
+            for chunk in inner:
+                _observe_chunk(call, chunk)
+                yield chunk
+            complete = True
+        finally:
+            _end_stream(call, complete)
+
+    async def async_request(
+        self, http_method: str, path: str, request_dict: Any, http_options: Any = None
+    ) -> Any:
+        kind = _kind(path, request_dict)
+        if kind is None:
+            return await super().async_request(http_method, path, request_dict, http_options)  # type: ignore[misc]
+        call = self._llm_meter_call(kind, path, request_dict)
+        response = await super().async_request(http_method, path, request_dict, http_options)  # type: ignore[misc]
+        if call is not None:
+            try:
+                _PROVIDER.observe_body(call, response)
+            except Exception:
+                call.meter.errors += 1
+                log.exception("llm_meter: could not read usage from a Gemini response")
+        return response
+
+    async def async_request_streamed(
+        self, http_method: str, path: str, request_dict: Any, http_options: Any = None
+    ) -> Any:
+        kind = _kind(path, request_dict)
+        call = None if kind is None else self._llm_meter_call(kind, path, request_dict)
+        inner = await super().async_request_streamed(http_method, path, request_dict, http_options)  # type: ignore[misc]
+        if call is None:
+            return inner
+        _start_stream(call)
+        stream = _metered_aiter(call, inner)
+        # Never iterated (or collected without the loop's finalizer): billed when it dies.
+        weakref.finalize(stream, _end_stream, call, False)
+        return stream
+
+    def __del__(self) -> None:
+        if self._llm_meter_shared:
+            return  # the original client owns the connection pool and closes it
+        sdk_del = getattr(super(), "__del__", None)
+        if sdk_del is not None:
+            sdk_del()
+
+
+def _start_stream(call: Call) -> None:
+    call.stream = True
+    call.state = _Progress()
+    if call.meter.estimate_incomplete:
+        call.text = []
+    call.meter.track_open(call)
+
+
+def _observe_chunk(call: Call, chunk: Any) -> None:
+    try:
+        _PROVIDER.observe_chunk(call, chunk)
+    except Exception:
+        call.meter.errors += 1
+        log.exception("llm_meter: could not read usage from a Gemini stream chunk")
+
+
+def _end_stream(call: Call, complete: bool) -> None:
+    try:
+        _PROVIDER.end_stream(call, complete)
+    except Exception:
+        call.meter.errors += 1
+        log.exception("llm_meter: could not bill a Gemini stream")
+
+
+async def _metered_aiter(call: Call, inner: Any) -> AsyncIterator[Any]:
+    complete = False
+    try:
+        async for chunk in inner:
+            _observe_chunk(call, chunk)
+            yield chunk
+        complete = True
+    finally:
+        _end_stream(call, complete)
+        if not complete:
+            aclose = getattr(inner, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+# -- per-call customers on the resources -------------------------------------------------------------
+
+_CUSTOMER_PARAMS: Final = (
+    inspect.Parameter("customer", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
+    inspect.Parameter("customer_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
+)
+
+
+def _with_signature(wrapper: Any, func: Any) -> Any:
+    """*wrapper* with *func*'s name, docs and ``__wrapped__``, and its signature plus ours."""
+    functools.update_wrapper(wrapper, func)
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return wrapper
+    params = list(sig.parameters.values())
+    var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
+    rest = [p for p in params if p.kind is not p.VAR_KEYWORD]
+    wrapper.__signature__ = sig.replace(parameters=[*rest, *_CUSTOMER_PARAMS, *var_kw])
+    annotations = dict(getattr(func, "__annotations__", {}))
+    ret = annotations.pop("return", inspect.Parameter.empty)
+    annotations["customer"] = annotations["customer_id"] = str | None
+    if ret is not inspect.Parameter.empty:
+        annotations["return"] = ret
+    wrapper.__annotations__ = annotations
+    return wrapper
+
+
+def _customer_gen(inner: Iterator[Any], who: Customer) -> Iterator[Any]:
+    """*inner* with *who* as the request customer while each step of it runs."""
+    try:
+        while True:
+            token = _request_customer.set(who)
+            try:
+                item = next(inner)
+            except StopIteration:
+                return
+            finally:
+                _request_customer.reset(token)
+            yield item
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
+
+
+async def _customer_agen(inner: Any, who: Customer) -> AsyncIterator[Any]:
+    try:
+        while True:
+            token = _request_customer.set(who)
+            try:
+                item = await inner.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                _request_customer.reset(token)
+            yield item
+    finally:
+        aclose = getattr(inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[..., Any]:
+    """*func* (an SDK method) taking ``customer=`` / ``customer_id=`` too."""
+    if inspect.iscoroutinefunction(func):
+        if stream:
+
+            async def amethod(
+                self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
+            ) -> Any:
+                who = make_customer(customer, customer_id) or _request_customer.get() or current_customer()
+                if who is None:
+                    return await func(self, *args, **kw)
+                token = _request_customer.set(who)
+                try:
+                    inner = await func(self, *args, **kw)
+                finally:
+                    _request_customer.reset(token)
+                return _customer_agen(inner, who)
+
+        else:
+
+            async def amethod(
+                self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
+            ) -> Any:
+                who = make_customer(customer, customer_id)
+                if who is None:
+                    return await func(self, *args, **kw)
+                token = _request_customer.set(who)
+                try:
+                    return await func(self, *args, **kw)
+                finally:
+                    _request_customer.reset(token)
+
+        return _with_signature(amethod, func)  # type: ignore[no-any-return]
+    if stream:
+
+        def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
+            # Not a generator function: the customer (argument or block) is captured now.
+            who = make_customer(customer, customer_id) or _request_customer.get() or current_customer()
+            inner = func(self, *args, **kw)
+            return inner if who is None else _customer_gen(inner, who)
+
+    else:
+
+        def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
+            who = make_customer(customer, customer_id)
+            if who is None:
+                return func(self, *args, **kw)
+            token = _request_customer.set(who)
+            try:
+                return func(self, *args, **kw)
+            finally:
+                _request_customer.reset(token)
+
+    return _with_signature(smethod, func)  # type: ignore[no-any-return]
+
+
+#: Billed methods of each SDK resource class: name -> returns a stream.
+_MODEL_METHODS: Final = {"generate_content": False, "generate_content_stream": True, "embed_content": False}
+_CHAT_METHODS: Final = {"send_message": False, "send_message_stream": True}
+
+
+def _subclass(base: type, namespace: dict[str, Any]) -> type:
+    cls = type(base.__name__, (base,), {"__module__": base.__module__, "__doc__": base.__doc__, **namespace})
+    cls.__qualname__ = base.__qualname__
+    return cls
+
+
+def _resource_class(base: type, methods: dict[str, bool]) -> type:
+    return _subclass(
+        base,
+        {name: _customer_method(getattr(base, name), stream=stream) for name, stream in methods.items()},
+    )
+
+
+class _Classes:
+    """The metered subclasses of the SDK's classes, built once on first use."""
+
+    def __init__(self) -> None:
+        from google.genai import chats, client, models
+
+        self.models = _resource_class(models.Models, _MODEL_METHODS)
+        self.async_models = _resource_class(models.AsyncModels, _MODEL_METHODS)
+        chat = _resource_class(chats.Chat, _CHAT_METHODS)
+        async_chat = _resource_class(chats.AsyncChat, _CHAT_METHODS)
+        self.chats = _chats_class(chats.Chats, chat)
+        self.async_chats = _chats_class(chats.AsyncChats, async_chat)
+        self.async_client = _subclass(
+            client.AsyncClient,
+            {"chats": property(lambda self: self._llm_meter_chats(self.models))},
+        )
+        self.async_client._llm_meter_chats = self.async_chats  # type: ignore[attr-defined]
+        self.api: dict[type, type] = {}
+        self.client: dict[type, type] = {}
+
+    def api_class(self, base: type) -> type:
+        if issubclass(base, _MeteredApiClient):
+            return base
+        cls = self.api.get(base)
+        if cls is None:
+            cls = type(base.__name__, (_MeteredApiClient, base), {"__module__": base.__module__})
+            cls.__qualname__ = base.__qualname__
+            cls = self.api.setdefault(base, cls)
+        return cls
+
+
+def _chats_class(base: type, chat_cls: type) -> type:
+    sdk_create = base.create  # type: ignore[attr-defined]
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        chat = sdk_create(self, *args, **kwargs)
+        chat.__class__ = chat_cls
+        return chat
+
+    return _subclass(base, {"create": functools.update_wrapper(create, sdk_create)})
+
+
+_classes: _Classes | None = None
+
+
+def _get_classes() -> _Classes:
+    global _classes
+    if _classes is None:
+        _classes = _Classes()
+    return _classes
+
+
+def _check_meter(meter: object) -> Meter | None:
+    if meter is None or isinstance(meter, Meter):
+        return meter
+    raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
+
+
+def _install(client: Any, config: ClientConfig, *, shared: bool) -> None:
+    """Meter *client* in place: its API client, its resources and ``client.aio``.
+
+    ``shared``: *client* is a copy made by ``meter()`` whose API client and resources are still
+    the original's objects; they are copied first (the connection pool stays shared).
+    """
+    classes = _get_classes()
+    attrs = client.__dict__
+    old_api = attrs["_api_client"]
+    api = copy.copy(old_api) if shared else old_api
+    api.__class__ = classes.api_class(type(old_api))
+    api._llm_meter = config
+    api._llm_meter_shared = shared or old_api.__dict__.get("_llm_meter_shared", False)
+    attrs["_api_client"] = api
+    aio = attrs.get("_aio")
+    if aio is not None:
+        aio = copy.copy(aio) if shared else aio
+        aio.__class__ = classes.async_client
+        attrs["_aio"] = aio
+        _rebind(aio.__dict__, old_api, api, shared)
+        models = aio.__dict__.get("_models")
+        if models is not None:
+            models.__class__ = classes.async_models
+    _rebind(attrs, old_api, api, shared)
+    models = attrs.get("_models")
+    if models is not None:
+        models.__class__ = classes.models
+
+
+def _rebind(attrs: dict[str, Any], old_api: Any, api: Any, shared: bool) -> None:
+    """Point the resources in *attrs* at *api* (copies of them when they are shared)."""
+    for name, value in list(attrs.items()):
+        if name in ("_api_client", "_aio"):
+            continue
+        if name.endswith("_instance") or name.startswith("_nextgen"):
+            if shared:
+                attrs[name] = None  # rebuilt lazily on the metered API client
+            continue
+        if getattr(value, "_api_client", None) is old_api:
+            if shared:
+                value = attrs[name] = copy.copy(value)
+            value._api_client = api
+    if "_api_client" in attrs:
+        attrs["_api_client"] = api
+
+
+def _client_namespace(base: type) -> dict[str, Any]:
+    base_init = base.__init__  # type: ignore[misc]
+
+    def __init__(
+        self: Any,
+        *args: Any,
+        customer: str | None = None,
+        customer_id: str | None = None,
+        meter: Meter | None = None,
+        **kwargs: Any,
+    ) -> None:
+        config = ClientConfig(_check_meter(meter), make_customer(customer, customer_id))
+        base_init(self, *args, **kwargs)
+        _install(self, config, shared=False)
+
+    functools.update_wrapper(__init__, base_init)
+    try:
+        sig = inspect.signature(base_init)
+        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        extra = (
+            *_CUSTOMER_PARAMS,
+            inspect.Parameter("meter", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Meter | None),
+        )
+        __init__.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        pass
+
+    def with_customer(self: Any, customer: str | None = None, *, customer_id: str | None = None) -> Any:
+        """A metered client like this one, billed to another customer."""
+        if customer is None and customer_id is None:
+            raise ConfigurationError("with_customer() needs customer= or customer_id=")
+        return _wrap(self, meter=None, customer=make_customer(customer, customer_id))
+
+    def chats(self: Any) -> Any:
+        return _get_classes().chats(modules=self.models)
+
+    namespace: dict[str, Any] = {
+        "__init__": __init__,
+        "with_customer": with_customer,
+        "chats": property(chats, doc=base.chats.__doc__),  # type: ignore[attr-defined]
+    }
+    base_del = getattr(base, "__del__", None)  # google-genai >= 1.2x closes its connections there
+    if base_del is not None:
+
+        def __del__(self: Any) -> None:
+            if self.__dict__.get("_llm_meter_origin") is not None:
+                return  # a copy made by meter(): the original closes the shared connections
+            base_del(self)
+
+        namespace["__del__"] = __del__
+    return namespace
+
+
+def metered_client_class(base: type) -> type:
+    """The metered subclass of ``google.genai.Client`` (or a subclass of it), built once."""
+    if getattr(base, "_llm_meter_metered", False):
+        return base
+    classes = _get_classes()
+    cls = classes.client.get(base)
+    if cls is None:
+        cls = _subclass(base, {**_client_namespace(base), "_llm_meter_metered": True})
+        cls = classes.client.setdefault(base, cls)
+    return cls
+
+
+def _wrap(client: Any, *, meter: Meter | None, customer: Customer | None) -> Any:
+    api = client.__dict__["_api_client"]
+    old: ClientConfig | None = getattr(api, "_llm_meter", None)
+    if old is not None:
+        config = ClientConfig(
+            _check_meter(meter) if meter is not None else old._meter,
+            customer if customer is not None else old.customer,
+        )
+    else:
+        config = ClientConfig(_check_meter(meter), customer)
+    cls = metered_client_class(type(client))
+    new: Any = object.__new__(cls)
+    new.__dict__.update(client.__dict__)
+    new.__dict__.pop("_llm_meter_origin", None)
+    _install(new, config, shared=True)
+    new.__dict__["_llm_meter_origin"] = client  # keeps the pool's owner alive as long as the copy
+    return new
+
+
+class GoogleAdapter:
+    """The registry adapter for ``google.genai.Client``."""
+
+    label = "google.genai.Client (Gemini Developer API and Vertex AI, with client.aio)"
+
+    def detect(self, cls: type) -> bool:
+        module = sys.modules.get("google.genai.client")
+        if module is None:  # google-genai not imported: cls cannot be one of its clients
+            return False
+        return isinstance(cls, type) and issubclass(cls, module.Client)
+
+    def wrap(self, client: Any, *, meter: Meter | None, customer: Customer | None) -> Any:
+        return _wrap(client, meter=meter, customer=customer)
+
+
+register(GoogleAdapter())

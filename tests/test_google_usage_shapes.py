@@ -1,0 +1,115 @@
+"""Gemini usage arithmetic (SPEC §9) and odd usage shapes, through the real SDK on the fake server."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from google import genai
+
+from google_support import MODEL, PROMPT, headers, opened
+from llm_meter import Meter, meter
+from llm_meter._fakes.gemini_server import FakeGeminiServer
+from llm_meter.transports import MemoryTransport
+from support import only_event, usage
+
+
+@pytest.fixture
+def client(gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]) -> Iterator[genai.Client]:
+    with opened(gemini) as base:
+        yield meter(base, customer="cus_1", meter=details[0])
+
+
+def shaped(usage_metadata: object) -> object:
+    return headers(**{"x-fake-usage": json.dumps(usage_metadata)})
+
+
+def test_thoughts_count_as_response_and_reasoning(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """response_tokens = candidates + thoughts; reasoning_tokens = thoughts."""
+    gemini.thoughts = 7
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    event = only_event(*details)
+    assert usage(event) == (4, 10, 14)
+    assert event["metadata"]["reasoning_tokens"] == 7
+
+
+def test_cached_content_is_part_of_the_prompt(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Cached content counts once (inside promptTokenCount) and is reported as cached_tokens."""
+    gemini.cached = 100
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    event = only_event(*details)
+    assert usage(event) == (104, 3, 107)
+    assert event["metadata"]["cached_tokens"] == 100
+
+
+def test_tool_use_prompt_counts_as_request(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """request_tokens = promptTokenCount + toolUsePromptTokenCount."""
+    gemini.tool_use_prompt = 20
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert usage(only_event(*details)) == (24, 3, 27)
+
+
+def test_model_is_the_reported_model_version(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """The event's model is modelVersion when the response reports it."""
+    gemini.model_version = "gemini-2.5-flash-preview-05-20"
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert only_event(*details)["metadata"]["model"] == "gemini-2.5-flash-preview-05-20"
+
+
+def test_model_falls_back_to_the_requested_one(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Without modelVersion the event names the model of the request path."""
+    gemini.model_version = None
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert only_event(*details)["metadata"]["model"] == MODEL
+
+
+def test_absent_counts_are_zero(client: genai.Client, details: tuple[Meter, MemoryTransport]) -> None:
+    """Proto3 JSON omits zero counts: a usage with only promptTokenCount is exact with 0 output."""
+    client.models.generate_content(model=MODEL, contents=PROMPT, config=shaped({"promptTokenCount": 9}))
+    event = only_event(*details)
+    assert usage(event) == (9, 0, 9)
+    assert event["metadata"]["estimated"] is False
+
+
+def test_missing_usage_is_estimated(client: genai.Client, details: tuple[Meter, MemoryTransport]) -> None:
+    """A response without usageMetadata is billed as an estimate, never dropped."""
+    client.models.generate_content(model=MODEL, contents=PROMPT, config=headers(**{"x-fake-usage": "omit"}))
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is True
+    assert event["metadata"]["request_tokens"] > 0
+    assert event["metadata"]["response_tokens"] > 0
+
+
+@pytest.mark.parametrize("bad", [-1, None, "12", 2**40], ids=["negative", "null", "string", "absurd"])
+def test_invalid_count_is_estimated(
+    client: genai.Client,
+    details: tuple[Meter, MemoryTransport],
+    bad: object,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An invalid candidates count makes the event an estimate that keeps the valid prompt count."""
+    config = shaped({"promptTokenCount": 9, "candidatesTokenCount": bad})
+    client.models.generate_content(model=MODEL, contents=PROMPT, config=config)
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is True
+    assert event["metadata"]["request_tokens"] == 9
+
+
+def test_response_id_is_in_the_external_id(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """external_id is google:<responseId>:<call-unique suffix>."""
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert re.fullmatch(r"google:[0-9a-f]{24}:[0-9a-f]+", only_event(*details)["external_id"])
