@@ -60,7 +60,9 @@ def test_break_early_bills_an_estimate(client: genai.Client, details: tuple[Mete
     assert event["metadata"]["response_tokens"] >= 1
 
 
-def test_break_bills_the_last_usage_seen(client: genai.Client, details: tuple[Meter, MemoryTransport]) -> None:
+def test_break_bills_the_last_usage_seen(
+    client: genai.Client, details: tuple[Meter, MemoryTransport]
+) -> None:
     """Leaving after the second chunk bills that chunk's cumulative output count (2), not the first's."""
     stream = client.models.generate_content_stream(model=MODEL, contents=PROMPT)
     next(stream)
