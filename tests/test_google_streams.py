@@ -60,6 +60,19 @@ def test_break_early_bills_an_estimate(client: genai.Client, details: tuple[Mete
     assert event["metadata"]["response_tokens"] >= 1
 
 
+def test_break_bills_the_last_usage_seen(
+    client: genai.Client, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Leaving after the second chunk bills that chunk's cumulative output count (2), not the first's."""
+    stream = client.models.generate_content_stream(model=MODEL, contents=PROMPT)
+    next(stream)
+    next(stream)
+    stream.close()
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is True
+    assert usage(event)[:2] == (4, 2)
+
+
 def test_close_bills_once(client: genai.Client, details: tuple[Meter, MemoryTransport]) -> None:
     """close() on a started stream bills it once."""
     stream = client.models.generate_content_stream(model=MODEL, contents=PROMPT)

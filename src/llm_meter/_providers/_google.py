@@ -144,12 +144,26 @@ def _finished(data: dict[str, Any]) -> bool:
 class _Progress:
     """What a call learnt from its response(s): the last usage, whether it is final."""
 
-    __slots__ = ("final", "seen", "usage")
+    __slots__ = ("at", "final", "last", "seen", "usage")
 
     def __init__(self) -> None:
         self.usage: Any = None
         self.final = False
         self.seen = False  # a first chunk was decoded whole (model version, response id)
+        #: The last chunk text holding usage, not decoded yet, and where its usage object starts.
+        self.last: str | None = None
+        self.at = 0
+
+    def settled_usage(self) -> Any:
+        """The last usage seen, decoding the kept chunk text once."""
+        last = self.last
+        if last is not None:
+            self.last = None
+            try:
+                self.usage = _decode(last, self.at)[0]
+            except ValueError:
+                pass
+        return self.usage
 
 
 _USAGE_KEY: Final = '"usageMetadata": '
@@ -219,11 +233,12 @@ class GoogleProvider:
     def observe_chunk(self, call: Call, chunk: Any) -> None:
         """One stream chunk (its usage is cumulative): keep the last usage.
 
-        Called for every chunk, so the usual chunk costs one ``rfind`` and the decoding of its
-        small usage object: the SDK hands over ``json.dumps`` of the chunk, where the top-level
-        ``"usageMetadata": `` follows the candidates (a quote inside a string value is escaped,
-        so text cannot fake it). The first chunk, a chunk without usage (its text is kept for an
-        estimate) and a chunk naming a ``finishReason`` are decoded whole.
+        Called for every chunk, so the usual chunk costs two substring searches in C and keeps a
+        reference to its text: the SDK hands over ``json.dumps`` of the chunk, where the
+        top-level ``"usageMetadata": `` follows the candidates (a quote inside a string value is
+        escaped, so text cannot fake it); only the last one is decoded, when the stream ends.
+        The first chunk, a chunk without usage (its text is kept for an estimate) and a chunk
+        naming a ``finishReason`` are decoded whole.
         """
         progress: _Progress = call.state
         body = getattr(chunk, "body", chunk)  # older releases hand over the decoded JSON object
@@ -233,11 +248,9 @@ class GoogleProvider:
         if progress.seen:
             at = body.rfind(_USAGE_KEY)
             if at >= 0 and '"finishReason"' not in body:
-                try:
-                    progress.usage = _decode(body, at + _USAGE_KEY_LEN)[0]
-                    return
-                except ValueError:
-                    pass
+                progress.last = body
+                progress.at = at + _USAGE_KEY_LEN
+                return
         try:
             data = json.loads(body)
         except ValueError:
@@ -251,9 +264,12 @@ class GoogleProvider:
             self._ids(call, data)
         usage = data.get("usageMetadata")
         if usage is not None:
+            progress.last = None  # replaces a kept one
             progress.usage = usage
-        elif call.text is not None:
-            call.text.extend(_texts(data))
+        else:
+            progress.settled_usage()  # the last usage stays the one kept before this chunk
+            if call.text is not None:
+                call.text.extend(_texts(data))
         if _finished(data):
             progress.final = True
 
@@ -262,9 +278,10 @@ class GoogleProvider:
         if call.done:
             return
         progress: _Progress = call.state
+        usage = progress.settled_usage()
         if complete or progress.final:
             progress.final = True
-            if not self._exact(call, progress.usage):
+            if not self._exact(call, usage):
                 call.estimate()
         else:
             call.finish()
@@ -295,7 +312,7 @@ class GoogleProvider:
         from .. import _estimate
 
         progress = call.state if isinstance(call.state, _Progress) else _Progress()
-        usage = progress.usage
+        usage = progress.settled_usage()
         request_tokens, response_tokens = _counts(usage) if usage is not None else (None, None)
         if usage is not None:
             record.cached_tokens, record.reasoning_tokens = _details(usage)
