@@ -1,20 +1,22 @@
-"""Overhead of metered OpenAI, Anthropic and Gemini clients versus the plain SDK clients (local fake servers).
+"""Overhead of metered OpenAI, Anthropic, Bedrock and Gemini clients versus the plain SDKs' (local fakes).
 
 Usage::
 
     python benchmarks/overhead.py            # full run (about 2.5 minutes, capped under 4)
     python benchmarks/overhead.py --quick    # smoke run (under 50 s)
-    python benchmarks/overhead.py --only anthropic  # one SDK only (openai, anthropic or google)
+    python benchmarks/overhead.py --only anthropic  # one SDK only (openai, anthropic, bedrock or google)
     python benchmarks/overhead.py --server thread   # fake servers in this process (GIL-shared, noisier)
 
 What is measured (one run, the same fake server for both sides of a row):
 
-1. non-streaming ``chat.completions.create`` (OpenAI), ``messages.create`` (Anthropic) and
-   ``models.generate_content`` (Gemini, sync and ``client.aio``), sync and async;
-2. a 500-chunk ``chat.completions.create(stream=True)`` stream, a 500-delta
-   ``messages.create(stream=True)`` stream and a 500-chunk ``models.generate_content_stream``
-   (``usageMetadata`` on every chunk), fully consumed, sync and async;
-3. the hand-off on the caller's path: ``Meter.emit(UsageRecord(...))``, ``Call.emit(...)`` and each
+1. non-streaming ``chat.completions.create`` (OpenAI) and ``messages.create`` (Anthropic), sync and async;
+2. a 500-chunk ``chat.completions.create(stream=True)`` stream and a 500-delta
+   ``messages.create(stream=True)`` stream, fully consumed, sync and async;
+3. Bedrock (boto3, sync only): ``converse`` and ``invoke_model`` (Anthropic body), a 500-event
+   ``converse_stream`` and a 500-chunk ``invoke_model_with_response_stream``, fully consumed;
+4. Gemini (google-genai): ``models.generate_content`` (sync and ``client.aio``) and a 500-chunk
+   ``models.generate_content_stream`` (``usageMetadata`` on every chunk), fully consumed;
+5. the hand-off on the caller's path: ``Meter.emit(UsageRecord(...))``, ``Call.emit(...)`` and each
    provider's usage reading plus emit (``provider.observe(call, ChatCompletion | Message, ...)``), each
    timed one iteration at a time with ``time.perf_counter_ns`` in batches.
 
@@ -44,6 +46,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import anthropic
+import boto3
+import botocore.config
 import openai
 from google import genai
 from google.genai import types as genai_types
@@ -54,6 +58,7 @@ from llm_meter._call import Call
 from llm_meter._customer import make_customer
 from llm_meter._events import UsageRecord
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._fakes.bedrock_server import FakeBedrockServer
 from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter._providers._stainless import metered_class
@@ -74,7 +79,15 @@ TARGET_NON_STREAM = 1.02
 TARGET_STREAM = 1.03
 CPU_TARGET: dict[float, float] = {TARGET_NON_STREAM: 1.03, TARGET_STREAM: 1.02}
 TARGET_HANDOFF_US = 10.0
-SDK_NAMES = ("openai", "anthropic", "google")
+SDK_NAMES = ("openai", "anthropic", "bedrock", "google")
+BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
+BEDROCK_MESSAGES: list[Any] = [
+    {"role": "user", "content": [{"text": "Say hello to the benchmark in a few words."}]}
+]
+BEDROCK_BODY = (
+    '{"anthropic_version":"bedrock-2023-05-31","max_tokens":1024,'
+    '"messages":[{"role":"user","content":"Say hello to the benchmark in a few words."}]}'
+)
 GEMINI_MODEL = "gemini-2.5-flash"
 GEMINI_PROMPT = "Say hello to the benchmark in a few words."
 
@@ -190,6 +203,32 @@ def _anthropic_sdk() -> Sdk:
     )
 
 
+def _bedrock_sdk() -> Sdk:
+    """Listed for the report's versions; its rows are run by :func:`run_bedrock` (boto3 is sync only)."""
+    return Sdk(
+        name="bedrock",
+        version=f"boto3 {boto3.__version__}",
+        create_label="converse",
+        stream_label=f"converse_stream {STREAM_CHUNKS} events",
+        client=_bedrock_client,
+        aclient=_bedrock_client,
+        create=lambda c: c.converse(modelId=BEDROCK_MODEL, messages=BEDROCK_MESSAGES),
+        stream=lambda c: c.converse_stream(modelId=BEDROCK_MODEL, messages=BEDROCK_MESSAGES)["stream"],
+        is_content=lambda event: "contentBlockDelta" in event,
+    )
+
+
+def _bedrock_client(base_url: str, **options: Any) -> Any:
+    return boto3.client(
+        "bedrock-runtime",
+        endpoint_url=base_url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDBENCH",
+        aws_secret_access_key="bench",
+        config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+
+
 def _gemini_client(*, base_url: str, **_: Any) -> genai.Client:
     return genai.Client(api_key="test", http_options=genai_types.HttpOptions(base_url=base_url))
 
@@ -214,6 +253,7 @@ def _google_sdk() -> Sdk:
 SDKS: dict[str, Callable[[], Sdk]] = {
     "openai": _openai_sdk,
     "anthropic": _anthropic_sdk,
+    "bedrock": _bedrock_sdk,
     "google": _google_sdk,
 }
 
@@ -234,6 +274,11 @@ def _start_servers(stack: contextlib.ExitStack, names: Sequence[str]) -> Urls:
         asmall = stack.enter_context(FakeAnthropicServer(model=ANTHROPIC_MODEL))
         alarge = stack.enter_context(FakeAnthropicServer(chunks=STREAM_CHUNKS, model=ANTHROPIC_MODEL))
         urls["anthropic"] = (asmall.url, alarge.url)
+    if "bedrock" in names:
+        bsmall = stack.enter_context(FakeBedrockServer())
+        blarge = stack.enter_context(FakeBedrockServer())
+        blarge.chunks = STREAM_CHUNKS
+        urls["bedrock"] = (bsmall.url, blarge.url)
     if "google" in names:
         gsmall = stack.enter_context(FakeGeminiServer())
         glarge = stack.enter_context(FakeGeminiServer(chunks=STREAM_CHUNKS))
@@ -478,6 +523,64 @@ def run_sdk(
     return rows, (body, item)
 
 
+def run_bedrock(sdk: Sdk, plan: Plan, urls: tuple[str, str], m: Meter) -> list[Comparison]:
+    """The four Bedrock rows (sync: boto3 has no async client)."""
+    small_url, large_url = urls
+    plain, metered = (
+        _bedrock_client(small_url),
+        llm_meter.meter(_bedrock_client(small_url), customer="cus_1", meter=m),
+    )
+    plain_s = _bedrock_client(large_url)
+    metered_s = llm_meter.meter(_bedrock_client(large_url), customer="cus_1", meter=m)
+    p = plan
+
+    def invoke(c: Any) -> Any:
+        return c.invoke_model(modelId=BEDROCK_MODEL, body=BEDROCK_BODY)["body"].read()
+
+    def invoke_stream(c: Any) -> Any:
+        return c.invoke_model_with_response_stream(modelId=BEDROCK_MODEL, body=BEDROCK_BODY)["body"]
+
+    def side(loop: Callable[[Callable[[Any], Any], Any, int], list[int]], call: Any, client: Any) -> Any:
+        return lambda k: loop(call, client, k)
+
+    try:
+        check_stream(sdk, plain_s, metered_s)
+        rows = []
+        for label, call in (("converse", sdk.create), ("invoke_model", invoke)):
+            rows.append(
+                compare(
+                    f"bedrock {label}, sync",
+                    TARGET_NON_STREAM,
+                    side(sync_create, call, plain),
+                    side(sync_create, call, metered),
+                    p.calls_per_block,
+                    p.call_blocks,
+                    p.warmup_calls,
+                    p.call_budget_s,
+                )
+            )
+        for label, call in (
+            (f"converse_stream {STREAM_CHUNKS} events", sdk.stream),
+            (f"invoke stream {STREAM_CHUNKS} chunks", invoke_stream),
+        ):
+            rows.append(
+                compare(
+                    f"bedrock {label}, sync",
+                    TARGET_STREAM,
+                    side(sync_stream, call, plain_s),
+                    side(sync_stream, call, metered_s),
+                    p.streams_per_block,
+                    p.stream_blocks,
+                    p.warmup_streams,
+                    p.stream_budget_s,
+                )
+            )
+    finally:
+        for client in (plain, metered, plain_s, metered_s):
+            client.close()
+    return rows
+
+
 # -- hand-off ---------------------------------------------------------------------------------------
 
 
@@ -555,7 +658,9 @@ def measure_handoff(plan: Plan, samples: dict[str, tuple[Any, Any]]) -> list[Han
     def nothing(i: int) -> None:
         return None
 
-    generic = _provider(openai.OpenAI if "openai" in samples else anthropic.Anthropic)
+    generic = _provider(
+        openai.OpenAI if "openai" in samples or "anthropic" not in samples else anthropic.Anthropic
+    )
     results = [
         HandOff(
             "Meter.emit(UsageRecord(...))", time_each(meter_emit, no_prepare, n, batch), TARGET_HANDOFF_US
@@ -658,8 +763,54 @@ def measure_handoff(plan: Plan, samples: dict[str, tuple[Any, Any]]) -> list[Han
         )
         emitting_rows += 1
 
+    if "bedrock" in samples:
+        # A whole converse() through botocore's Stubber (no I/O), plain and metered: the difference
+        # is what the two event handlers, the Call and the hand-off add per call.
+        from botocore.stub import Stubber
+
+        answer = {
+            "output": {"message": {"role": "assistant", "content": [{"text": "Hello, benchmark."}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 15, "outputTokens": 4, "totalTokens": 19},
+            "metrics": {"latencyMs": 1},
+        }
+        stubbed = n // 20  # a botocore call is ~100x the cost of the rows above
+        for label, bclient in (
+            ("plain", _bedrock_client("https://bedrock-runtime.us-east-1.amazonaws.com")),
+            (
+                "metered",
+                llm_meter.meter(
+                    _bedrock_client("https://bedrock-runtime.us-east-1.amazonaws.com"),
+                    customer="cus_1",
+                    meter=m,
+                ),
+            ),
+        ):
+            stubber = Stubber(bclient)
+            stubber.activate()
+
+            def queue(size: int, stubber: Any = stubber) -> None:
+                m.flush(5.0)
+                for _ in range(size):
+                    stubber.add_response("converse", answer)
+
+            def converse(i: int, bclient: Any = bclient) -> None:
+                bclient.converse(modelId=BEDROCK_MODEL, messages=BEDROCK_MESSAGES)
+
+            results.append(
+                HandOff(
+                    f"bedrock converse via Stubber (no I/O), {label}",
+                    time_each(converse, queue, stubbed, batch // 10),
+                    None,
+                )
+            )
+            stubber.deactivate()
+        expected_extra = (stubbed // (batch // 10)) * (batch // 10)
+    else:
+        expected_extra = 0
+
     results.append(HandOff("timer floor (empty op)", time_each(nothing, lambda size: None, n, batch), None))
-    expected = emitting_rows * (n // batch) * batch
+    expected = emitting_rows * (n // batch) * batch + expected_extra
     m.flush(10.0)
     if transport.events != expected:
         raise RuntimeError(f"hand-off: {transport.events} events delivered, expected {expected}")
@@ -684,6 +835,10 @@ def run(
     names = tuple(sdk.name for sdk in sdks)
     with fake_servers(server_mode, names) as urls, asyncio.Runner() as runner:
         for sdk in sdks:
+            if sdk.name == "bedrock":
+                comparisons += run_bedrock(sdk, plan, urls[sdk.name], m)
+                samples["bedrock"] = (None, None)
+                continue
             rows, samples[sdk.name] = run_sdk(sdk, plan, urls[sdk.name], m, runner)
             comparisons += rows
     m.flush(10.0)

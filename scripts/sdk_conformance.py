@@ -1,4 +1,4 @@
-"""Run the openai / anthropic / google-genai SDKs' own test suites plain and with llm_meter's drop-in clients.
+"""Run the openai, anthropic, groq and google-genai SDKs' own test suites, plain and with our drop-ins.
 
 SPEC §2 "Fidelity": code that uses a metered client cannot tell it from the SDK's. The yardstick is
 each SDK's own test suite, taken from the sdist of the release under test:
@@ -10,10 +10,11 @@ each SDK's own test suite, taken from the sdist of the release under test:
    type checkers left out), pinned to the sdist's lock file where it pins them.
 3. The suite runs twice with ``scripts/sdk_conformance_plugin.py`` loaded (``-p``): plain, and
    metered (llm_meter's ``OpenAI`` / ``AsyncOpenAI`` / ``AzureOpenAI`` / ``AsyncAzureOpenAI``, or
-   every ``Anthropic*`` class ``llm_meter.anthropic`` exports, substituted for the SDK's classes
-   before the tests import them; every test inside ``llm_meter.customer("cus_conf")``; the default
-   meter delivers to a ``MemoryTransport``). google-genai: ``llm_meter.google.Client`` for
-   ``google.genai.Client`` (and ``google.genai.client.Client``).
+   every ``Anthropic*`` class ``llm_meter.anthropic`` exports, or ``Groq`` / ``AsyncGroq``,
+   substituted for the SDK's classes before the tests import them; every test inside
+   ``llm_meter.customer("cus_conf")``; the default meter delivers to a ``MemoryTransport``).
+   google-genai: ``llm_meter.google.Client`` for ``google.genai.Client`` (and
+   ``google.genai.client.Client``).
 4. Every test that passes plain and does not pass metered is a regression: it is printed with its
    node id and first error line, and the script exits 1 if there is any that is not in
    ``ALLOWED`` below.
@@ -35,7 +36,7 @@ cannot run its suite (exit 2 for it); the lower bound is covered by llm_meter's 
 
 Usage::
 
-    python scripts/sdk_conformance.py                     # both SDKs, versions installed here
+    python scripts/sdk_conformance.py                     # every SDK, versions installed here
     python scripts/sdk_conformance.py --sdk openai --version 1.66.5
     python scripts/sdk_conformance.py --oldest            # the lower bounds pyproject.toml claims
     python scripts/sdk_conformance.py --sdk anthropic tests/lib/test_client_copy.py   # part of a suite
@@ -84,6 +85,7 @@ class Suite:
 SUITES = {
     "openai": Suite("openai", "llm_meter.openai"),
     "anthropic": Suite("anthropic", "llm_meter.anthropic"),
+    "groq": Suite("groq", "llm_meter.groq"),
     "google-genai": Suite(
         "google.genai",
         "llm_meter.google",

@@ -10,6 +10,7 @@ import pytest
 
 from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._fakes.bedrock_server import FakeBedrockServer
 from llm_meter._fakes.gemini_server import FakeGeminiServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
 from llm_meter.transports import MemoryTransport
@@ -76,9 +77,23 @@ def details() -> Iterator[tuple[Meter, MemoryTransport]]:
 
 
 @pytest.fixture(scope="session")
+def _bedrock() -> Iterator[FakeBedrockServer]:
+    with FakeBedrockServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def _gemini() -> Iterator[FakeGeminiServer]:
     with FakeGeminiServer() as server:
         yield server
+
+
+@pytest.fixture
+def bedrock(_bedrock: FakeBedrockServer) -> FakeBedrockServer:
+    """The session's fake Bedrock Runtime server, reset to defaults for each test."""
+    from bedrock_support import reset
+
+    return reset(_bedrock)
 
 
 @pytest.fixture

@@ -123,8 +123,14 @@ def first_message_id(events: list[Any]) -> str:
     return str(next(e for e in events if getattr(e, "type", None) == "message_start").message.id)
 
 
-def assert_exact(event: dict[str, Any], fake: FakeAnthropicServer, message_id: str) -> None:
-    assert base_id(event) == f"anthropic:{message_id}"
+def cloud(cls_name: str) -> str:
+    """The provider name events of an Anthropic*Bedrock/*Vertex client carry (the cloud that bills it)."""
+    return "bedrock" if "Bedrock" in cls_name else "google"
+
+
+def assert_exact(event: dict[str, Any], fake: FakeAnthropicServer, message_id: str, provider: str) -> None:
+    assert base_id(event) == f"{provider}:{message_id}"
+    assert event["metadata"]["provider"] == provider
     assert event["external_customer_id"] == "cus_1"
     assert event["metadata"]["model"] == SERVED_MODEL
     assert event["metadata"]["estimated"] is False
@@ -145,7 +151,7 @@ def test_bedrock_invoke_bills_the_model_the_response_reports(
     """Bedrock invoke emits one exact event under the response's model, not the Bedrock model id."""
     message = bedrock.messages.create(model=BEDROCK_MODEL, max_tokens=100, messages=MESSAGES)
     assert fake.requests[-1].path == f"/model/{BEDROCK_MODEL}/invoke"
-    assert_exact(only_event(meter_, transport), fake, message.id)
+    assert_exact(only_event(meter_, transport), fake, message.id, "bedrock")
 
 
 def test_bedrock_invoke_with_response_stream_is_metered(
@@ -157,7 +163,7 @@ def test_bedrock_invoke_with_response_stream_is_metered(
     )
     assert fake.requests[-1].path == f"/model/{BEDROCK_MODEL}/invoke-with-response-stream"
     assert text_of(events) == FULL_TEXT
-    assert_exact(only_event(meter_, transport), fake, first_message_id(events))
+    assert_exact(only_event(meter_, transport), fake, first_message_id(events), "bedrock")
 
 
 def test_bedrock_stream_helper_is_metered(
@@ -168,7 +174,7 @@ def test_bedrock_stream_helper_is_metered(
     with bedrock.messages.stream(model=BEDROCK_MODEL, max_tokens=100, messages=MESSAGES) as stream:
         gc.collect()  # the EventStream decoder allocates enough to trigger one anyway, at random
         final = stream.get_final_message()
-    assert_exact(only_event(meter_, transport), fake, final.id)
+    assert_exact(only_event(meter_, transport), fake, final.id, "bedrock")
 
 
 def test_bedrock_stream_error_mid_way_bills_one_estimated_event(
@@ -185,7 +191,7 @@ def test_bedrock_stream_error_mid_way_bills_one_estimated_event(
     assert text_of(seen) == "tok0 tok1 "
     event = only_event(meter_, transport)
     md = event["metadata"]
-    assert base_id(event) == f"anthropic:{first_message_id(seen)}"
+    assert base_id(event) == f"bedrock:{first_message_id(seen)}"
     assert md["estimated"] is True
     assert md["model"] == SERVED_MODEL
     assert md["request_tokens"] == PROMPT + CACHE_READ + CACHE_WRITE
@@ -222,7 +228,7 @@ def test_bedrock_beta_messages_create_is_metered(
     if messages is None:
         pytest.skip("this SDK has no AnthropicBedrock.beta.messages")
     message = messages.create(model=BEDROCK_MODEL, max_tokens=100, messages=MESSAGES)
-    assert_exact(only_event(meter_, transport), fake, message.id)
+    assert_exact(only_event(meter_, transport), fake, message.id, "bedrock")
 
 
 # -- Vertex ---------------------------------------------------------------------------------------
@@ -234,7 +240,7 @@ def test_vertex_raw_predict_is_metered(
     """Vertex rawPredict emits one exact event under the response's model."""
     message = vertex.messages.create(model=VERTEX_MODEL, max_tokens=100, messages=MESSAGES)
     assert fake.requests[-1].path.endswith(f"/models/{VERTEX_MODEL}:rawPredict")
-    assert_exact(only_event(meter_, transport), fake, message.id)
+    assert_exact(only_event(meter_, transport), fake, message.id, "google")
 
 
 def test_vertex_stream_raw_predict_is_metered(
@@ -244,7 +250,7 @@ def test_vertex_stream_raw_predict_is_metered(
     events = list(vertex.messages.create(model=VERTEX_MODEL, max_tokens=100, messages=MESSAGES, stream=True))
     assert fake.requests[-1].path.endswith(f"/models/{VERTEX_MODEL}:streamRawPredict")
     assert text_of(events) == FULL_TEXT
-    assert_exact(only_event(meter_, transport), fake, first_message_id(events))
+    assert_exact(only_event(meter_, transport), fake, first_message_id(events), "google")
 
 
 def test_vertex_stream_helper_bills_the_customer_given_to_stream(
@@ -258,7 +264,7 @@ def test_vertex_stream_helper_bills_the_customer_given_to_stream(
         final = stream.get_final_message()
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_stream"
-    assert base_id(event) == f"anthropic:{final.id}"
+    assert base_id(event) == f"google:{final.id}"
     assert usage(event) == expect(fake)
     assert no_marker_on_the_wire(fake)
 
@@ -283,7 +289,7 @@ def test_vertex_beta_messages_create_is_metered(
     if messages is None:
         pytest.skip("this SDK has no AnthropicVertex.beta.messages")
     message = messages.create(model=VERTEX_MODEL, max_tokens=100, messages=MESSAGES)
-    assert_exact(only_event(meter_, transport), fake, message.id)
+    assert_exact(only_event(meter_, transport), fake, message.id, "google")
 
 
 # -- async Bedrock and Vertex ---------------------------------------------------------------------
@@ -322,9 +328,9 @@ def test_async_provider_create_and_stream_are_metered(
 
     ids = asyncio.run(main())
     events = delivered(meter_, transport)
-    assert [base_id(e) for e in events] == [f"anthropic:{i}" for i in ids]
+    assert [base_id(e) for e in events] == [f"{cloud(cls_name)}:{i}" for i in ids]
     for event, message_id in zip(events, ids, strict=True):
-        assert_exact(event, fake, message_id)
+        assert_exact(event, fake, message_id, cloud(cls_name))
 
 
 # -- drop-in classes ------------------------------------------------------------------------------
@@ -347,7 +353,7 @@ def test_drop_in_provider_client_is_the_sdk_class_and_is_metered(
     assert issubclass(cls, getattr(anthropic, cls_name))
     with cls(**kwargs(fake), customer="cus_1", meter=meter_) as client:
         message = client.messages.create(model=model, max_tokens=100, messages=MESSAGES)
-    assert_exact(only_event(meter_, transport), fake, message.id)
+    assert_exact(only_event(meter_, transport), fake, message.id, cloud(cls_name))
 
 
 @pytest.mark.parametrize(
@@ -375,7 +381,7 @@ def test_async_drop_in_provider_client_is_metered(
             return await client.messages.create(model=model, max_tokens=100, messages=MESSAGES)
 
     message = asyncio.run(main())
-    assert_exact(only_event(meter_, transport), fake, message.id)
+    assert_exact(only_event(meter_, transport), fake, message.id, cloud(cls_name))
 
 
 def _other_client_kwargs(fake: FakeAnthropicServer) -> dict[str, dict[str, Any]]:
@@ -412,5 +418,5 @@ def test_other_sdk_clients_have_metered_drop_ins(
     with cls(**_other_client_kwargs(fake)[cls_name], max_retries=0, customer="cus_1", meter=meter_) as client:
         assert isinstance(client, sdk_cls)
         message = client.messages.create(model=MODEL, max_tokens=100, messages=MESSAGES)
-    assert_exact(only_event(meter_, transport), fake, message.id)
+    assert_exact(only_event(meter_, transport), fake, message.id, "anthropic")
     assert no_marker_on_the_wire(fake)

@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,12 +35,36 @@ def test_demo_prints_what_polar_stored_and_per_customer_totals(capsys: pytest.Ca
     assert sum(str(e["external_id"]).startswith("google:") for e in events) == 1
     totals = {}
     for line in out.split("per-customer totals")[1].splitlines()[2:]:
-        who, requests, req, resp, total = line.split()
-        totals[who] = (int(requests), int(req), int(resp), int(total))
-    for who, (requests, req, resp, total) in totals.items():
-        mine = [e["metadata"] for e in events if e["external_customer_id"] == who]
+        who, requests, req, resp, total, cost = line.split()
+        totals[who] = (int(requests), int(req), int(resp), int(total), Decimal(cost))
+    for who, (requests, req, resp, total, cost) in totals.items():
+        mine: list[Any] = [e["metadata"] for e in events if e["external_customer_id"] == who]
         assert requests == len(mine) and total == req + resp
-        assert total == sum(int(m["total_tokens"]) for m in mine)  # type: ignore[index]
+        assert total == sum(int(m["total_tokens"]) for m in mine)
+        assert cost == sum(Decimal(str(m["_cost"]["amount"])) for m in mine) > 0
+
+
+def test_price_prints_the_cost_sent_and_its_price_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """`llm-meter price` shows the _cost a cost=True meter sends and the genai-prices release it is from."""
+    assert main(["price", "gpt-4.1-nano", "--request-tokens", "1000", "--response-tokens", "500"]) == 0
+    out = capsys.readouterr().out
+    # gpt-4.1-nano: $0.10 input, $0.40 output per million: (1000*0.10 + 500*0.40) / 1e6 USD = 0.03 cents
+    assert '"_cost":{"amount":0.03,"currency":"usd"}' in out
+    assert f"genai-prices {version('genai-prices')}" in out
+    assert "provider 'openai', model 'gpt-4.1-nano'" in out
+
+
+def test_price_of_a_bedrock_model_uses_the_aws_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """--provider bedrock prices from genai-prices' aws table (Nova Pro: $0.80 input per million)."""
+    assert main(["price", "amazon.nova-pro-v1:0", "--provider", "bedrock", "--request-tokens", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert '"_cost":{"amount":0.08,"currency":"usd"}' in out and "provider 'aws'" in out
+
+
+def test_price_of_an_unknown_model_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A model with no price says so (its events carry no _cost) and exits 1."""
+    assert main(["price", "my-local-llama", "--provider", "openai"]) == 1
+    assert "no price for 'my-local-llama'" in capsys.readouterr().err
 
 
 def test_demo_with_details_marks_only_the_broken_stream_estimated(capsys: pytest.CaptureFixture[str]) -> None:

@@ -488,3 +488,48 @@ def test_offline_sandbox_really_blocks_tiktoken_downloads(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("blocked"), result.stdout
     assert list(cache.iterdir()) == []
+
+
+#: Models of OpenAI-compatible services (Groq, DeepSeek, Mistral, Together, Fireworks, Ollama, OpenRouter,
+#: xAI) whose names tiktoken does not know.
+SERVICE_MODELS = [
+    "llama-3.3-70b-versatile",
+    "deepseek-chat",
+    "deepseek-reasoner",
+    "mistral-large-latest",
+    "qwen/qwen3-32b",
+    "Qwen/Qwen2.5-72B-Instruct-Turbo",
+    "accounts/fireworks/models/llama-v3p1-8b-instruct",
+    "llama3.2:latest",
+    "meta-llama/llama-4-scout-17b-16e-instruct",
+    "grok-4",
+]
+
+
+@pytest.mark.parametrize("model", SERVICE_MODELS)
+def test_models_tiktoken_does_not_know_fall_back_to_o200k(model: str) -> None:
+    """tiktoken has no encoding for these names; the estimator falls back to o200k_base and counts."""
+    import tiktoken
+
+    with pytest.raises(KeyError):
+        tiktoken.encoding_name_for_model(model)
+    assert encoding_name_for(model) == O200K_BASE
+    assert count_text("hello world", model) == 2
+    messages = [{"role": "user", "content": "hello world"}]
+    assert estimate_chat_input(messages, model) == estimate_chat_input(messages, "gpt-4o") == 9
+
+
+def test_models_tiktoken_does_not_know_count_offline(tmp_path: Path) -> None:
+    """Offline, with an empty tiktoken cache, estimates for those names need no download and raise nothing."""
+    cache = tmp_path / "tiktoken-cache"
+    cache.mkdir()
+    code = (
+        "import json, llm_meter._estimate as e\n"
+        f"models = {SERVICE_MODELS!r}\n"
+        "print(json.dumps([e.count_text('hello world', m) for m in models]"
+        " + [e.estimate_prompt(['a b', 'c'], m) for m in models]))\n"
+    )
+    result = _run_offline(code, cache)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [2] * len(SERVICE_MODELS) + [3] * len(SERVICE_MODELS)
+    assert list(cache.iterdir()) == []

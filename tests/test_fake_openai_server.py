@@ -658,3 +658,52 @@ def test_chunked_request_body(server: FakeOpenAIServer) -> None:
         conn.close()
     assert payload["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
     assert server.requests[-1].json == {"model": "m", "input": "one two"}
+
+
+def test_groq_url_answers_the_groq_sdk_like_groq(server: FakeOpenAIServer) -> None:
+    """groq_url: a body's usage at the top level with Groq's timings, x_groq {id, hardware usage}."""
+    import groq
+
+    with groq.Groq(api_key="test", base_url=server.groq_url, max_retries=0) as client:
+        body = client.chat.completions.create(model="llama-3.3-70b-versatile", messages=MESSAGES)
+    assert server.requests[0].path == "/groq/openai/v1/chat/completions"
+    assert body.usage is not None and body.usage.prompt_tokens == PROMPT and body.usage.total_time is not None
+    x_groq = body.model_dump()["x_groq"]
+    assert x_groq["id"].startswith("req_") and set(x_groq["usage"]) == {
+        "dram_cached_tokens",
+        "sram_cached_tokens",
+    }
+
+
+def test_groq_url_streams_usage_in_the_last_chunks_x_groq(server: FakeOpenAIServer) -> None:
+    """A Groq stream: x_groq.id on the first chunk, x_groq.usage on the finish chunk, no top-level usage."""
+    import groq
+
+    with groq.Groq(api_key="test", base_url=server.groq_url, max_retries=0) as client:
+        chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
+    assert all(chunk.usage is None for chunk in chunks)
+    assert chunks[0].x_groq is not None and chunks[0].x_groq.usage is None
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "stop"
+    assert last.x_groq is not None and last.x_groq.usage is not None
+    assert last.x_groq.usage.total_tokens == PROMPT + 7
+
+
+@pytest.mark.parametrize(
+    ("base_url", "path"),
+    [
+        ("http://api.groq.com/openai/v1", "/openai/v1/chat/completions"),
+        ("http://openrouter.ai/api/v1", "/api/v1/chat/completions"),
+        ("http://api.fireworks.ai/inference/v1", "/inference/v1/chat/completions"),
+        ("http://api.deepseek.com", "/chat/completions"),
+    ],
+)
+def test_proxy_url_serves_a_services_own_paths(server: FakeOpenAIServer, base_url: str, path: str) -> None:
+    """Used as an HTTP proxy, the fake answers a client on a service's base URL; api.groq.com like Groq."""
+    http_client = openai.DefaultHttpxClient(proxy=server.proxy_url)
+    with OpenAI(api_key="test", base_url=base_url, http_client=http_client, max_retries=0) as client:
+        body = client.chat.completions.create(model="m", messages=MESSAGES)
+    recorded = server.requests[0]
+    assert recorded.path == path and recorded.headers["host"] == base_url.split("/")[2]
+    assert body.usage is not None and body.usage.prompt_tokens == PROMPT
+    assert ("x_groq" in (body.model_extra or {})) == ("groq" in base_url)

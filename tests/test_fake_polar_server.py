@@ -726,3 +726,90 @@ def test_throughput_smoke(server: FakePolarServer) -> None:
         conn.close()
     assert len(server.events) == 100_000
     print(f"\nfake Polar ingest: {100_000 / elapsed:,.0f} events/s ({elapsed / 1000 * 1e3:.2f} ms per batch)")
+
+
+# Polar's ``CostMetadata`` schema (its event ingest model), rebuilt with pydantic to compare the fake with.
+_COST_CASES = [
+    '{"amount": 1, "currency": "usd"}',
+    '{"amount": 0.5, "currency": "usd"}',
+    '{"amount": "0.000000000001", "currency": "usd"}',
+    '{"amount": "0.0000000000001", "currency": "usd"}',
+    '{"amount": 0.30000000000000004, "currency": "usd"}',
+    '{"amount": 12345.123456789012, "currency": "usd"}',
+    '{"amount": 99999.999999999999, "currency": "usd"}',
+    '{"amount": "99999.999999999999", "currency": "usd"}',
+    '{"amount": 100000, "currency": "usd"}',
+    '{"amount": -99999, "currency": "usd"}',
+    '{"amount": 1e-5, "currency": "usd"}',
+    '{"amount": "1e-5", "currency": "usd"}',
+    '{"amount": "1E+5", "currency": "usd"}',
+    '{"amount": " 1.5 ", "currency": "usd"}',
+    '{"amount": "1_000", "currency": "usd"}',
+    '{"amount": "ten", "currency": "usd"}',
+    '{"amount": true, "currency": "usd"}',
+    '{"amount": null, "currency": "usd"}',
+    '{"amount": [1], "currency": "usd"}',
+    '{"amount": NaN, "currency": "usd"}',
+    '{"amount": "Infinity", "currency": "usd"}',
+    '{"amount": 100000000000000000000, "currency": "usd"}',
+    '{"amount": 1, "currency": "USD"}',
+    '{"amount": 1, "currency": "us-usd-x"}',
+    '{"amount": 1, "currency": 1}',
+    '{"amount": 1}',
+    '{"currency": "usd"}',
+    '{"amount": 1, "currency": "usd", "extra": 1}',
+    '"1"',
+]
+
+
+def _polar_cost_errors(raw: str) -> set[tuple[str | int, ...]]:
+    """The ``loc`` of each error Polar's own pydantic model of ``_cost`` reports for *raw*."""
+    from decimal import Decimal
+    from typing import Annotated
+
+    from pydantic import Field, TypeAdapter, ValidationError
+    from typing_extensions import TypedDict
+
+    class CostMetadata(TypedDict):
+        amount: Annotated[Decimal, Field(max_digits=17, decimal_places=12)]
+        currency: Annotated[str, Field(pattern="usd")]
+
+    try:
+        TypeAdapter(CostMetadata).validate_python(json.loads(raw))
+    except ValidationError as exc:
+        return {tuple(e["loc"]) for e in exc.errors()}
+    return set()
+
+
+@pytest.mark.parametrize("raw", _COST_CASES)
+def test_cost_validation_matches_polars_schema(server: FakePolarServer, raw: str) -> None:
+    """The fake accepts and refuses each ``_cost`` exactly where pydantic with Polar's constraints does."""
+    expected = _polar_cost_errors(raw)
+    reply = _post(server, {"events": [_event(0, metadata={"_cost": json.loads(raw)})]})
+    if not expected:
+        assert reply.status == 200, reply.json
+        return
+    assert reply.status == 422
+    got = {tuple(e["loc"][4:]) for e in reply.json["detail"] if e["loc"][3] == EXT}
+    assert got == {("metadata", "_cost", *loc) for loc in expected}
+
+
+def test_requests_per_minute_limit_answers_429_with_retry_after() -> None:
+    """Past requests_per_minute in one window, requests get 429 with retry-after and store nothing."""
+    with FakePolarServer(requests_per_minute=2, rate_window=30.0) as limited:
+        assert _post(limited, _batch(1)).status == 200
+        assert _post(limited, _batch(1, start=1)).status == 200
+        reply = _post(limited, _batch(1, start=2))
+        assert (reply.status, reply.raw) == (429, b"")
+        assert 1 <= int(reply.headers["retry-after"]) <= 30
+        assert len(limited.events) == 2 and limited.rate_limited == 1
+        assert limited.busiest_window() == 2
+
+
+def test_requests_per_minute_window_slides() -> None:
+    """A request passes again once the oldest served request left the window."""
+    with FakePolarServer(requests_per_minute=1, rate_window=0.3) as limited:
+        assert _post(limited, _batch(1)).status == 200
+        assert _post(limited, _batch(1, start=1)).status == 429
+        time.sleep(0.35)
+        assert _post(limited, _batch(1, start=1)).status == 200

@@ -296,7 +296,7 @@ def test_async_azure_bills_the_reported_model(
     completion, chunks = asyncio.run(main())
     assert text_of(chunks) == FULL_TEXT
     first, second = delivered(meter_, transport)
-    assert base_id(first) == f"openai:{completion.id}"
+    assert base_id(first) == f"azure:{completion.id}"
     assert first["metadata"]["model"] == second["metadata"]["model"] == SERVED_MODEL
     assert usage(first) == usage(second) == chat_expect()
 

@@ -679,6 +679,6 @@ def test_azure_client_bills_the_model_the_response_reports(
     assert server.requests[0].path == "/openai/deployments/my-deployment/chat/completions"
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_az"
-    assert base_id(event) == f"openai:{completion.id}"
+    assert base_id(event) == f"azure:{completion.id}"
     assert event["metadata"]["model"] == "gpt-4.1-nano-2025-04-14"
     assert usage(event) == chat_expect()

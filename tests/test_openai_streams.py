@@ -417,7 +417,7 @@ def test_azure_trailing_content_filter_chunks_keep_usage(
     assert all(c.usage is None for c in chunks)
     event = only_event(meter_, transport)
     assert event["metadata"]["model"] == SERVED_MODEL
-    assert base_id(event) == f"openai:{chunks[0].id}"
+    assert base_id(event) == f"azure:{chunks[0].id}"
     assert usage(event) == chat_expect()
 
 

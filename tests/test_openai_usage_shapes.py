@@ -1,7 +1,9 @@
 """OpenAI (and OpenAI-compatible) usage in every shape a server sends: billed, never dropped.
 
 A response whose usage has no valid counts is billed as an estimate flagged ``estimated``; cumulative
-usage on every stream chunk (vLLM) bills the last; Groq's ``x_groq.usage`` is read. The odd shapes come
+usage on every stream chunk (vLLM) bills the last; Groq's ``x_groq.usage`` is read; the services' own
+shapes (xAI's reasoning outside ``completion_tokens``, DeepSeek's cache hits and misses, OpenRouter's usage
+accounting, Mistral's finish-chunk usage) are billed as they mean it. The odd shapes come
 from the fake server's ``x-fake-usage`` / ``x-fake-usage-shape`` headers and vLLM's
 ``stream_options.continuous_usage_stats`` (see ``llm_meter._fakes.openai_server``).
 """
@@ -359,3 +361,130 @@ def test_async_continuous_usage_stream_bills_the_last_usage(
 
     asyncio.run(run())
     assert_exact(event_of(details))
+
+
+# -- the usage shapes of OpenAI-compatible services -----------------------------------------------
+
+#: xAI's usage of a reasoning model: reasoning on top of completion_tokens (32 + 9 + 94 = 135).
+XAI_USAGE = {
+    "prompt_tokens": 32,
+    "completion_tokens": 9,
+    "total_tokens": 135,
+    "prompt_tokens_details": {"text_tokens": 32, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 6},
+    "completion_tokens_details": {
+        "reasoning_tokens": 94,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+    "num_sources_used": 0,
+}
+#: DeepSeek's usage: cache hits and misses split the prompt (320 + 21210 = 21530).
+DEEPSEEK_USAGE = {
+    "prompt_tokens": 21530,
+    "completion_tokens": 9,
+    "total_tokens": 21539,
+    "prompt_cache_hit_tokens": 320,
+    "prompt_cache_miss_tokens": 21210,
+    "completion_tokens_details": {"reasoning_tokens": 0},
+}
+#: OpenRouter's usage accounting: cost in credits, cache writes among the prompt details.
+OPENROUTER_USAGE = {
+    "prompt_tokens": 194,
+    "completion_tokens": 2,
+    "total_tokens": 196,
+    "cost": 0.95,
+    "is_byok": False,
+    "cost_details": {"upstream_inference_cost": 19},
+    "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 100, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0},
+}
+
+
+def test_xai_reasoning_outside_completion_tokens_is_billed_as_output(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """xAI: completion 9 + reasoning 94 is the output (103); the total stays xAI's 135."""
+    client.chat.completions.create(**CHAT_BODY, **shape(json.dumps(XAI_USAGE)))
+    event = event_of(details)
+    assert_exact(event, (32, 103, 135))
+    assert event["metadata"]["reasoning_tokens"] == 94 and event["metadata"]["cached_tokens"] == 6
+
+
+def test_xai_stream_usage_chunk_bills_reasoning_as_output(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """xAI's stream usage chunk is read the same way."""
+    list(client.chat.completions.create(**CHAT_BODY, stream=True, **shape(json.dumps(XAI_USAGE))))
+    assert_exact(event_of(details), (32, 103, 135))
+
+
+def test_reasoning_inside_completion_tokens_is_not_added_twice(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """OpenAI's convention (reasoning part of completion_tokens, total = prompt + completion) is kept."""
+    openai_usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "total_tokens": 30,
+        "completion_tokens_details": {"reasoning_tokens": 5},
+    }
+    client.chat.completions.create(**CHAT_BODY, **shape(json.dumps(openai_usage)))
+    assert_exact(event_of(details), (10, 20, 30))
+
+
+def test_deepseek_cache_hits_are_cached_tokens(client: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """DeepSeek: prompt_tokens billed as is, prompt_cache_hit_tokens reported as cached_tokens."""
+    client.chat.completions.create(**CHAT_BODY, **shape(json.dumps(DEEPSEEK_USAGE)))
+    event = event_of(details)
+    assert_exact(event, (21530, 9, 21539))
+    assert event["metadata"]["cached_tokens"] == 320
+
+
+def test_deepseek_hits_and_misses_bill_a_missing_prompt_count(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Without prompt_tokens, DeepSeek's cache hits + misses are the exact input count."""
+    split = {"completion_tokens": 9, "prompt_cache_hit_tokens": 320, "prompt_cache_miss_tokens": 21210}
+    client.chat.completions.create(**CHAT_BODY, **shape(json.dumps(split)))
+    assert_exact(event_of(details), (21530, 9, 21539))
+
+
+def test_openrouter_usage_with_cost_and_cache_writes_is_exact(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """OpenRouter: counts billed exactly, cache_write_tokens reported, its cost (credits) ignored."""
+    client.chat.completions.create(**CHAT_BODY, **shape(json.dumps(OPENROUTER_USAGE)))
+    event = event_of(details)
+    assert_exact(event, (194, 2, 196))
+    assert event["metadata"]["cache_write_tokens"] == 100 and "cost" not in event["metadata"]
+
+
+def test_openrouter_stream_usage_in_its_last_message_is_exact(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """OpenRouter's usage in the last SSE message of a stream bills exactly; the caller never sees it."""
+    chunks = list(
+        client.chat.completions.create(**CHAT_BODY, stream=True, **shape(json.dumps(OPENROUTER_USAGE)))
+    )
+    assert all(chunk.choices for chunk in chunks)
+    assert_exact(event_of(details), (194, 2, 196))
+
+
+def test_server_rejecting_stream_options_with_usage_on_its_finish_chunk_is_exact() -> None:
+    """Mistral-like: stream_options rejected, the resent stream's usage on its finish chunk bills exactly."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, details=True)
+    try:
+        # Its own server: a rejection is remembered per endpoint for the process.
+        with (
+            FakeOpenAIServer(reject_stream_options=True) as own,
+            openai.OpenAI(api_key="test", base_url=own.url, max_retries=0) as base,
+            m.wrap(base, customer="cus_1") as c,
+        ):
+            headers = {"x-fake-usage-shape": "finish"}
+            list(c.chat.completions.create(**CHAT_BODY, stream=True, extra_headers=headers))
+            assert [("stream_options" in r.json) for r in own.requests] == [True, False]
+        assert_exact(only_event(m, transport))
+    finally:
+        m.close(5)

@@ -10,6 +10,7 @@ client = meter(OpenAI(), customer="cus_123")
 
 from __future__ import annotations
 
+from ._cost import Usage
 from ._customer import customer
 from ._exceptions import (
     ConfigurationError,
@@ -29,6 +30,7 @@ __all__ = [
     "MeterStats",
     "MissingCustomerError",
     "RejectedEventsError",
+    "Usage",
     "customer",
     "meter",
 ]

@@ -21,7 +21,17 @@ from ._customer import Customer
 from ._events import UsageRecord
 from ._meter import Meter, default_meter
 
-__all__ = ["MAX_TOKENS", "Call", "ClientConfig", "Estimator", "call_suffix", "snapshot", "token_count"]
+__all__ = [
+    "BILLED_HOOKS",
+    "CALL_HOOKS",
+    "MAX_TOKENS",
+    "Call",
+    "ClientConfig",
+    "Estimator",
+    "call_suffix",
+    "snapshot",
+    "token_count",
+]
 
 log = logging.getLogger("llm_meter")
 
@@ -107,6 +117,19 @@ def call_suffix() -> str:
 
 _NO_KEEP: Final[Mapping[type, Callable[[Any], str]]] = MappingProxyType({})
 
+#: Functions called (no arguments, in the caller's context) each time a metered client starts a
+#: billed call. Empty unless ``llm_meter.otel`` installed its hook, which notes the current span so
+#: that span is not billed a second time; the core never imports OpenTelemetry, and with no hook
+#: the cost is one truth test per call. A hook must not raise.
+CALL_HOOKS: list[Callable[[], None]] = []
+
+#: Functions called with the provider's response id of each billed response a metered client emits
+#: (exact or estimated), in the caller's context. ``llm_meter.otel`` matches it with the
+#: ``gen_ai.response.id`` of spans that are not the current span during the call (an
+#: instrumentation that starts its span without making it current). Empty unless installed; must
+#: not raise.
+BILLED_HOOKS: list[Callable[[str], None]] = []
+
 
 class Call:
     """Metering state of one billed response; emits at most one record."""
@@ -172,6 +195,9 @@ class Call:
         #: Providers bind the variant for the request (body, chat chunk, event) when preparing.
         self.observe: Callable[[Call, Any, Any], None] | None = None
         self._once = [True]
+        if CALL_HOOKS:
+            for hook in CALL_HOOKS:
+                hook()
 
     @property
     def done(self) -> bool:
@@ -224,21 +250,27 @@ class Call:
                 external_id = self.external_id = f"{self.provider.name}:{ident}:{self.suffix}"
             else:
                 external_id = self.ensure_external_id(response)
-        meter.emit(
-            UsageRecord(
-                self.provider.name,
-                self.customer,
-                external_id,
-                time.time(),
-                self.model or "unknown",
-                request_tokens,
-                response_tokens,
-                cached_tokens,
-                cache_write_tokens,
-                reasoning_tokens,
-                extra,
-            )
+        if BILLED_HOOKS and self.response_id:
+            for billed in BILLED_HOOKS:
+                billed(self.response_id)
+        record = UsageRecord(
+            self.provider.name,
+            self.customer,
+            external_id,
+            time.time(),
+            self.model or "unknown",
+            request_tokens,
+            response_tokens,
+            cached_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
+            extra,
         )
+        try:  # Meter.emit, inlined: the hand-off never raises into the caller's call
+            meter._dispatcher.submit(record)
+        except Exception:
+            meter.errors += 1
+            log.exception("llm_meter: could not hand over the usage event %r", record)
 
     def finish(self, response: Any = None) -> None:
         """The response ended without usage (early exit, error, no usage sent): estimate or skip.
@@ -285,6 +317,9 @@ class Call:
 
     def _emit_estimate(self, response: Any) -> None:
         provider = self.provider
+        if BILLED_HOOKS and self.response_id:
+            for billed in BILLED_HOOKS:
+                billed(self.response_id)
         self.meter.emit(
             UsageRecord(
                 provider=provider.name,

@@ -1,17 +1,21 @@
-"""The ``llm-meter`` command line: ``demo`` (offline), ``flush``, ``status``, ``dead-letters``.
+"""The ``llm-meter`` command line: ``demo`` (offline), ``flush``, ``status``, ``dead-letters``, ``price``,
+``relay``.
 
-Every command takes ``--spool-dir`` (default: ``LLM_METER_SPOOL_DIR``, else
-``~/.local/state/llm-meter/spool``).
+Every command but ``relay`` takes ``--spool-dir`` (default: ``LLM_METER_SPOOL_DIR``, else
+``~/.local/state/llm-meter/spool``); ``status`` and ``dead-letters`` look at a fleet's Redis
+stream instead with ``--redis URL``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigurationError
@@ -32,7 +36,7 @@ def _demo_gemini(m: Meter) -> None:
     from ._fakes.gemini_server import FakeGeminiServer
     from .google import Client
 
-    with FakeGeminiServer(chunks=6, thoughts=4) as gemini:
+    with FakeGeminiServer(chunks=6, thoughts=4, model_version="gemini-2.5-flash") as gemini:
         options = types.HttpOptions(base_url=gemini.url)
         client = Client(api_key="demo", http_options=options, customer="cus_acme", meter=m)
         reply = client.models.generate_content(model="gemini-2.5-flash", contents="A haiku on tokens.")
@@ -64,10 +68,13 @@ def _demo(args: argparse.Namespace) -> int:
         FakePolarServer() as polar,
         tempfile.TemporaryDirectory(prefix="llm-meter-demo-") as spool_dir,
     ):
+        # Cost per customer when genai-prices is installed (llm-meter[cost]): priced offline.
+        priced = importlib.util.find_spec("genai_prices") is not None
         m = Meter(
             transport=PolarTransport(polar.access_token, base_url=polar.url),
             spool_dir=spool_dir,
             details=args.details,
+            cost=priced,
             flush_interval=0.2,
         )
         print(f"fake OpenAI server on {server.url}, fake Polar ingest on {polar.url} (no keys, no network)")
@@ -112,22 +119,64 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n{stats}")
     print(f"\n{len(stored)} ai_usage events stored by the Polar-compatible server:")
     totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    costs: dict[str, Decimal] = defaultdict(Decimal)
     for event in stored:
         print("  " + json.dumps(event, separators=(",", ":")))
         who = event.get("external_customer_id") or event.get("customer_id") or "?"
         meta: dict[str, Any] = event["metadata"]
         for key in ("requests", "request_tokens", "response_tokens", "total_tokens"):
             totals[who][key] += int(meta[key])
+        if "_cost" in meta:
+            costs[who] += Decimal(str(meta["_cost"]["amount"]))
     print("\nper-customer totals (what Polar's meters would sum):")
-    header = ("customer", "requests", "request_tokens", "response_tokens", "total_tokens")
-    print("  {:<12} {:>8} {:>15} {:>16} {:>13}".format(*header))
+    header = ("customer", "requests", "request_tokens", "response_tokens", "total_tokens", "cost (US cents)")
+    print("  {:<12} {:>8} {:>15} {:>16} {:>13} {:>16}".format(*header))
     for who in sorted(totals):
         t = totals[who]
+        cost = f"{costs[who]:f}" if who in costs else "-"
         print(
             f"  {who:<12} {t['requests']:>8} {t['request_tokens']:>15} "
-            f"{t['response_tokens']:>16} {t['total_tokens']:>13}"
+            f"{t['response_tokens']:>16} {t['total_tokens']:>13} {cost:>16}"
         )
+    if not priced:
+        print("  (install llm-meter[cost] to see each customer's cost, priced offline by genai-prices)")
     return 0 if delivered else 1
+
+
+def _price(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("genai_prices") is None:
+        print("llm-meter price needs genai-prices: pip install 'llm-meter[cost]'", file=sys.stderr)
+        return 2
+    from ._cost import cost_json, genai_prices_version, quote
+
+    if args.request_tokens < 0 or args.response_tokens < 0:
+        print("llm-meter price: token counts must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        found = quote(
+            args.model,
+            provider=args.provider,
+            request_tokens=args.request_tokens,
+            response_tokens=args.response_tokens,
+        )
+    except LookupError as exc:
+        print(
+            f"llm-meter price: no price for {args.model!r} in {genai_prices_version()} ({exc}); "
+            "events for it are sent without _cost",
+            file=sys.stderr,
+        )
+        return 1
+    cost = cost_json(found.usd)
+    print(
+        f"{args.model}: {args.request_tokens} request + {args.response_tokens} response tokens "
+        f"= ${found.usd:f} = {found.usd * 100:f} US cents"
+    )
+    print(f"sent as: {cost[1:] if cost else '(no _cost: beyond what Polar accepts in one event)'}")
+    print(
+        f"price table: {found.source} (bundled with the installed package, never fetched), "
+        f"provider {found.provider_id!r}, model {found.model_id!r}"
+    )
+    return 0
 
 
 def _flush(args: argparse.Namespace) -> int:
@@ -155,8 +204,95 @@ def _flush(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from ._meter import transport_from_env
+    from .relay import Relay
+
+    try:
+        transport = transport_from_env()
+        if transport is None:
+            print(
+                "llm-meter relay: set POLAR_ACCESS_TOKEN (and POLAR_SERVER or POLAR_BASE_URL)",
+                file=sys.stderr,
+            )
+            return 2
+        relay = Relay(
+            args.redis,
+            transport=transport,
+            stream=args.stream,
+            group=args.group,
+            consumer=args.consumer,
+            requests_per_minute=args.requests_per_minute,
+            batch_size=args.batch_size,
+            claim_after=args.claim_after,
+            budget_window=args.budget_window,
+        )
+    except ConfigurationError as exc:
+        print(f"llm-meter relay: {exc}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+    def stop(signum: int, frame: object) -> None:
+        relay.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    relay.run()
+    return 0
+
+
+def _redis_status(args: argparse.Namespace) -> int:
+    from .relay import fleet_status
+
+    status = fleet_status(args.redis, stream=args.stream, group=args.group)
+    print(f"stream: {args.stream} (group {args.group}{'' if status.group_exists else ', not created yet'})")
+    print(f"  {status.pending} event(s) not yet acknowledged by Polar")
+    print(f"    {status.waiting} waiting for a relay")
+    print(f"    {status.in_flight} in flight (read by a relay, not yet acknowledged)")
+    print(f"  {status.dead} dead letter(s) in {args.stream}:dead (see `llm-meter dead-letters --redis`)")
+    print(f"  lag: the oldest unacknowledged event is {status.lag_seconds:.1f}s old")
+    print(f"  {status.stream_length} entries in the stream")
+    for name, held, idle in status.consumers:
+        print(f"  relay {name}: holds {held} event(s), last seen {idle:.1f}s ago")
+    return 0
+
+
+def _redis_dead_letters(args: argparse.Namespace) -> int:
+    from .relay import dead_letters, requeue_dead_letters
+
+    if args.retry:
+        count = requeue_dead_letters(args.redis, stream=args.stream)
+        print(f"requeued {count} dead letter(s) into {args.stream}; the relays deliver them")
+        return 0
+    letters = dead_letters(args.redis, stream=args.stream)
+    for letter in letters:
+        try:
+            event: Any = json.loads(letter.event)
+        except ValueError:
+            event = None
+        shown: dict[str, Any] = {
+            "external_id": event.get("external_id") if isinstance(event, dict) else None,
+            "reason": letter.reason,
+            "event": event,
+        }
+        if event is None:
+            shown["payload"] = letter.event
+        print(json.dumps(shown))
+    if not letters:
+        print("no dead letters", file=sys.stderr)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from ._spool import iter_dead_letters, spool_status
+
+    if args.redis:
+        return _redis_status(args)
 
     segments = spool_status(args.spool_dir)
     pending = sum(s.pending for s in segments)
@@ -175,6 +311,8 @@ def _status(args: argparse.Namespace) -> int:
 def _dead_letters(args: argparse.Namespace) -> int:
     from ._spool import iter_dead_letters, requeue_dead_letters
 
+    if args.redis:
+        return _redis_dead_letters(args)
     if args.retry:
         count = requeue_dead_letters(args.spool_dir)
         print(f"requeued {count} dead letter(s); `llm-meter flush` (or any metered process) delivers them")
@@ -194,6 +332,14 @@ def _dead_letters(args: argparse.Namespace) -> int:
     if not count:
         print("no dead letters", file=sys.stderr)
     return 0
+
+
+def _stream_options(parser: argparse.ArgumentParser) -> None:
+    from ._redis import DEFAULT_STREAM
+    from .relay import DEFAULT_GROUP
+
+    parser.add_argument("--stream", default=DEFAULT_STREAM, help=f"the stream (default {DEFAULT_STREAM})")
+    parser.add_argument("--group", default=DEFAULT_GROUP, help=f"the relays' group (default {DEFAULT_GROUP})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,10 +362,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     flush = command("flush", "deliver every event waiting in the spool (uses POLAR_ACCESS_TOKEN)")
     flush.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying (default 60)")
     flush.set_defaults(func=_flush)
-    command("status", "what the spool holds").set_defaults(func=_status)
+    status = command("status", "what the spool (or with --redis, a fleet's stream) holds")
+    status.set_defaults(func=_status)
     letters = command("dead-letters", "list the events Polar refused, with the reason")
     letters.add_argument("--retry", action="store_true", help="put them back in the spool to be sent again")
     letters.set_defaults(func=_dead_letters)
+    price = command("price", "the _cost a cost=True meter would send for one call (genai-prices, offline)")
+    price.add_argument("model", help="the model name the provider reports, e.g. gpt-4.1-nano")
+    price.add_argument(
+        "--provider",
+        default=None,
+        help="openai, azure, anthropic, google, bedrock, groq, ... (default: by model)",
+    )
+    price.add_argument(
+        "--request-tokens", type=int, default=1_000_000, help="input tokens (default 1,000,000)"
+    )
+    price.add_argument("--response-tokens", type=int, default=0, help="output tokens (default 0)")
+    price.set_defaults(func=_price)
+    for sub in (status, letters):
+        sub.add_argument("--redis", metavar="URL", help="a fleet's Redis (see `llm-meter relay`)")
+        _stream_options(sub)
+    relay = commands.add_parser(
+        "relay", help="deliver a fleet's events from Redis to Polar (uses POLAR_ACCESS_TOKEN)"
+    )
+    relay.add_argument(
+        "--redis", metavar="URL", required=True, help="the Redis the apps' RedisTransport uses"
+    )
+    _stream_options(relay)
+    relay.add_argument("--consumer", metavar="NAME", help="this relay's name in the group (default host-pid)")
+    relay.add_argument(
+        "--requests-per-minute",
+        type=int,
+        default=500,
+        metavar="N",
+        help="Polar requests per minute for the whole fleet (default 500; sandbox allows 100)",
+    )
+    relay.add_argument("--batch-size", type=int, default=100, metavar="N", help="events per request")
+    relay.add_argument(
+        "--claim-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="take over events another relay has held this long (default 60)",
+    )
+    relay.add_argument("--budget-window", type=float, default=60.0, help=argparse.SUPPRESS)
+    relay.set_defaults(func=_relay)
 
     args = parser.parse_args(argv)
     try:
@@ -227,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:  # e.g. a spool directory other users can write
         print(f"llm-meter {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "redis":
+            raise
+        print(f"llm-meter {args.command}: Redis failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
     return result
 
 

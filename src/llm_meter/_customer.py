@@ -7,14 +7,23 @@ the client's own customer.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Final
+from contextvars import ContextVar, Token
+from typing import Any, Final
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["Customer", "current_customer", "customer", "make_customer"]
+__all__ = [
+    "Customer",
+    "current_customer",
+    "customer",
+    "enter_customer",
+    "leave_customer",
+    "make_customer",
+    "resolved",
+    "resolver_of",
+]
 
 _EXTERNAL: Final = "external_customer_id"
 _POLAR_ID: Final = "customer_id"
@@ -23,12 +32,13 @@ _POLAR_ID: Final = "customer_id"
 class Customer:
     """A validated billing subject: Polar's ``external_customer_id`` or ``customer_id``."""
 
-    __slots__ = ("key", "marker", "value")
+    __slots__ = ("key", "marker", "value", "wire")
 
     def __init__(self, key: str, value: str) -> None:
         self.key = key  # the wire field name
         self.value = value
         self.marker: str | None = None  # its header-safe form, made when first needed
+        self.wire: str | None = None  # its JSON member for events, made when first needed
 
     def __repr__(self) -> str:
         return f"Customer({self.key}={self.value!r})"
@@ -105,3 +115,47 @@ def customer(customer: str | None = None, *, customer_id: str | None = None) -> 
         yield who
     finally:
         _current.reset(token)
+
+
+def enter_customer(who: Customer) -> Token[Customer | None]:
+    """Make *who* the current customer, as ``customer(...)`` does; undo with :func:`leave_customer`.
+
+    For code that cannot hold a ``with`` block open (a WSGI body iterated after the app returned).
+    """
+    return _current.set(who)
+
+
+def leave_customer(token: Token[Customer | None]) -> None:
+    """Undo one :func:`enter_customer`."""
+    _current.reset(token)
+
+
+def resolver_of(
+    customer: Callable[..., Any] | None, customer_id: Callable[..., Any] | None, *, where: str
+) -> tuple[Callable[..., Any], bool]:
+    """Check a middleware's ``customer=`` / ``customer_id=`` resolver pair at construction.
+
+    Returns the resolver and whether it yields Polar customer ids (``customer_id=``).
+    """
+    if customer is not None and customer_id is not None:
+        raise ConfigurationError(f"{where}: give either customer= or customer_id=, not both")
+    resolver, by_id = (customer, False) if customer is not None else (customer_id, True)
+    if resolver is None:
+        raise ConfigurationError(
+            f"{where}: give customer= (or customer_id=), a callable that returns the request's customer"
+        )
+    if not callable(resolver):
+        name = "customer_id=" if by_id else "customer="
+        raise ConfigurationError(
+            f"{where}: {name} must be a callable taking the request and returning an id or None, "
+            f"got {resolver!r}"
+        )
+    return resolver, by_id
+
+
+def resolved(value: Any, *, by_id: bool) -> Customer:
+    """The customer a middleware's resolver returned (not ``None``); ``ConfigurationError`` if invalid."""
+    who = make_customer(None, value) if by_id else make_customer(value, None)
+    if who is None:
+        raise ConfigurationError("a customer resolver returned None where an id was expected")
+    return who

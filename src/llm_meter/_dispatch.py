@@ -31,12 +31,13 @@ from collections.abc import Mapping
 from copy import copy
 from typing import Any
 
-from ._events import EventOptions, UsageRecord, encode_wire
+from ._cost import TAIL_SEP, finish_line
+from ._events import EventOptions, UsageRecord, encode_line, encode_wire
 from ._exceptions import RejectedEventsError
 from ._spool import Spool, dead_letter_entry, encode_record
 from .transports import Transport
 
-__all__ = ["Dispatcher", "live_dispatchers"]
+__all__ = ["Dispatcher", "backoff_delay", "duplicates_of", "live_dispatchers", "rejections"]
 
 log = logging.getLogger("llm_meter")
 
@@ -119,7 +120,7 @@ class Dispatcher:
         if spool is None or record.estimate is not None:
             self._queue.append(record)
         else:
-            payload = encode_wire(record, self._options)
+            payload = encode_line(record, self._options)  # priced later, on the worker
             try:
                 spool.append(encode_record(payload))
             except OSError as exc:  # disk full or read-only: keep the event in memory instead
@@ -305,6 +306,9 @@ class Dispatcher:
         loop = asyncio.new_event_loop()
         transport = self._transport
         assert transport is not None
+        pricer = self._options.pricer
+        if pricer is not None:
+            self._guard(pricer.prepare)  # genai-prices' import (~0.25 s) here, not in a caller's call
         next_adopt = 0.0
         adopted_for = 0
         failures = 0
@@ -512,6 +516,10 @@ class Dispatcher:
         """
         attempt = 0
         dead = 0
+        pricer = self._options.pricer
+        # Lines spooled with their pricing data get their _cost now, on the worker (once per
+        # attempt to send them: a retry of this batch sends the same priced text).
+        payloads = [finish_line(p, pricer) if TAIL_SEP in p else p for p in payloads]
         send_json = getattr(transport, "send_json", None)
         events: list[Any] = []
         if send_json is None:
@@ -525,7 +533,7 @@ class Dispatcher:
                 else:
                     result = loop.run_until_complete(transport.send(events))
             except RejectedEventsError as exc:
-                rejected = _rejections(exc, len(payloads))
+                rejected = rejections(exc, len(payloads))
                 if rejected:
                     status = exc.status if isinstance(exc.status, int) else 422
                     for index in sorted(rejected):
@@ -535,22 +543,18 @@ class Dispatcher:
                     events = [e for i, e in enumerate(events) if i not in rejected]
                     stored = getattr(exc, "result", None)
                     if stored is not None:  # the transport already delivered the others
-                        self.duplicates += _duplicates(stored)
+                        self.duplicates += duplicates_of(stored)
                         return True, len(payloads), dead
                     continue
                 failure: BaseException = exc  # it names no event of this batch: retried as a whole
             except BaseException as exc:  # a transport failing in any way: retried
                 failure = exc
             else:
-                self.duplicates += _duplicates(result)
+                self.duplicates += duplicates_of(result)
                 return True, len(payloads), dead
             attempt += 1
             self.retried += 1
-            delay = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
-            retry_after = getattr(failure, "retry_after", None)
-            if isinstance(retry_after, int | float) and retry_after > delay:
-                # A floor, jittered upwards so a fleet does not retry in step, still capped.
-                delay = min(float(retry_after) * random.uniform(1.0, 1.2), MAX_BACKOFF)
+            delay = backoff_delay(attempt, failure)
             level = logging.ERROR if getattr(failure, "configuration", False) else logging.WARNING
             log.log(
                 level,
@@ -596,7 +600,20 @@ class Dispatcher:
         self.dead_letters.append(dead_letter_entry(payload, reason, status))
 
 
-def _rejections(exc: RejectedEventsError, count: int) -> dict[int, str]:
+def backoff_delay(attempt: int, failure: BaseException) -> float:
+    """Seconds before retry *attempt* (1, 2, ...): jittered exponential, capped at ``MAX_BACKOFF``.
+
+    A ``retry_after`` hint on *failure* is a floor, jittered upwards so a fleet does not retry
+    in step, still capped.
+    """
+    delay: float = min(MAX_BACKOFF, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+    retry_after = getattr(failure, "retry_after", None)
+    if isinstance(retry_after, int | float) and retry_after > delay:
+        delay = min(float(retry_after) * random.uniform(1.0, 1.2), MAX_BACKOFF)
+    return delay
+
+
+def rejections(exc: RejectedEventsError, count: int) -> dict[int, str]:
     """The indices of a batch of *count* events that *exc* names, with their reasons."""
     rejected = getattr(exc, "rejected", None)
     if not isinstance(rejected, Mapping):
@@ -608,7 +625,7 @@ def _rejections(exc: RejectedEventsError, count: int) -> dict[int, str]:
     }
 
 
-def _duplicates(result: object) -> int:
+def duplicates_of(result: object) -> int:
     """A transport result's ``duplicates`` (Polar's count of events it already had), else 0."""
     try:
         return max(int(getattr(result, "duplicates", 0) or 0), 0)

@@ -139,7 +139,11 @@ def encoding_name_for(model: object) -> str:
     """Name of the encoding used by ``model``: ``"o200k_base"`` unless it is a known cl100k model.
 
     Fine-tuned names (``ft:gpt-4-0613:org::id``) and provider prefixes (``openai/gpt-4``) resolve
-    to their base model. Never raises; non-strings get the default.
+    to their base model. Models of other vendors served through OpenAI-compatible APIs
+    (``llama-3.3-70b-versatile``, ``deepseek-chat``, ``mistral-large-latest``, ``qwen/...``), for
+    which tiktoken's own model table raises ``KeyError``, get o200k_base too: an approximation
+    (their own tokenizers are not bundled), with no download. Never raises; non-strings get the
+    default.
     """
     if not isinstance(model, str):
         return O200K_BASE

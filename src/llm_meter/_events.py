@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote  # C-accelerated JSON string quoting
 from typing import Any, Final
 
+from ._cost import TAIL_SEP, Pricer, finish_line, make_pricer
 from ._customer import Customer
 from ._exceptions import ConfigurationError
 
@@ -23,6 +24,7 @@ __all__ = [
     "EVENT_NAME",
     "EventOptions",
     "UsageRecord",
+    "encode_line",
     "encode_wire",
     "is_utf8",
     "to_wire",
@@ -46,6 +48,10 @@ _DETAIL_KEYS: Final = frozenset(
         "cache_write_1h_tokens",
         "web_search_requests",
         "web_fetch_requests",
+        "input_audio_tokens",
+        "output_audio_tokens",
+        "input_image_tokens",
+        "output_image_tokens",
     }
 )
 _RESERVED: Final = frozenset({"_llm", "_cost"})
@@ -139,16 +145,27 @@ class UsageRecord:
 class EventOptions:
     """The event-shaping settings of a :class:`~llm_meter.Meter`, validated once."""
 
-    __slots__ = ("details", "metadata", "metadata_json", "polar_llm")
+    __slots__ = ("breakdown", "details", "metadata", "metadata_json", "plain", "polar_llm", "pricer")
 
     def __init__(
-        self, *, details: bool = False, metadata: Mapping[str, object] | None = None, polar_llm: bool = False
+        self,
+        *,
+        details: bool = False,
+        metadata: Mapping[str, object] | None = None,
+        polar_llm: bool = False,
+        cost: object = None,
     ) -> None:
         self.details = bool(details)
         self.polar_llm = bool(polar_llm)
+        #: Prices each event on the worker (``Meter(cost=...)``); ``None``: no ``_cost``.
+        self.pricer: Pricer | None = make_pricer(cost)
+        #: Providers read the usage breakdown (cache writes by TTL, server tools) only when set.
+        self.breakdown = self.details or self.pricer is not None
         self.metadata = validate_metadata(metadata, details=self.details)
         #: The static metadata pre-encoded as ``,"key":value`` pairs (encoded once, here).
         self.metadata_json = "".join(f",{_quote(k)}:{_scalar(v)}" for k, v in self.metadata.items())
+        #: Nothing beyond the five default metadata keys, and no pricing tail.
+        self.plain = not (self.details or self.polar_llm or self.metadata_json or self.pricer)
 
 
 def validate_metadata(
@@ -224,19 +241,42 @@ def _plain(value: object) -> object:
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
+#: ``.mmmZ"`` for each millisecond: the timestamp's tail without a format call per event.
+_MILLIS: Final = tuple(f'.{milli:03d}Z"' for milli in range(1000))
+#: Model name -> its JSON string (truncated, UTF-8 safe): models repeat, quoting once is enough.
+_model_json: dict[str, str] = {}
+_MODEL_CACHE_SIZE: Final = 4096
 
 
 def _iso(ts: float) -> str:
-    """ISO 8601 UTC with milliseconds; the per-second prefix is cached (one format per second)."""
+    """ISO 8601 UTC with milliseconds, as a JSON string (quotes included)."""
     # Polar rejects a timestamp later than its own clock ("Timestamp must be in the past"):
     # keep a margin for clock skew between this host and Polar's.
-    ts = min(ts, time.time() - _CLOCK_SKEW)
-    second = int(ts)
+    second, milli = divmod(int(min(ts, time.time() - _CLOCK_SKEW) * 1000), 1000)
     cached_second, prefix = _second_cache[0]
-    if cached_second != second:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if cached_second != second:  # one strftime per second
+        prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second_cache[0] = (second, prefix)
-    return f"{prefix}.{int((ts - second) * 1000):03d}Z"
+    return prefix + _MILLIS[milli]
+
+
+def _quote_model(model: str) -> str:
+    quoted = _model_json.get(model)
+    if quoted is None:
+        text = model[:_MAX_STR_LEN]
+        quoted = _quote((text if text.isascii() else utf8_safe(text)) or "unknown")
+        if len(_model_json) >= _MODEL_CACHE_SIZE:  # a bound, for servers that vary names
+            _model_json.clear()
+        _model_json[model] = quoted
+    return quoted
+
+
+def _customer_json(customer: Customer) -> str:
+    """``"external_customer_id":"cus_1"`` (or ``customer_id``), made once per customer value."""
+    wire = customer.wire
+    if wire is None:
+        wire = customer.wire = f'"{customer.key}":{_quote(customer.value)}'
+    return wire
 
 
 def _scalar(value: object) -> str:
@@ -250,12 +290,25 @@ def _scalar(value: object) -> str:
 
 
 def encode_wire(record: UsageRecord, options: EventOptions) -> str:
-    """The Polar wire event of one record as compact JSON text.
+    """The Polar wire event of one record as compact JSON text, priced (``_cost``) if the meter prices.
+
+    Runs on the worker. Equal to
+    ``json.dumps(to_wire(record, options), separators=(",", ":"), ensure_ascii=False)``.
+    """
+    line = encode_line(record, options)
+    pricer = options.pricer
+    return line if pricer is None else finish_line(line, pricer)
+
+
+def encode_line(record: UsageRecord, options: EventOptions) -> str:
+    """The line the spool stores for one record: its wire JSON, then what pricing needs, if anything.
 
     Formatted directly instead of building a dict and calling ``json.dumps``: this runs on
-    the caller's path when events are spooled (the spool stores exactly what Polar gets),
-    and costs a fraction of the generic encoder. Equal to
-    ``json.dumps(to_wire(record, options), separators=(",", ":"), ensure_ascii=False)``.
+    the caller's path when events are spooled, and costs a fraction of the generic encoder.
+    A meter that prices events appends the pricing data after a TAB
+    (the format :class:`~llm_meter._cost._Line` reads); the worker prices it and sends the wire JSON with
+    its ``_cost`` (:func:`~llm_meter._cost.finish_line`). Without pricing the line is exactly
+    what Polar gets.
     """
     if record.estimate is not None:
         estimate, record.estimate = record.estimate, None
@@ -266,18 +319,19 @@ def encode_wire(record: UsageRecord, options: EventOptions) -> str:
     # Polar: strings of 1 to 500 characters. The model name and the response id come from the
     # provider's answer: a lone surrogate in them is replaced, never left to fail the encoding.
     # (isascii() is O(1): the call is skipped in the common case.)
-    model = record.model[:_MAX_STR_LEN]
-    model = _quote((model if model.isascii() else utf8_safe(model)) or "unknown")
+    model = _model_json.get(record.model) or _quote_model(record.model)
     external_id = record.external_id
     if not external_id.isascii():
         external_id = utf8_safe(external_id)
-    customer = record.customer
-    parts = [
-        f'{{"name":"{EVENT_NAME}","{customer.key}":{_quote(customer.value)},'
-        f'"external_id":{_quote(external_id)},"timestamp":"{_iso(record.timestamp)}",'
+    head = (
+        f'{{"name":"{EVENT_NAME}",{record.customer.wire or _customer_json(record.customer)},'
+        f'"external_id":{_quote(external_id)},"timestamp":{_iso(record.timestamp)},'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
-    ]
+    )
+    if options.plain:  # the default: the five keys only
+        return head + "}}"
+    parts = [head]
     if options.details:
         parts.append(f',"provider":{_quote(record.provider)}')
         if record.cached_tokens is not None:
@@ -298,6 +352,19 @@ def encode_wire(record: UsageRecord, options: EventOptions) -> str:
             f'"cached_input_tokens":{record.cached_tokens or 0}}}'
         )
     parts.append("}}")
+    pricer = options.pricer
+    if pricer is not None:
+        # What the worker needs to price the line (see _cost.finish_line), formatted inline: ~1 µs.
+        extra = record.extra
+        cached = record.cached_tokens
+        write = record.cache_write_tokens
+        reasoning = record.reasoning_tokens
+        parts.append(
+            f'{TAIL_SEP}["{pricer.mode}",{_quote(record.provider)},{model},{request_tokens},{response_tokens},'
+            f"{'null' if cached is None else cached},{'null' if write is None else write},"
+            f"{'null' if reasoning is None else reasoning},{'true' if record.estimated else 'false'},"
+            f"{int(record.timestamp * 1000)},{json.dumps(extra, separators=(',', ':')) if extra else 'null'}]"
+        )
     return "".join(parts)
 
 

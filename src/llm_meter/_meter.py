@@ -8,10 +8,12 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
+from ._cost import Usage
 from ._dispatch import Dispatcher, live_dispatchers
 from ._events import EventOptions, UsageRecord
 from ._exceptions import ConfigurationError
@@ -64,6 +66,12 @@ class Meter:
         metadata: static metadata added to every event; checked against Polar's rules now.
         polar_llm: add Polar's ``_llm`` object (vendor, model, input/output/total tokens,
             ``cached_input_tokens``).
+        cost: add Polar's ``_cost`` object (US cents) for Cost Insights. ``True`` prices each
+            event with the installed ``genai-prices`` release's bundled table (extra
+            ``llm-meter[cost]``; nothing is fetched); a function ``fn(provider, model, usage)``
+            (``usage`` a :class:`~llm_meter.Usage`) returning US dollars (``Decimal``, ``float``
+            or ``int``) or ``None`` gives your own prices. Priced on the background worker; an
+            event without a price is sent without ``_cost``.
         incomplete_streams: ``"estimate"`` (default) bills a stream that ended before its
             usage arrived with local estimates; ``"skip"`` emits nothing for it.
         on_missing_customer: ``"raise"`` (default) raises ``MissingCustomerError`` before
@@ -83,7 +91,8 @@ class Meter:
     Raises:
         ConfigurationError: a setting that could only fail later, in the background (a NaN or
             out-of-range number, an empty ``spool_dir``, a transport class instead of an
-            instance, metadata Polar would refuse).
+            instance, metadata Polar would refuse, a ``cost=`` that is neither ``True``, a
+            function nor ``None``, or ``cost=True`` without genai-prices installed).
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class Meter:
         details: bool = False,
         metadata: Mapping[str, object] | None = None,
         polar_llm: bool = False,
+        cost: bool | Callable[[str, str, Usage], Decimal | float | int | None] | None = None,
         incomplete_streams: Literal["estimate", "skip"] = "estimate",
         on_missing_customer: Literal["raise", "warn"] = "raise",
         spool_dir: str | os.PathLike[str] | None = None,
@@ -141,7 +151,7 @@ class Meter:
                     f"got {spool_dir!r}"
                 )
         self.transport = transport
-        self.options = EventOptions(details=details, metadata=metadata, polar_llm=polar_llm)
+        self.options = EventOptions(details=details, metadata=metadata, polar_llm=polar_llm, cost=cost)
         self.estimate_incomplete = incomplete_streams == "estimate"
         if self.estimate_incomplete:
             from ._estimate import prepare

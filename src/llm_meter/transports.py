@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._exceptions import ConfigurationError
 from ._polar import IngestResult, PolarTransport
+from ._redis import RedisTransport
 
 __all__ = [
     "CallbackTransport",
@@ -23,6 +24,7 @@ __all__ = [
     "JSONLTransport",
     "MemoryTransport",
     "PolarTransport",
+    "RedisTransport",
     "Transport",
     "check_transport",
 ]

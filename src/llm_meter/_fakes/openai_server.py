@@ -26,6 +26,12 @@ Odd usage shapes, per request (for tests of what metering does with them):
   first chunk and ``x_groq: {"id", "usage"}`` (with Groq's timing floats) on the last finish-reason chunk,
   no top-level usage at all; on a non-stream chat completion it moves the usage into ``x_groq.usage``.
 
+Groq itself (the ``groq`` SDK on :attr:`FakeOpenAIServer.groq_url`, or any client on ``api.groq.com``
+through :attr:`FakeOpenAIServer.proxy_url`): chat bodies carry Groq's usage (the counts among its timing
+floats) and ``x_groq: {"id", "usage"}`` whose usage is Groq's hardware cache statistics
+(``dram_cached_tokens``, ``sram_cached_tokens``), not token counts; chat streams have the ``groq``
+shape above unless ``x-fake-usage-shape`` names another.
+
 The same counts apply when the model calls a function tool instead of answering (see
 :class:`FakeOpenAIServer`): the call's arguments take the place of the text, cut into ``chunks`` pieces.
 """
@@ -47,7 +53,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from ._http import LoopbackHTTPServer, LoopbackService
 
@@ -336,7 +342,7 @@ def _response_body(
 class _Request:
     """What a route handler gets: the parsed request plus per-request settings."""
 
-    __slots__ = ("azure", "body", "headers", "method", "query", "route")
+    __slots__ = ("azure", "body", "groq", "headers", "method", "query", "route")
 
     def __init__(
         self,
@@ -346,6 +352,7 @@ class _Request:
         headers: dict[str, str],
         body: Any,
         azure: bool,
+        groq: bool = False,
     ) -> None:
         self.method = method
         self.route = route
@@ -353,6 +360,7 @@ class _Request:
         self.headers = headers
         self.body = body
         self.azure = azure
+        self.groq = groq
 
     def json_body(self) -> Mapping[str, Any]:
         if not isinstance(self.body, Mapping):
@@ -410,6 +418,18 @@ class FakeOpenAIServer(LoopbackService):
     def url(self) -> str:
         """Base URL for ``OpenAI(base_url=...)``."""
         return self._started_base() + "/v1"
+
+    @property
+    def groq_url(self) -> str:
+        """Base URL for ``groq.Groq(base_url=...)``: answers like Groq (see the module docstring)."""
+        return self._started_base() + "/groq"
+
+    @property
+    def proxy_url(self) -> str:
+        """This server as an HTTP proxy: a client on ``http://<service host>/...`` (``api.groq.com``,
+        ``openrouter.ai``, ...) whose HTTP client uses this proxy reaches the fake, which answers as the
+        OpenAI-compatible API (like Groq for ``api.groq.com``)."""
+        return self._started_base()
 
     @property
     def azure_endpoint(self) -> str:
@@ -548,8 +568,16 @@ class FakeOpenAIServer(LoopbackService):
         self._store(self._chat_store, completion)
         override = _usage_override(request.headers)
         shape = request.headers.get("x-fake-usage-shape")
+        if request.groq and shape is None:
+            shape = "groq"  # Groq itself: usage under the last chunk's x_groq, top-level in bodies
         if body.get("stream") is not True:
             reply = dict(completion)
+            if request.groq:
+                reply["usage"] = _groq_timings(reply["usage"])
+                # Groq's x_groq.usage of a body: hardware cache statistics, not token counts.
+                cache = {"dram_cached_tokens": 0, "sram_cached_tokens": prompt // 2}
+                reply["x_groq"] = {"id": f"req_{_hex()}", "usage": cache}
+                return _json_reply(_set_usage(reply, override))
             if shape == "groq":
                 reply["x_groq"] = {"id": f"req_{_hex()}", "usage": _groq_timings(reply.pop("usage"))}
                 _set_usage(reply["x_groq"], override)
@@ -1003,15 +1031,27 @@ def _transcription_stream(
     yield f"data: {_dumps(done)}\n\n"
 
 
-def _split_path(path: str) -> tuple[str, bool]:
-    """Map ``/v1/x`` and Azure ``/openai[/deployments/<name>|/v1]/x`` to ``(/x, is_azure)``."""
+def _split_path(path: str, host: str | None = None) -> tuple[str, bool, bool]:
+    """Map a request path to ``(/x, is_azure, is_groq)``.
+
+    ``/v1/x`` is OpenAI's; Azure's is ``/openai[/deployments/<name>|/v1]/x``; Groq's (the groq SDK's
+    paths under :attr:`FakeOpenAIServer.groq_url`) ``/groq/openai/v1/x``. A request sent through the
+    fake as an HTTP proxy names its *host*: a service's own path prefix (``/api/v1``, ``/inference/v1``,
+    ``/openai/v1``, none) is dropped, and ``api.groq.com`` answers like Groq.
+    """
+    if host is not None and not host.endswith(".azure.com"):
+        _, sep, tail = path.partition("/v1/")
+        route = "/" + tail if sep else path
+        return route, False, host == "api.groq.com"
+    if path.startswith("/groq/openai/v1/"):
+        return path[len("/groq/openai/v1") :], False, True
     if path.startswith("/openai/"):
         rest = path[len("/openai") :]
         if rest.startswith("/deployments/"):
             _, _, tail = rest[len("/deployments/") :].partition("/")
-            return "/" + tail, True
-        return rest.removeprefix("/v1"), True
-    return path.removeprefix("/v1"), False
+            return "/" + tail, True, False
+        return rest.removeprefix("/v1"), True, False
+    return path.removeprefix("/v1"), False, False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -1056,6 +1096,10 @@ class _Handler(BaseHTTPRequestHandler):
         fake = cast(_HTTPServer, self.server).fake
         raw = self._read_body()
         path, _, query_string = self.path.partition("?")
+        host: str | None = None
+        if path.startswith(("http://", "https://")):  # absolute form: the fake used as an HTTP proxy
+            target = urlsplit(path)
+            host, path = target.hostname or "", target.path
         query = dict(parse_qsl(query_string, keep_blank_values=True))
         headers = {key.lower(): value for key, value in self.headers.items()}
         content_type = headers.get("content-type", "")
@@ -1069,11 +1113,11 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 bad_json = True
         fake._record(RecordedRequest(self.command, path, query, headers, body))
-        route, azure = _split_path(path)
+        route, azure, groq = _split_path(path, host)
         try:
             if bad_json:
                 raise _HTTPError(400, "We could not parse the JSON body of your request.")
-            reply = fake._route(_Request(self.command, route, query, headers, body, azure))
+            reply = fake._route(_Request(self.command, route, query, headers, body, azure, groq))
         except _HTTPError as error:
             reply = _json_reply(error.body, error.status)
         if isinstance(reply, tuple):

@@ -20,6 +20,7 @@ import math
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -163,6 +164,10 @@ class PolarRequest:
     body: Any
     status: int | None = None
     fault: Fault | None = None
+    arrived: float = 0.0
+    """``time.monotonic()`` when the request's body had been read."""
+    rate_limited: bool = False
+    """Answered 429 by the server's own per-minute limit (``requests_per_minute=``)."""
 
 
 class _Invalid(Exception):
@@ -378,7 +383,7 @@ def _cost_issues(value: Any) -> list[_Issue]:
         issues.append((loc, "missing", "Field required", value, None))
     elif type(currency) is not str:
         issues.append((loc, "string_type", "Input should be a valid string", currency, None))
-    elif currency != "usd":
+    elif "usd" not in currency:  # pydantic's pattern= searches: "usd" anywhere matches, "USD" does not
         msg = "String should match pattern 'usd'"
         issues.append((loc, "string_pattern_mismatch", msg, currency, {"pattern": "usd"}))
     return issues
@@ -472,6 +477,11 @@ class FakePolarServer(LoopbackService):
     ``customers``, when given, is the set of existing Polar customer ids: ``customer_id`` events for others
     get Polar's 422 "Customer not found." (``external_customer_id`` is never checked, as in Polar).
     ``events`` holds the stored wire events in insertion order; ``requests`` every request received.
+
+    ``requests_per_minute``, when given, is enforced like Polar's rate limit: in any ``rate_window``
+    seconds (60 unless scaled down for a test), at most that many requests are served; the others get
+    Polar's 429 with an integer ``retry-after`` (seconds until a request may pass) and are not counted.
+    Injected faults come first and do not count either.
     """
 
     def __init__(
@@ -481,7 +491,19 @@ class FakePolarServer(LoopbackService):
         organization_token: bool = True,
         customers: Iterable[str] | None = None,
         versions: Iterable[str] = LIVE_VERSIONS,
+        requests_per_minute: int | None = None,
+        rate_window: float = 60.0,
     ) -> None:
+        if requests_per_minute is not None and (
+            not isinstance(requests_per_minute, int) or requests_per_minute < 1
+        ):
+            raise ValueError(f"requests_per_minute must be a positive integer, got {requests_per_minute!r}")
+        if not rate_window > 0:
+            raise ValueError(f"rate_window must be a positive number of seconds, got {rate_window!r}")
+        self.requests_per_minute = requests_per_minute
+        self.rate_window = float(rate_window)
+        self._served: deque[float] = deque()
+        self._rate_limited = 0
         self.access_token = access_token
         self.organization_token = organization_token
         self.organization_id = str(uuid.uuid4())
@@ -522,6 +544,22 @@ class FakePolarServer(LoopbackService):
         return self._duplicates
 
     @property
+    def rate_limited(self) -> int:
+        """Requests answered 429 by the ``requests_per_minute`` limit."""
+        return self._rate_limited
+
+    def busiest_window(self) -> int:
+        """The most requests served (not refused by the rate limit) within any ``rate_window`` seconds."""
+        with self._lock:
+            times = sorted(r.arrived for r in self.requests if not r.rate_limited)
+        most = start = 0
+        for end, when in enumerate(times):
+            while when - times[start] >= self.rate_window:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
+
+    @property
     def pending_faults(self) -> int:
         """Injected faults not consumed yet."""
         return len(self._faults)
@@ -539,6 +577,8 @@ class FakePolarServer(LoopbackService):
             self._external_ids.clear()
             self._duplicates = 0
             self._faults.clear()
+            self._served.clear()
+            self._rate_limited = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -560,8 +600,21 @@ class FakePolarServer(LoopbackService):
     def _arrive(self, request: PolarRequest) -> Fault | None:
         """Record a request and hand it the next fault, atomically so faults follow arrival order."""
         with self._lock:
+            request.arrived = now = time.monotonic()
             self.requests.append(request)
             fault = self._faults.popleft() if self._faults else None
+            limit = self.requests_per_minute
+            if fault is None and limit is not None:
+                served = self._served
+                while served and now - served[0] >= self.rate_window:
+                    served.popleft()
+                if len(served) >= limit:
+                    wait = served[0] + self.rate_window - now
+                    fault = Fault.rate_limit(retry_after=max(math.ceil(wait), 1))
+                    request.rate_limited = True
+                    self._rate_limited += 1
+                else:
+                    served.append(now)
         request.fault = fault
         return fault
 

@@ -25,7 +25,7 @@ log = logging.getLogger("llm_meter")
 
 #: Built-in provider modules, imported on first use. A module whose SDK is not installed
 #: registers nothing (its import of the SDK is deferred to ``detect``).
-BUILTIN: Final = ("._openai", "._anthropic", "._google")
+BUILTIN: Final = ("._openai", "._anthropic", "._groq", "._bedrock", "._google")
 
 
 class Adapter(Protocol):

@@ -98,12 +98,29 @@ class _StreamUsage:
                 setattr(self, name, value)
 
 
+class _Cloud:
+    """Anthropic's API served by a cloud that bills the call: events name that cloud.
+
+    ``provider`` (``details=True``), the ``external_id`` prefix and the price table (``cost=``)
+    follow whoever bills the call: ``bedrock`` for AnthropicBedrock (AWS's Claude prices, with
+    their regional premium), ``google`` for AnthropicVertex (Vertex AI's).
+    """
+
+    __slots__ = ("estimate", "name")
+
+    def __init__(self, name: str, provider: AnthropicProvider) -> None:
+        self.name = name
+        self.estimate = provider.estimate
+
+
 class AnthropicProvider:
     """The :class:`~llm_meter._client.Provider` for the ``anthropic`` SDK."""
 
     name = "anthropic"
 
     def __init__(self) -> None:
+        self.on_bedrock = _Cloud("bedrock", self)
+        self.on_vertex = _Cloud("google", self)
         import anthropic
         from anthropic._resource import AsyncAPIResource, SyncAPIResource
 
@@ -132,6 +149,8 @@ class AnthropicProvider:
     def prepare(self, client: Any, options: Any, call: Call) -> None:
         body = options.json_data
         url = options.url
+        if url not in _MESSAGES_URLS:  # billed_kind() let only Bedrock and Vertex URLs through besides
+            call.provider = self.on_bedrock if url.startswith("/model/") else self.on_vertex
         if isinstance(body, dict):
             model = body.get("model")
             call.model = model if isinstance(model, str) else _model_from_url(url)
@@ -155,6 +174,9 @@ class AnthropicProvider:
 
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         return None  # Anthropic streams always carry usage; nothing is added to the request
+
+    def for_client(self, client: Any) -> AnthropicProvider:
+        return self  # every Anthropic client bills as anthropic
 
     # -- response side -------------------------------------------------------------------
     def observe(self, call: Call, obj: object, response: Any) -> None:
@@ -300,12 +322,29 @@ def _emit(call: Call, usage: Any, response: Any) -> bool:
     """
     cache_write = getattr(usage, "cache_creation_input_tokens", None)
     cache_read = getattr(usage, "cache_read_input_tokens", None)
-    request_tokens = _request_tokens(getattr(usage, "input_tokens", None), cache_write, cache_read)
-    response_tokens = token_count(getattr(usage, "output_tokens", None))
-    if request_tokens is None or response_tokens is None:
-        return False
+    input_tokens = getattr(usage, "input_tokens", None)
+    response_tokens = getattr(usage, "output_tokens", None)
+    # The common case checked inline (once per billed call): four plain ints in range.
+    if (
+        type(input_tokens) is int
+        and type(response_tokens) is int
+        and type(cache_write) is int
+        and type(cache_read) is int
+        and 0 <= response_tokens < MAX_TOKENS
+        and input_tokens >= 0
+        and cache_write >= 0
+        and cache_read >= 0
+        and (request_tokens := input_tokens + cache_write + cache_read) < MAX_TOKENS
+    ):
+        pass
+    else:
+        checked_request = _request_tokens(input_tokens, cache_write, cache_read)
+        checked_response = token_count(response_tokens)
+        if checked_request is None or checked_response is None:
+            return False
+        request_tokens, response_tokens = checked_request, checked_response
     # The breakdown only goes into events with details=True: skip reading it otherwise.
-    thinking, extra = _details(usage) if call.meter.options.details else (None, None)
+    thinking, extra = _details(usage) if call.meter.options.breakdown else (None, None)
     call.emit(
         response,
         request_tokens,

@@ -7,7 +7,16 @@ Billed (POST): chat completions, legacy completions, responses, embeddings, imag
 
 Usage arithmetic (SPEC §4): ``request_tokens`` = ``prompt_tokens`` / ``input_tokens``
 (cached tokens are a subset of it), ``response_tokens`` = ``completion_tokens`` /
-``output_tokens`` (reasoning tokens are a subset of it).
+``output_tokens`` (reasoning tokens are a subset of it). Services that count differently:
+
+* xAI reports reasoning on top of ``completion_tokens`` (``total_tokens`` = prompt +
+  completion + reasoning): when the total adds up that way, the reasoning is added to
+  ``response_tokens``;
+* DeepSeek names its cache reads ``prompt_cache_hit_tokens`` (``prompt_tokens`` = hits +
+  ``prompt_cache_miss_tokens``): read as ``cached_tokens``, and their sum bills when
+  ``prompt_tokens`` is missing;
+* OpenRouter's ``prompt_tokens_details.cache_write_tokens`` and ``cost`` ride along: the
+  first is ``cache_write_tokens``, the second (credits, not tokens) is ignored.
 
 Usage in any shape is billed, never dropped (OpenAI-compatible servers send many):
 
@@ -26,14 +35,21 @@ Usage in any shape is billed, never dropped (OpenAI-compatible servers send many
   that ends before that (``break``, an error) bills the last usage seen as an estimate: its
   input is exact and its output a lower bound, raised to the estimate from the delivered
   text when that is larger.
+
+The provider name (``details=True`` ``provider``, the ``external_id`` prefix) is the service a
+client reaches, recognised once per client from its class and base URL (:func:`service_name`):
+``azure``, ``bedrock``, ``groq``, ``openrouter``, ``together``, ``fireworks``, ``deepseek``,
+``xai``, ``mistral``, else ``openai`` (local servers such as vLLM, Ollama and LiteLLM included).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import urllib.parse
 from typing import Any, Final
 
-from .._call import Call, snapshot, token_count
+from .._call import MAX_TOKENS, Call, snapshot, token_count
 from .._events import UsageRecord
 from . import register
 from ._stainless import StainlessAdapter
@@ -66,6 +82,44 @@ _warned: set[str] = set()
 _no_stream_options: set[tuple[str, str, str | None]] = set()
 
 
+#: OpenAI-compatible services recognised from a client's base URL: its host, or a parent domain of
+#: it, -> the provider name (``details=True`` ``provider``, the ``external_id`` prefix, prices).
+_SERVICES: Final = (
+    ("groq.com", "groq"),
+    ("openrouter.ai", "openrouter"),
+    ("together.xyz", "together"),
+    ("together.ai", "together"),
+    ("fireworks.ai", "fireworks"),
+    ("deepseek.com", "deepseek"),
+    ("x.ai", "xai"),
+    ("mistral.ai", "mistral"),
+    # Azure OpenAI's v1 API is reached with a plain OpenAI client on these hosts.
+    ("openai.azure.com", "azure"),
+    ("cognitiveservices.azure.com", "azure"),
+    ("services.ai.azure.com", "azure"),
+)
+
+
+def service_name(client: Any) -> str:
+    """The provider name of an ``openai`` client: ``azure`` for Azure clients, ``bedrock`` for
+    Bedrock ones, the service of a known base URL host, else ``openai`` (local servers included)."""
+    import openai
+
+    if isinstance(client, openai.AzureOpenAI | openai.AsyncAzureOpenAI):
+        return "azure"
+    bedrock = getattr(openai, "BedrockOpenAI", None)  # openai >= 2.40
+    if bedrock is not None and isinstance(client, bedrock | openai.AsyncBedrockOpenAI):
+        return "bedrock"
+    try:
+        host = (urllib.parse.urlsplit(str(client.base_url)).hostname or "").rstrip(".")
+    except Exception:  # an odd base_url: not a known service
+        return "openai"
+    for domain, name in _SERVICES:
+        if host == domain or host.endswith("." + domain):
+            return name
+    return "openai"
+
+
 def _endpoint_key(client: Any, kind: str) -> tuple[str, str, str | None]:
     return (str(client.base_url), kind, getattr(client, "_api_version", None))
 
@@ -95,6 +149,11 @@ def _counts(usage: Any, kind: str) -> tuple[int | None, int | None]:
     request = token_count(_field(usage, "prompt_tokens"))
     if request is None:
         request = token_count(_field(usage, "input_tokens"))
+        if request is None:  # DeepSeek's split of its prompt: cache hits + misses
+            hit = token_count(_field(usage, "prompt_cache_hit_tokens"))
+            miss = token_count(_field(usage, "prompt_cache_miss_tokens"))
+            if hit is not None and miss is not None:
+                request = hit + miss
     raw = _field(usage, "completion_tokens")
     if raw is None:
         raw = _field(usage, "output_tokens")
@@ -113,11 +172,100 @@ def _details(usage: Any) -> tuple[int | None, int | None, int | None]:
     """``(cached, cache write, reasoning)`` tokens of a usage, each ``None`` when not valid."""
     details_in = _field(usage, "prompt_tokens_details") or _field(usage, "input_tokens_details")
     details_out = _field(usage, "completion_tokens_details") or _field(usage, "output_tokens_details")
+    cached = token_count(_field(details_in, "cached_tokens")) if details_in is not None else None
+    if cached is None:  # DeepSeek names its cache reads prompt_cache_hit_tokens
+        cached = token_count(_field(usage, "prompt_cache_hit_tokens"))
     return (
-        token_count(_field(details_in, "cached_tokens")) if details_in is not None else None,
+        cached,
         token_count(_field(details_in, "cache_write_tokens")) if details_in is not None else None,
         token_count(_field(details_out, "reasoning_tokens")) if details_out is not None else None,
     )
+
+
+#: ``(details objects to look in, ((field, flat key), ...))``: audio and image tokens, priced at their own
+#: rates by ``cost=`` (chat ``*_tokens_details``, transcriptions' ``input_token_details``, images'
+#: ``input_tokens_details``).
+_MODALITIES: Final = (
+    (
+        ("prompt_tokens_details", "input_tokens_details", "input_token_details"),
+        (("audio_tokens", "input_audio_tokens"), ("image_tokens", "input_image_tokens")),
+    ),
+    (
+        ("completion_tokens_details", "output_tokens_details"),
+        (("audio_tokens", "output_audio_tokens"), ("image_tokens", "output_image_tokens")),
+    ),
+)
+
+
+def _modalities(usage: Any) -> dict[str, int | float | str | bool] | None:
+    """Audio and image token counts above 0 as flat extras, ``None`` when there are none."""
+    extra: dict[str, int | float | str | bool] | None = None
+    for containers, fields in _MODALITIES:
+        for name in containers:
+            details = _field(usage, name)
+            if details is not None:
+                break
+        else:
+            continue
+        for source, key in fields:
+            value = token_count(_field(details, source))
+            if value:
+                if extra is None:
+                    extra = {}
+                extra[key] = value
+    return extra
+
+
+def _with_reasoning(usage: Any, request: int, response: int, reasoning: int | None) -> int:
+    """The output count with reasoning tokens included.
+
+    OpenAI's ``completion_tokens`` include reasoning; xAI's do not: it reports reasoning on top
+    (``total_tokens`` = prompt + completion + reasoning). A total that adds up that way (with
+    some reasoning, so it cannot be OpenAI's prompt + completion) means the reasoning is
+    added to the output; otherwise the output count already holds it.
+    """
+    if reasoning and token_count(_field(usage, "total_tokens")) == request + response + reasoning:
+        return response + reasoning
+    return response
+
+
+#: The openai SDK's ``CompletionUsage`` (set when the provider loads): its instances take the fast path.
+_chat_usage: list[type | None] = [None]
+
+
+def _exact_chat(call: Call, usage: Any, response: Any) -> bool:
+    """:meth:`OpenAIProvider._exact` for the SDK's chat usage with both details objects: inline.
+
+    Once per billed chat call, so the checks of ``_counts`` / ``_details`` / ``token_count`` are
+    written out here (same results); ``False`` sends any other shape down the general path.
+    """
+    prompt = usage.prompt_tokens
+    completion = usage.completion_tokens
+    details_in = usage.prompt_tokens_details
+    details_out = usage.completion_tokens_details
+    if (
+        type(prompt) is not int
+        or type(completion) is not int
+        or not 0 <= prompt < MAX_TOKENS
+        or not 0 <= completion < MAX_TOKENS
+        or details_in is None
+        or details_out is None
+    ):
+        return False
+    cached = getattr(details_in, "cached_tokens", None)
+    if cached is not None and not (type(cached) is int and 0 <= cached < MAX_TOKENS):
+        cached = None
+    cache_write = getattr(details_in, "cache_write_tokens", None)
+    if cache_write is not None and not (type(cache_write) is int and 0 <= cache_write < MAX_TOKENS):
+        cache_write = None
+    reasoning = getattr(details_out, "reasoning_tokens", None)
+    if reasoning is not None and not (type(reasoning) is int and 0 <= reasoning < MAX_TOKENS):
+        reasoning = None
+    if reasoning:
+        completion = _with_reasoning(usage, prompt, completion, reasoning)
+    extra = _modalities(usage) if call.meter.options.breakdown else None
+    call.emit(response, prompt, completion, cached, cache_write, reasoning, extra)
+    return True
 
 
 class _Progress:
@@ -170,6 +318,23 @@ class OpenAIProvider:
         self.injects_options = True  # stream_options, removed again if an endpoint rejects it
         self.async_stream: type = openai.AsyncStream
         self._status_error: type[BaseException] = openai.APIStatusError
+        from openai.types import CompletionUsage
+
+        _chat_usage[0] = CompletionUsage
+        #: Variants of this provider named for other services (see ``for_client``), by name.
+        self._named: dict[str, OpenAIProvider] = {}
+
+    def for_client(self, client: Any) -> OpenAIProvider:
+        """This provider, or a copy of it named for the service *client*'s base URL reaches."""
+        name = service_name(client)
+        if name == self.name:
+            return self
+        named = self._named.get(name)
+        if named is None:
+            named = copy.copy(self)  # shares everything (the variants dict too) but the name
+            named.name = name
+            named = self._named.setdefault(name, named)
+        return named
 
     # -- request side --------------------------------------------------------------------
     def billed_kind(self, options: Any) -> str | None:
@@ -197,6 +362,8 @@ class OpenAIProvider:
             call.observe = self._observe_event
             return
         call.observe = self._observe_chat_chunk if call.kind == "chat" else self._observe_completion_chunk
+        if not self.injects_options:
+            return  # a service whose streams always carry usage (Groq's SDK)
         stream_options = body.get("stream_options")
         extra = options.extra_json
         if isinstance(extra, dict) and "stream_options" in extra:
@@ -372,10 +539,15 @@ class OpenAIProvider:
 
     def _exact(self, call: Call, usage: Any, response: Any) -> bool:
         """Emit *usage* if its counts are valid (or skip duration usage); ``False``: estimate it."""
+        if type(usage) is _chat_usage[0] and _exact_chat(call, usage, response):
+            return True
         request_tokens, response_tokens = _counts(usage, call.kind)
         if request_tokens is not None and response_tokens is not None:
             cached, cache_write, reasoning = _details(usage)
-            call.emit(response, request_tokens, response_tokens, cached, cache_write, reasoning)
+            response_tokens = _with_reasoning(usage, request_tokens, response_tokens, reasoning)
+            # Audio and image tokens only go into events that price them or show details.
+            extra = _modalities(usage) if call.meter.options.breakdown else None
+            call.emit(response, request_tokens, response_tokens, cached, cache_write, reasoning, extra)
             return True
         if _field(usage, "type") == "duration":
             log.debug("llm_meter: %s usage in seconds, not tokens: not billed", call.kind)
@@ -404,6 +576,12 @@ class OpenAIProvider:
         request_tokens, response_tokens = (None, None) if usage is None else _counts(usage, call.kind)
         if usage is not None:
             record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens = _details(usage)
+            if call.meter.options.breakdown:
+                record.extra = _modalities(usage)
+            if request_tokens is not None and response_tokens is not None:
+                response_tokens = _with_reasoning(
+                    usage, request_tokens, response_tokens, record.reasoning_tokens
+                )
         body = call.body if isinstance(call.body, dict) else {}
         model = record.model if record.model != "unknown" else "gpt-4o"
         kind = call.kind

@@ -119,6 +119,11 @@ class StainlessProvider(Protocol):
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         """If *exc* rejects a ``stream_options`` the wrapper added, remember it; return that call."""
 
+    def for_client(self, client: Any) -> StainlessProvider:
+        """The provider for one client instance: itself, or a variant named for the service the
+        client reaches (an ``openai`` client on Groq's base URL bills as ``groq``). Asked once per
+        client, when it is built (copies included), never per call."""
+
 
 def _call_of(response: Any) -> Call | None:
     try:
@@ -570,11 +575,12 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
             config.meter.warn_missing_customer(what)
             return self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
         call = Call(provider, config.meter, who, kind)
-        call.observe = provider.observe
         try:
             provider.prepare(self, options, call)
         except Exception:  # metering must never break the caller's call
             log.exception("llm_meter: could not prepare metering for %s", options.url)
+        if call.observe is None:  # prepare() binds the observer for the request's shape
+            call.observe = provider.observe
         request = self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
         setattr(request, CALL_ATTR, call)
         return request
@@ -725,9 +731,16 @@ _RESPONSE_WRAPPERS: Final = ("WithRawResponse", "WithStreamingResponse", "WithSt
 
 
 def _install(client: Any, config: ClientConfig) -> None:
-    """Attach *config*; meter resources older SDKs store as plain instance attributes."""
+    """Attach *config* and the client's provider; meter resources older SDKs store as plain
+    instance attributes."""
     client._llm_meter = config
     attrs = client.__dict__
+    provider = type(client)._llm_meter_provider
+    named = provider.for_client(client)
+    if named is not provider:  # the class's provider otherwise (no instance attribute)
+        attrs["_llm_meter_provider"] = named
+    else:
+        attrs.pop("_llm_meter_provider", None)
     default_stream = attrs.get("_default_stream_cls")
     if default_stream is not None:  # some clients (Anthropic Bedrock) set it per instance
         attrs["_default_stream_cls"] = metered_stream_cls(default_stream, client._llm_meter_provider)

@@ -1,0 +1,783 @@
+"""AWS Bedrock Runtime through boto3/botocore: billed operations, usage of every model family.
+
+Billed: ``converse``, ``converse_stream``, ``invoke_model`` and
+``invoke_model_with_response_stream``. Not billed: ``count_tokens``, ``apply_guardrail``, the
+async-invoke operations (their usage is never reported to the caller) and every other call.
+
+Mechanism: botocore's own event system. ``meter(client)`` returns a copy of the client (an
+instance of a subclass of its class, sharing its connection pool) with its own event emitter,
+on which two handlers are registered:
+
+* ``provide-client-params`` (emitted before botocore validates the parameters) removes a
+  per-call ``customer=`` / ``customer_id=``, resolves the customer (per call > ``customer(...)``
+  block > the client's own), raises ``MissingCustomerError`` before anything is sent, and
+  puts a :class:`~llm_meter._call.Call` in the request context;
+* ``after-call`` reads the usage off the parsed response. Streams (botocore ``EventStream``)
+  become a metered subclass that reads each event as the caller iterates and finishes the
+  call whichever way the stream ends (last event, ``close()``, an error, the stream dropped).
+
+Arithmetic (SPEC §9): Bedrock's ``inputTokens`` (Converse), ``inputTokenCount`` (stream
+metrics, headers) and Anthropic's and Nova's body counts leave out cache reads and writes, so
+``request_tokens = input + cache reads + cache writes``; ``response_tokens`` is the output
+count. Usage comes from the body where the family reports it (Anthropic, Nova, Llama, Titan,
+OpenAI-shaped families such as AI21 Jamba), else from the ``x-amzn-bedrock-*-token-count``
+headers (``invoke_model``) or the last chunk's ``amazon-bedrock-invocationMetrics`` (streams).
+Responses never name the model: the event's model is the ``modelId`` asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import sys
+import weakref
+from typing import Any, Final, cast
+
+from .._call import MAX_TOKENS, Call, ClientConfig, token_count
+from .._customer import Customer, make_customer
+from .._customer import _current as _block
+from .._events import UsageRecord
+from .._exceptions import ConfigurationError, MissingCustomerError
+from .._meter import Meter
+from . import register
+
+__all__ = ["BedrockAdapter", "BedrockProvider"]
+
+log = logging.getLogger("llm_meter")
+
+#: Billed operations -> the kind of call.
+_BILLED: Final = {
+    "Converse": "converse",
+    "ConverseStream": "converse_stream",
+    "InvokeModel": "invoke",
+    "InvokeModelWithResponseStream": "invoke_stream",
+}
+#: Key of the request context (a dict botocore passes to every handler of one call).
+_CONTEXT_KEY: Final = "llm_meter_call"
+_UNIQUE_PARAMS: Final = "llm_meter.bedrock.params"
+_UNIQUE_AFTER: Final = "llm_meter.bedrock.after-call"
+_METRICS: Final = "amazon-bedrock-invocationMetrics"
+#: Response headers of ``InvokeModel`` with the token counts.
+_HEADERS: Final = (
+    "x-amzn-bedrock-input-token-count",
+    "x-amzn-bedrock-output-token-count",
+    "x-amzn-bedrock-cache-read-input-token-count",
+    "x-amzn-bedrock-cache-write-input-token-count",
+)
+
+
+class _Usage:
+    """Token counts as a model family reports them, normalised to four fields.
+
+    ``inclusive``: ``input`` already counts the cache reads (OpenAI-shaped usage); otherwise
+    cache reads and writes are added to it. Fields are ``None`` until reported; a stream's
+    chunks overwrite them field by field (Anthropic's cumulative ``message_delta``).
+    """
+
+    __slots__ = ("cache_read", "cache_write", "inclusive", "input", "output", "raw", "ttl")
+
+    def __init__(self) -> None:
+        #: Converse's ``cacheDetails`` (cache writes by TTL), read only for ``details=True``.
+        self.ttl: Any = None
+        #: An invoke stream's chunk bytes, kept while an estimate may be needed.
+        self.raw: list[bytes] | None = None
+        self.input: Any = None
+        self.output: Any = None
+        self.cache_read: Any = None
+        self.cache_write: Any = None
+        self.inclusive = False
+
+    def set(self, input_: Any, output: Any, cache_read: Any = None, cache_write: Any = None) -> None:
+        if input_ is not None:
+            self.input = input_
+        if output is not None:
+            self.output = output
+        if cache_read is not None:
+            self.cache_read = cache_read
+        if cache_write is not None:
+            self.cache_write = cache_write
+
+    def counts(self) -> tuple[int, int, int | None, int | None] | None:
+        """``(request_tokens, response_tokens, cache reads, cache writes)``, or ``None`` if invalid."""
+        input_ = token_count(self.input)
+        output = token_count(self.output)
+        if input_ is None or output is None:
+            return None
+        read = write = None
+        if self.cache_read is not None:
+            read = token_count(self.cache_read)
+            if read is None:
+                return None
+        if self.cache_write is not None:
+            write = token_count(self.cache_write)
+            if write is None:
+                return None
+        request = input_ if self.inclusive else input_ + (read or 0) + (write or 0)
+        if request >= MAX_TOKENS:
+            return None
+        return request, output, read, write
+
+
+def _merge_family(usage: _Usage, obj: Any) -> None:
+    """Merge the usage a model family puts in a body (or a stream chunk) into *usage*."""
+    if not isinstance(obj, dict):
+        return
+    found = obj.get("usage")
+    provisional = False
+    if not isinstance(found, dict):
+        message = obj.get("message")  # Anthropic message_start: its output count is provisional
+        found = message.get("usage") if isinstance(message, dict) else None
+        provisional = True
+    if not isinstance(found, dict):
+        metadata = obj.get("metadata")  # Nova stream
+        found = metadata.get("usage") if isinstance(metadata, dict) else None
+    if isinstance(found, dict):
+        if "input_tokens" in found or "output_tokens" in found:  # Anthropic
+            usage.set(
+                found.get("input_tokens"),
+                None if provisional else found.get("output_tokens"),
+                found.get("cache_read_input_tokens"),
+                found.get("cache_creation_input_tokens"),
+            )
+        elif "inputTokens" in found or "outputTokens" in found:  # Nova, Converse-shaped
+            usage.set(
+                found.get("inputTokens"),
+                found.get("outputTokens"),
+                found.get("cacheReadInputTokenCount", found.get("cacheReadInputTokens")),
+                found.get("cacheWriteInputTokenCount", found.get("cacheWriteInputTokens")),
+            )
+        elif "prompt_tokens" in found or "completion_tokens" in found:  # AI21 Jamba, gpt-oss, ...
+            details = found.get("prompt_tokens_details")
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            usage.inclusive = True
+            usage.set(found.get("prompt_tokens"), found.get("completion_tokens"), cached)
+        return
+    if "prompt_token_count" in obj or "generation_token_count" in obj:  # Meta Llama
+        usage.set(obj.get("prompt_token_count"), obj.get("generation_token_count"))
+    elif "inputTextTokenCount" in obj:  # Amazon Titan text (and embeddings: no output)
+        output = obj.get("totalOutputTextTokenCount")
+        results = obj.get("results")
+        if output is None and isinstance(results, list) and results and isinstance(results[0], dict):
+            output = results[0].get("tokenCount")
+        if output is None and "embedding" in obj:
+            output = 0
+        usage.set(obj.get("inputTextTokenCount"), output)
+    else:
+        meta = obj.get("meta")  # Cohere's billed units, when present
+        billed = meta.get("billed_units") if isinstance(meta, dict) else None
+        if isinstance(billed, dict) and ("input_tokens" in billed or "output_tokens" in billed):
+            usage.set(billed.get("input_tokens"), billed.get("output_tokens", 0))
+
+
+def _from_metrics(metrics: Any) -> _Usage:
+    usage = _Usage()
+    if isinstance(metrics, dict):
+        usage.set(
+            metrics.get("inputTokenCount"),
+            metrics.get("outputTokenCount"),
+            metrics.get("cacheReadInputTokenCount"),
+            metrics.get("cacheWriteInputTokenCount"),
+        )
+    return usage
+
+
+def _header_count(headers: Any, name: str) -> int | None:
+    value = headers.get(name)
+    if isinstance(value, str) and value.isdigit() and len(value) < 11:
+        return int(value)
+    return None
+
+
+def _from_headers(headers: Any) -> _Usage:
+    usage = _Usage()
+    try:
+        usage.set(*(_header_count(headers, name) for name in _HEADERS))
+    except Exception:  # headers of an unexpected type (a stubbed response)
+        pass
+    return usage
+
+
+def _emit(call: Call, usage: _Usage, response: Any) -> bool:
+    """Emit *usage* if valid; ``False`` (nothing emitted) otherwise."""
+    counts = usage.counts()
+    if counts is None:
+        return False
+    request, output, read, write = counts
+    extra = _ttl_split(usage.ttl) if usage.ttl is not None and call.meter.options.details else None
+    call.emit(response, request, output, read, write, None, extra)
+    return True
+
+
+def _ttl_split(details: Any) -> dict[str, int | float | str | bool] | None:
+    """Converse's ``cacheDetails`` as ``cache_write_5m_tokens`` / ``cache_write_1h_tokens``."""
+    extra: dict[str, int | float | str | bool] = {}
+    for item in details if isinstance(details, list) else ():
+        if isinstance(item, dict) and item.get("ttl") in ("5m", "1h"):
+            count = token_count(item.get("inputTokens"))
+            if count is not None:
+                key = f"cache_write_{item['ttl']}_tokens"
+                extra[key] = int(extra.get(key, 0)) + count
+    return extra or None
+
+
+def _converse_usage(found: Any) -> _Usage:
+    usage = _Usage()
+    if isinstance(found, dict):
+        usage.set(
+            found.get("inputTokens"),
+            found.get("outputTokens"),
+            found.get("cacheReadInputTokens"),
+            found.get("cacheWriteInputTokens"),
+        )
+        usage.ttl = found.get("cacheDetails")
+    return usage
+
+
+def _warn_invalid(where: str) -> None:
+    if where not in _warned:
+        _warned.add(where)
+        log.warning(
+            "llm_meter: a Bedrock %s came without valid usage: billed as an estimate flagged "
+            "estimated (logged once)",
+            where,
+        )
+
+
+_warned: set[str] = set()
+
+
+# -- the request side: customer, Call --------------------------------------------------------
+
+
+class _Handlers:
+    """The event handlers of one metered client (bound methods registered on its emitter).
+
+    They hold the client's settings, not the client: the emitter is the client's own, so a
+    reference back to it would make a cycle.
+    """
+
+    __slots__ = ("__weakref__", "config")
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+
+    def params(self, params: Any, model: Any, context: Any, **kwargs: Any) -> None:
+        """``provide-client-params``: take out our arguments, resolve the customer, make the Call."""
+        who: Customer | None = None
+        if "customer" in params or "customer_id" in params:
+            who = make_customer(params.pop("customer", None), params.pop("customer_id", None))
+        kind = _BILLED.get(model.name)
+        if kind is None:
+            return
+        config = self.config
+        if who is None:
+            who = _block.get() or config.customer
+        meter = config.meter
+        if who is None:
+            what = f"bedrock-runtime {model.name}"
+            if meter.raise_on_missing_customer:
+                raise MissingCustomerError(
+                    f"no customer to bill for {what}: pass customer= to meter(), to the call, "
+                    "or use `with llm_meter.customer(...)`"
+                )
+            meter.warn_missing_customer(what)
+            return
+        call = Call(_PROVIDER, meter, who, kind)
+        model_id = params.get("modelId")
+        call.model = model_id if isinstance(model_id, str) else None
+        call.original_body = params  # what an estimate reads (the request as sent)
+        if kind in ("converse_stream", "invoke_stream"):
+            call.stream = True
+            if meter.estimate_incomplete:
+                call.text = []
+                call.body = _snapshot(params)
+        context[_CONTEXT_KEY] = call
+
+    def after_call(self, http_response: Any, parsed: Any, context: Any, **kwargs: Any) -> None:
+        """``after-call``: read the usage, or tie a stream's Call to its ``EventStream``."""
+        call = context.pop(_CONTEXT_KEY, None) if isinstance(context, dict) else None
+        if call is None:
+            return
+        try:
+            if getattr(http_response, "status_code", 200) >= 300 or not isinstance(parsed, dict):
+                return  # an error answer is not billed
+            metadata = parsed.get("ResponseMetadata")
+            if isinstance(metadata, dict):
+                ident = metadata.get("RequestId")
+                if isinstance(ident, str) and ident:
+                    call.response_id = ident
+            kind = call.kind
+            if kind == "converse":
+                _observe_converse(call, parsed, http_response)
+            elif kind == "invoke":
+                _observe_invoke(call, parsed, http_response)
+            else:
+                _attach_stream(call, parsed.get("stream" if kind == "converse_stream" else "body"))
+        except Exception:  # metering must never break the caller's call
+            call.meter.errors += 1
+            log.exception("llm_meter: could not read Bedrock usage")
+
+
+def _snapshot(params: dict[str, Any]) -> dict[str, Any]:
+    """The request fields an estimate reads, copied: callers reuse their message lists."""
+    keep = {}
+    for key in ("messages", "system", "body"):
+        value = params.get(key)
+        keep[key] = list(value) if isinstance(value, list) else value
+    return keep
+
+
+# -- the response side ----------------------------------------------------------------------
+
+
+def _observe_converse(call: Call, parsed: dict[str, Any], response: Any) -> None:
+    if _emit(call, _converse_usage(parsed.get("usage")), response):
+        return
+    output = parsed.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    call.text = _converse_texts(message.get("content") if isinstance(message, dict) else None)
+    call.body = _snapshot(call.original_body)
+    _warn_invalid("Converse response")
+    call.estimate(response)
+
+
+def _converse_texts(content: Any) -> list[str]:
+    texts: list[str] = []
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict):
+            text = block.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
+
+
+def _is_json(content_type: Any) -> bool:
+    return not isinstance(content_type, str) or "json" in content_type or not content_type
+
+
+_body_class: Any = None
+
+
+def _streaming_body() -> Any:
+    """botocore's ``StreamingBody`` (imported once, when the first response arrives)."""
+    global _body_class
+    if _body_class is None:
+        from botocore.response import StreamingBody  # type: ignore[import-untyped]
+
+        _body_class = StreamingBody
+    return _body_class
+
+
+def _loads(data: bytes) -> Any:
+    """JSON from UTF-8 bytes (Bedrock's encoding); ``json.loads`` would first guess the encoding."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return json.loads(data)
+
+
+def _observe_invoke(call: Call, parsed: dict[str, Any], response: Any) -> None:
+    """``invoke_model``: the body's usage where the family reports it, else the headers."""
+    usage = _Usage()
+    body: Any = parsed.get("body")
+    data: bytes | None = None
+    streaming_body = _streaming_body()
+    if _is_json(parsed.get("contentType")) and isinstance(body, streaming_body):
+        # Read the (complete, already received) body once and hand the caller an equal one.
+        data = cast(bytes, body.read())
+        parsed["body"] = streaming_body(io.BytesIO(data), len(data))
+        try:
+            _merge_family(usage, _loads(data))
+        except ValueError:
+            pass
+    if _emit(call, usage, response):
+        return
+    headers = _from_headers(getattr(response, "headers", None) or {})
+    if _emit(call, headers, response):
+        return
+    # Neither: an estimate, keeping the counts that were there.
+    call.state = usage if usage.input is not None else headers
+    call.text = [data.decode("utf-8", "replace")] if data is not None else []
+    call.body = _snapshot(call.original_body)
+    _warn_invalid("InvokeModel response")
+    call.estimate(response)
+
+
+def _converse_event(call: Call, event: dict[str, Any]) -> None:
+    """A ``converse_stream`` event other than a text delta: the ``metadata`` event bills."""
+    metadata = event.get("metadata")
+    if metadata is not None and not _emit(call, _converse_usage(metadata.get("usage")), None):
+        _warn_invalid("ConverseStream metadata event")
+        call.estimate(None)
+
+
+def _counting_chunk(call: Call, data: bytes) -> None:
+    """An ``invoke_model_with_response_stream`` chunk that may carry counts: merge, bill at the last."""
+    try:
+        obj = _loads(data)
+    except ValueError:
+        return
+    state: _Usage = call.state
+    _merge_family(state, obj)
+    last = isinstance(obj, dict) and _METRICS in obj
+    if last and not (_emit(call, state, None) or _emit(call, _from_metrics(obj[_METRICS]), None)):
+        _warn_invalid("stream")
+        call.estimate(None)
+
+
+def _emit_kept(call: Call, response: Any) -> None:
+    """``Call.on_finish`` of invoke streams: the family counts received so far, when complete."""
+    if isinstance(call.state, _Usage):
+        _emit(call, call.state, response)
+
+
+# -- streams -------------------------------------------------------------------------------
+
+_stream_classes: dict[str, type] = {}
+
+
+def _stream_class(kind: str) -> type:
+    """The subclass of botocore's ``EventStream`` for streams of *kind*, made once.
+
+    Its ``_parse_event`` (botocore's one call per event) reads each event as the caller
+    iterates; its ``close`` and ``__del__`` finish the call. Kept to one Python call per event:
+    text deltas and chunks without counts are handled inline.
+    """
+    found = _stream_classes.get(kind)
+    if found is not None:
+        return found
+    from botocore.eventstream import EventStream  # type: ignore[import-untyped]
+
+    base_parse = EventStream._parse_event
+
+    if kind == "converse_stream":
+
+        def _parse_event(self: Any, event: Any) -> Any:
+            call: Call = self._llm_meter_call
+            try:
+                parsed = base_parse(self, event)
+            except BaseException:
+                call.finish()  # a stream error (throttling, model error): bill what was delivered
+                raise
+            try:
+                delta = parsed.get("contentBlockDelta")
+                if delta is not None:
+                    text = call.text
+                    if text is not None:
+                        piece = delta["delta"].get("text")
+                        if piece:
+                            text.append(piece)
+                elif not call.done:
+                    _converse_event(call, parsed)
+            except Exception:
+                call.meter.errors += 1
+                log.exception("llm_meter: could not read a Bedrock stream event")
+            return parsed
+
+    else:
+
+        def _parse_event(self: Any, event: Any) -> Any:
+            call: Call = self._llm_meter_call
+            try:
+                parsed = base_parse(self, event)
+            except BaseException:
+                call.finish()
+                raise
+            try:
+                chunk = parsed.get("chunk")
+                if chunk is not None:
+                    data = chunk.get("bytes")
+                    raw = call.state.raw
+                    if raw is not None:
+                        raw.append(data)  # its text is read only if an estimate is needed
+                    # Only chunks that may carry counts are decoded on the caller's path.
+                    if (b"oken" in data or b"invocationMetrics" in data) and not call.done:
+                        _counting_chunk(call, data)
+            except Exception:
+                call.meter.errors += 1
+                log.exception("llm_meter: could not read a Bedrock stream chunk")
+            return parsed
+
+    def close(self: Any) -> None:
+        try:
+            EventStream.close(self)
+        finally:
+            self._llm_meter_call.finish()
+
+    def __del__(self: Any) -> None:
+        call = self.__dict__.get("_llm_meter_call")
+        if call is not None:
+            call.finish()
+
+    _parse_event.__wrapped__ = base_parse  # type: ignore[attr-defined]
+    close.__wrapped__ = EventStream.close  # type: ignore[attr-defined]
+    namespace = {
+        "__module__": EventStream.__module__,
+        "__qualname__": EventStream.__qualname__,
+        "__doc__": EventStream.__doc__,
+        "_parse_event": _parse_event,
+        "close": close,
+        "__del__": __del__,
+    }
+    return _stream_classes.setdefault(kind, type(EventStream.__name__, (EventStream,), namespace))
+
+
+def _attach_stream(call: Call, stream: Any) -> None:
+    cls = _stream_class(call.kind)
+    if stream is None or not isinstance(stream, cls.__mro__[1]):
+        return
+    if call.kind == "invoke_stream":
+        state = call.state = _Usage()
+        state.raw = [] if call.text is not None else None
+        call.on_finish = _emit_kept
+    call.request_id = call.response_id or ""
+    stream.__dict__["_llm_meter_call"] = call
+    stream.__class__ = cls
+    call.meter.track_open(call)
+
+
+# -- estimates (background worker) -----------------------------------------------------------
+
+#: Request and response keys whose string values are model text, across the families.
+_TEXT_KEYS: Final = frozenset(
+    {
+        "text",
+        "prompt",
+        "inputText",
+        "content",
+        "system",
+        "message",
+        "messages",
+        "texts",
+        "generation",
+        "outputText",
+        "completion",
+        "input",
+        "inputs",
+        "query",
+        "documents",
+        "delta",
+        "outputs",
+        "generations",
+        "choices",
+        "results",
+        "contentBlockDelta",
+        "output",
+        "partial_json",
+        "thinking",
+    }
+)
+
+
+def _texts(obj: Any, out: list[str], depth: int = 0) -> None:
+    """Collect the model text in a request or response JSON value (keys in ``_TEXT_KEYS``)."""
+    if depth > 20:
+        return
+    if isinstance(obj, str):
+        out.append(obj)
+    elif isinstance(obj, list):
+        for item in obj:
+            _texts(item, out, depth + 1)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in _TEXT_KEYS:
+                _texts(value, out, depth + 1)
+
+
+def _request_text(body: Any) -> list[str]:
+    out: list[str] = []
+    if not isinstance(body, dict):
+        return out
+    raw = body.get("body")
+    if raw is not None:  # invoke_model: the family's own JSON
+        if isinstance(raw, bytes | bytearray | str):
+            try:
+                _texts(json.loads(raw), out)
+            except ValueError:
+                pass
+        return out
+    _texts(body.get("system"), out)
+    _texts(body.get("messages"), out)
+    return out
+
+
+def _response_text(call: Call) -> list[str]:
+    """The delivered text: Converse deltas as they are, the text in invoke bodies or chunks."""
+    pieces: list[Any] = list(call.text or [])
+    if call.kind.startswith("converse"):
+        return pieces
+    if isinstance(call.state, _Usage) and call.state.raw:
+        pieces += call.state.raw
+    out: list[str] = []
+    for piece in pieces:
+        try:
+            _texts(json.loads(piece), out)
+        except ValueError:
+            continue
+    return out
+
+
+class BedrockProvider:
+    """Names the events (``bedrock``) and estimates incomplete calls."""
+
+    name = "bedrock"
+
+    def estimate(self, call: Call, record: UsageRecord) -> None:
+        """Exact counts where they arrived (a stream's family usage), estimates for the rest."""
+        from .._estimate import count_text
+
+        state = call.state if isinstance(call.state, _Usage) else _Usage()
+        model = "o200k_base"  # Bedrock models' tokenizers are not public: a generic encoding
+        read = token_count(state.cache_read)
+        write = token_count(state.cache_write)
+        request = token_count(state.input)
+        if request is not None and not state.inclusive:
+            request += (read or 0) + (write or 0)
+        output = token_count(state.output)
+        if request is None:
+            body = call.body if call.body is not None else call.original_body
+            request = sum(count_text(text, model) for text in _request_text(body))
+            request = min(max(request, (read or 0) + (write or 0)), MAX_TOKENS - 1)
+        if output is None:
+            output = sum(count_text(text, model) for text in _response_text(call))
+        record.request_tokens = min(request, MAX_TOKENS - 1)
+        record.response_tokens = min(output, MAX_TOKENS - 1)
+        record.cached_tokens = read
+        record.cache_write_tokens = write
+        record.estimated = True
+
+
+_PROVIDER: Final = BedrockProvider()
+
+
+# -- the metered client -----------------------------------------------------------------------
+
+
+def _with_customer(self: Any, customer: str | None = None, *, customer_id: str | None = None) -> Any:
+    """A metered client like this one, billed to another customer."""
+    if customer is None and customer_id is None:
+        raise ConfigurationError("with_customer() needs customer= or customer_id=")
+    return _ADAPTER.wrap(self, meter=None, customer=make_customer(customer, customer_id))
+
+
+_classes: dict[type, type] = {}
+
+
+def _metered_class(cls: type) -> type:
+    """The subclass of a boto3 ``bedrock-runtime`` client class for metered clients."""
+    if "_llm_meter_base" in cls.__dict__:
+        return cls
+    found = _classes.get(cls)
+    if found is None:
+        namespace = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "_llm_meter_base": cls,
+            "with_customer": _with_customer,
+        }
+        found = _classes.setdefault(cls, type(cls.__name__, (cls,), namespace))
+    return found
+
+
+def _replace_handler(events: Any, event_name: str, old: Any, new: Any) -> None:
+    """Put *new* where *old* was registered for *event_name* (same place in the order)."""
+    emitter = getattr(events, "_emitter", events)
+    try:
+        node = emitter._handlers._root
+        for part in event_name.split("."):
+            node = node["children"][part]
+        values = node["values"]
+        for handlers in (values.first, values.middle, values.last):
+            for i, handler in enumerate(handlers):
+                if handler == old:
+                    handlers[i] = new
+                    emitter._lookup_cache = {}  # shared with the original by HierarchicalEmitter's copy
+                    return
+    except (AttributeError, KeyError, TypeError):
+        pass
+    events.unregister(event_name, old)
+    events.register_first(event_name, new)
+
+
+def _clone(client: Any, cls: type) -> Any:
+    """A copy of *client* of class *cls*, with its own event emitter, on the same connections.
+
+    The emitter is copied (with every handler registered so far) and given to the parts that
+    emit on it: the endpoint (before-send, needs-retry, ...), the request signer and the
+    endpoint resolver, so handlers registered on either client afterwards stay its own.
+    """
+    new: Any = object.__new__(cls)
+    state = new.__dict__
+    state.update(client.__dict__)
+    events = copy.copy(client.meta.events)
+    meta = copy.copy(client.meta)
+    meta.events = events
+    state["meta"] = meta
+    state["_cache"] = {}
+    endpoint = copy.copy(client._endpoint)
+    endpoint._event_emitter = events
+    state["_endpoint"] = endpoint
+    resolver = state.get("_ruleset_resolver")
+    if resolver is not None and hasattr(resolver, "_event_emitter"):
+        resolver = copy.copy(resolver)
+        resolver._event_emitter = events
+        state["_ruleset_resolver"] = resolver
+    signer = client._request_signer
+    new_signer = copy.copy(signer)
+    new_signer._event_emitter = weakref.proxy(events)
+    state["_request_signer"] = new_signer
+    service_id = meta.service_model.service_id.hyphenize()
+    _replace_handler(events, f"request-created.{service_id}", signer.handler, new_signer.handler)
+    return new
+
+
+class BedrockAdapter:
+    """The registry :class:`~llm_meter._providers.Adapter` for boto3 ``bedrock-runtime`` clients."""
+
+    label = 'boto3.client("bedrock-runtime")'
+
+    def detect(self, cls: type) -> bool:
+        if "botocore" not in sys.modules:
+            return False  # no botocore client exists yet
+        from botocore.client import BaseClient  # type: ignore[import-untyped]
+
+        mapping = getattr(cls, "_PY_TO_OP_NAME", None)
+        return (
+            issubclass(cls, BaseClient)
+            and isinstance(mapping, dict)
+            and mapping.get("converse") == "Converse"
+            and mapping.get("invoke_model") == "InvokeModel"
+        )
+
+    def wrap(self, client: Any, *, meter: Meter | None, customer: Customer | None) -> Any:
+        old: ClientConfig | None = client.__dict__.get("_llm_meter")
+        if meter is not None and not isinstance(meter, Meter):
+            raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
+        if old is not None:
+            config = ClientConfig(
+                meter if meter is not None else old._meter,
+                customer if customer is not None else old.customer,
+            )
+        else:
+            config = ClientConfig(meter, customer)
+        new = _clone(client, _metered_class(type(client)))
+        new.__dict__["_llm_meter"] = config
+        events = new.meta.events
+        service_id = new.meta.service_model.service_id.hyphenize()
+        params_event = f"provide-client-params.{service_id}"
+        after_event = f"after-call.{service_id}"
+        if old is not None:  # re-metered: the copied emitter holds the old settings' handlers
+            events.unregister(params_event, unique_id=_UNIQUE_PARAMS)
+            events.unregister(after_event, unique_id=_UNIQUE_AFTER)
+        handlers = _Handlers(config)
+        # First, so that other handlers (botocore's Stubber, the user's) never see customer=.
+        events.register_first(params_event, handlers.params, unique_id=_UNIQUE_PARAMS)
+        events.register_first(after_event, handlers.after_call, unique_id=_UNIQUE_AFTER)
+        return new
+
+
+_ADAPTER: Final = BedrockAdapter()
+register(_ADAPTER)

@@ -1,0 +1,170 @@
+"""Bedrock Runtime non-stream operations through a metered boto3 client: usage of every family.
+
+Numbers follow the fake's documented formulas (``llm_meter._fakes.bedrock_server``): input =
+words of the request text, output = ``chunks`` pieces, cache tokens reported apart from input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from bedrock_support import (
+    BODY,
+    BODY_PROMPT,
+    CLAUDE,
+    COHERE,
+    COHERE_EMBED,
+    DEEPSEEK,
+    JAMBA,
+    LLAMA,
+    MESSAGES,
+    MISTRAL,
+    NOVA,
+    OUTPUT,
+    PROMPT,
+    TITAN,
+    TITAN_EMBED,
+    client,
+)
+from llm_meter import Meter, meter
+from llm_meter._fakes.bedrock_server import FakeBedrockServer
+from llm_meter.transports import MemoryTransport
+from support import delivered, only_event, usage
+
+
+@pytest.fixture
+def metered(bedrock: FakeBedrockServer, details: tuple[Meter, MemoryTransport]) -> Any:
+    return meter(client(bedrock), customer="cus_1", meter=details[0])
+
+
+def test_converse_bills_input_and_output_tokens(metered: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """converse: request_tokens = inputTokens, response_tokens = outputTokens."""
+    metered.converse(modelId=CLAUDE, messages=MESSAGES)
+    event = only_event(*details)
+    assert usage(event) == (PROMPT, OUTPUT, PROMPT + OUTPUT)
+    assert event["metadata"]["provider"] == "bedrock"
+    assert event["metadata"]["estimated"] is False
+
+
+def test_converse_cache_reads_and_writes_count_as_request_tokens(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """cacheReadInputTokens and cacheWriteInputTokens are added to inputTokens, and broken down."""
+    bedrock.cache_read, bedrock.cache_write = 1000, 200
+    metered.converse(modelId=CLAUDE, messages=MESSAGES)
+    md = only_event(*details)["metadata"]
+    assert md["request_tokens"] == PROMPT + 1200
+    assert (md["cached_tokens"], md["cache_write_tokens"]) == (1000, 200)
+
+
+def test_converse_cache_writes_by_ttl_are_in_the_details(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """usage.cacheDetails becomes cache_write_5m_tokens / cache_write_1h_tokens under details=True."""
+    if "cacheDetails" not in metered.meta.service_model.shape_for("TokenUsage").members:
+        pytest.skip("this botocore release predates TokenUsage.cacheDetails")
+    bedrock.cache_write = 200
+    metered.converse(modelId=CLAUDE, messages=MESSAGES)
+    assert only_event(*details)["metadata"]["cache_write_5m_tokens"] == 200
+
+
+def test_event_model_is_the_model_id_asked_for(metered: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """Bedrock responses never name the model: the event carries the requested modelId."""
+    metered.converse(modelId=NOVA, messages=MESSAGES)
+    assert only_event(*details)["metadata"]["model"] == NOVA
+
+
+def test_external_id_carries_the_aws_request_id(metered: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """external_id is bedrock:<x-amzn-RequestId>:<call-unique suffix>."""
+    response = metered.converse(modelId=CLAUDE, messages=MESSAGES)
+    request_id = response["ResponseMetadata"]["RequestId"]
+    assert only_event(*details)["external_id"].startswith(f"bedrock:{request_id}:")
+
+
+@pytest.mark.parametrize("model", [CLAUDE, NOVA, LLAMA, TITAN, JAMBA])
+def test_invoke_model_bills_the_usage_in_the_family_body(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport], model: str
+) -> None:
+    """invoke_model reads each family's own usage from the body (no token headers sent)."""
+    bedrock.token_headers = False
+    metered.invoke_model(modelId=model, body=BODY)
+    event = only_event(*details)
+    assert usage(event) == (BODY_PROMPT, OUTPUT, BODY_PROMPT + OUTPUT)
+    assert event["metadata"]["estimated"] is False
+
+
+def test_invoke_model_embedding_bills_input_tokens_only(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Titan embeddings report inputTextTokenCount: billed as input, no output."""
+    bedrock.token_headers = False
+    metered.invoke_model(modelId=TITAN_EMBED, body=json.dumps({"inputText": "embed these three"}))
+    assert usage(only_event(*details)) == (3, 0, 3)
+
+
+@pytest.mark.parametrize("model", [MISTRAL, COHERE, DEEPSEEK, COHERE_EMBED])
+def test_invoke_model_without_body_usage_bills_the_token_count_headers(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport], model: str
+) -> None:
+    """Families whose bodies carry no usage are billed from x-amzn-bedrock-*-token-count."""
+    metered.invoke_model(modelId=model, body=BODY)
+    expected_output = 0 if "embed" in model else OUTPUT
+    event = only_event(*details)
+    assert usage(event) == (BODY_PROMPT, expected_output, BODY_PROMPT + expected_output)
+    assert event["metadata"]["estimated"] is False
+
+
+def test_invoke_model_anthropic_body_without_usage_falls_back_to_the_headers(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A family body that lacks usage is billed from the headers, cache headers included."""
+    bedrock.body_usage = False
+    bedrock.cache_read, bedrock.cache_write = 50, 7
+    metered.invoke_model(modelId=CLAUDE, body=BODY)
+    md = only_event(*details)["metadata"]
+    assert (md["request_tokens"], md["response_tokens"]) == (BODY_PROMPT + 57, OUTPUT)
+    assert (md["cached_tokens"], md["cache_write_tokens"]) == (50, 7)
+
+
+@pytest.mark.parametrize("model", [CLAUDE, NOVA])
+def test_invoke_model_body_cache_tokens_count_as_request_tokens(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport], model: str
+) -> None:
+    """Anthropic's cache_*_input_tokens and Nova's cache*InputTokenCount are added to the input."""
+    bedrock.token_headers = False
+    bedrock.cache_read, bedrock.cache_write = 300, 40
+    metered.invoke_model(modelId=model, body=BODY)
+    md = only_event(*details)["metadata"]
+    assert md["request_tokens"] == BODY_PROMPT + 340
+    assert (md["cached_tokens"], md["cache_write_tokens"]) == (300, 40)
+
+
+def test_invoke_model_caller_still_reads_the_whole_body(bedrock: FakeBedrockServer, metered: Any) -> None:
+    """The body metering read is handed back whole: read(), in parts, as JSON."""
+    response = metered.invoke_model(modelId=LLAMA, body=BODY)
+    first = response["body"].read(10)
+    rest = response["body"].read()
+    assert json.loads(first + rest)["generation"] == "tok0 tok1 tok2 tok3 tok4 "
+
+
+def test_invoke_model_without_any_usage_bills_an_estimate(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """No usage in the body and no headers: billed as an estimate, never dropped."""
+    bedrock.token_headers = False
+    metered.invoke_model(modelId=MISTRAL, body=BODY)
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is True
+    assert event["metadata"]["request_tokens"] > 0
+    assert event["metadata"]["response_tokens"] > 0
+
+
+def test_error_answer_is_not_billed(metered: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """A ValidationException raises as usual and emits nothing."""
+    with pytest.raises(botocore.exceptions.ClientError, match="ValidationException"):
+        metered.converse(modelId="unknown.model-v1", messages=MESSAGES)
+    assert delivered(*details) == []
