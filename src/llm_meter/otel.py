@@ -49,7 +49,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
-from ._call import BILLED_HOOKS, CALL_HOOKS, MAX_TOKENS
+from ._call import BILLED_HOOKS, CALL_HOOKS, token_count
 from ._customer import Customer, current_customer, make_customer
 from ._events import UsageRecord
 from ._exceptions import ConfigurationError
@@ -393,9 +393,10 @@ def _count(attributes: Mapping[str, Any], names: tuple[str, ...]) -> int | None:
         if value is None:
             continue
         if type(value) is float and value.is_integer():
-            value = int(value)
-        if type(value) is int and 0 <= value < MAX_TOKENS:
-            return value
+            value = int(value)  # some emitters record counts as floats
+        count = token_count(value)
+        if count is not None:
+            return count
     return None
 
 
