@@ -56,3 +56,22 @@ def test_forked_child_draws_other_suffixes_than_its_parent() -> None:
     child = os.read(read, 100).decode()
     os.close(read)
     assert child and parent and child[:12] != parent[:12]
+
+
+def test_a_failing_hand_off_is_counted_and_never_reaches_the_callers_call(
+    server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-off that raises (here: the meter's dispatcher) is logged and counted; the call returns."""
+    m = Meter(transport=llm_meter.transports.MemoryTransport())
+
+    def broken(record: object) -> None:
+        raise RuntimeError("hand-off broke")
+
+    monkeypatch.setattr(m._dispatcher, "submit", broken)
+    with openai.OpenAI(api_key="t", base_url=server.url, max_retries=0) as base:
+        client = llm_meter.meter(base, customer="cus_1", meter=m)
+        reply = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert reply.choices[0].message.content
+    assert m.stats().errors == 1
+    assert "could not hand over the usage event" in caplog.text
+    m.close()
