@@ -224,3 +224,23 @@ def test_metadata_subclass_values_are_sent_as_their_plain_value(value: object, s
     assert wire["metadata"]["k"] == sent
     assert type(wire["metadata"]["k"]) is type(sent)
     assert type(options.metadata["k"]) is type(sent)
+
+
+def test_model_names_beyond_the_cache_bound_are_each_encoded_right() -> None:
+    """A server that varies model names (more than the quoted-name cache holds) gets each one sent as is."""
+    from llm_meter import _events
+
+    names = [f"model-{n}" for n in range(_events._MODEL_CACHE_SIZE + 10)]
+    for name in names:
+        assert to_wire(_record(model=name), EventOptions())["metadata"]["model"] == name
+    assert len(_events._model_json) <= _events._MODEL_CACHE_SIZE
+
+
+def test_a_customer_keeps_its_own_wire_form_when_the_same_value_is_billed_by_id() -> None:
+    """A customer's cached JSON is its own: the same value given as customer_id stays customer_id."""
+    by_external = Customer("external_customer_id", "cus_same")
+    by_id = Customer("customer_id", "cus_same")
+    first = to_wire(_record(customer=by_external), EventOptions())
+    second = to_wire(_record(customer=by_id), EventOptions())
+    assert first["external_customer_id"] == "cus_same" and "customer_id" not in first
+    assert second["customer_id"] == "cus_same" and "external_customer_id" not in second
