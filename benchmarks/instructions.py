@@ -12,14 +12,16 @@ callgrind, with N1 and N2 calls, and reports ``(I(N2) - I(N1)) / (N2 - N1)``: th
 call, start-up and the meter's close cancelled out. Instrumentation is switched on only around the calls
 (a tiny C helper built with the system's ``gcc`` and valgrind's ``callgrind.h`` issues the client requests),
 so imports run at near native speed. Every thread of the process is counted, so the metered side
-includes its background worker (delivering to a transport that discards events) and the spool when
-``--spool`` is given.
+includes its background worker (delivering to a transport that discards events, in full batches as at
+native speed: its flush interval is set long) and the spool when ``--spool`` is given.
 
 Knobs for experiments (environment variables): ``LLM_METER_BENCH_METER`` (JSON of extra ``Meter``
 options for the metered side, e.g. ``{"incomplete_streams": "skip"}``), ``LLM_METER_BENCH_CHUNKS``
 (stream length, default 500; two lengths separate per-stream from per-event costs) and
-``LLM_METER_BENCH_GC_FREEZE=1`` (``gc.freeze()`` before the calls, to see what garbage collection adds)
-and ``LLM_METER_BENCH_MIDDLEWARE=1`` (the plain Anthropic side gets one pass-through client middleware:
+``LLM_METER_BENCH_GC_FREEZE=1`` (``gc.freeze()`` before the calls, to see what garbage collection adds),
+``LLM_METER_BENCH_CALLER_ONLY=1`` (counting stops before the meter closes: with
+``LLM_METER_BENCH_METER='{"batch_size": 10000}'`` the worker never runs while counted, so only the caller's
+side is measured) and ``LLM_METER_BENCH_MIDDLEWARE=1`` (the plain Anthropic side gets one pass-through client middleware:
 the floor of a design built on anthropic's middleware).
 """
 
@@ -199,7 +201,12 @@ def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int,
             async def aclose(self) -> None:
                 return None
 
-        meter = llm_meter.Meter(transport=Discard(), spool_dir=spool, **_EXPERIMENT)
+        # Under callgrind the process runs about fifty times slower, so the default 1 s flush interval
+        # would cut the worker's batches at a small fraction of the size they have at native speed, at
+        # moments that vary from run to run (each cut batch costing about 200 k instructions): full
+        # batches, as at native speed, make the count both representative and repeatable.
+        options = {"flush_interval": 600.0, **_EXPERIMENT}
+        meter = llm_meter.Meter(transport=Discard(), spool_dir=spool, **options)
         client = llm_meter.meter(client, customer="cus_1", meter=meter)
 
     toggle = _toggle()
@@ -225,6 +232,8 @@ def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int,
             if kind == "stream":
                 for _item in result:
                     pass
+    if os.environ.get("LLM_METER_BENCH_CALLER_ONLY"):
+        toggle.llm_meter_instr_off()  # the caller's side only: the worker's share is left out
     if meter is not None:
         meter.close(timeout=5.0)  # what the worker does for these events is part of the count
     toggle.llm_meter_instr_off()
