@@ -190,6 +190,39 @@ def test_response_id_that_cannot_be_encoded_is_sent_with_a_replacement_character
     assert json.loads(text.encode("utf-8"))["external_id"] == "openai:chatcmpl-\ufffd"
 
 
+@pytest.mark.parametrize(
+    "ident",
+    [
+        "chatcmpl-abc123",
+        'id"quoted',
+        "back\\slash",
+        "tab\there",
+        "nl\n",
+        "del\x7f",
+        "ünï",
+        "\u2028sep",
+        "",
+        " ",
+    ],
+)
+def test_external_id_is_encoded_exactly_as_json_dumps_would(ident: str) -> None:
+    """Ids with nothing to escape take the short path; any other gets JSON's escapes: the same text."""
+    external_id = f"openai:{ident}:5f3a9c2b1d0e1"
+    text = encode_wire(_record(external_id=external_id), EventOptions())
+    assert f'"external_id":{json.dumps(external_id, ensure_ascii=False)},' in text
+    assert json.loads(text)["external_id"] == external_id
+
+
+def test_an_exact_tuple_and_a_record_encode_the_same() -> None:
+    """The caller's hand-off tuple and a UsageRecord with the same fields give the same event."""
+    record = _record(
+        cached_tokens=10, cache_write_tokens=4, reasoning_tokens=3, extra={"web_search_requests": 2}
+    )
+    exact = record.resolved()
+    for options in (EventOptions(), EventOptions(details=True, polar_llm=True, metadata={"app": "x"})):
+        assert encode_wire(exact, options) == encode_wire(record, options)
+
+
 @pytest.mark.parametrize("metadata", [{"k": "a\ud800"}, {"k\udc80": 1}], ids=["value", "key"])
 def test_metadata_that_cannot_be_encoded_fails_at_configuration_time(metadata: dict[str, object]) -> None:
     """A metadata key or value with a lone surrogate is refused when the Meter is built."""

@@ -253,7 +253,7 @@ class Call:
         if BILLED_HOOKS and self.response_id:
             for billed in BILLED_HOOKS:
                 billed(self.response_id)
-        record = UsageRecord(
+        record = (  # an Exact tuple: one allocation, unpacked on the worker
             self.provider.name,
             self.customer,
             external_id,
@@ -265,12 +265,13 @@ class Call:
             cache_write_tokens,
             reasoning_tokens,
             extra,
+            False,
         )
         try:  # Meter.emit, inlined: the hand-off never raises into the caller's call
             meter._dispatcher.submit(record)
         except Exception:
             meter.errors += 1
-            log.exception("llm_meter: could not hand over the usage event %r", record)
+            log.exception("llm_meter: could not hand over the usage event %s", external_id)
 
     def finish(self, response: Any = None) -> None:
         """The response ended without usage (early exit, error, no usage sent): estimate or skip.

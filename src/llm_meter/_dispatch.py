@@ -32,7 +32,7 @@ from copy import copy
 from typing import Any
 
 from ._cost import TAIL_SEP, finish_line
-from ._events import EventOptions, UsageRecord, encode_line, encode_wire
+from ._events import EventOptions, Exact, UsageRecord, encode_line, encode_wire
 from ._exceptions import RejectedEventsError
 from ._spool import Spool, dead_letter_entry, encode_record
 from .transports import Transport
@@ -75,7 +75,7 @@ class Dispatcher:
         self._spool = spool
         self._batch_size = batch_size
         self._flush_interval = _wait_time(flush_interval)
-        self._queue: deque[UsageRecord] = deque()
+        self._queue: deque[UsageRecord | Exact] = deque()
         self._wake = threading.Event()
         #: Set only by close(): the one thing that may cut a retry backoff short.
         self._stop = threading.Event()
@@ -114,10 +114,10 @@ class Dispatcher:
             self._start()
 
     # -- caller side ---------------------------------------------------------------------
-    def submit(self, record: UsageRecord) -> None:
+    def submit(self, record: UsageRecord | Exact) -> None:
         """Hand one record over; never waits for the network and takes no lock."""
         spool = self._spool
-        if spool is None or record.estimate is not None:
+        if spool is None or (type(record) is UsageRecord and record.estimate is not None):
             self._queue.append(record)
         else:
             payload = encode_line(record, self._options)  # priced later, on the worker
@@ -463,20 +463,20 @@ class Dispatcher:
                 return
             self.respooled += 1
 
-    def _untake(self, records: list[UsageRecord]) -> None:
+    def _untake(self, records: list[UsageRecord | Exact]) -> None:
         """Put records back at the head of the queue (their estimates are resolved already)."""
         self.taken -= len(records)
         self._queue.extendleft(reversed(records))
 
-    def _take(self, limit: int) -> list[UsageRecord]:
+    def _take(self, limit: int) -> list[UsageRecord | Exact]:
         queue = self._queue
-        records: list[UsageRecord] = []
+        records: list[UsageRecord | Exact] = []
         while queue and len(records) < limit:
             records.append(queue.popleft())
         self.taken += len(records)
         return records
 
-    def _encode(self, records: list[UsageRecord]) -> tuple[list[UsageRecord], list[str]]:
+    def _encode(self, records: list[UsageRecord | Exact]) -> tuple[list[UsageRecord | Exact], list[str]]:
         """The records that could be encoded, and their wire JSON (the others are counted lost)."""
         kept = []
         payloads = []

@@ -1,8 +1,8 @@
 """The ``ai_usage`` event: the record built on the caller's path and its Polar wire shape.
 
-The metered call only fills a :class:`UsageRecord` (a few attribute stores) and hands it
-over. Turning it into the wire dict, token estimation included, happens on the background
-worker (:func:`to_wire`).
+The metered call hands over an :data:`Exact` tuple (one tuple built, nothing else), or a
+:class:`UsageRecord` when the counts are still to be estimated. Turning either into the wire
+JSON, token estimation included, happens on the background worker (:func:`encode_wire`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote  # C-accelerated JSON string quoting
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from ._cost import TAIL_SEP, Pricer, finish_line, make_pricer
 from ._customer import Customer
@@ -23,6 +23,7 @@ from ._exceptions import ConfigurationError
 __all__ = [
     "EVENT_NAME",
     "EventOptions",
+    "Exact",
     "UsageRecord",
     "encode_line",
     "encode_wire",
@@ -80,6 +81,26 @@ def is_utf8(text: str) -> bool:
     return text.isascii() or _SURROGATES.search(text) is None
 
 
+#: One billed response whose counts the provider reported, as handed over on the caller's path:
+#: ``(provider, customer, external_id, timestamp, model, request_tokens, response_tokens,
+#: cached_tokens, cache_write_tokens, reasoning_tokens, extra, estimated)``. A tuple costs one
+#: allocation where a record object costs a Python ``__init__`` call; the worker unpacks it.
+Exact: TypeAlias = tuple[
+    str,
+    Customer,
+    str,
+    float,
+    str,
+    int,
+    int,
+    "int | None",
+    "int | None",
+    "int | None",
+    "dict[str, int | float | str | bool] | None",
+    bool,
+]
+
+
 class UsageRecord:
     """One billed provider response, as captured on the caller's path.
 
@@ -133,6 +154,27 @@ class UsageRecord:
         self.extra = extra
         self.estimated = estimated
         self.estimate = estimate
+
+    def resolved(self) -> Exact:
+        """The record as an :data:`Exact` tuple, its estimate run first if it has one (worker only)."""
+        estimate = self.estimate
+        if estimate is not None:
+            self.estimate = None
+            estimate(self)
+        return (
+            self.provider,
+            self.customer,
+            self.external_id,
+            self.timestamp,
+            self.model,
+            self.request_tokens,
+            self.response_tokens,
+            self.cached_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+            self.extra,
+            self.estimated,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -289,7 +331,7 @@ def _scalar(value: object) -> str:
     return repr(value)  # int, or a finite float (validated): repr is valid JSON
 
 
-def encode_wire(record: UsageRecord, options: EventOptions) -> str:
+def encode_wire(record: UsageRecord | Exact, options: EventOptions) -> str:
     """The Polar wire event of one record as compact JSON text, priced (``_cost``) if the meter prices.
 
     Runs on the worker. Equal to
@@ -300,7 +342,14 @@ def encode_wire(record: UsageRecord, options: EventOptions) -> str:
     return line if pricer is None else finish_line(line, pricer)
 
 
-def encode_line(record: UsageRecord, options: EventOptions) -> str:
+def _quote_id(text: str) -> str:
+    """*text* as a JSON string; an ASCII id with nothing to escape (the usual case) is just wrapped."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return _quote(utf8_safe(text))
+
+
+def encode_line(record: UsageRecord | Exact, options: EventOptions) -> str:
     """The line the spool stores for one record: its wire JSON, then what pricing needs, if anything.
 
     Formatted directly instead of building a dict and calling ``json.dumps``: this runs on
@@ -310,22 +359,29 @@ def encode_line(record: UsageRecord, options: EventOptions) -> str:
     its ``_cost`` (:func:`~llm_meter._cost.finish_line`). Without pricing the line is exactly
     what Polar gets.
     """
-    if record.estimate is not None:
-        estimate, record.estimate = record.estimate, None
-        estimate(record)
-    request_tokens = record.request_tokens
-    response_tokens = record.response_tokens
+    if isinstance(record, UsageRecord):
+        record = record.resolved()
+    (
+        provider,
+        customer,
+        external_id,
+        timestamp,
+        model_name,
+        request_tokens,
+        response_tokens,
+        cached,
+        write,
+        reasoning,
+        extra,
+        estimated,
+    ) = record
     total = request_tokens + response_tokens
     # Polar: strings of 1 to 500 characters. The model name and the response id come from the
     # provider's answer: a lone surrogate in them is replaced, never left to fail the encoding.
-    # (isascii() is O(1): the call is skipped in the common case.)
-    model = _model_json.get(record.model) or _quote_model(record.model)
-    external_id = record.external_id
-    if not external_id.isascii():
-        external_id = utf8_safe(external_id)
+    model = _model_json.get(model_name) or _quote_model(model_name)
     head = (
-        f'{{"name":"{EVENT_NAME}",{record.customer.wire or _customer_json(record.customer)},'
-        f'"external_id":{_quote(external_id)},"timestamp":{_iso(record.timestamp)},'
+        f'{{"name":"{EVENT_NAME}",{customer.wire or _customer_json(customer)},'
+        f'"external_id":{_quote_id(external_id)},"timestamp":{_iso(timestamp)},'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
     )
@@ -333,42 +389,38 @@ def encode_line(record: UsageRecord, options: EventOptions) -> str:
         return head + "}}"
     parts = [head]
     if options.details:
-        parts.append(f',"provider":{_quote(record.provider)}')
-        if record.cached_tokens is not None:
-            parts.append(f',"cached_tokens":{record.cached_tokens}')
-        if record.cache_write_tokens is not None:
-            parts.append(f',"cache_write_tokens":{record.cache_write_tokens}')
-        if record.reasoning_tokens is not None:
-            parts.append(f',"reasoning_tokens":{record.reasoning_tokens}')
-        if record.extra:
-            parts.extend(f",{_quote(key)}:{_scalar(value)}" for key, value in record.extra.items())
-        parts.append(',"estimated":true' if record.estimated else ',"estimated":false')
+        parts.append(f',"provider":{_quote(provider)}')
+        if cached is not None:
+            parts.append(f',"cached_tokens":{cached}')
+        if write is not None:
+            parts.append(f',"cache_write_tokens":{write}')
+        if reasoning is not None:
+            parts.append(f',"reasoning_tokens":{reasoning}')
+        if extra:
+            parts.extend(f",{_quote(key)}:{_scalar(value)}" for key, value in extra.items())
+        parts.append(',"estimated":true' if estimated else ',"estimated":false')
     if options.metadata_json:
         parts.append(options.metadata_json)
     if options.polar_llm:
         parts.append(
-            f',"_llm":{{"vendor":{_quote(record.provider)},"model":{model},"input_tokens":{request_tokens},'
+            f',"_llm":{{"vendor":{_quote(provider)},"model":{model},"input_tokens":{request_tokens},'
             f'"output_tokens":{response_tokens},"total_tokens":{total},'
-            f'"cached_input_tokens":{record.cached_tokens or 0}}}'
+            f'"cached_input_tokens":{cached or 0}}}'
         )
     parts.append("}}")
     pricer = options.pricer
     if pricer is not None:
         # What the worker needs to price the line (see _cost.finish_line), formatted inline: ~1 µs.
-        extra = record.extra
-        cached = record.cached_tokens
-        write = record.cache_write_tokens
-        reasoning = record.reasoning_tokens
         parts.append(
-            f'{TAIL_SEP}["{pricer.mode}",{_quote(record.provider)},{model},{request_tokens},{response_tokens},'
+            f'{TAIL_SEP}["{pricer.mode}",{_quote(provider)},{model},{request_tokens},{response_tokens},'
             f"{'null' if cached is None else cached},{'null' if write is None else write},"
-            f"{'null' if reasoning is None else reasoning},{'true' if record.estimated else 'false'},"
-            f"{int(record.timestamp * 1000)},{json.dumps(extra, separators=(',', ':')) if extra else 'null'}]"
+            f"{'null' if reasoning is None else reasoning},{'true' if estimated else 'false'},"
+            f"{int(timestamp * 1000)},{json.dumps(extra, separators=(',', ':')) if extra else 'null'}]"
         )
     return "".join(parts)
 
 
-def to_wire(record: UsageRecord, options: EventOptions) -> dict[str, Any]:
+def to_wire(record: UsageRecord | Exact, options: EventOptions) -> dict[str, Any]:
     """The Polar wire event of one record as a dict (what transports receive)."""
     result: dict[str, Any] = json.loads(encode_wire(record, options))
     return result

@@ -643,7 +643,7 @@ class _SyncMeteredClient(_MeteredClient):
         if headers and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
-            if self._llm_meter_provider.injects_options:
+            if kwargs.get("stream") and self._llm_meter_provider.injects_options:
                 return self._llm_meter_request(cast_to, options, *args, **kwargs)
             return self._llm_meter_base.request(self, cast_to, options, *args, **kwargs)
         else:
@@ -656,7 +656,7 @@ class _SyncMeteredClient(_MeteredClient):
 
     def _llm_meter_request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         request = self._llm_meter_base.request
-        if not self._llm_meter_provider.injects_options:
+        if not (kwargs.get("stream") and self._llm_meter_provider.injects_options):
             return request(self, cast_to, options, *args, **kwargs)
         self._llm_meter_stream_cls(kwargs)
         try:
@@ -687,7 +687,7 @@ class _AsyncMeteredClient(_MeteredClient):
         if headers and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
-            if self._llm_meter_provider.injects_options:
+            if kwargs.get("stream") and self._llm_meter_provider.injects_options:
                 return await self._llm_meter_request(cast_to, options, *args, **kwargs)
             return await self._llm_meter_base.request(self, cast_to, options, *args, **kwargs)
         else:
@@ -700,7 +700,7 @@ class _AsyncMeteredClient(_MeteredClient):
 
     async def _llm_meter_request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         request = self._llm_meter_base.request
-        if not self._llm_meter_provider.injects_options:
+        if not (kwargs.get("stream") and self._llm_meter_provider.injects_options):
             return await request(self, cast_to, options, *args, **kwargs)
         self._llm_meter_stream_cls(kwargs)
         try:
