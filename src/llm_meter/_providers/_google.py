@@ -47,8 +47,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Final
 
-from .._call import Call, ClientConfig, token_count
+from .._call import MAX_TOKENS, Call, ClientConfig, token_count
 from .._customer import Customer, current_customer, make_customer
+from .._customer import _current as _block
 from .._events import UsageRecord
 from .._exceptions import ConfigurationError, MissingCustomerError
 from .._meter import Meter
@@ -111,6 +112,40 @@ def _counts(usage: Any) -> tuple[int | None, int | None]:
     request = None if prompt is None or tool is None else prompt + tool
     response = None if candidates is None or thoughts is None else candidates + thoughts
     return request, response
+
+
+def _emit_common(call: Call, usage: Any) -> bool:
+    """Emit usage of the common shape, checked inline (once per billed call); ``False`` for any other.
+
+    Every count present is a plain int in range (absent counts are 0): the same numbers as
+    :func:`_counts` and :func:`_details` give, without their dozen helper calls. Any other
+    shape (a count that is not an int, a sum out of range) goes down the general path.
+    """
+    if type(usage) is not dict:
+        return False
+    prompt = usage.get("promptTokenCount", 0)
+    tool = usage.get("toolUsePromptTokenCount", 0)
+    candidates = usage.get("candidatesTokenCount", 0)
+    thoughts = usage.get("thoughtsTokenCount", 0)
+    if not (
+        type(prompt) is int
+        and type(tool) is int
+        and type(candidates) is int
+        and type(thoughts) is int
+        and prompt >= 0
+        and tool >= 0
+        and candidates >= 0
+        and thoughts >= 0
+        and (request_tokens := prompt + tool) < MAX_TOKENS
+        and (response_tokens := candidates + thoughts) < MAX_TOKENS
+    ):
+        return False
+    cached = usage.get("cachedContentTokenCount")
+    if cached is not None and not (type(cached) is int and 0 <= cached < MAX_TOKENS):
+        cached = None
+    # Thoughts are reported only when the response had them: absent stays None, not 0.
+    call.emit(None, request_tokens, response_tokens, cached, None, usage.get("thoughtsTokenCount"))
+    return True
 
 
 def _details(usage: Any) -> tuple[int | None, int | None]:
@@ -223,10 +258,13 @@ class GoogleProvider:
             if tokens is not None:
                 call.emit(None, tokens, 0)
             return  # an embedding response without tokens (the Developer API) bills nothing
+        usage = data.get("usageMetadata")
+        if _emit_common(call, usage):
+            return
         progress = call.state = _Progress()
-        progress.usage = data.get("usageMetadata")
+        progress.usage = usage
         progress.final = True
-        if not self._exact(call, progress.usage):
+        if not self._exact(call, usage):
             call.text = list(_texts(data))
             call.estimate()
 
@@ -295,6 +333,8 @@ class GoogleProvider:
             call.response_id = ident
 
     def _exact(self, call: Call, usage: Any) -> bool:
+        if _emit_common(call, usage):
+            return True
         request_tokens, response_tokens = _counts(usage)
         if request_tokens is None or response_tokens is None:
             if usage is not None:
@@ -363,7 +403,7 @@ class _MeteredApiClient:
 
     def _llm_meter_call(self, kind: str, path: str, body: Any) -> Call | None:
         config = self._llm_meter
-        who = _request_customer.get() or current_customer() or config.customer
+        who = _request_customer.get() or _block.get() or config.customer
         if who is None:
             what = f"POST {path}"
             if config.meter.raise_on_missing_customer:
@@ -574,7 +614,9 @@ def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[...,
             async def amethod(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
-                who = make_customer(customer, customer_id)
+                who = (
+                    None if customer is None and customer_id is None else make_customer(customer, customer_id)
+                )
                 if who is None:
                     return await func(self, *args, **kw)
                 token = _request_customer.set(who)
@@ -595,7 +637,7 @@ def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[...,
     else:
 
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
-            who = make_customer(customer, customer_id)
+            who = None if customer is None and customer_id is None else make_customer(customer, customer_id)
             if who is None:
                 return func(self, *args, **kw)
             token = _request_customer.set(who)

@@ -32,7 +32,7 @@ import logging
 import types
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, get_origin
 
@@ -555,7 +555,9 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
     def _build_request(self, options: Any, *, retries_taken: int = 0) -> Any:
         who = _request_customer.get()
         headers = options.headers
-        if headers and MARKER in headers:  # not sent through request(): never put it on the wire
+        # Type checks, not a truth test: headers may be the SDK's NOT_GIVEN, whose __bool__ is a
+        # Python call. Not sent through request(): the marker must never go on the wire.
+        if (type(headers) is dict or isinstance(headers, Mapping)) and MARKER in headers:
             who = who or _unmarker(headers[MARKER])
             options.headers = {k: v for k, v in headers.items() if k != MARKER}
         provider = self._llm_meter_provider
@@ -630,8 +632,11 @@ class _SyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
     def _process_response(self, *args: Any, **kwargs: Any) -> Any:
-        response = kwargs.get("response")
-        call = _call_of(response)
+        response: Any = kwargs.get("response")
+        try:  # _call_of(response), inlined: once per response
+            call = getattr(response.request, CALL_ATTR, None)
+        except Exception:
+            call = None
         if call is None or not call.stream:
             response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
             return self._llm_meter_base._process_response(self, *args, **kwargs)
@@ -640,7 +645,7 @@ class _SyncMeteredClient(_MeteredClient):
 
     def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
-        if headers and MARKER in headers:
+        if (type(headers) is dict or isinstance(headers, Mapping)) and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
             if kwargs.get("stream") and self._llm_meter_provider.injects_options:
@@ -674,8 +679,11 @@ class _AsyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
     async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
-        response = kwargs.get("response")
-        call = _call_of(response)
+        response: Any = kwargs.get("response")
+        try:  # _call_of(response), inlined: once per response
+            call = getattr(response.request, CALL_ATTR, None)
+        except Exception:
+            call = None
         if call is None or not call.stream:
             response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
             return await self._llm_meter_base._process_response(self, *args, **kwargs)
@@ -684,7 +692,7 @@ class _AsyncMeteredClient(_MeteredClient):
 
     async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
-        if headers and MARKER in headers:
+        if (type(headers) is dict or isinstance(headers, Mapping)) and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
             if kwargs.get("stream") and self._llm_meter_provider.injects_options:
