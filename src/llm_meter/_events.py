@@ -342,13 +342,6 @@ def encode_wire(record: UsageRecord | Exact, options: EventOptions) -> str:
     return line if pricer is None else finish_line(line, pricer)
 
 
-def _quote_id(text: str) -> str:
-    """*text* as a JSON string; an ASCII id with nothing to escape (the usual case) is just wrapped."""
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'
-    return _quote(utf8_safe(text))
-
-
 def encode_line(record: UsageRecord | Exact, options: EventOptions) -> str:
     """The line the spool stores for one record: its wire JSON, then what pricing needs, if anything.
 
@@ -378,10 +371,13 @@ def encode_line(record: UsageRecord | Exact, options: EventOptions) -> str:
     total = request_tokens + response_tokens
     # Polar: strings of 1 to 500 characters. The model name and the response id come from the
     # provider's answer: a lone surrogate in them is replaced, never left to fail the encoding.
+    # (isascii() is O(1): the call is skipped in the common case.)
     model = _model_json.get(model_name) or _quote_model(model_name)
+    if not external_id.isascii():
+        external_id = utf8_safe(external_id)
     head = (
         f'{{"name":"{EVENT_NAME}",{customer.wire or _customer_json(customer)},'
-        f'"external_id":{_quote_id(external_id)},"timestamp":{_iso(timestamp)},'
+        f'"external_id":{_quote(external_id)},"timestamp":{_iso(timestamp)},'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
     )
