@@ -294,7 +294,8 @@ def _iso(ts: float) -> str:
     """ISO 8601 UTC with milliseconds, as a JSON string (quotes included)."""
     # Polar rejects a timestamp later than its own clock ("Timestamp must be in the past"):
     # keep a margin for clock skew between this host and Polar's.
-    second, milli = divmod(int(min(ts, time.time() - _CLOCK_SKEW) * 1000), 1000)
+    latest = time.time() - _CLOCK_SKEW
+    second, milli = divmod(int((ts if ts < latest else latest) * 1000), 1000)
     cached_second, prefix = _second_cache[0]
     if cached_second != second:  # one strftime per second
         prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")

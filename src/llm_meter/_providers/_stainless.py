@@ -53,7 +53,6 @@ MARKER: Final = "x-llm-meter-customer"
 
 #: Attribute of the built HTTP request holding its :class:`Call`; also caches it on responses.
 CALL_ATTR: Final = "_llm_meter_call"
-_UNSET: Final[Any] = object()
 
 #: The customer of the request being sent (from the marker), for ``_build_request``.
 _request_customer: ContextVar[Customer | None] = ContextVar("llm_meter_request_customer", default=None)
@@ -591,8 +590,9 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         # Called once per stream event, so kept short: the SDK's own parse (bound directly, not
         # through super()), then the call, looked up once per response and cached on it.
         obj = self._llm_meter_parse(data=data, cast_to=cast_to, response=response)
-        call = response.__dict__.get(CALL_ATTR, _UNSET)
-        if call is _UNSET:
+        try:  # set by _process_response: one attribute read per event
+            call = response._llm_meter_call
+        except AttributeError:  # a response that did not pass there: look it up once
             call = response.__dict__[CALL_ATTR] = _call_of(response)
         if call is not None:
             keep = call.keep.get(type(obj))
@@ -637,8 +637,8 @@ class _SyncMeteredClient(_MeteredClient):
             call = getattr(response.request, CALL_ATTR, None)
         except Exception:
             call = None
+        response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
-            response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
             return self._llm_meter_base._process_response(self, *args, **kwargs)
         attach_stream(response, call)
         return _guard_plain_stream(self._llm_meter_base._process_response(self, *args, **kwargs), call)
@@ -684,8 +684,8 @@ class _AsyncMeteredClient(_MeteredClient):
             call = getattr(response.request, CALL_ATTR, None)
         except Exception:
             call = None
+        response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
-            response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
             return await self._llm_meter_base._process_response(self, *args, **kwargs)
         attach_stream(response, call)
         return _guard_plain_stream(await self._llm_meter_base._process_response(self, *args, **kwargs), call)
