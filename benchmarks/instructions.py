@@ -20,9 +20,9 @@ options for the metered side, e.g. ``{"incomplete_streams": "skip"}``), ``LLM_ME
 (stream length, default 500; two lengths separate per-stream from per-event costs) and
 ``LLM_METER_BENCH_GC_FREEZE=1`` (``gc.freeze()`` before the calls, to see what garbage collection adds),
 ``LLM_METER_BENCH_CALLER_ONLY=1`` (counting stops before the meter closes: with
-``LLM_METER_BENCH_METER='{"batch_size": 10000}'`` the worker never runs while counted, so only the caller's
-side is measured) and ``LLM_METER_BENCH_MIDDLEWARE=1`` (the plain Anthropic side gets one pass-through client middleware:
-the floor of a design built on anthropic's middleware).
+``LLM_METER_BENCH_METER='{"batch_size": 10000}'`` the worker never runs while counted, so only the
+caller's side is measured) and ``LLM_METER_BENCH_MIDDLEWARE=1`` (the plain Anthropic side gets one
+pass-through client middleware: the floor of a design built on anthropic's middleware).
 """
 
 from __future__ import annotations
