@@ -81,6 +81,21 @@ def test_absent_counts_are_zero(client: genai.Client, details: tuple[Meter, Memo
     event = only_event(*details)
     assert usage(event) == (9, 0, 9)
     assert event["metadata"]["estimated"] is False
+    # Not reported is not zero: no reasoning or cache figures are made up.
+    assert "reasoning_tokens" not in event["metadata"]
+    assert "cached_tokens" not in event["metadata"]
+
+
+def test_invalid_cached_count_is_left_out_of_an_exact_event(
+    client: genai.Client, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A cachedContentTokenCount that is no count is not reported; the bill itself stays exact."""
+    config = shaped({"promptTokenCount": 9, "candidatesTokenCount": 2, "cachedContentTokenCount": "5"})
+    client.models.generate_content(model=MODEL, contents=PROMPT, config=config)
+    event = only_event(*details)
+    assert usage(event) == (9, 2, 11)
+    assert event["metadata"]["estimated"] is False
+    assert "cached_tokens" not in event["metadata"]
 
 
 def test_missing_usage_is_estimated(client: genai.Client, details: tuple[Meter, MemoryTransport]) -> None:
@@ -92,7 +107,9 @@ def test_missing_usage_is_estimated(client: genai.Client, details: tuple[Meter, 
     assert event["metadata"]["response_tokens"] > 0
 
 
-@pytest.mark.parametrize("bad", [-1, None, "12", 2**40], ids=["negative", "null", "string", "absurd"])
+@pytest.mark.parametrize(
+    "bad", [-1, None, "12", 2**40, True, 3.0], ids=["negative", "null", "string", "absurd", "bool", "float"]
+)
 def test_invalid_count_is_estimated(
     client: genai.Client,
     details: tuple[Meter, MemoryTransport],
