@@ -20,7 +20,7 @@ from ._exceptions import ConfigurationError
 from ._spool import Spool
 from .transports import Transport, check_transport
 
-__all__ = ["Meter", "MeterStats", "default_meter", "default_spool_dir", "transport_from_env"]
+__all__ = ["Meter", "MeterStats", "check_meter", "default_meter", "default_spool_dir", "transport_from_env"]
 
 log = logging.getLogger("llm_meter")
 
@@ -310,6 +310,13 @@ def transport_from_env() -> Transport | None:
     if not token:
         return None
     return PolarTransport(token, server=os.environ.get("POLAR_SERVER") or "production")
+
+
+def check_meter(meter: object) -> Meter | None:
+    """A ``meter=`` argument as given (a :class:`Meter` or ``None``); anything else is refused now."""
+    if meter is None or isinstance(meter, Meter):
+        return meter
+    raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
 
 
 def default_meter() -> Meter:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from ._customer import make_customer
-from ._exceptions import ConfigurationError
-from ._meter import Meter
+from ._meter import Meter, check_meter
 from ._providers import find, supported
 
 __all__ = ["meter"]
@@ -42,6 +41,4 @@ def meter(
             f"llm_meter cannot meter {cls.__module__}.{cls.__qualname__}; supported clients: {supported()}"
         )
     who = make_customer(customer, customer_id)
-    if meter is not None and not isinstance(meter, Meter):
-        raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
-    return adapter.wrap(client, meter=meter, customer=who)  # type: ignore[no-any-return]
+    return adapter.wrap(client, meter=check_meter(meter), customer=who)  # type: ignore[no-any-return]

@@ -40,7 +40,7 @@ from .._customer import Customer, make_customer
 from .._customer import _current as _block
 from .._events import UsageRecord
 from .._exceptions import ConfigurationError, MissingCustomerError
-from .._meter import Meter
+from .._meter import Meter, check_meter
 from . import register
 
 __all__ = ["BedrockAdapter", "BedrockProvider"]
@@ -754,8 +754,7 @@ class BedrockAdapter:
 
     def wrap(self, client: Any, *, meter: Meter | None, customer: Customer | None) -> Any:
         old: ClientConfig | None = client.__dict__.get("_llm_meter")
-        if meter is not None and not isinstance(meter, Meter):
-            raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
+        meter = check_meter(meter)
         if old is not None:
             config = ClientConfig(
                 meter if meter is not None else old._meter,

@@ -52,8 +52,9 @@ from .._customer import Customer, current_customer, make_customer
 from .._customer import _current as _block
 from .._events import UsageRecord
 from .._exceptions import ConfigurationError, MissingCustomerError
-from .._meter import Meter
+from .._meter import Meter, check_meter
 from . import register
+from ._signature import CUSTOMER_PARAMS, METER_PARAM, extend_signature
 
 __all__ = ["GoogleProvider", "metered_client_class"]
 
@@ -530,31 +531,6 @@ async def _metered_aiter(call: Call, inner: Any) -> AsyncIterator[Any]:
 
 # -- per-call customers on the resources -------------------------------------------------------------
 
-_CUSTOMER_PARAMS: Final = (
-    inspect.Parameter("customer", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
-    inspect.Parameter("customer_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
-)
-
-
-def _with_signature(wrapper: Any, func: Any) -> Any:
-    """*wrapper* with *func*'s name, docs and ``__wrapped__``, and its signature plus ours."""
-    functools.update_wrapper(wrapper, func)
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        return wrapper
-    params = list(sig.parameters.values())
-    var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
-    rest = [p for p in params if p.kind is not p.VAR_KEYWORD]
-    wrapper.__signature__ = sig.replace(parameters=[*rest, *_CUSTOMER_PARAMS, *var_kw])
-    annotations = dict(getattr(func, "__annotations__", {}))
-    ret = annotations.pop("return", inspect.Parameter.empty)
-    annotations["customer"] = annotations["customer_id"] = str | None
-    if ret is not inspect.Parameter.empty:
-        annotations["return"] = ret
-    wrapper.__annotations__ = annotations
-    return wrapper
-
 
 def _customer_gen(inner: Iterator[Any], who: Customer) -> Iterator[Any]:
     """*inner* with *who* as the request customer while each step of it runs."""
@@ -625,7 +601,7 @@ def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[...,
                 finally:
                     _request_customer.reset(token)
 
-        return _with_signature(amethod, func)  # type: ignore[no-any-return]
+        return extend_signature(amethod, func, CUSTOMER_PARAMS)  # type: ignore[no-any-return]
     if stream:
 
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
@@ -646,7 +622,7 @@ def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[...,
             finally:
                 _request_customer.reset(token)
 
-    return _with_signature(smethod, func)  # type: ignore[no-any-return]
+    return extend_signature(smethod, func, CUSTOMER_PARAMS)  # type: ignore[no-any-return]
 
 
 #: Billed methods of each SDK resource class: name -> returns a stream.
@@ -719,12 +695,6 @@ def _get_classes() -> _Classes:
     return _classes
 
 
-def _check_meter(meter: object) -> Meter | None:
-    if meter is None or isinstance(meter, Meter):
-        return meter
-    raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
-
-
 def _install(client: Any, config: ClientConfig, *, shared: bool) -> None:
     """Meter *client* in place: its API client, its resources and ``client.aio``.
 
@@ -782,21 +752,11 @@ def _client_namespace(base: type) -> dict[str, Any]:
         meter: Meter | None = None,
         **kwargs: Any,
     ) -> None:
-        config = ClientConfig(_check_meter(meter), make_customer(customer, customer_id))
+        config = ClientConfig(check_meter(meter), make_customer(customer, customer_id))
         base_init(self, *args, **kwargs)
         _install(self, config, shared=False)
 
-    functools.update_wrapper(__init__, base_init)
-    try:
-        sig = inspect.signature(base_init)
-        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        extra = (
-            *_CUSTOMER_PARAMS,
-            inspect.Parameter("meter", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Meter | None),
-        )
-        __init__.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        pass
+    extend_signature(__init__, base_init, (*CUSTOMER_PARAMS, METER_PARAM))
 
     def with_customer(self: Any, customer: str | None = None, *, customer_id: str | None = None) -> Any:
         """A metered client like this one, billed to another customer."""
@@ -841,11 +801,11 @@ def _wrap(client: Any, *, meter: Meter | None, customer: Customer | None) -> Any
     old: ClientConfig | None = getattr(api, "_llm_meter", None)
     if old is not None:
         config = ClientConfig(
-            _check_meter(meter) if meter is not None else old._meter,
+            check_meter(meter) if meter is not None else old._meter,
             customer if customer is not None else old.customer,
         )
     else:
-        config = ClientConfig(_check_meter(meter), customer)
+        config = ClientConfig(check_meter(meter), customer)
     cls = metered_client_class(type(client))
     new: Any = object.__new__(cls)
     new.__dict__.update(client.__dict__)

@@ -40,8 +40,9 @@ from .._call import Call, ClientConfig, request_id
 from .._customer import Customer, current_customer, make_customer
 from .._customer import _current as _block
 from .._exceptions import ConfigurationError, MissingCustomerError
-from .._meter import Meter
+from .._meter import Meter, check_meter
 from . import find
+from ._signature import CUSTOMER_PARAMS, METER_PARAM, extend_signature
 
 __all__ = ["MARKER", "StainlessAdapter", "StainlessProvider", "metered_class"]
 
@@ -722,15 +723,9 @@ class _AsyncMeteredClient(_MeteredClient):
             return await request(self, cast_to, options, *args, **kwargs)
 
 
-def _check_meter(meter: object) -> Meter | None:
-    if meter is None or isinstance(meter, Meter):
-        return meter
-    raise ConfigurationError(f"meter= must be an llm_meter.Meter, got {type(meter).__name__}")
-
-
 def _derive(config: ClientConfig, meter: Meter | None, who: Customer | None) -> ClientConfig:
     return ClientConfig(
-        _check_meter(meter) if meter is not None else config._meter,
+        check_meter(meter) if meter is not None else config._meter,
         who if who is not None else config.customer,
     )
 
@@ -770,38 +765,7 @@ def _install(client: Any, config: ClientConfig) -> None:
             log.debug("llm_meter: could not rebuild %s", name)
 
 
-_OUR_PARAMS: Final = (
-    inspect.Parameter("customer", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
-    inspect.Parameter("customer_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
-    inspect.Parameter("meter", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Meter | None),
-)
-
-
-def _extend_signature(wrapper: Any, func: Any) -> Any:
-    """Give *wrapper* the SDK *func*'s name, docs, signature and type hints plus ours.
-
-    ``inspect.signature`` and ``typing.get_type_hints`` then name every SDK argument (new
-    SDK releases add some) and ``customer``, ``customer_id``, ``meter``.
-    """
-    functools.update_wrapper(wrapper, func)
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        return wrapper
-    params = list(sig.parameters.values())
-    names = {p.name for p in params}
-    var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
-    rest = [p for p in params if p.kind is not p.VAR_KEYWORD]
-    ours = [p for p in _OUR_PARAMS if p.name not in names]
-    wrapper.__signature__ = sig.replace(parameters=[*rest, *ours, *var_kw])
-    annotations = dict(getattr(func, "__annotations__", {}))
-    ret = annotations.pop("return", inspect.Parameter.empty)
-    for p in ours:
-        annotations[p.name] = p.annotation
-    if ret is not inspect.Parameter.empty:
-        annotations["return"] = ret
-    wrapper.__annotations__ = annotations
-    return wrapper
+_OUR_PARAMS: Final = (*CUSTOMER_PARAMS, METER_PARAM)
 
 
 def _client_methods(base: type) -> dict[str, Any]:
@@ -817,11 +781,11 @@ def _client_methods(base: type) -> dict[str, Any]:
         meter: Meter | None = None,
         **kwargs: Any,
     ) -> None:
-        config = ClientConfig(_check_meter(meter), make_customer(customer, customer_id))
+        config = ClientConfig(check_meter(meter), make_customer(customer, customer_id))
         base_init(self, *args, **kwargs)
         _install(self, config)
 
-    methods: dict[str, Any] = {"__init__": _extend_signature(__init__, base_init)}
+    methods: dict[str, Any] = {"__init__": extend_signature(__init__, base_init, _OUR_PARAMS)}
     if base_copy is None:
         return methods
 
@@ -838,7 +802,7 @@ def _client_methods(base: type) -> dict[str, Any]:
         new._llm_meter = config
         return new
 
-    copy = _extend_signature(copy, base_copy)
+    copy = extend_signature(copy, base_copy, _OUR_PARAMS)
     methods["copy"] = copy
     if getattr(base, "with_options", None) is base_copy:
         methods["with_options"] = copy
@@ -913,7 +877,7 @@ class StainlessAdapter:
             new._llm_meter = config
             return new
         cls = self.metered_class(type(client))
-        config = ClientConfig(_check_meter(meter), customer)
+        config = ClientConfig(check_meter(meter), customer)
         # The SDK's own copy() builds `self.__class__(...)` on the same connection pool: run it
         # on a metered shell holding the original's settings, so the copy is born metered.
         shell: Any = object.__new__(cls)
