@@ -19,6 +19,8 @@ import openai
 import pytest
 
 import llm_meter
+import llm_meter.google
+import llm_meter.openai
 from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._fakes.openai_server import FakeOpenAIServer
@@ -233,3 +235,27 @@ def test_metadata_of_int_and_float_subclasses_is_delivered_as_plain_numbers(
         m.close(1)
     [event] = polar.events
     assert (event["metadata"]["tier"], event["metadata"]["ratio"]) == (2, 0.5)
+
+
+def _bedrock_client() -> Any:
+    import boto3
+
+    return boto3.client(
+        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda bad: llm_meter.meter(openai.OpenAI(api_key="t"), customer="cus_1", meter=bad),
+        lambda bad: llm_meter.meter(_bedrock_client(), customer="cus_1", meter=bad),
+        lambda bad: llm_meter.openai.OpenAI(api_key="t", meter=bad),
+        lambda bad: llm_meter.google.Client(api_key="t", meter=bad),
+    ],
+    ids=["meter()", "meter(bedrock)", "openai drop-in", "google drop-in"],
+)
+def test_a_meter_argument_that_is_no_meter_fails_at_configuration_time(build: Any) -> None:
+    """meter= must be a Meter (or None): a wrong object is refused when the client is built, not at a call."""
+    with pytest.raises(llm_meter.ConfigurationError, match=r"meter= must be an llm_meter\.Meter, got str"):
+        build("not a meter")
