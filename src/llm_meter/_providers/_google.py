@@ -260,14 +260,14 @@ class GoogleProvider:
                 call.emit(None, tokens, 0)
             return  # an embedding response without tokens (the Developer API) bills nothing
         usage = data.get("usageMetadata")
-        if _emit_common(call, usage):
+        if self._exact(call, usage):
             return
+        # No valid usage: billed as an estimate that keeps the valid counts (the state is made only now).
         progress = call.state = _Progress()
         progress.usage = usage
         progress.final = True
-        if not self._exact(call, usage):
-            call.text = list(_texts(data))
-            call.estimate()
+        call.text = list(_texts(data))
+        call.estimate()
 
     def observe_chunk(self, call: Call, chunk: Any) -> None:
         """One stream chunk (its usage is cumulative): keep the last usage.
