@@ -36,7 +36,6 @@ them. Stream methods also capture the ``customer(...)`` block active at the call
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import json
@@ -401,6 +400,8 @@ class _MeteredApiClient:
     _llm_meter: ClientConfig
     #: True on the copy made by ``meter()``: the original owns (and closes) the connections.
     _llm_meter_shared = False
+    #: The API client this one was copied from (kept alive: it closes the connections it made).
+    _llm_meter_source: Any = None
 
     def _llm_meter_call(self, kind: str, path: str, body: Any) -> Call | None:
         config = self._llm_meter
@@ -698,47 +699,58 @@ def _get_classes() -> _Classes:
 def _install(client: Any, config: ClientConfig, *, shared: bool) -> None:
     """Meter *client* in place: its API client, its resources and ``client.aio``.
 
-    ``shared``: *client* is a copy made by ``meter()`` whose API client and resources are still
-    the original's objects; they are copied first (the connection pool stays shared).
+    The API client and the resources holding it are replaced by metered copies (the connection
+    pool stays shared); each copy keeps the object it was made from alive, so the SDK closes
+    the pool when the last of them dies. ``shared``: *client* is a copy made by ``meter()``,
+    whose original (still usable on its own) owns the connections, so the copy never closes them.
     """
     classes = _get_classes()
-    attrs = client.__dict__
+    attrs = client.__dict__  # the Client itself is read once per call: its dict may be materialised
     old_api = attrs["_api_client"]
-    api = copy.copy(old_api) if shared else old_api
-    api.__class__ = classes.api_class(type(old_api))
+    api = _recast(old_api, classes.api_class(type(old_api)))
     api._llm_meter = config
-    api._llm_meter_shared = shared or old_api.__dict__.get("_llm_meter_shared", False)
-    attrs["_api_client"] = api
+    api._llm_meter_shared = shared or getattr(old_api, "_llm_meter_shared", False)
+    api._llm_meter_source = old_api
     aio = attrs.get("_aio")
     if aio is not None:
-        aio = copy.copy(aio) if shared else aio
-        aio.__class__ = classes.async_client
-        attrs["_aio"] = aio
-        _rebind(aio.__dict__, old_api, api, shared)
-        models = aio.__dict__.get("_models")
-        if models is not None:
-            models.__class__ = classes.async_models
-    _rebind(attrs, old_api, api, shared)
-    models = attrs.get("_models")
-    if models is not None:
-        models.__class__ = classes.models
-
-
-def _rebind(attrs: dict[str, Any], old_api: Any, api: Any, shared: bool) -> None:
-    """Point the resources in *attrs* at *api* (copies of them when they are shared)."""
+        attrs["_aio"] = _recast(aio, classes.async_client, old_api, api)
     for name, value in list(attrs.items()):
-        if name in ("_api_client", "_aio"):
-            continue
-        if name.endswith("_instance") or name.startswith("_nextgen"):
-            if shared:
-                attrs[name] = None  # rebuilt lazily on the metered API client
-            continue
-        if getattr(value, "_api_client", None) is old_api:
-            if shared:
-                value = attrs[name] = copy.copy(value)
-            value._api_client = api
-    if "_api_client" in attrs:
-        attrs["_api_client"] = api
+        attrs[name] = _rebound(name, value, old_api, api)
+
+
+def _recast(obj: Any, cls: type, old_api: Any = None, api: Any = None) -> Any:
+    """A new *cls* instance holding *obj*'s attributes (no ``__init__``); resources on *old_api*
+    are moved to *api*.
+
+    Used instead of a ``__class__`` assignment or ``copy.copy``: on CPython 3.11 both leave the
+    object's attributes in a materialised ``__dict__``, where every later read takes about three
+    times as long, and the SDK reads its API client dozens of times per request.
+    """
+    new = cls.__new__(cls)
+    for name, value in vars(obj).items():
+        setattr(new, name, value if old_api is None else _rebound(name, value, old_api, api))
+    return new
+
+
+def _rebound(name: str, value: Any, old_api: Any, api: Any) -> Any:
+    """An attribute of a client or of ``client.aio``, made to use the metered API client *api*."""
+    if name == "_api_client":
+        return api
+    if name.endswith("_instance") or name.startswith("_nextgen"):
+        return None  # rebuilt lazily on the metered API client
+    if name == "_aio" or getattr(value, "_api_client", None) is not old_api:
+        return value
+    classes = _get_classes()
+    from google.genai import models
+
+    cls = type(value)
+    if cls is models.Models or isinstance(value, classes.models):
+        cls = classes.models
+    elif cls is models.AsyncModels or isinstance(value, classes.async_models):
+        cls = classes.async_models
+    resource = _recast(value, cls)
+    resource._api_client = api
+    return resource
 
 
 def _client_namespace(base: type) -> dict[str, Any]:

@@ -363,12 +363,20 @@ def attach_stream(response: Any, call: Call) -> None:
 
 
 def _unbound(obj: Any, name: str) -> Callable[[Any], Any] | None:
-    """``obj.<name>`` as a function of ``obj`` that does not keep ``obj`` alive."""
-    own = obj.__dict__.get(name)
-    if own is not None:  # already replaced on the instance: call it as it is
-        return lambda _: own()
-    method = getattr(type(obj), name, None)
-    return method if callable(method) else None
+    """``obj.<name>`` as a function of ``obj`` that does not keep ``obj`` alive.
+
+    Read through ``getattr``, never ``obj.__dict__``: on CPython 3.11 reading an instance's
+    ``__dict__`` takes it off the fast attribute path for the rest of its life, and a
+    stream's response is read once per event.
+    """
+    attr = getattr(obj, name, None)
+    if attr is None or not callable(attr):
+        return None
+    if getattr(attr, "__self__", None) is obj:  # the class's method, bound to obj
+        func = getattr(attr, "__func__", None)
+        if func is not None:
+            return func  # type: ignore[no-any-return]
+    return lambda _: attr()  # already replaced on the instance: call it as it is
 
 
 def _guard_plain_stream(result: Any, call: Call) -> Any:
@@ -377,8 +385,10 @@ def _guard_plain_stream(result: Any, call: Call) -> Any:
     (Older anthropic ``Stream`` classes deny ``isinstance`` to subclasses, so llm_meter keeps
     the SDK's class there and wraps the instance's iterator instead.)
     """
-    iterator = getattr(result, "_iterator", None) if "_iterator" in getattr(result, "__dict__", ()) else None
-    if iterator is None or getattr(type(result), "_llm_meter_stream", False):
+    if getattr(type(result), "_llm_meter_stream", False):
+        return result
+    iterator = getattr(result, "_iterator", None)  # not via __dict__ (see _unbound)
+    if iterator is None:
         return result
     if inspect.isasyncgen(iterator):
         result._iterator = _finish_on_error_async(iterator, call)
@@ -423,12 +433,12 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
         call = _call_of(self.response)
         if call is None or call.hide is None:
             return inner  # type: ignore[no-any-return]
-        self.__dict__[_INNER] = inner
+        setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
         return _hiding_iter(inner, call.hide)
 
     def __iter__(self: Any) -> Iterator[Any]:
         call = _call_of(self.response)
-        inner = self.__dict__.get(_INNER)
+        inner = getattr(self, _INNER, None)
         try:
             # Like the SDK, a `break` leaves the shared iterator open: iteration can resume.
             if inner is None or call is None or call.hide is None:
@@ -460,12 +470,12 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
         call = _call_of(self.response)
         if call is None or call.hide is None:
             return inner
-        self.__dict__[_INNER] = inner
+        setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
         return _hiding_aiter(inner, call.hide)
 
     async def __aiter__(self: Any) -> Any:
         call = _call_of(self.response)
-        inner = self.__dict__.get(_INNER)
+        inner = getattr(self, _INNER, None)
         try:
             if inner is None or call is None or call.hide is None:
                 async for item in origin.__aiter__(self):
@@ -594,7 +604,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         try:  # set by _process_response: one attribute read per event
             call = response._llm_meter_call
         except AttributeError:  # a response that did not pass there: look it up once
-            call = response.__dict__[CALL_ATTR] = _call_of(response)
+            call = response._llm_meter_call = _call_of(response)
         if call is not None:
             keep = call.keep.get(type(obj))
             if keep is not None:  # a content-only event: keep its text, no observer call
@@ -638,7 +648,7 @@ class _SyncMeteredClient(_MeteredClient):
             call = getattr(response.request, CALL_ATTR, None)
         except Exception:
             call = None
-        response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
+        response._llm_meter_call = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
             return self._llm_meter_base._process_response(self, *args, **kwargs)
         attach_stream(response, call)
@@ -685,7 +695,7 @@ class _AsyncMeteredClient(_MeteredClient):
             call = getattr(response.request, CALL_ATTR, None)
         except Exception:
             call = None
-        response.__dict__[CALL_ATTR] = call  # the parse hook finds it without a lookup
+        response._llm_meter_call = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
             return await self._llm_meter_base._process_response(self, *args, **kwargs)
         attach_stream(response, call)
