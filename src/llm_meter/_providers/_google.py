@@ -718,7 +718,7 @@ def _install(client: Any, config: ClientConfig, *, shared: bool) -> None:
         attrs[name] = _rebound(name, value, old_api, api)
 
 
-def _recast(obj: Any, cls: type, old_api: Any = None, api: Any = None) -> Any:
+def _recast(obj: Any, cls: Any, old_api: Any = None, api: Any = None) -> Any:
     """A new *cls* instance holding *obj*'s attributes (no ``__init__``); resources on *old_api*
     are moved to *api*.
 
