@@ -135,7 +135,9 @@ def child(row: str, metered: bool, n: int) -> None:
             assert who is not None
             call = Call(_bedrock._PROVIDER, m, who, "invoke_stream")
             call.stream, call.text = True, []
-            _bedrock._attach_stream(call, stream)
+            holder = {"body": stream}
+            _bedrock._attach_stream(call, holder, "body")
+            stream = holder["body"]
         for _ in stream:
             pass
     m.flush(5)

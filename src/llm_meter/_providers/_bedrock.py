@@ -42,6 +42,7 @@ from .._events import UsageRecord
 from .._exceptions import ConfigurationError, MissingCustomerError
 from .._meter import Meter, check_meter
 from . import register
+from ._copy import shallow_copy
 
 __all__ = ["BedrockAdapter", "BedrockProvider"]
 
@@ -314,7 +315,7 @@ class _Handlers:
             elif kind == "invoke":
                 _observe_invoke(call, parsed, http_response)
             else:
-                _attach_stream(call, parsed.get("stream" if kind == "converse_stream" else "body"))
+                _attach_stream(call, parsed, "stream" if kind == "converse_stream" else "body")
         except Exception:  # metering must never break the caller's call
             call.meter.errors += 1
             log.exception("llm_meter: could not read Bedrock usage")
@@ -507,7 +508,7 @@ def _stream_class(kind: str) -> type:
             self._llm_meter_call.finish()
 
     def __del__(self: Any) -> None:
-        call = self.__dict__.get("_llm_meter_call")
+        call = getattr(self, "_llm_meter_call", None)
         if call is not None:
             call.finish()
 
@@ -524,7 +525,13 @@ def _stream_class(kind: str) -> type:
     return _stream_classes.setdefault(kind, type(EventStream.__name__, (EventStream,), namespace))
 
 
-def _attach_stream(call: Call, stream: Any) -> None:
+def _attach_stream(call: Call, parsed: dict[str, Any], key: str) -> None:
+    """Replace the response's ``EventStream`` under *key* by a metered copy billing *call*.
+
+    A copy, not a ``__class__`` swap, so that botocore's reads of the stream keep CPython's
+    fast attribute path (see ``._copy``); the copy iterates the same event generator.
+    """
+    stream = parsed.get(key)
     cls = _stream_class(call.kind)
     if stream is None or not isinstance(stream, cls.__mro__[1]):
         return
@@ -533,8 +540,9 @@ def _attach_stream(call: Call, stream: Any) -> None:
         state.raw = [] if call.text is not None else None
         call.on_finish = _emit_kept
     call.request_id = call.response_id or ""
-    stream.__dict__["_llm_meter_call"] = call
-    stream.__class__ = cls
+    metered = shallow_copy(stream, cls)
+    metered._llm_meter_call = call
+    parsed[key] = metered
     call.meter.track_open(call)
 
 
@@ -709,26 +717,25 @@ def _clone(client: Any, cls: type) -> Any:
     emit on it: the endpoint (before-send, needs-retry, ...), the request signer and the
     endpoint resolver, so handlers registered on either client afterwards stay its own.
     """
-    new: Any = object.__new__(cls)
-    state = new.__dict__
-    state.update(client.__dict__)
-    events = copy.copy(client.meta.events)
-    meta = copy.copy(client.meta)
+    # Attribute by attribute (see ._copy): botocore reads these objects many times per call.
+    new: Any = shallow_copy(client, cls)
+    events = copy.copy(client.meta.events)  # the emitter copies its handler trie in __copy__
+    meta = shallow_copy(client.meta)
     meta.events = events
-    state["meta"] = meta
-    state["_cache"] = {}
-    endpoint = copy.copy(client._endpoint)
+    new.meta = meta
+    new._cache = {}
+    endpoint = shallow_copy(client._endpoint)
     endpoint._event_emitter = events
-    state["_endpoint"] = endpoint
-    resolver = state.get("_ruleset_resolver")
+    new._endpoint = endpoint
+    resolver = getattr(client, "_ruleset_resolver", None)
     if resolver is not None and hasattr(resolver, "_event_emitter"):
-        resolver = copy.copy(resolver)
+        resolver = shallow_copy(resolver)
         resolver._event_emitter = events
-        state["_ruleset_resolver"] = resolver
+        new._ruleset_resolver = resolver
     signer = client._request_signer
-    new_signer = copy.copy(signer)
+    new_signer = shallow_copy(signer)
     new_signer._event_emitter = weakref.proxy(events)
-    state["_request_signer"] = new_signer
+    new._request_signer = new_signer
     service_id = meta.service_model.service_id.hyphenize()
     _replace_handler(events, f"request-created.{service_id}", signer.handler, new_signer.handler)
     return new
@@ -753,7 +760,7 @@ class BedrockAdapter:
         )
 
     def wrap(self, client: Any, *, meter: Meter | None, customer: Customer | None) -> Any:
-        old: ClientConfig | None = client.__dict__.get("_llm_meter")
+        old: ClientConfig | None = getattr(client, "_llm_meter", None)
         meter = check_meter(meter)
         if old is not None:
             config = ClientConfig(
@@ -763,7 +770,7 @@ class BedrockAdapter:
         else:
             config = ClientConfig(meter, customer)
         new = _clone(client, _metered_class(type(client)))
-        new.__dict__["_llm_meter"] = config
+        new._llm_meter = config
         events = new.meta.events
         service_id = new.meta.service_model.service_id.hyphenize()
         params_event = f"provide-client-params.{service_id}"

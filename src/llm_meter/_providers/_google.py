@@ -53,6 +53,7 @@ from .._events import UsageRecord
 from .._exceptions import ConfigurationError, MissingCustomerError
 from .._meter import Meter, check_meter
 from . import register
+from ._copy import shallow_copy
 from ._signature import CUSTOMER_PARAMS, METER_PARAM, extend_signature
 
 __all__ = ["GoogleProvider", "metered_client_class"]
@@ -707,7 +708,7 @@ def _install(client: Any, config: ClientConfig, *, shared: bool) -> None:
     classes = _get_classes()
     attrs = client.__dict__  # the Client itself is read once per call: its dict may be materialised
     old_api = attrs["_api_client"]
-    api = _recast(old_api, classes.api_class(type(old_api)))
+    api = shallow_copy(old_api, classes.api_class(type(old_api)))  # see ._copy: no __class__ swap
     api._llm_meter = config
     api._llm_meter_shared = shared or getattr(old_api, "_llm_meter_shared", False)
     api._llm_meter_source = old_api
@@ -718,17 +719,11 @@ def _install(client: Any, config: ClientConfig, *, shared: bool) -> None:
         attrs[name] = _rebound(name, value, old_api, api)
 
 
-def _recast(obj: Any, cls: Any, old_api: Any = None, api: Any = None) -> Any:
-    """A new *cls* instance holding *obj*'s attributes (no ``__init__``); resources on *old_api*
-    are moved to *api*.
-
-    Used instead of a ``__class__`` assignment or ``copy.copy``: on CPython 3.11 both leave the
-    object's attributes in a materialised ``__dict__``, where every later read takes about three
-    times as long, and the SDK reads its API client dozens of times per request.
-    """
+def _recast(obj: Any, cls: Any, old_api: Any, api: Any) -> Any:
+    """A copy of *obj* of class *cls* (see :mod:`._copy`), its resources moved to *api*."""
     new = cls.__new__(cls)
     for name, value in vars(obj).items():
-        setattr(new, name, value if old_api is None else _rebound(name, value, old_api, api))
+        setattr(new, name, _rebound(name, value, old_api, api))
     return new
 
 
@@ -748,7 +743,7 @@ def _rebound(name: str, value: Any, old_api: Any, api: Any) -> Any:
         cls = classes.models
     elif cls is models.AsyncModels or isinstance(value, classes.async_models):
         cls = classes.async_models
-    resource = _recast(value, cls)
+    resource = shallow_copy(value, cls)
     resource._api_client = api
     return resource
 
