@@ -69,6 +69,22 @@ def test_dropping_the_original_keeps_the_metered_copy_open(
     close(client)
 
 
+def test_dropping_a_drop_in_client_closes_its_connections(gemini: FakeGeminiServer, meter_: Meter) -> None:
+    """The drop-in client's connection pool (the SDK's own) is closed when the client is collected,
+    as the SDK's client closes it: the metered API client is a copy, and its source still owns the pool."""
+    from google.genai import types
+
+    client = llm_meter.google.Client(
+        api_key="k", http_options=types.HttpOptions(base_url=gemini.url), customer="cus_1", meter=meter_
+    )
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    pool = client._api_client._httpx_client
+    assert not pool.is_closed
+    del client
+    gc.collect()
+    assert pool.is_closed
+
+
 def test_rewrapping_changes_the_customer_without_double_billing(
     base: genai.Client, meter_: Meter, transport: MemoryTransport
 ) -> None:
