@@ -51,6 +51,7 @@ def freed_without_gc(open_stream: Callable[[], Any]) -> bool:
 #: The fake Anthropic server's settings that tests change (reset before every test).
 _ANTHROPIC_KNOBS = (
     "chunks",
+    "failing",
     "text",
     "content",
     "cache_read",

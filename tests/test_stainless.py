@@ -212,6 +212,22 @@ def test_websocket_connect_methods_are_the_sdks_own(meter_: Meter) -> None:
     assert type(resource).connect is type(openai.OpenAI(api_key="t").responses).connect
 
 
+def test_the_sdks_retry_bills_the_per_call_customer_once(
+    fake: FakeAnthropicServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """The SDK builds each attempt from untouched options: the retry still carries the per-call
+    customer, only the answered attempt bills, and no attempt sends the marker."""
+    fake.failing = 1
+    base = anthropic.Anthropic(api_key="t", base_url=fake.url, max_retries=1)
+    client = llm_meter.meter(base, customer="cus_client", meter=meter_)
+    client.messages.create(**MESSAGE, customer="cus_retry")  # type: ignore[call-overload]
+    client.close()
+    assert [e["external_customer_id"] for e in delivered(meter_, transport)] == ["cus_retry"]
+    attempts = [r for r in fake.requests if r.path == "/v1/messages"]
+    assert len(attempts) == 2
+    assert all(MARKER not in attempt.headers for attempt in attempts)
+
+
 @pytest.mark.skipif(
     not hasattr(anthropic.Anthropic, "with_middleware"), reason="this anthropic SDK has no middleware"
 )

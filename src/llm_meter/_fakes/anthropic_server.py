@@ -239,6 +239,7 @@ class FakeAnthropicServer(LoopbackService):
     when they apply); ``"multi"`` = two ``message_delta`` events, ``output_tokens`` N // 2 then N.
     ``error_after=k`` ends streams with an ``overloaded_error`` ``error`` event right after the k-th
     ``content_block_delta`` (Bedrock: a ``modelStreamErrorException`` frame); shorter streams are unaffected.
+    ``failing=n`` answers the next n ``POST /v1/messages`` with a 500 ``api_error``, which the SDK retries.
     """
 
     def __init__(
@@ -264,6 +265,7 @@ class FakeAnthropicServer(LoopbackService):
         self.delta_usage = delta_usage
         self.error_after = error_after
         self.content: str | None = None
+        self.failing = 0
         self.tool_arguments: list[str] = []
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -350,6 +352,10 @@ class FakeAnthropicServer(LoopbackService):
     def _route(self, method: str, path: str, headers: Mapping[str, str], body: Any) -> _Reply:
         if method == "POST":
             if path == "/v1/messages":
+                with self._lock:
+                    failing, self.failing = self.failing > 0, max(self.failing - 1, 0)
+                if failing:
+                    raise _APIError(500, "Internal server error", "api_error")
                 return self._messages(headers, body, "sse" if _json(body).get("stream") is True else None)
             if path == "/v1/messages/count_tokens":
                 return _json_reply({"input_tokens": self.count_input(_json(body))})

@@ -12,9 +12,12 @@ Data path (see docs/architecture.md):
    call, travels in ``extra_headers`` under a private key, so that helpers which send the
    request later (``.stream(...)`` managers, tool runners, streaming-response wrappers)
    still bill the customer of the call.
-2. ``request`` removes that key before the SDK copies the options (user middleware and the
-   wire never see it) and holds the customer in a context variable for the request.
-3. ``_build_request`` decides whether the endpoint is billed, raises
+2. ``_build_request`` takes that key out of each attempt's options (the SDKs build every
+   attempt from an untouched copy, so a retry finds it again; the wire never sees it). Where
+   something runs between the SDK's ``request`` and ``_build_request`` that must not see it
+   (client middleware), or the provider resends requests (OpenAI), a ``request`` override
+   removes it first and holds the customer in a context variable for the request.
+3. ``_build_request`` also decides whether the endpoint is billed, raises
    ``MissingCustomerError`` if nobody can be billed, lets the provider adjust the body
    (``stream_options``), and attaches a :class:`~llm_meter._call.Call` to the built request.
 4. ``_process_response_data`` is the SDK's single parse point, for whole bodies and for
@@ -49,14 +52,18 @@ __all__ = ["MARKER", "StainlessAdapter", "StainlessProvider", "metered_class"]
 log = logging.getLogger("llm_meter")
 
 #: Key under which a call's customer travels in ``extra_headers`` (and so in
-#: ``FinalRequestOptions.headers``). Removed in ``request``, before anything else sees it.
+#: ``FinalRequestOptions.headers``). Removed in ``_build_request`` (or ``request``, see above).
 MARKER: Final = "x-llm-meter-customer"
 
 #: Attribute of the built HTTP request holding its :class:`Call`; also caches it on responses.
 CALL_ATTR: Final = "_llm_meter_call"
 
-#: The customer of the request being sent (from the marker), for ``_build_request``.
-_request_customer: ContextVar[Customer | None] = ContextVar("llm_meter_request_customer", default=None)
+#: ``(client, customer)`` of the request a client's ``request`` is sending (the customer taken from
+#: the marker, or ``None`` for a request made while another is being sent), for that client's
+#: ``_build_request``; other clients (called from middleware, say) ignore it.
+_request_customer: ContextVar[tuple[Any, Customer | None] | None] = ContextVar(
+    "llm_meter_request_customer", default=None
+)
 
 
 def _marker(who: Customer) -> str:
@@ -563,7 +570,8 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         return self.copy(customer=customer, customer_id=customer_id)
 
     def _build_request(self, options: Any, *, retries_taken: int = 0) -> Any:
-        who = _request_customer.get()
+        held = _request_customer.get()
+        who = held[1] if held is not None and held[0] is self else None
         headers = options.headers
         # Type checks, not a truth test: headers may be the SDK's NOT_GIVEN, whose __bool__ is a
         # Python call. Not sent through request(): the marker must never go on the wire.
@@ -654,6 +662,30 @@ class _SyncMeteredClient(_MeteredClient):
         attach_stream(response, call)
         return _guard_plain_stream(self._llm_meter_base._process_response(self, *args, **kwargs), call)
 
+
+class _AsyncMeteredClient(_MeteredClient):
+    __slots__ = ()
+
+    async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
+        response: Any = kwargs.get("response")
+        try:  # _call_of(response), inlined: once per response
+            call = getattr(response.request, CALL_ATTR, None)
+        except Exception:
+            call = None
+        response._llm_meter_call = call  # the parse hook finds it without a lookup
+        if call is None or not call.stream:
+            return await self._llm_meter_base._process_response(self, *args, **kwargs)
+        attach_stream(response, call)
+        return _guard_plain_stream(await self._llm_meter_base._process_response(self, *args, **kwargs), call)
+
+
+class _SyncRequestHook(_MeteredClient):
+    """``request`` for the metered classes that need it (see :func:`_build_class`): it takes the
+    customer marker out of the options before the SDK copies them and hands them to client
+    middleware, and (OpenAI) resends a stream whose ``stream_options`` an endpoint rejected."""
+
+    __slots__ = ()
+
     def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
         if (type(headers) is dict or isinstance(headers, Mapping)) and MARKER in headers:
@@ -664,7 +696,7 @@ class _SyncMeteredClient(_MeteredClient):
             return self._llm_meter_base.request(self, cast_to, options, *args, **kwargs)
         else:
             who = None  # a request made while another is being sent: not its customer
-        token = _request_customer.set(who)
+        token = _request_customer.set((self, who))
         try:
             return self._llm_meter_request(cast_to, options, *args, **kwargs)
         finally:
@@ -686,20 +718,10 @@ class _SyncMeteredClient(_MeteredClient):
             return request(self, cast_to, options, *args, **kwargs)
 
 
-class _AsyncMeteredClient(_MeteredClient):
-    __slots__ = ()
+class _AsyncRequestHook(_MeteredClient):
+    """Async twin of :class:`_SyncRequestHook`."""
 
-    async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
-        response: Any = kwargs.get("response")
-        try:  # _call_of(response), inlined: once per response
-            call = getattr(response.request, CALL_ATTR, None)
-        except Exception:
-            call = None
-        response._llm_meter_call = call  # the parse hook finds it without a lookup
-        if call is None or not call.stream:
-            return await self._llm_meter_base._process_response(self, *args, **kwargs)
-        attach_stream(response, call)
-        return _guard_plain_stream(await self._llm_meter_base._process_response(self, *args, **kwargs), call)
+    __slots__ = ()
 
     async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
@@ -711,7 +733,7 @@ class _AsyncMeteredClient(_MeteredClient):
             return await self._llm_meter_base.request(self, cast_to, options, *args, **kwargs)
         else:
             who = None  # a request made while another is being sent: not its customer
-        token = _request_customer.set(who)
+        token = _request_customer.set((self, who))
         try:
             return await self._llm_meter_request(cast_to, options, *args, **kwargs)
         finally:
@@ -746,6 +768,9 @@ _RESPONSE_WRAPPERS: Final = ("WithRawResponse", "WithStreamingResponse", "WithSt
 def _install(client: Any, config: ClientConfig) -> None:
     """Attach *config* and the client's provider; meter resources older SDKs store as plain
     instance attributes."""
+    variant = getattr(type(client), "_llm_meter_with_middleware", None)
+    if variant is not None and type(client) is not variant and getattr(client, "_middleware", None):
+        client.__class__ = variant  # its request() hides the marker from the middleware
     client._llm_meter = config
     attrs = client.__dict__
     provider = type(client)._llm_meter_provider
@@ -823,11 +848,17 @@ _classes: dict[type, type] = {}
 
 
 def _build_class(base: type, provider: StainlessProvider, module: str | None) -> type:
-    mixin = (
-        _AsyncMeteredClient
-        if inspect.iscoroutinefunction(getattr(base, "request", None))
-        else _SyncMeteredClient
-    )
+    """The metered subclass of *base*.
+
+    ``request`` is overridden only where it is needed: for a provider that adds options to
+    requests (it resends without them), and on the variant for clients with client middleware
+    (:func:`_install` moves such clients to it), which must never see the customer marker.
+    Elsewhere ``_build_request`` takes the marker out on each attempt, and a call costs one
+    Python layer less.
+    """
+    is_async = inspect.iscoroutinefunction(getattr(base, "request", None))
+    mixin = _AsyncMeteredClient if is_async else _SyncMeteredClient
+    hook = _AsyncRequestHook if is_async else _SyncRequestHook
     namespace: dict[str, Any] = {
         "__slots__": (),
         "_llm_meter_provider": provider,
@@ -845,8 +876,15 @@ def _build_class(base: type, provider: StainlessProvider, module: str | None) ->
     default_stream = getattr(base, "_default_stream_cls", None)
     if default_stream is not None:
         namespace["_default_stream_cls"] = metered_stream_cls(default_stream, provider)
-    cls = types.new_class(base.__name__, (mixin, base), {}, lambda ns: ns.update(namespace))
+    bases = (hook, mixin, base) if provider.injects_options else (mixin, base)
+    cls = types.new_class(base.__name__, bases, {}, lambda ns: ns.update(namespace))
     cls.__qualname__ = base.__qualname__
+    if not provider.injects_options:
+        extra = {"__slots__": (), "__module__": cls.__module__, "__doc__": cls.__doc__}
+        # cls first: its layout is the instance's, so __class__ can move a client between the two.
+        variant = types.new_class(base.__name__, (cls, hook), {}, lambda ns: ns.update(extra))
+        variant.__qualname__ = base.__qualname__
+        cls._llm_meter_with_middleware = variant  # type: ignore[attr-defined]
     return cls
 
 
