@@ -124,6 +124,21 @@ def record(path: Path) -> None:
 # -- one measured run (child process, under callgrind) ----------------------------------------------------
 
 
+def _shift_layout(k: int) -> Any:
+    """Allocate strings and classes before the SDK and llm_meter are imported (layout *k*).
+
+    CPython 3.11's attribute caches are indexed by the addresses of attribute names and by type
+    version tags, so where the imports land in memory decides which hot lookups collide: the same
+    code measures several thousand instructions per call apart from one layout to another.
+    ``--layouts`` averages over a few of them.
+    """
+    pad = [str(i) * 3 for i in range(k * 211)]
+    classes = [type(f"Pad{i}", (), {}) for i in range(k * 7)]
+    for cls in classes:
+        getattr(cls, "pad", None)  # assigns a version tag
+    return pad, classes
+
+
 def child(recorded: Path, sdk: str, kind: str, aio: bool, metered: bool, n: int, spool: str | None) -> None:
     import httpx2
 
@@ -262,7 +277,7 @@ def build_toggle(directory: Path) -> Path:
 # -- driver -------------------------------------------------------------------------------------------------
 
 
-def count(recorded: Path, lib: Path, row: str, metered: bool, n: int, spool: bool) -> int:
+def count(recorded: Path, lib: Path, row: str, metered: bool, n: int, spool: bool, layout: int) -> int:
     sdk, kind, aio, _, _ = ROWS[row]
     spool_dir = tempfile.mkdtemp(prefix="llm-meter-instr-") if spool else None
     cmd = [
@@ -281,7 +296,12 @@ def count(recorded: Path, lib: Path, row: str, metered: bool, n: int, spool: boo
         str(n),
         spool_dir or "-",
     ]
-    env = {**os.environ, "PYTHONHASHSEED": "0", "LLM_METER_TOGGLE_LIB": str(lib)}
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "LLM_METER_TOGGLE_LIB": str(lib),
+        "LLM_METER_BENCH_LAYOUT": str(layout),
+    }
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if spool_dir:
         shutil.rmtree(spool_dir, ignore_errors=True)
@@ -291,13 +311,27 @@ def count(recorded: Path, lib: Path, row: str, metered: bool, n: int, spool: boo
     return int(match.group(1))
 
 
+def per_call(recorded: Path, lib: Path, row: str, metered: bool, spool: bool, layout: int) -> float:
+    """Instructions of one call: two runs (N1 and N2 calls, in parallel), their difference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, _, n1, n2 = ROWS[row]
+    with ThreadPoolExecutor(2) as pool:
+        low, high = pool.map(lambda n: count(recorded, lib, row, metered, n, spool, layout), (n1, n2))
+    return (high - low) / (n2 - n1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", action="append", choices=sorted(ROWS), help="rows to run (repeatable)")
     parser.add_argument("--spool", action="store_true", help="metered side spools to disk (spool_dir)")
+    parser.add_argument(
+        "--layouts", type=int, default=1, help="heap layouts to average each side over (default 1)"
+    )
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        _padding = _shift_layout(int(os.environ.get("LLM_METER_BENCH_LAYOUT", "0")))
         recorded, sdk, kind, mode, side, n, spool = args.child
         child(
             Path(recorded),
@@ -316,16 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         recorded = Path(tmp) / "recorded.json"
         record(recorded)
         lib = build_toggle(Path(tmp))
-        print(f"{'row':<26} {'plain instr/call':>18} {'metered instr/call':>20} {'extra':>12} {'ratio':>7}")
+        layouts = range(max(args.layouts, 1))
+        head = f"{'row':<26} {'plain instr/call':>18} {'metered instr/call':>20} {'extra':>12} {'ratio':>7}"
+        print(head + ("  extra per layout" if len(layouts) > 1 else ""))
         for row in args.only or list(ROWS):
-            _, _, _, n1, n2 = ROWS[row]
-            per = {}
-            for metered in (False, True):
-                low = count(recorded, lib, row, metered, n1, args.spool)
-                high = count(recorded, lib, row, metered, n2, args.spool)
-                per[metered] = (high - low) / (n2 - n1)
-            plain, metered_ = per[False], per[True]
+            per: dict[bool, list[float]] = {False: [], True: []}
+            for layout in layouts:
+                for metered in (False, True):
+                    per[metered].append(per_call(recorded, lib, row, metered, args.spool, layout))
+            plain, metered_ = (sum(per[side]) / len(layouts) for side in (False, True))
             cells = f"{plain:>18,.0f} {metered_:>20,.0f} {metered_ - plain:>12,.0f} {metered_ / plain:>7.4f}"
+            if len(layouts) > 1:
+                cells += "  " + " ".join(f"{m - p:,.0f}" for p, m in zip(per[False], per[True], strict=True))
             print(f"{row:<26} {cells}", flush=True)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import inspect
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from google import genai
@@ -69,20 +70,30 @@ def test_dropping_the_original_keeps_the_metered_copy_open(
     close(client)
 
 
-def test_dropping_a_drop_in_client_closes_its_connections(gemini: FakeGeminiServer, meter_: Meter) -> None:
-    """The drop-in client's connection pool (the SDK's own) is closed when the client is collected,
-    as the SDK's client closes it: the metered API client is a copy, and its source still owns the pool."""
-    from google.genai import types
-
-    client = llm_meter.google.Client(
-        api_key="k", http_options=types.HttpOptions(base_url=gemini.url), customer="cus_1", meter=meter_
-    )
+def _pool_closed_when_collected(make: Any) -> bool:
+    client = make()
     client.models.generate_content(model=MODEL, contents=PROMPT)
     pool = client._api_client._httpx_client
     assert not pool.is_closed
     del client
     gc.collect()
-    assert pool.is_closed
+    return bool(pool.is_closed)
+
+
+def test_dropping_a_drop_in_client_closes_its_connections_as_the_sdks_does(
+    gemini: FakeGeminiServer, meter_: Meter
+) -> None:
+    """A collected drop-in client closes its own connection pool exactly when the SDK's client does
+    (google-genai >= 1.2x closes it in ``__del__``): its metered API client is a copy whose source
+    still owns the pool."""
+    from google.genai import types
+
+    options = types.HttpOptions(base_url=gemini.url)
+    plain = _pool_closed_when_collected(lambda: genai.Client(api_key="k", http_options=options))
+    metered = _pool_closed_when_collected(
+        lambda: llm_meter.google.Client(api_key="k", http_options=options, customer="cus_1", meter=meter_)
+    )
+    assert metered == plain
 
 
 def test_rewrapping_changes_the_customer_without_double_billing(
