@@ -9,13 +9,16 @@ request, so the objects a metered client uses are made here, attribute by attrib
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["shallow_copy"]
 
 
-def shallow_copy(obj: Any, cls: Any = None) -> Any:
+def shallow_copy(obj: Any, cls: Any = None, convert: Callable[[str, Any], Any] | None = None) -> Any:
     """A new instance of *cls* (default: ``type(obj)``) holding *obj*'s attributes; no ``__init__``.
+
+    ``convert(name, value)``, when given, returns the value each attribute gets on the copy.
 
     Only for plain classes: one that customises copying (``__copy__``, ``__reduce__``) or
     attribute setting must go through ``copy.copy``. Reading ``vars(obj)`` materialises *obj*'s
@@ -25,5 +28,5 @@ def shallow_copy(obj: Any, cls: Any = None) -> Any:
         cls = type(obj)
     new = cls.__new__(cls)
     for name, value in vars(obj).items():
-        setattr(new, name, value)
+        setattr(new, name, value if convert is None else convert(name, value))
     return new

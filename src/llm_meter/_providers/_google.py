@@ -714,17 +714,9 @@ def _install(client: Any, config: ClientConfig, *, shared: bool) -> None:
     api._llm_meter_source = old_api
     aio = attrs.get("_aio")
     if aio is not None:
-        attrs["_aio"] = _recast(aio, classes.async_client, old_api, api)
+        attrs["_aio"] = shallow_copy(aio, classes.async_client, lambda n, v: _rebound(n, v, old_api, api))
     for name, value in list(attrs.items()):
         attrs[name] = _rebound(name, value, old_api, api)
-
-
-def _recast(obj: Any, cls: Any, old_api: Any, api: Any) -> Any:
-    """A copy of *obj* of class *cls* (see :mod:`._copy`), its resources moved to *api*."""
-    new = cls.__new__(cls)
-    for name, value in vars(obj).items():
-        setattr(new, name, _rebound(name, value, old_api, api))
-    return new
 
 
 def _rebound(name: str, value: Any, old_api: Any, api: Any) -> Any:
