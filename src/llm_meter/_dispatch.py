@@ -32,7 +32,7 @@ from copy import copy
 from typing import Any
 
 from ._cost import TAIL_SEP, finish_line
-from ._events import EventOptions, Exact, UsageRecord, encode_line, encode_wire
+from ._events import EventOptions, Exact, UsageRecord, encode_line, encode_wire, latest_timestamp
 from ._exceptions import RejectedEventsError
 from ._spool import Spool, dead_letter_entry, encode_record
 from .transports import Transport
@@ -390,7 +390,7 @@ class Dispatcher:
                 return 0
             records, payloads = self._encode(self._take(self._batch_size))
             try:
-                ok, delivered, dead = self._deliver(loop, transport, payloads)
+                ok, delivered, dead = self._deliver(loop, transport, payloads, finished=True)
             except BaseException:
                 self._untake(records)
                 raise
@@ -470,9 +470,9 @@ class Dispatcher:
 
     def _take(self, limit: int) -> list[UsageRecord | Exact]:
         queue = self._queue
-        records: list[UsageRecord | Exact] = []
-        while queue and len(records) < limit:
-            records.append(queue.popleft())
+        take = queue.popleft
+        # Only this thread takes from the deque: it holds at least len(queue) records now.
+        records = [take() for _ in range(min(limit, len(queue)))]
         self.taken += len(records)
         return records
 
@@ -480,9 +480,11 @@ class Dispatcher:
         """The records that could be encoded, and their wire JSON (the others are counted lost)."""
         kept = []
         payloads = []
+        options = self._options
+        latest = latest_timestamp()  # once per batch: the clock is read once, not per event
         for record in records:
             try:
-                payload = encode_wire(record, self._options)
+                payload = encode_wire(record, options, latest)
             except Exception:
                 log.exception("llm_meter: could not build the event for %r", record)
                 with self._done:
@@ -509,17 +511,20 @@ class Dispatcher:
         payloads: list[str],
         *,
         spool: Spool | None = None,
+        finished: bool = False,
     ) -> tuple[bool, int, int]:
         """Send until acknowledged: ``(ok, delivered, dead_lettered)``; ``ok`` is False on shutdown.
 
         Anything a transport raises (``BaseException`` included) is a failed attempt, retried.
+        ``finished``: the payloads are wire JSON already (from :meth:`_encode`), none a spool line.
         """
         attempt = 0
         dead = 0
-        pricer = self._options.pricer
-        # Lines spooled with their pricing data get their _cost now, on the worker (once per
-        # attempt to send them: a retry of this batch sends the same priced text).
-        payloads = [finish_line(p, pricer) if TAIL_SEP in p else p for p in payloads]
+        if not finished:
+            # Lines spooled with their pricing data get their _cost now, on the worker (once per
+            # attempt to send them: a retry of this batch sends the same priced text).
+            pricer = self._options.pricer
+            payloads = [finish_line(p, pricer) if TAIL_SEP in p else p for p in payloads]
         send_json = getattr(transport, "send_json", None)
         events: list[Any] = []
         if send_json is None:

@@ -28,6 +28,7 @@ __all__ = [
     "encode_line",
     "encode_wire",
     "is_utf8",
+    "latest_timestamp",
     "to_wire",
     "utf8_safe",
     "validate_metadata",
@@ -282,25 +283,40 @@ def _plain(value: object) -> object:
     return value
 
 
-_second_cache: list[tuple[int, str]] = [(-1, "")]
-#: ``.mmmZ"`` for each millisecond: the timestamp's tail without a format call per event.
-_MILLIS: Final = tuple(f'.{milli:03d}Z"' for milli in range(1000))
+#: The second the last timestamp fell in: ``(start, '"YYYY-MM-DDTHH:MM:SS')``, ``start`` a whole
+#: number of seconds as a float (the millisecond is then one float subtraction away).
+_second: tuple[float, str] = (-2.0, "")
+#: ``.mmmZ"`` for each millisecond: the timestamp's tail without a format call per event. One
+#: more entry than milliseconds: ``(ts - start) * 1000`` may round up to 1000.0 just below a second.
+_MILLIS: Final = (*(f'.{milli:03d}Z"' for milli in range(1000)), '.999Z"')
 #: Model name -> its JSON string (truncated, UTF-8 safe): models repeat, quoting once is enough.
 _model_json: dict[str, str] = {}
 _MODEL_CACHE_SIZE: Final = 4096
 
 
-def _iso(ts: float) -> str:
-    """ISO 8601 UTC with milliseconds, as a JSON string (quotes included)."""
-    # Polar rejects a timestamp later than its own clock ("Timestamp must be in the past"):
-    # keep a margin for clock skew between this host and Polar's.
-    latest = time.time() - _CLOCK_SKEW
-    second, milli = divmod(int((ts if ts < latest else latest) * 1000), 1000)
-    cached_second, prefix = _second_cache[0]
-    if cached_second != second:  # one strftime per second
-        prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_cache[0] = (second, prefix)
-    return prefix + _MILLIS[milli]
+def latest_timestamp() -> float:
+    """The latest timestamp an event may carry now: this host's clock minus a skew margin.
+
+    Polar rejects a timestamp later than its own clock ("Timestamp must be in the past").
+    The worker reads it once per batch, not once per event.
+    """
+    return time.time() - _CLOCK_SKEW
+
+
+def _iso(ts: float, latest: float) -> str:
+    """*ts*, at most *latest*, as ISO 8601 UTC with milliseconds: a JSON string (quotes included)."""
+    global _second
+    if not ts < latest:  # in the future (or NaN): the latest time Polar accepts
+        ts = latest
+    start, prefix = _second
+    offset = ts - start
+    if not 0.0 <= offset < 1.0:  # a new second: one strftime per second
+        whole = math.floor(ts)
+        prefix = '"' + datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        start = float(whole)
+        _second = (start, prefix)  # one tuple swapped in: consistent for concurrent readers
+        offset = ts - start
+    return prefix + _MILLIS[int(offset * 1000.0)]
 
 
 def _quote_model(model: str) -> str:
@@ -332,18 +348,19 @@ def _scalar(value: object) -> str:
     return repr(value)  # int, or a finite float (validated): repr is valid JSON
 
 
-def encode_wire(record: UsageRecord | Exact, options: EventOptions) -> str:
+def encode_wire(record: UsageRecord | Exact, options: EventOptions, latest: float | None = None) -> str:
     """The Polar wire event of one record as compact JSON text, priced (``_cost``) if the meter prices.
 
     Runs on the worker. Equal to
     ``json.dumps(to_wire(record, options), separators=(",", ":"), ensure_ascii=False)``.
+    *latest* is :func:`latest_timestamp` (read once per batch by the worker; now if ``None``).
     """
-    line = encode_line(record, options)
+    line = encode_line(record, options, latest)
     pricer = options.pricer
     return line if pricer is None else finish_line(line, pricer)
 
 
-def encode_line(record: UsageRecord | Exact, options: EventOptions) -> str:
+def encode_line(record: UsageRecord | Exact, options: EventOptions, latest: float | None = None) -> str:
     """The line the spool stores for one record: its wire JSON, then what pricing needs, if anything.
 
     Formatted directly instead of building a dict and calling ``json.dumps``: this runs on
@@ -353,7 +370,7 @@ def encode_line(record: UsageRecord | Exact, options: EventOptions) -> str:
     its ``_cost`` (:func:`~llm_meter._cost.finish_line`). Without pricing the line is exactly
     what Polar gets.
     """
-    if isinstance(record, UsageRecord):
+    if not isinstance(record, tuple):  # an Exact tuple: the exact-type fast path of isinstance
         record = record.resolved()
     (
         provider,
@@ -376,9 +393,18 @@ def encode_line(record: UsageRecord | Exact, options: EventOptions) -> str:
     model = _model_json.get(model_name) or _quote_model(model_name)
     if not external_id.isascii():
         external_id = utf8_safe(external_id)
+    if latest is None:
+        latest = time.time() - _CLOCK_SKEW
+    # _iso(timestamp, latest), its common case inlined: a timestamp in the second of the last one.
+    start, stamp = _second
+    offset = (timestamp if timestamp < latest else latest) - start
+    if 0.0 <= offset < 1.0:
+        stamp += _MILLIS[int(offset * 1000.0)]
+    else:
+        stamp = _iso(timestamp, latest)
     head = (
         f'{{"name":"{EVENT_NAME}",{customer.wire or _customer_json(customer)},'
-        f'"external_id":{_quote(external_id)},"timestamp":{_iso(timestamp)},'
+        f'"external_id":{_quote(external_id)},"timestamp":{stamp},'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
     )

@@ -187,13 +187,18 @@ class AnthropicProvider:
             self._observe_message(call, obj, response)
 
     def _observe_message(self, call: Call, message: Any, response: Any) -> None:
-        usage = getattr(message, "usage", None)
+        try:  # a Message: plain attribute reads (cheaper than getattr with a default)
+            usage = message.usage
+            ident = message.id
+            model = message.model
+        except AttributeError:  # parse(to=OtherType), or an older SDK's shape
+            usage = getattr(message, "usage", None)
+            ident = getattr(message, "id", None)
+            model = getattr(message, "model", None)
         if usage is None and getattr(message, "type", None) != "message":
-            return  # parse(to=OtherType) or another shape that is no message
-        ident = getattr(message, "id", None)
+            return  # another shape that is no message
         if isinstance(ident, str) and ident:
             call.response_id = ident
-        model = getattr(message, "model", None)
         if isinstance(model, str) and model:
             call.model = model
         if usage is not None and _emit(call, usage, response):
@@ -320,10 +325,16 @@ def _emit(call: Call, usage: Any, response: Any) -> bool:
 
     ``False`` (nothing emitted) when a count is missing or not valid: the caller estimates.
     """
-    cache_write = getattr(usage, "cache_creation_input_tokens", None)
-    cache_read = getattr(usage, "cache_read_input_tokens", None)
-    input_tokens = getattr(usage, "input_tokens", None)
-    response_tokens = getattr(usage, "output_tokens", None)
+    try:  # plain attribute reads: an SDK Usage (or _StreamUsage) has all four
+        cache_write = usage.cache_creation_input_tokens
+        cache_read = usage.cache_read_input_tokens
+        input_tokens = usage.input_tokens
+        response_tokens = usage.output_tokens
+    except AttributeError:  # an older SDK's Usage, without the cache counts
+        cache_write = getattr(usage, "cache_creation_input_tokens", None)
+        cache_read = getattr(usage, "cache_read_input_tokens", None)
+        input_tokens = getattr(usage, "input_tokens", None)
+        response_tokens = getattr(usage, "output_tokens", None)
     # The common case checked inline (once per billed call): four plain ints in range.
     if (
         type(input_tokens) is int
