@@ -14,7 +14,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from ._customer import Customer
@@ -112,10 +111,8 @@ os.register_at_fork(after_in_child=_renew_prefix)
 
 def call_suffix() -> str:
     """A string no other call of any process will get (``next`` on a count is atomic)."""
-    return f"{_prefix}{next(_counter):x}"
+    return f"{_prefix}{next(_counter)}"
 
-
-_NO_KEEP: Final[Mapping[type, Callable[[Any], str]]] = MappingProxyType({})
 
 #: Functions called (no arguments, in the caller's context) each time a metered client starts a
 #: billed call. Empty unless ``llm_meter.otel`` installed its hook, which notes the current span so
@@ -150,6 +147,7 @@ class Call:
         "observe",
         "on_finish",
         "original_body",
+        "prefix",
         "provider",
         "request_id",
         "response_id",
@@ -164,8 +162,10 @@ class Call:
         self.meter = meter
         self.customer = customer
         self.kind = kind
-        #: Call-unique part of ``external_id``, fixed now: servers may repeat response ids.
-        self.suffix = f"{_prefix}{next(_counter):x}"  # call_suffix(), inlined
+        #: Call-unique part of ``external_id`` (``prefix`` then ``suffix``), fixed now: servers may
+        #: repeat response ids. Formatted only when the id is made (one string built, not two).
+        self.prefix = _prefix
+        self.suffix = next(_counter)
         self.stream = False
         self.injected = False
         self.body: Any = None
@@ -177,8 +177,8 @@ class Call:
         self.text: list[str] | None = None
         #: Content-only classes of parsed objects (no usage) -> a C-level getter of their text
         #: (``operator.attrgetter``): the parse hook appends it to ``text`` without calling
-        #: the observer, the cheapest path for the bulk of a stream's events.
-        self.keep: Mapping[type, Callable[[Any], str]] = _NO_KEEP
+        #: the observer, the cheapest path for the bulk of a stream's events. ``None``: no such classes.
+        self.keep: Mapping[type, Callable[[Any], str]] | None = None
         #: ``hide(item) -> bool`` for stream items the caller did not ask for.
         self.hide: Callable[[Any], bool] | None = None
         #: The caller's loop over this stream ended early (``break`` or an exception in it).
@@ -216,7 +216,8 @@ class Call:
             if not ident:
                 ident = self.request_id
             name = self.provider.name
-            self.external_id = f"{name}:{ident}:{self.suffix}" if ident else f"{name}:{self.suffix}"
+            unique = f"{self.prefix}{self.suffix}"
+            self.external_id = f"{name}:{ident}:{unique}" if ident else f"{name}:{unique}"
         return self.external_id
 
     def emit(
@@ -243,18 +244,19 @@ class Call:
         meter = self.meter
         if self.stream:
             meter.untrack_open(self)
+        name = self.provider.name
         external_id = self.external_id
         if external_id is None:
             ident = self.response_id
             if ident:
-                external_id = self.external_id = f"{self.provider.name}:{ident}:{self.suffix}"
+                external_id = self.external_id = f"{name}:{ident}:{self.prefix}{self.suffix}"
             else:
                 external_id = self.ensure_external_id(response)
         if BILLED_HOOKS and self.response_id:
             for billed in BILLED_HOOKS:
                 billed(self.response_id)
         record = (  # an Exact tuple: one allocation, unpacked on the worker
-            self.provider.name,
+            name,
             self.customer,
             external_id,
             time.time(),

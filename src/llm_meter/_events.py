@@ -402,14 +402,19 @@ def encode_line(record: UsageRecord | Exact, options: EventOptions, latest: floa
         stamp += _MILLIS[int(offset * 1000.0)]
     else:
         stamp = _iso(timestamp, latest)
+    if options.plain:  # the default, the five keys only: one string built
+        return (
+            f'{{"name":"{EVENT_NAME}",{customer.wire or _customer_json(customer)},'
+            f'"external_id":{_quote(external_id)},"timestamp":{stamp},'
+            f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
+            f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}}}}}'
+        )
     head = (
         f'{{"name":"{EVENT_NAME}",{customer.wire or _customer_json(customer)},'
         f'"external_id":{_quote(external_id)},"timestamp":{stamp},'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
         f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
     )
-    if options.plain:  # the default: the five keys only
-        return head + "}}"
     parts = [head]
     if options.details:
         parts.append(f',"provider":{_quote(provider)}')

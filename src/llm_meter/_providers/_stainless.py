@@ -594,7 +594,8 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                 )
             config.meter.warn_missing_customer(what)
             return self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
-        call = Call(provider, config.meter, who, kind)
+        meter = config._meter  # the property only when it is the default meter, not yet looked up
+        call = Call(provider, config.meter if meter is None else meter, who, kind)
         try:
             provider.prepare(self, options, call)
         except Exception:  # metering must never break the caller's call
@@ -614,7 +615,9 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         except AttributeError:  # a response that did not pass there: look it up once
             call = response._llm_meter_call = _call_of(response)
         if call is not None:
-            keep = call.keep.get(type(obj))
+            keep = call.keep
+            if keep is not None:
+                keep = keep.get(type(obj))
             if keep is not None:  # a content-only event: keep its text, no observer call
                 kept = call.text
                 if kept is None:
