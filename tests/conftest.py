@@ -100,7 +100,16 @@ def bedrock(_bedrock: FakeBedrockServer) -> FakeBedrockServer:
 def gemini(_gemini: FakeGeminiServer) -> Iterator[FakeGeminiServer]:
     """The session's fake Gemini server, reset to defaults for each test."""
     defaults = FakeGeminiServer()
-    for name in ("chunks", "thoughts", "cached", "tool_use_prompt", "model_version"):
+    for name in (
+        "chunks",
+        "thoughts",
+        "cached",
+        "tool_use_prompt",
+        "model_version",
+        "pretty",
+        "usage_first",
+        "function_args",
+    ):
         setattr(_gemini, name, getattr(defaults, name))
     _gemini.requests.clear()
     yield _gemini

@@ -130,3 +130,47 @@ def test_response_id_is_in_the_external_id(
     """external_id is google:<responseId>:<call-unique suffix>."""
     client.models.generate_content(model=MODEL, contents=PROMPT)
     assert re.fullmatch(r"google:[0-9a-f]{24}:[0-9a-f]+", only_event(*details)["external_id"])
+
+
+def _billed(details: tuple[Meter, MemoryTransport], response_id: str | None) -> tuple[object, ...]:
+    event = only_event(*details)
+    return usage(event), event["metadata"]["model"], event["external_id"].split(":")[1] == response_id
+
+
+def test_a_pretty_printed_body_is_billed_its_usage_and_ids(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """The real API indents its JSON: usage, modelVersion and responseId are read from it all the same."""
+    gemini.pretty = True
+    response = client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert _billed(details, response.response_id) == ((4, 3, 7), "gemini-2.5-flash-001", True)
+
+
+@pytest.mark.parametrize("usage_first", [False, True], ids=["usage-last", "usage-first"])
+@pytest.mark.parametrize("pretty", [False, True], ids=["compact", "indented"])
+def test_a_usage_key_in_function_call_arguments_is_never_billed(
+    client: genai.Client,
+    gemini: FakeGeminiServer,
+    details: tuple[Meter, MemoryTransport],
+    usage_first: bool,
+    pretty: bool,
+) -> None:
+    """Model-written arguments named like the top-level fields do not change the bill, wherever they fall."""
+    gemini.pretty = pretty
+    gemini.usage_first = usage_first
+    gemini.function_args = {
+        "usageMetadata": {"promptTokenCount": 0, "candidatesTokenCount": 0},
+        "modelVersion": "free-model",
+        "responseId": "forged",
+    }
+    response = client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert _billed(details, response.response_id) == ((4, 3, 7), "gemini-2.5-flash-001", True)
+
+
+def test_ids_written_before_the_usage_are_read(
+    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A body whose top-level keys come in another order is billed the same."""
+    gemini.usage_first = True
+    response = client.models.generate_content(model=MODEL, contents=PROMPT)
+    assert _billed(details, response.response_id) == ((4, 3, 7), "gemini-2.5-flash-001", True)

@@ -76,6 +76,9 @@ class FakeGeminiServer(LoopbackService):
 
     Public attributes may be changed between calls. ``model_version`` is reported as
     ``modelVersion`` (``None``: none reported). ``requests`` records every request.
+    For ``generateContent``: ``pretty`` indents the JSON body as the real API does,
+    ``usage_first`` writes ``usageMetadata`` and the ids before the candidates, and
+    ``function_args`` adds a ``functionCall`` part with those arguments.
     """
 
     _thread_name = "fake-gemini-server"
@@ -94,6 +97,9 @@ class FakeGeminiServer(LoopbackService):
         self.cached = cached
         self.tool_use_prompt = tool_use_prompt
         self.model_version = model_version
+        self.pretty = False
+        self.usage_first = False
+        self.function_args: dict[str, Any] | None = None
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         super().__init__()
@@ -143,6 +149,17 @@ class FakeGeminiServer(LoopbackService):
         obj["responseId"] = rid
         return obj
 
+    def _whole(self, obj: dict[str, Any]) -> tuple[int, str, bytes]:
+        """A ``generateContent`` reply, shaped by ``function_args``, ``usage_first`` and ``pretty``."""
+        if self.function_args is not None:
+            parts = obj["candidates"][0]["content"]["parts"]
+            parts.append({"functionCall": {"name": "lookup", "args": self.function_args}})
+        if self.usage_first:
+            obj = {**{k: v for k, v in obj.items() if k != "candidates"}, "candidates": obj["candidates"]}
+        if not self.pretty:
+            return _json_reply(obj)
+        return 200, "application/json", json.dumps(obj, indent=2).encode("utf-8")
+
     # -- routes ------------------------------------------------------------------------------------
     def _route(self, method: str, path: str, headers: Mapping[str, str], body: Any) -> Any:
         segments = path.strip("/").split("/")
@@ -157,7 +174,7 @@ class FakeGeminiServer(LoopbackService):
             if not isinstance(body, Mapping):
                 raise _APIError(400, "Invalid JSON payload received.")
             if verb == "generateContent":
-                return _json_reply(
+                return self._whole(
                     self._response(body, self._text(), self.chunks, last=True, override=override, rid=_hex())
                 )
             if verb == "streamGenerateContent":

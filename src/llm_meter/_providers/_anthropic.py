@@ -149,7 +149,8 @@ class AnthropicProvider:
     def prepare(self, client: Any, options: Any, call: Call) -> None:
         body = options.json_data
         url = options.url
-        if url not in _MESSAGES_URLS:  # billed_kind() let only Bedrock and Vertex URLs through besides
+        direct = url in _MESSAGES_URLS
+        if not direct:  # billed_kind() let only Bedrock and Vertex URLs through besides
             call.provider = self.on_bedrock if url.startswith("/model/") else self.on_vertex
         if isinstance(body, dict):
             model = body.get("model")
@@ -158,8 +159,8 @@ class AnthropicProvider:
         else:
             call.model = _model_from_url(url)
             stream = False
-        # Bedrock and Vertex take `stream` out of the body and into the URL.
-        stream = stream or url.endswith(("/invoke-with-response-stream", ":streamRawPredict"))
+        if not (stream or direct):  # Bedrock and Vertex take `stream` out of the body, into the URL
+            stream = url.endswith(("/invoke-with-response-stream", ":streamRawPredict"))
         call.original_body = body
         if stream:
             call.stream = True

@@ -40,6 +40,7 @@ import functools
 import inspect
 import json
 import logging
+import re
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -73,20 +74,35 @@ _VERBS: Final = {
 _request_customer: ContextVar[Customer | None] = ContextVar("llm_meter_google_customer", default=None)
 
 
-def _kind(path: str, body: Any) -> str | None:
-    """The billed kind of a request to *path*, or ``None`` (not billed)."""
+#: Request path -> (billed kind, model named in the path): paths repeat, so each is parsed once.
+#: (``:predict`` paths are not kept: whether they are billed depends on the body.)
+_routes: dict[str, tuple[str | None, str | None]] = {}
+_ROUTES_SIZE: Final = 1024
+
+
+def _route(path: str, body: Any) -> tuple[str | None, str | None]:
+    """The billed kind of a request to *path* (``None``: not billed) and the model the path names."""
+    route = _routes.get(path)
+    if route is not None:
+        return route
     colon = path.rfind(":")
     if colon < 0:
-        return None
-    verb = path[colon + 1 :].partition("?")[0]
-    kind = _VERBS.get(verb)
+        kind = None
+        verb = ""
+    else:
+        verb = path[colon + 1 :].partition("?")[0]
+        kind = _VERBS.get(verb)
     if kind == "predict":
         # `:predict` serves image generation too: only text-embedding instances are billed here.
         instances = body.get("instances") if isinstance(body, dict) else None
         if not (isinstance(instances, list) and instances and isinstance(instances[0], dict)):
-            return None
-        return "embed" if "content" in instances[0] else None
-    return kind
+            return None, None
+        return ("embed" if "content" in instances[0] else None), _path_model(path)
+    route = (kind, _path_model(path))
+    if len(_routes) >= _ROUTES_SIZE:  # a bound, for callers that vary paths endlessly
+        _routes.clear()
+    _routes[path] = route
+    return route
 
 
 def _path_model(path: str) -> str | None:
@@ -205,6 +221,49 @@ class _Progress:
 _USAGE_KEY: Final = '"usageMetadata": '
 _USAGE_KEY_LEN: Final = len(_USAGE_KEY)
 _decode: Final = json.JSONDecoder().raw_decode
+#: The C scanner behind ``json.loads``: ``(value, end)`` of the JSON value at an index.
+_scan: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_TOP_USAGE: Final = '"usageMetadata"'
+#: The ``:`` after a key, with the whitespace JSON allows around it.
+_COLON: Final = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")
+
+
+def _top_fields(body: str) -> dict[str, Any] | None:
+    """``usageMetadata`` and the top-level keys after it, decoded without the candidates.
+
+    ``None`` when the body is not shaped so (the caller decodes it whole). Gemini writes
+    ``usageMetadata``, ``modelVersion`` and ``responseId`` after the candidates, so the last
+    ``"usageMetadata"`` key of the text is the top-level one; that is checked, not assumed:
+    what follows its value must be the rest of the top-level object on its own (after a key
+    nested in a candidate, such as a function call's argument, come the candidate's closing
+    brackets). Either id written before the usage sends the body down the whole decode.
+    """
+    at = body.rfind(_TOP_USAGE)
+    if at < 0:
+        return None
+    colon = _COLON.match(body, at + len(_TOP_USAGE))
+    if colon is None:
+        return None
+    try:
+        usage, end = _scan(body, colon.end())
+        rest = body[end:].strip()
+        if rest == "}":
+            fields: Any = {}
+        elif rest[:1] == ",":
+            text = "{" + rest[1:]
+            fields, end = _scan(text, 0)
+            if end != len(text):
+                return None
+        else:
+            return None
+    except (StopIteration, ValueError):
+        return None
+    if ("modelVersion" not in fields and '"modelVersion"' in body) or (
+        "responseId" not in fields and '"responseId"' in body
+    ):
+        return None
+    fields["usageMetadata"] = usage
+    return fields  # type: ignore[no-any-return]
 
 
 def _embed_usage(data: dict[str, Any]) -> int | None:
@@ -244,6 +303,15 @@ class GoogleProvider:
         google-genai 1.2x, the decoded JSON object itself.
         """
         body = getattr(response, "body", response)
+        if type(body) is str and call.kind == "generate":
+            # The common case: only the usage and the ids are decoded (the SDK decodes the
+            # whole body itself). Any other shape, or usage that is not of the common valid
+            # shape, takes the whole decode below.
+            fields = _top_fields(body)
+            if fields is not None:
+                self._ids(call, fields)
+                if _emit_common(call, fields["usageMetadata"]):
+                    return
         if isinstance(body, str | bytes):
             try:
                 data = json.loads(body) if body else {}
@@ -404,7 +472,7 @@ class _MeteredApiClient:
     #: The API client this one was copied from (kept alive: it closes the connections it made).
     _llm_meter_source: Any = None
 
-    def _llm_meter_call(self, kind: str, path: str, body: Any) -> Call | None:
+    def _llm_meter_call(self, kind: str, model: str | None, path: str, body: Any) -> Call | None:
         config = self._llm_meter
         who = _request_customer.get() or _block.get() or config.customer
         if who is None:
@@ -416,16 +484,17 @@ class _MeteredApiClient:
                 )
             config.meter.warn_missing_customer(what)
             return None
-        call = Call(_PROVIDER, config.meter, who, kind)
-        call.model = _path_model(path)
+        meter = config._meter  # the property only when it is the default meter, not yet looked up
+        call = Call(_PROVIDER, config.meter if meter is None else meter, who, kind)
+        call.model = model
         call.body = body
         return call
 
     def request(self, http_method: str, path: str, request_dict: Any, http_options: Any = None) -> Any:
-        kind = _kind(path, request_dict)
+        kind, model = _route(path, request_dict)
         if kind is None:
             return super().request(http_method, path, request_dict, http_options)  # type: ignore[misc]
-        call = self._llm_meter_call(kind, path, request_dict)
+        call = self._llm_meter_call(kind, model, path, request_dict)
         response = super().request(http_method, path, request_dict, http_options)  # type: ignore[misc]
         if call is not None:
             try:
@@ -438,9 +507,9 @@ class _MeteredApiClient:
     def request_streamed(
         self, http_method: str, path: str, request_dict: Any, http_options: Any = None
     ) -> Iterator[Any]:
-        kind = _kind(path, request_dict)
+        kind, model = _route(path, request_dict)
         inner = super().request_streamed(http_method, path, request_dict, http_options)  # type: ignore[misc]
-        call = None if kind is None else self._llm_meter_call(kind, path, request_dict)
+        call = None if kind is None else self._llm_meter_call(kind, model, path, request_dict)
         if call is None:
             yield from inner
             return
@@ -457,10 +526,10 @@ class _MeteredApiClient:
     async def async_request(
         self, http_method: str, path: str, request_dict: Any, http_options: Any = None
     ) -> Any:
-        kind = _kind(path, request_dict)
+        kind, model = _route(path, request_dict)
         if kind is None:
             return await super().async_request(http_method, path, request_dict, http_options)  # type: ignore[misc]
-        call = self._llm_meter_call(kind, path, request_dict)
+        call = self._llm_meter_call(kind, model, path, request_dict)
         response = await super().async_request(http_method, path, request_dict, http_options)  # type: ignore[misc]
         if call is not None:
             try:
@@ -473,8 +542,8 @@ class _MeteredApiClient:
     async def async_request_streamed(
         self, http_method: str, path: str, request_dict: Any, http_options: Any = None
     ) -> Any:
-        kind = _kind(path, request_dict)
-        call = None if kind is None else self._llm_meter_call(kind, path, request_dict)
+        kind, model = _route(path, request_dict)
+        call = None if kind is None else self._llm_meter_call(kind, model, path, request_dict)
         inner = await super().async_request_streamed(http_method, path, request_dict, http_options)  # type: ignore[misc]
         if call is None:
             return inner
