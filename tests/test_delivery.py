@@ -544,3 +544,26 @@ def test_slow_polar_does_not_slow_the_hand_off(
     assert stats.emitted == 1001 and stats.delivered == 0 and polar.events == []
     assert m.flush(15.0)
     assert_exactly_once(polar, _ids(range(1000)) | {"openai:first"})
+
+
+def test_an_event_that_cannot_be_built_is_logged_and_the_rest_of_its_batch_delivered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record whose estimate raises is counted lost (never pending forever); its batch goes out."""
+    from llm_meter.transports import MemoryTransport
+
+    def broken(record: UsageRecord) -> None:
+        raise RuntimeError("an estimator bug")
+
+    transport = MemoryTransport()
+    meter = Meter(transport=transport, flush_interval=60.0)
+    try:
+        meter.emit(_record("a"))
+        meter.emit(_record("b", estimated=True, estimate=broken))
+        meter.emit(_record("c"))
+        assert meter.flush(timeout=10.0)
+        assert [event["external_id"] for event in transport.events] == ["openai:a", "openai:c"]
+        assert meter.stats().pending == 0
+        assert any("could not build the event" in r.getMessage() for r in caplog.records)
+    finally:
+        meter.close()

@@ -478,12 +478,16 @@ class Dispatcher:
 
     def _encode(self, records: list[UsageRecord | Exact]) -> tuple[list[UsageRecord | Exact], list[str]]:
         """The records that could be encoded, and their wire JSON (the others are counted lost)."""
-        kept = []
-        payloads = []
         options = self._options
         # encode_wire, or encode_line directly when nothing is priced (one call less per event).
         encode = encode_wire if options.pricer is not None else encode_line
         latest = latest_timestamp()  # once per batch: the clock is read once, not per event
+        try:  # the common case, every record encodable: one comprehension
+            return records, [encode(record, options, latest) for record in records]
+        except Exception:
+            pass  # encoded again one by one (an estimate already run is not run twice)
+        kept = []
+        payloads = []
         for record in records:
             try:
                 payload = encode(record, options, latest)

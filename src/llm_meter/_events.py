@@ -160,8 +160,8 @@ class UsageRecord:
         """The record as an :data:`Exact` tuple, its estimate run first if it has one (worker only)."""
         estimate = self.estimate
         if estimate is not None:
-            self.estimate = None
             estimate(self)
+            self.estimate = None  # after it ran: an estimate that raised raises again if asked twice
         return (
             self.provider,
             self.customer,
