@@ -603,7 +603,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         if call.observe is None:  # prepare() binds the observer for the request's shape
             call.observe = provider.observe
         request = self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
-        setattr(request, CALL_ATTR, call)
+        request._llm_meter_call = call  # CALL_ATTR: a plain store, not a setattr() call
         return request
 
     def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
@@ -669,7 +669,9 @@ class _SyncMeteredClient(_MeteredClient):
 class _AsyncMeteredClient(_MeteredClient):
     __slots__ = ()
 
-    async def _process_response(self, *args: Any, **kwargs: Any) -> Any:
+    def _process_response(self, *args: Any, **kwargs: Any) -> Any:
+        # Not a coroutine function: it returns the awaitable the SDK awaits, for a non-stream
+        # response the SDK's own coroutine (no coroutine layer of ours around it).
         response: Any = kwargs.get("response")
         try:  # _call_of(response), inlined: once per response
             call = getattr(response.request, CALL_ATTR, None)
@@ -677,7 +679,12 @@ class _AsyncMeteredClient(_MeteredClient):
             call = None
         response._llm_meter_call = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
-            return await self._llm_meter_base._process_response(self, *args, **kwargs)
+            return self._llm_meter_base._process_response(self, *args, **kwargs)
+        return self._llm_meter_stream_response(call, response, args, kwargs)
+
+    async def _llm_meter_stream_response(
+        self, call: Call, response: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         attach_stream(response, call)
         return _guard_plain_stream(await self._llm_meter_base._process_response(self, *args, **kwargs), call)
 
