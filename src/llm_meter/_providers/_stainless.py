@@ -560,8 +560,13 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
     _llm_meter: ClientConfig
     _llm_meter_provider: StainlessProvider
     _llm_meter_base: Any  # the SDK class metered
-    #: The SDK class's ``_process_response_data`` (set per metered class).
+    #: The SDK class's ``_process_response_data``, ``_build_request`` and ``_process_response``,
+    #: set per metered class. Functions in the class: ``self._llm_meter_build(...)`` is a method
+    #: call the interpreter specialises, where ``self._llm_meter_base._build_request`` would be two
+    #: generic attribute lookups per call (CPython 3.11).
     _llm_meter_parse: Callable[..., Any]
+    _llm_meter_build: Callable[..., Any]
+    _llm_meter_process: Callable[..., Any]
 
     def with_customer(self, customer: str | None = None, *, customer_id: str | None = None) -> Any:
         """A metered client like this one, billed to another customer."""
@@ -581,7 +586,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         provider = self._llm_meter_provider
         kind = provider.billed_kind(options)
         if kind is None:
-            return self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
+            return self._llm_meter_build(options, retries_taken=retries_taken)
         config = self._llm_meter
         if who is None:
             who = _block.get() or config.customer
@@ -593,7 +598,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                     "or use `with llm_meter.customer(...)`"
                 )
             config.meter.warn_missing_customer(what)
-            return self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
+            return self._llm_meter_build(options, retries_taken=retries_taken)
         meter = config._meter  # the property only when it is the default meter, not yet looked up
         call = Call(provider, config.meter if meter is None else meter, who, kind)
         try:
@@ -602,7 +607,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
             log.exception("llm_meter: could not prepare metering for %s", options.url)
         if call.observe is None:  # prepare() binds the observer for the request's shape
             call.observe = provider.observe
-        request = self._llm_meter_base._build_request(self, options, retries_taken=retries_taken)
+        request = self._llm_meter_build(options, retries_taken=retries_taken)
         request._llm_meter_call = call  # CALL_ATTR: a plain store, not a setattr() call
         return request
 
@@ -661,9 +666,9 @@ class _SyncMeteredClient(_MeteredClient):
             call = None
         response._llm_meter_call = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
-            return self._llm_meter_base._process_response(self, *args, **kwargs)
+            return self._llm_meter_process(*args, **kwargs)
         attach_stream(response, call)
-        return _guard_plain_stream(self._llm_meter_base._process_response(self, *args, **kwargs), call)
+        return _guard_plain_stream(self._llm_meter_process(*args, **kwargs), call)
 
 
 class _AsyncMeteredClient(_MeteredClient):
@@ -679,14 +684,14 @@ class _AsyncMeteredClient(_MeteredClient):
             call = None
         response._llm_meter_call = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
-            return self._llm_meter_base._process_response(self, *args, **kwargs)
+            return self._llm_meter_process(*args, **kwargs)
         return self._llm_meter_stream_response(call, response, args, kwargs)
 
     async def _llm_meter_stream_response(
         self, call: Call, response: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         attach_stream(response, call)
-        return _guard_plain_stream(await self._llm_meter_base._process_response(self, *args, **kwargs), call)
+        return _guard_plain_stream(await self._llm_meter_process(*args, **kwargs), call)
 
 
 class _SyncRequestHook(_MeteredClient):
@@ -874,6 +879,8 @@ def _build_class(base: type, provider: StainlessProvider, module: str | None) ->
         "_llm_meter_provider": provider,
         "_llm_meter_base": base,
         "_llm_meter_parse": base._process_response_data,  # type: ignore[attr-defined]
+        "_llm_meter_build": base._build_request,  # type: ignore[attr-defined]
+        "_llm_meter_process": base._process_response,  # type: ignore[attr-defined]
         "__module__": module or base.__module__,
         "__doc__": base.__doc__,
         **_client_methods(base),
