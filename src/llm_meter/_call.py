@@ -128,8 +128,28 @@ CALL_HOOKS: list[Callable[[], None]] = []
 BILLED_HOOKS: list[Callable[[str], None]] = []
 
 
+#: The initial values of the fields of a :class:`Call` that providers fill in (see its ``__init__``).
+_EMPTY: Final = (False, False, None, None, None, None, None, None, None, None, False, None, None, None, None)
+
+
 class Call:
     """Metering state of one billed response; emits at most one record."""
+
+    stream: bool
+    injected: bool
+    body: Any
+    original_body: Any
+    model: str | None
+    response_id: str | None
+    external_id: str | None
+    text: list[str] | None
+    keep: Mapping[type, Callable[[Any], str]] | None
+    hide: Callable[[Any], bool] | None
+    left_early: bool
+    request_id: str | None
+    state: Any
+    on_finish: Callable[[Call, Any], None] | None
+    observe: Callable[[Call, Any, Any], None] | None
 
     __slots__ = (
         "__weakref__",
@@ -166,34 +186,39 @@ class Call:
         #: repeat response ids. Formatted only when the id is made (one string built, not two).
         self.prefix = _prefix
         self.suffix = next(_counter)
-        self.stream = False
-        self.injected = False
-        self.body: Any = None
-        self.original_body: Any = None
-        self.model: str | None = None
-        self.response_id: str | None = None
-        self.external_id: str | None = None
-        #: Delivered text pieces, kept only while an estimate may be needed.
-        self.text: list[str] | None = None
-        #: Content-only classes of parsed objects (no usage) -> a C-level getter of their text
-        #: (``operator.attrgetter``): the parse hook appends it to ``text`` without calling
-        #: the observer, the cheapest path for the bulk of a stream's events. ``None``: no such classes.
-        self.keep: Mapping[type, Callable[[Any], str]] | None = None
-        #: ``hide(item) -> bool`` for stream items the caller did not ask for.
-        self.hide: Callable[[Any], bool] | None = None
-        #: The caller's loop over this stream ended early (``break`` or an exception in it).
-        self.left_early = False
-        #: The response's request id, kept when a stream starts (for ``external_id``).
-        self.request_id: str | None = None
-        #: Provider-specific progress (e.g. Anthropic's merged stream usage).
-        self.state: Any = None
-        #: ``on_finish(call, response)``, run once by :meth:`finish` before it estimates: a
-        #: provider that kept usage seen along the way (a stream whose chunks all carry usage)
-        #: emits it there. ``None`` for most calls.
-        self.on_finish: Callable[[Call, Any], None] | None = None
-        #: ``observe(call, obj, response)`` for each parsed object; ``None`` once done.
-        #: Providers bind the variant for the request (body, chat chunk, event) when preparing.
-        self.observe: Callable[[Call, Any, Any], None] | None = None
+        # Everything else starts empty, set in one unpacking (fewer instructions than one store each):
+        # - stream: a streamed response; injected: llm_meter added usage reporting to the request;
+        # - body / original_body: the request body kept for an estimate / as sent;
+        # - model, response_id, external_id: the provider's, filled as they are read;
+        # - text: delivered text pieces, kept only while an estimate may be needed;
+        # - keep: content-only classes of parsed objects (no usage) -> a C-level getter of their
+        #   text (``operator.attrgetter``): the parse hook appends it to ``text`` without calling the
+        #   observer, the cheapest path for the bulk of a stream's events (``None``: no such classes);
+        # - hide: ``hide(item) -> bool`` for stream items the caller did not ask for;
+        # - left_early: the caller's loop over this stream ended early (``break`` or an exception);
+        # - request_id: the response's request id, kept when a stream starts (for ``external_id``);
+        # - state: provider-specific progress (e.g. Anthropic's merged stream usage);
+        # - on_finish: ``on_finish(call, response)``, run once by :meth:`finish` before it estimates
+        #   (a provider that kept usage seen along the way emits it there);
+        # - observe: ``observe(call, obj, response)`` for each parsed object, ``None`` once done;
+        #   providers bind the variant for the request (body, chat chunk, event) when preparing.
+        (
+            self.stream,
+            self.injected,
+            self.body,
+            self.original_body,
+            self.model,
+            self.response_id,
+            self.external_id,
+            self.text,
+            self.keep,
+            self.hide,
+            self.left_early,
+            self.request_id,
+            self.state,
+            self.on_finish,
+            self.observe,
+        ) = _EMPTY
         self._once = [True]
         if CALL_HOOKS:
             for hook in CALL_HOOKS:
