@@ -139,11 +139,19 @@ def _billed(details: tuple[Meter, MemoryTransport]) -> tuple[object, ...]:
     return usage(event), event["metadata"]["model"], re.fullmatch(r"[0-9a-f]{24}", ident) is not None
 
 
-def test_a_pretty_printed_body_is_billed_its_usage_and_ids(
-    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
+@pytest.mark.parametrize(
+    ("pretty", "usage_first"), [(True, False), (False, True)], ids=["indented", "ids-before-usage"]
+)
+def test_usage_and_ids_are_read_from_any_layout_of_the_body(
+    client: genai.Client,
+    gemini: FakeGeminiServer,
+    details: tuple[Meter, MemoryTransport],
+    pretty: bool,
+    usage_first: bool,
 ) -> None:
-    """The real API indents its JSON: usage, modelVersion and responseId are read from it all the same."""
-    gemini.pretty = True
+    """Indented JSON (as the real API sends) or top-level keys in another order bill the same."""
+    gemini.pretty = pretty
+    gemini.usage_first = usage_first
     client.models.generate_content(model=MODEL, contents=PROMPT)
     assert _billed(details) == ((4, 3, 7), "gemini-2.5-flash-001", True)
 
@@ -165,14 +173,5 @@ def test_a_usage_key_in_function_call_arguments_is_never_billed(
         "modelVersion": "free-model",
         "responseId": "forged",
     }
-    client.models.generate_content(model=MODEL, contents=PROMPT)
-    assert _billed(details) == ((4, 3, 7), "gemini-2.5-flash-001", True)
-
-
-def test_ids_written_before_the_usage_are_read(
-    client: genai.Client, gemini: FakeGeminiServer, details: tuple[Meter, MemoryTransport]
-) -> None:
-    """A body whose top-level keys come in another order is billed the same."""
-    gemini.usage_first = True
     client.models.generate_content(model=MODEL, contents=PROMPT)
     assert _billed(details) == ((4, 3, 7), "gemini-2.5-flash-001", True)

@@ -303,20 +303,17 @@ def latest_timestamp() -> float:
     return time.time() - _CLOCK_SKEW
 
 
-def _iso(ts: float, latest: float) -> str:
-    """*ts*, at most *latest*, as ISO 8601 UTC with milliseconds: a JSON string (quotes included)."""
+def _new_second(ts: float) -> str:
+    """*ts* (already at most the latest timestamp) as ISO 8601 UTC with milliseconds, a JSON string.
+
+    The rare path of :func:`encode_line`: *ts* is not in the second of the previous event, so
+    that second's text is made (one strftime per second) and kept for the next events.
+    """
     global _second
-    if not ts < latest:  # in the future (or NaN): the latest time Polar accepts
-        ts = latest
-    start, prefix = _second
-    offset = ts - start
-    if not 0.0 <= offset < 1.0:  # a new second: one strftime per second
-        whole = math.floor(ts)
-        prefix = '"' + datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        start = float(whole)
-        _second = (start, prefix)  # one tuple swapped in: consistent for concurrent readers
-        offset = ts - start
-    return prefix + _MILLIS[int(offset * 1000.0)]
+    whole = math.floor(ts)
+    prefix = '"' + datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    _second = (float(whole), prefix)  # one tuple swapped in: consistent for concurrent readers
+    return prefix + _MILLIS[int((ts - whole) * 1000.0)]
 
 
 def _quote_model(model: str) -> str:
@@ -394,27 +391,22 @@ def encode_line(record: UsageRecord | Exact, options: EventOptions, latest: floa
     if not external_id.isascii():
         external_id = utf8_safe(external_id)
     if latest is None:
-        latest = time.time() - _CLOCK_SKEW
-    # _iso(timestamp, latest), its common case inlined: a timestamp in the second of the last one.
+        latest = latest_timestamp()
+    # Polar refuses future timestamps (NaN too): at most the latest. The common case is a
+    # timestamp in the second of the previous event: one subtraction and a table lookup.
+    ts = timestamp if timestamp < latest else latest
     start, stamp = _second
-    offset = (timestamp if timestamp < latest else latest) - start
-    if 0.0 <= offset < 1.0:
-        stamp += _MILLIS[int(offset * 1000.0)]
-    else:
-        stamp = _iso(timestamp, latest)
-    if options.plain:  # the default, the five keys only: one string built
-        return (
-            f'{{"name":"{EVENT_NAME}",{customer.wire or _customer_json(customer)},'
-            f'"external_id":{_quote(external_id)},"timestamp":{stamp},'
-            f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
-            f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}}}}}'
-        )
+    offset = ts - start
+    stamp = stamp + _MILLIS[int(offset * 1000.0)] if 0.0 <= offset < 1.0 else _new_second(ts)
+    plain = options.plain  # the default, the five keys only: the event is this one string
     head = (
         f'{{"name":"{EVENT_NAME}",{customer.wire or _customer_json(customer)},'
         f'"external_id":{_quote(external_id)},"timestamp":{stamp},'
         f'"metadata":{{"model":{model},"requests":1,"total_tokens":{total},'
-        f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}'
+        f'"request_tokens":{request_tokens},"response_tokens":{response_tokens}{"}}" if plain else ""}'
     )
+    if plain:
+        return head
     parts = [head]
     if options.details:
         parts.append(f',"provider":{_quote(provider)}')
