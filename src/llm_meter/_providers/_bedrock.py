@@ -480,24 +480,29 @@ def _stream_class(kind: str) -> type:
     else:
 
         def _parse_event(self: Any, event: Any) -> Any:
-            call: Call = self._llm_meter_call
             try:
                 parsed = base_parse(self, event)
             except BaseException:
-                call.finish()
+                self._llm_meter_call.finish()
                 raise
             try:
-                chunk = parsed.get("chunk")
-                if chunk is not None:
-                    data = chunk.get("bytes")
-                    raw = call.state.raw
-                    if raw is not None:
-                        raw.append(data)  # its text is read only if an estimate is needed
-                    # Only chunks that may carry counts are decoded on the caller's path.
-                    if (b"oken" in data or b"invocationMetrics" in data) and not call.done:
+                data = parsed["chunk"]["bytes"]  # the only event that is not an error
+            except (LookupError, TypeError):
+                return parsed
+            try:
+                raw = self._llm_meter_raw
+                if raw is not None:
+                    raw.append(data)  # its text is read only if an estimate is needed
+                # Only chunks that may carry counts are decoded on the caller's path: every
+                # family's counts and the closing invocation metrics are named "...[Tt]oken...".
+                # find(), not `in`: CPython's bytes `in` first tries the needle as an integer
+                # and formats (then discards) a TypeError, about 1.8 k instructions per test.
+                if data.find(b"oken") >= 0:
+                    call: Call = self._llm_meter_call
+                    if not call.done:
                         _counting_chunk(call, data)
             except Exception:
-                call.meter.errors += 1
+                self._llm_meter_call.meter.errors += 1
                 log.exception("llm_meter: could not read a Bedrock stream chunk")
             return parsed
 
@@ -535,13 +540,13 @@ def _attach_stream(call: Call, parsed: dict[str, Any], key: str) -> None:
     cls = _stream_class(call.kind)
     if stream is None or not isinstance(stream, cls.__mro__[1]):
         return
-    if call.kind == "invoke_stream":
-        state = call.state = _Usage()
-        state.raw = [] if call.text is not None else None
-        call.on_finish = _emit_kept
-    call.request_id = call.response_id or ""
     metered = shallow_copy(stream, cls)
     metered._llm_meter_call = call
+    if call.kind == "invoke_stream":
+        state = call.state = _Usage()
+        state.raw = metered._llm_meter_raw = [] if call.text is not None else None
+        call.on_finish = _emit_kept
+    call.request_id = call.response_id or ""
     parsed[key] = metered
     call.meter.track_open(call)
 
