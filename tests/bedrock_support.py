@@ -55,6 +55,8 @@ def reset(server: FakeBedrockServer) -> FakeBedrockServer:
         "token_headers",
         "metrics",
         "error_after",
+        "tool_input",
+        "pretty",
     ):
         setattr(server, name, getattr(defaults, name))
     server.requests.clear()

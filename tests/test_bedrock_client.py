@@ -201,6 +201,26 @@ def test_stubber_works_on_a_metered_client(meter_: Meter, transport: MemoryTrans
     assert (event["external_customer_id"], event["metadata"]["total_tokens"]) == ("cus_2", 13)
 
 
+def test_a_patch_of_botocore_make_api_call_still_reaches_metered_clients(
+    bedrock: FakeBedrockServer, meter_: Meter, transport: MemoryTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users' tests patch BaseClient._make_api_call: the patch applies, without customer=, and bills."""
+    from botocore.client import BaseClient
+
+    metered = meter(client(bedrock), customer="cus_1", meter=meter_)  # metered before the patch
+    original = BaseClient._make_api_call
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    def recording(self: object, operation_name: str, api_params: dict[str, object]) -> object:
+        seen.append((operation_name, dict(api_params)))
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recording)
+    metered.converse(modelId=CLAUDE, messages=MESSAGES, customer="cus_2")
+    assert seen == [("Converse", {"modelId": CLAUDE, "messages": MESSAGES})]
+    assert _customers(meter_, transport) == ["cus_2"]
+
+
 def test_rewrapping_a_metered_client_bills_once_with_the_new_settings(
     bedrock: FakeBedrockServer, meter_: Meter, transport: MemoryTransport
 ) -> None:

@@ -6,6 +6,7 @@ words of the request text, output = ``chunks`` pieces, cache tokens reported apa
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -31,7 +32,10 @@ from bedrock_support import (
     client,
 )
 from llm_meter import Meter, meter
+from llm_meter._call import MAX_TOKENS, Call, token_count
+from llm_meter._customer import make_customer
 from llm_meter._fakes.bedrock_server import FakeBedrockServer
+from llm_meter._providers._bedrock import _PROVIDER, _bill
 from llm_meter.transports import MemoryTransport
 from support import delivered, only_event, usage
 
@@ -143,6 +147,30 @@ def test_invoke_model_body_cache_tokens_count_as_request_tokens(
     assert (md["cached_tokens"], md["cache_write_tokens"]) == (300, 40)
 
 
+#: Tool arguments that imitate an Anthropic body's usage, with absurd counts.
+FORGED_USAGE = {"usage": {"input_tokens": 999_999, "output_tokens": 999_999}}
+
+
+@pytest.mark.parametrize("pretty", [False, True], ids=["compact", "indented"])
+@pytest.mark.parametrize("body_usage", [True, False], ids=["body-usage", "headers-only"])
+def test_invoke_model_tool_arguments_named_usage_never_change_the_bill(
+    bedrock: FakeBedrockServer,
+    metered: Any,
+    details: tuple[Meter, MemoryTransport],
+    pretty: bool,
+    body_usage: bool,
+) -> None:
+    """A "usage" key in a tool call's arguments is not the body's usage, last in the body or not."""
+    bedrock.tool_input = FORGED_USAGE
+    bedrock.pretty = pretty
+    bedrock.body_usage = body_usage  # without it, the forged key is the last "usage" in the body
+    response = metered.invoke_model(modelId=CLAUDE, body=BODY)
+    assert json.loads(response["body"].read())["content"][-1]["input"] == FORGED_USAGE
+    event = only_event(*details)
+    assert usage(event) == (BODY_PROMPT, OUTPUT, BODY_PROMPT + OUTPUT)
+    assert event["metadata"]["estimated"] is False
+
+
 def test_invoke_model_caller_still_reads_the_whole_body(bedrock: FakeBedrockServer, metered: Any) -> None:
     """The body metering read is handed back whole: read(), in parts, as JSON."""
     response = metered.invoke_model(modelId=LLAMA, body=BODY)
@@ -168,3 +196,16 @@ def test_error_answer_is_not_billed(metered: Any, details: tuple[Meter, MemoryTr
     with pytest.raises(botocore.exceptions.ClientError, match="ValidationException"):
         metered.converse(modelId="unknown.model-v1", messages=MESSAGES)
     assert delivered(*details) == []
+
+
+def test_counts_are_billed_exactly_when_each_is_a_valid_token_count(meter_: Meter) -> None:
+    """The once-per-call check (a bitwise or against MAX_TOKENS) accepts what token_count accepts."""
+    values: list[object] = [0, 7, MAX_TOKENS - 1, MAX_TOKENS, -1, 2**64, True, 1.0, "5"]
+    optional = [None, *values]
+    for input_, output, read, write in itertools.product(values, values, optional, optional):
+        call = Call(_PROVIDER, meter_, make_customer("cus_1", None), "converse")
+        request = [input_] + [c for c in (read, write) if c is not None]
+        valid = all(token_count(c) is not None for c in [output, *request])
+        expected = valid and sum(request) < MAX_TOKENS  # type: ignore[arg-type]
+        billed = _bill(call, input_, output, read, write, False, None, None)
+        assert billed is expected, (input_, output, read, write)

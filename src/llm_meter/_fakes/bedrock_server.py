@@ -157,8 +157,10 @@ class FakeBedrockServer(LoopbackService):
     ``body_usage`` (``False``: bodies and stream chunks leave out the family's own usage, as
     families without it do), ``token_headers`` (``False``: no token-count headers),
     ``metrics`` (``False``: no ``amazon-bedrock-invocationMetrics``), ``error_after`` (a stream
-    sends a ``modelStreamErrorException`` after that many pieces). ``requests`` lists what
-    was received.
+    sends a ``modelStreamErrorException`` after that many pieces), ``tool_input`` (a JSON
+    object: ``invoke_model`` answers of the Anthropic family add a ``tool_use`` block with it
+    as the arguments), ``pretty`` (``invoke_model`` bodies indented, as a gateway may
+    re-serialise them). ``requests`` lists what was received.
 
     ```python
     with FakeBedrockServer() as server:
@@ -178,6 +180,8 @@ class FakeBedrockServer(LoopbackService):
         self.token_headers = True
         self.metrics = True
         self.error_after: int | None = None
+        self.tool_input: dict[str, Any] | None = None
+        self.pretty = False
         self.requests: list[RecordedRequest] = []
 
     @property
@@ -262,6 +266,9 @@ class FakeBedrockServer(LoopbackService):
         kind = family(model_id)
         answer = self._answer(body, embedding=kind.endswith("embed"), caching=kind in ("anthropic", "nova"))
         reply = _BODIES[kind](answer, self.body_usage)
+        if self.tool_input is not None and kind == "anthropic":
+            tool = {"type": "tool_use", "id": f"toolu_bdrk_{_rid()[:24]}", "name": "record"}
+            reply["content"].append({**tool, "input": self.tool_input})
         headers = {"Content-Type": "application/json"}
         if self.token_headers:
             headers["X-Amzn-Bedrock-Input-Token-Count"] = str(answer.input)
@@ -271,7 +278,7 @@ class FakeBedrockServer(LoopbackService):
             if answer.cache_write:
                 headers["X-Amzn-Bedrock-Cache-Write-Input-Token-Count"] = str(answer.cache_write)
         headers["X-Amzn-Bedrock-Invocation-Latency"] = "1"
-        return 200, headers, _dumps(reply)
+        return 200, headers, json.dumps(reply, indent=2).encode("utf-8") if self.pretty else _dumps(reply)
 
     def _invoke_stream(self, model_id: str, body: dict[str, Any]) -> _Reply:
         kind = family(model_id)

@@ -4,17 +4,21 @@ Billed: ``converse``, ``converse_stream``, ``invoke_model`` and
 ``invoke_model_with_response_stream``. Not billed: ``count_tokens``, ``apply_guardrail``, the
 async-invoke operations (their usage is never reported to the caller) and every other call.
 
-Mechanism: botocore's own event system. ``meter(client)`` returns a copy of the client (an
-instance of a subclass of its class, sharing its connection pool) with its own event emitter,
-on which two handlers are registered:
+Mechanism: ``meter(client)`` returns a copy of the client (an instance of a subclass of its
+class, sharing its connection pool, with its own event emitter). The subclass overrides
+botocore's ``_make_api_call``, the one entry of every operation (methods, paginators, waiters),
+which runs before anything is validated, signed or sent:
 
-* ``provide-client-params`` (emitted before botocore validates the parameters) removes a
-  per-call ``customer=`` / ``customer_id=``, resolves the customer (per call > ``customer(...)``
-  block > the client's own), raises ``MissingCustomerError`` before anything is sent, and
-  puts a :class:`~llm_meter._call.Call` in the request context;
-* ``after-call`` reads the usage off the parsed response. Streams (botocore ``EventStream``)
-  become a metered subclass that reads each event as the caller iterates and finishes the
-  call whichever way the stream ends (last event, ``close()``, an error, the stream dropped).
+* it removes a per-call ``customer=`` / ``customer_id=``, resolves the customer (per call >
+  ``customer(...)`` block > the client's own) and raises ``MissingCustomerError`` for a billed
+  operation without one, then makes a :class:`~llm_meter._call.Call`;
+* it reads the usage off the parsed response the SDK returns (botocore raises on any error
+  answer). Streams (botocore ``EventStream``) become a metered subclass that reads each event
+  as the caller iterates and finishes the call whichever way the stream ends (last event,
+  ``close()``, an error, the stream dropped).
+
+Two botocore event handlers (``provide-client-params``, ``after-call``) did this before; their
+dispatch cost about a third of the metering of a ``converse()`` call.
 
 Arithmetic (SPEC §9): Bedrock's ``inputTokens`` (Converse), ``inputTokenCount`` (stream
 metrics, headers) and Anthropic's and Nova's body counts leave out cache reads and writes, so
@@ -33,6 +37,7 @@ import json
 import logging
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 from .._call import MAX_TOKENS, Call, ClientConfig, token_count
@@ -55,10 +60,6 @@ _BILLED: Final = {
     "InvokeModel": "invoke",
     "InvokeModelWithResponseStream": "invoke_stream",
 }
-#: Key of the request context (a dict botocore passes to every handler of one call).
-_CONTEXT_KEY: Final = "llm_meter_call"
-_UNIQUE_PARAMS: Final = "llm_meter.bedrock.params"
-_UNIQUE_AFTER: Final = "llm_meter.bedrock.after-call"
 _METRICS: Final = "amazon-bedrock-invocationMetrics"
 #: Response headers of ``InvokeModel`` with the token counts.
 _HEADERS: Final = (
@@ -100,76 +101,106 @@ class _Usage:
         if cache_write is not None:
             self.cache_write = cache_write
 
-    def counts(self) -> tuple[int, int, int | None, int | None] | None:
-        """``(request_tokens, response_tokens, cache reads, cache writes)``, or ``None`` if invalid."""
-        input_ = token_count(self.input)
-        output = token_count(self.output)
-        if input_ is None or output is None:
-            return None
-        read = write = None
-        if self.cache_read is not None:
-            read = token_count(self.cache_read)
-            if read is None:
-                return None
-        if self.cache_write is not None:
-            write = token_count(self.cache_write)
-            if write is None:
-                return None
-        request = input_ if self.inclusive else input_ + (read or 0) + (write or 0)
-        if request >= MAX_TOKENS:
-            return None
-        return request, output, read, write
+
+def _bill(
+    call: Call,
+    input_: Any,
+    output: Any,
+    cache_read: Any,
+    cache_write: Any,
+    inclusive: bool,
+    ttl: Any,
+    response: Any,
+) -> bool:
+    """Emit these counts if they are valid (SPEC §9 arithmetic); ``False`` (nothing emitted) if not.
+
+    ``inclusive``: *input_* already counts the cache reads; otherwise reads and writes are added.
+    Valid means :func:`~llm_meter._call.token_count`'s test, written out for the once-per-call
+    path: each count an ``int`` in ``[0, MAX_TOKENS)``. ``MAX_TOKENS`` is a power of two, so
+    the bitwise or of non-negative counts is below it exactly when each is, and negative
+    when one is.
+    """
+    read = 0 if cache_read is None else cache_read
+    write = 0 if cache_write is None else cache_write
+    if not (
+        type(input_) is int
+        and type(output) is int
+        and type(read) is int
+        and type(write) is int
+        and 0 <= input_ | output | read | write < MAX_TOKENS
+    ):
+        return False
+    request = input_ if inclusive else input_ + read + write
+    if request >= MAX_TOKENS:
+        return False
+    extra = _ttl_split(ttl) if ttl is not None and call.meter.options.details else None
+    call.emit(response, request, output, cache_read, cache_write, None, extra)
+    return True
 
 
-def _merge_family(usage: _Usage, obj: Any) -> None:
-    """Merge the usage a model family puts in a body (or a stream chunk) into *usage*."""
-    if not isinstance(obj, dict):
-        return
+#: What :func:`_family_counts` returns: input, output, cache reads, cache writes, inclusive.
+_Counts = tuple[Any, Any, Any, Any, bool]
+
+
+def _family_counts(obj: Any) -> _Counts | None:
+    """The counts a model family puts in a body or a stream chunk, as found (unchecked); or ``None``."""
+    if type(obj) is not dict:
+        return None
     found = obj.get("usage")
     provisional = False
-    if not isinstance(found, dict):
+    if type(found) is not dict:
         message = obj.get("message")  # Anthropic message_start: its output count is provisional
-        found = message.get("usage") if isinstance(message, dict) else None
+        found = message.get("usage") if type(message) is dict else None
         provisional = True
-    if not isinstance(found, dict):
-        metadata = obj.get("metadata")  # Nova stream
-        found = metadata.get("usage") if isinstance(metadata, dict) else None
-    if isinstance(found, dict):
+        if type(found) is not dict:
+            metadata = obj.get("metadata")  # Nova stream
+            found = metadata.get("usage") if type(metadata) is dict else None
+    if type(found) is dict:
         if "input_tokens" in found or "output_tokens" in found:  # Anthropic
-            usage.set(
+            return (
                 found.get("input_tokens"),
                 None if provisional else found.get("output_tokens"),
                 found.get("cache_read_input_tokens"),
                 found.get("cache_creation_input_tokens"),
+                False,
             )
-        elif "inputTokens" in found or "outputTokens" in found:  # Nova, Converse-shaped
-            usage.set(
+        if "inputTokens" in found or "outputTokens" in found:  # Nova, Converse-shaped
+            return (
                 found.get("inputTokens"),
                 found.get("outputTokens"),
                 found.get("cacheReadInputTokenCount", found.get("cacheReadInputTokens")),
                 found.get("cacheWriteInputTokenCount", found.get("cacheWriteInputTokens")),
+                False,
             )
-        elif "prompt_tokens" in found or "completion_tokens" in found:  # AI21 Jamba, gpt-oss, ...
+        if "prompt_tokens" in found or "completion_tokens" in found:  # AI21 Jamba, gpt-oss, ...
             details = found.get("prompt_tokens_details")
-            cached = details.get("cached_tokens") if isinstance(details, dict) else None
-            usage.inclusive = True
-            usage.set(found.get("prompt_tokens"), found.get("completion_tokens"), cached)
-        return
+            cached = details.get("cached_tokens") if type(details) is dict else None
+            return found.get("prompt_tokens"), found.get("completion_tokens"), cached, None, True
+        return None
     if "prompt_token_count" in obj or "generation_token_count" in obj:  # Meta Llama
-        usage.set(obj.get("prompt_token_count"), obj.get("generation_token_count"))
-    elif "inputTextTokenCount" in obj:  # Amazon Titan text (and embeddings: no output)
+        return obj.get("prompt_token_count"), obj.get("generation_token_count"), None, None, False
+    if "inputTextTokenCount" in obj:  # Amazon Titan text (and embeddings: no output)
         output = obj.get("totalOutputTextTokenCount")
         results = obj.get("results")
-        if output is None and isinstance(results, list) and results and isinstance(results[0], dict):
+        if output is None and type(results) is list and results and type(results[0]) is dict:
             output = results[0].get("tokenCount")
         if output is None and "embedding" in obj:
             output = 0
-        usage.set(obj.get("inputTextTokenCount"), output)
-    else:
-        meta = obj.get("meta")  # Cohere's billed units, when present
-        billed = meta.get("billed_units") if isinstance(meta, dict) else None
-        if isinstance(billed, dict) and ("input_tokens" in billed or "output_tokens" in billed):
-            usage.set(billed.get("input_tokens"), billed.get("output_tokens", 0))
+        return obj.get("inputTextTokenCount"), output, None, None, False
+    meta = obj.get("meta")  # Cohere's billed units, when present
+    billed = meta.get("billed_units") if type(meta) is dict else None
+    if type(billed) is dict and ("input_tokens" in billed or "output_tokens" in billed):
+        return billed.get("input_tokens"), billed.get("output_tokens", 0), None, None, False
+    return None
+
+
+def _merge_family(usage: _Usage, obj: Any) -> None:
+    """Merge the usage a model family puts in a body (or a stream chunk) into *usage*."""
+    found = _family_counts(obj)
+    if found is not None:
+        if found[4]:
+            usage.inclusive = True
+        usage.set(found[0], found[1], found[2], found[3])
 
 
 def _from_metrics(metrics: Any) -> _Usage:
@@ -202,13 +233,8 @@ def _from_headers(headers: Any) -> _Usage:
 
 def _emit(call: Call, usage: _Usage, response: Any) -> bool:
     """Emit *usage* if valid; ``False`` (nothing emitted) otherwise."""
-    counts = usage.counts()
-    if counts is None:
-        return False
-    request, output, read, write = counts
-    extra = _ttl_split(usage.ttl) if usage.ttl is not None and call.meter.options.details else None
-    call.emit(response, request, output, read, write, None, extra)
-    return True
+    input_, output, read, write = usage.input, usage.output, usage.cache_read, usage.cache_write
+    return _bill(call, input_, output, read, write, usage.inclusive, usage.ttl, response)
 
 
 def _ttl_split(details: Any) -> dict[str, int | float | str | bool] | None:
@@ -223,17 +249,20 @@ def _ttl_split(details: Any) -> dict[str, int | float | str | bool] | None:
     return extra or None
 
 
-def _converse_usage(found: Any) -> _Usage:
-    usage = _Usage()
-    if isinstance(found, dict):
-        usage.set(
-            found.get("inputTokens"),
-            found.get("outputTokens"),
-            found.get("cacheReadInputTokens"),
-            found.get("cacheWriteInputTokens"),
-        )
-        usage.ttl = found.get("cacheDetails")
-    return usage
+def _bill_converse(call: Call, found: Any, response: Any) -> bool:
+    """Bill Converse's ``usage`` (a response's, or a stream's ``metadata`` event's) if valid."""
+    if type(found) is not dict:
+        return False
+    return _bill(
+        call,
+        found.get("inputTokens"),
+        found.get("outputTokens"),
+        found.get("cacheReadInputTokens"),
+        found.get("cacheWriteInputTokens"),
+        False,
+        found.get("cacheDetails"),
+        response,
+    )
 
 
 def _warn_invalid(where: str) -> None:
@@ -252,73 +281,65 @@ _warned: set[str] = set()
 # -- the request side: customer, Call --------------------------------------------------------
 
 
-class _Handlers:
-    """The event handlers of one metered client (bound methods registered on its emitter).
+def _make_api_call(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
+    """botocore's one entry for every operation, metered: the customer, the call, the usage.
 
-    They hold the client's settings, not the client: the emitter is the client's own, so a
-    reference back to it would make a cycle.
+    A per-call ``customer=`` / ``customer_id=`` is taken out first (on every operation), so
+    that nothing in botocore (parameter validation, handlers, the ``Stubber``) sees it; a
+    billed operation without a customer raises ``MissingCustomerError`` here, before
+    anything is built or sent. The SDK's method is looked up on each call, so a test that
+    patches ``BaseClient._make_api_call`` still reaches metered clients.
     """
-
-    __slots__ = ("__weakref__", "config")
-
-    def __init__(self, config: ClientConfig) -> None:
-        self.config = config
-
-    def params(self, params: Any, model: Any, context: Any, **kwargs: Any) -> None:
-        """``provide-client-params``: take out our arguments, resolve the customer, make the Call."""
-        who: Customer | None = None
-        if "customer" in params or "customer_id" in params:
-            who = make_customer(params.pop("customer", None), params.pop("customer_id", None))
-        kind = _BILLED.get(model.name)
-        if kind is None:
-            return
-        config = self.config
-        if who is None:
-            who = _block.get() or config.customer
-        meter = config.meter
-        if who is None:
-            what = f"bedrock-runtime {model.name}"
-            if meter.raise_on_missing_customer:
-                raise MissingCustomerError(
-                    f"no customer to bill for {what}: pass customer= to meter(), to the call, "
-                    "or use `with llm_meter.customer(...)`"
-                )
-            meter.warn_missing_customer(what)
-            return
-        call = Call(_PROVIDER, meter, who, kind)
-        model_id = params.get("modelId")
-        call.model = model_id if isinstance(model_id, str) else None
-        call.original_body = params  # what an estimate reads (the request as sent)
-        if kind in ("converse_stream", "invoke_stream"):
-            call.stream = True
-            if meter.estimate_incomplete:
-                call.text = []
-                call.body = _snapshot(params)
-        context[_CONTEXT_KEY] = call
-
-    def after_call(self, http_response: Any, parsed: Any, context: Any, **kwargs: Any) -> None:
-        """``after-call``: read the usage, or tie a stream's Call to its ``EventStream``."""
-        call = context.pop(_CONTEXT_KEY, None) if isinstance(context, dict) else None
-        if call is None:
-            return
-        try:
-            if getattr(http_response, "status_code", 200) >= 300 or not isinstance(parsed, dict):
-                return  # an error answer is not billed
+    who: Customer | None = None
+    if "customer" in api_params or "customer_id" in api_params:
+        who = make_customer(api_params.pop("customer", None), api_params.pop("customer_id", None))
+    kind = _BILLED.get(operation_name)
+    if kind is None:
+        return self._llm_meter_base._make_api_call(self, operation_name, api_params)
+    config: ClientConfig = self._llm_meter
+    if who is None:
+        who = _block.get() or config.customer
+    meter = config._meter or config.meter
+    if who is None:
+        what = f"bedrock-runtime {operation_name}"
+        if meter.raise_on_missing_customer:
+            raise MissingCustomerError(
+                f"no customer to bill for {what}: pass customer= to meter(), to the call, "
+                "or use `with llm_meter.customer(...)`"
+            )
+        meter.warn_missing_customer(what)
+        return self._llm_meter_base._make_api_call(self, operation_name, api_params)
+    call = Call(_PROVIDER, meter, who, kind)
+    model_id = api_params.get("modelId")
+    call.model = model_id if type(model_id) is str else None
+    call.original_body = api_params  # what an estimate reads (the request as sent)
+    if kind in _STREAMS:
+        call.stream = True
+        if meter.estimate_incomplete:
+            call.text = []
+            call.body = _snapshot(api_params)
+    parsed = self._llm_meter_base._make_api_call(self, operation_name, api_params)
+    # Only a successful call returns (botocore raises on any other answer): it is billed.
+    try:
+        if type(parsed) is dict:
             metadata = parsed.get("ResponseMetadata")
-            if isinstance(metadata, dict):
+            if type(metadata) is dict:
                 ident = metadata.get("RequestId")
-                if isinstance(ident, str) and ident:
+                if type(ident) is str and ident:
                     call.response_id = ident
-            kind = call.kind
             if kind == "converse":
-                _observe_converse(call, parsed, http_response)
+                _observe_converse(call, parsed)
             elif kind == "invoke":
-                _observe_invoke(call, parsed, http_response)
+                _observe_invoke(call, parsed, metadata)
             else:
                 _attach_stream(call, parsed, "stream" if kind == "converse_stream" else "body")
-        except Exception:  # metering must never break the caller's call
-            call.meter.errors += 1
-            log.exception("llm_meter: could not read Bedrock usage")
+    except Exception:  # metering must never break the caller's call
+        meter.errors += 1
+        log.exception("llm_meter: could not read Bedrock usage")
+    return parsed
+
+
+_STREAMS: Final = ("converse_stream", "invoke_stream")
 
 
 def _snapshot(params: dict[str, Any]) -> dict[str, Any]:
@@ -333,15 +354,15 @@ def _snapshot(params: dict[str, Any]) -> dict[str, Any]:
 # -- the response side ----------------------------------------------------------------------
 
 
-def _observe_converse(call: Call, parsed: dict[str, Any], response: Any) -> None:
-    if _emit(call, _converse_usage(parsed.get("usage")), response):
+def _observe_converse(call: Call, parsed: dict[str, Any]) -> None:
+    if _bill_converse(call, parsed.get("usage"), None):
         return
     output = parsed.get("output")
     message = output.get("message") if isinstance(output, dict) else None
     call.text = _converse_texts(message.get("content") if isinstance(message, dict) else None)
     call.body = _snapshot(call.original_body)
     _warn_invalid("Converse response")
-    call.estimate(response)
+    call.estimate(None)
 
 
 def _converse_texts(content: Any) -> list[str]:
@@ -352,10 +373,6 @@ def _converse_texts(content: Any) -> list[str]:
             if isinstance(text, str):
                 texts.append(text)
     return texts
-
-
-def _is_json(content_type: Any) -> bool:
-    return not isinstance(content_type, str) or "json" in content_type or not content_type
 
 
 _body_class: Any = None
@@ -371,45 +388,86 @@ def _streaming_body() -> Any:
     return _body_class
 
 
+#: The C scanner behind ``json.loads``, called directly: one call instead of three Python frames.
+_scan: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def _loads(data: bytes) -> Any:
-    """JSON from UTF-8 bytes (Bedrock's encoding); ``json.loads`` would first guess the encoding."""
+    """JSON from UTF-8 bytes (Bedrock's encoding), as ``json.loads`` reads it.
+
+    A value that fills the text exactly is scanned directly; anything else (surrounding
+    whitespace, trailing data, another encoding) goes through ``json.loads`` for its result
+    or its error.
+    """
     try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
+        text = data.decode("utf-8")
+        found, end = _scan(text, 0)
+    except (UnicodeDecodeError, StopIteration):
         return json.loads(data)
+    if end != len(text):
+        return json.loads(text)
+    return found
 
 
-def _observe_invoke(call: Call, parsed: dict[str, Any], response: Any) -> None:
+def _body_counts(data: bytes) -> _Counts | None:
+    """The counts in an ``invoke_model`` body, decoding only its ``usage`` where that is safe.
+
+    Most families (Anthropic, Nova) end the body with ``"usage":{...}}``. When the last
+    ``"usage":`` key's value is an object followed by nothing but the closing brace, that brace
+    closes the top-level object, so the value is the body's own usage (a key of that name in a
+    tool call's arguments is followed by more closing brackets, and ``"usage":`` cannot occur
+    inside a JSON string: its quotes would be escaped). Any other body is decoded whole.
+    """
+    at = data.rfind(b'"usage":')
+    if at > 0:
+        tail = data[at + 8 :].decode("utf-8")
+        try:
+            usage, end = _scan(tail, 0)
+        except (StopIteration, ValueError):
+            usage = None
+        if type(usage) is dict and tail[end:] == "}":
+            return _family_counts({"usage": usage})
+    return _family_counts(_loads(data))
+
+
+def _observe_invoke(call: Call, parsed: dict[str, Any], metadata: Any) -> None:
     """``invoke_model``: the body's usage where the family reports it, else the headers."""
-    usage = _Usage()
+    found: _Counts | None = None
     body: Any = parsed.get("body")
     data: bytes | None = None
-    streaming_body = _streaming_body()
-    if _is_json(parsed.get("contentType")) and isinstance(body, streaming_body):
+    streaming_body = _body_class or _streaming_body()
+    content_type = parsed.get("contentType")
+    if isinstance(body, streaming_body) and (
+        type(content_type) is not str or "json" in content_type or not content_type
+    ):
         # Read the (complete, already received) body once and hand the caller an equal one.
         data = cast(bytes, body.read())
         parsed["body"] = streaming_body(io.BytesIO(data), len(data))
         try:
-            _merge_family(usage, _loads(data))
+            found = _body_counts(data)
         except ValueError:
             pass
-    if _emit(call, usage, response):
-        return
-    headers = _from_headers(getattr(response, "headers", None) or {})
-    if _emit(call, headers, response):
+        if found is not None and _bill(call, found[0], found[1], found[2], found[3], found[4], None, None):
+            return
+    headers = _from_headers(metadata.get("HTTPHeaders") if type(metadata) is dict else None)
+    if _emit(call, headers, None):
         return
     # Neither: an estimate, keeping the counts that were there.
+    usage = _Usage()
+    if found is not None:
+        usage.inclusive = found[4]
+        usage.set(found[0], found[1], found[2], found[3])
     call.state = usage if usage.input is not None else headers
     call.text = [data.decode("utf-8", "replace")] if data is not None else []
     call.body = _snapshot(call.original_body)
     _warn_invalid("InvokeModel response")
-    call.estimate(response)
+    call.estimate(None)
 
 
 def _converse_event(call: Call, event: dict[str, Any]) -> None:
     """A ``converse_stream`` event other than a text delta: the ``metadata`` event bills."""
     metadata = event.get("metadata")
-    if metadata is not None and not _emit(call, _converse_usage(metadata.get("usage")), None):
+    if metadata is not None and not _bill_converse(call, metadata.get("usage"), None):
         _warn_invalid("ConverseStream metadata event")
         call.estimate(None)
 
@@ -689,6 +747,7 @@ def _metered_class(cls: type) -> type:
             "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__,
             "_llm_meter_base": cls,
+            "_make_api_call": _make_api_call,
             "with_customer": _with_customer,
         }
         found = _classes.setdefault(cls, type(cls.__name__, (cls,), namespace))
@@ -776,17 +835,6 @@ class BedrockAdapter:
             config = ClientConfig(meter, customer)
         new = _clone(client, _metered_class(type(client)))
         new._llm_meter = config
-        events = new.meta.events
-        service_id = new.meta.service_model.service_id.hyphenize()
-        params_event = f"provide-client-params.{service_id}"
-        after_event = f"after-call.{service_id}"
-        if old is not None:  # re-metered: the copied emitter holds the old settings' handlers
-            events.unregister(params_event, unique_id=_UNIQUE_PARAMS)
-            events.unregister(after_event, unique_id=_UNIQUE_AFTER)
-        handlers = _Handlers(config)
-        # First, so that other handlers (botocore's Stubber, the user's) never see customer=.
-        events.register_first(params_event, handlers.params, unique_id=_UNIQUE_PARAMS)
-        events.register_first(after_event, handlers.after_call, unique_id=_UNIQUE_AFTER)
         return new
 
 
