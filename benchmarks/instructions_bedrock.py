@@ -2,35 +2,64 @@
 
 Usage::
 
-    python benchmarks/instructions_bedrock.py   # about 25 minutes on a shared machine
-    python benchmarks/instructions_bedrock.py --only invoke_model
+    python benchmarks/instructions_bedrock.py                  # every row, one layout (about 8 minutes)
+    python benchmarks/instructions_bedrock.py --only invoke_model --layouts 4
 
-Two rows, each run plain and metered, with two counts N1 < N2 under callgrind, reporting
-``(I(N2) - I(N1)) / (N2 - N1)`` (start-up, imports and the meter's close cancel out; every thread
-counted, the metered side's background worker included):
+Each row is run plain and metered, with two counts N1 < N2 under callgrind, counted from the first
+measured call to the meter's close (warm-up calls, start-up and imports left out), reporting
+``(I(N2) - I(N1)) / (N2 - N1)``: every thread of the calling process is counted, the metered side's
+background worker included (its sends go to a transport that discards them).
 
-* ``converse`` through botocore's ``Stubber`` (no I/O: the whole of botocore's per-call work, the
-  two event handlers, the ``Call``, the hand-off and the worker's encoding);
-* ``invoke_model`` likewise, with an Anthropic body the caller reads (metering reads it first,
-  hands back an equal ``StreamingBody`` and parses its JSON);
-* events of an ``invoke_model_with_response_stream`` body parsed by botocore's ``EventStream`` from
-  bytes in memory (per event: the metered ``_parse_event``).
+Over HTTP, against ``FakeBedrockServer`` in a process of its own (not counted): what a caller pays.
+
+* ``converse``: the whole call, signing, HTTP, botocore's parsing, and the metering (the client's
+  ``_make_api_call``, the ``Call``, the hand-off, the worker's encoding);
+* ``invoke_model``: likewise, with an Anthropic body the caller reads (metering reads it first,
+  hands back an equal ``StreamingBody`` and decodes its usage);
+* ``converse_stream`` and ``invoke stream``: a 500-event ``converse_stream`` and a 500-chunk
+  ``invoke_model_with_response_stream``, read to the end (per stream).
+
+Without I/O, answered by botocore's ``Stubber`` (the rows of earlier rounds, kept for comparison):
+``converse stubbed`` and ``invoke_model stubbed``.
+
+``--layouts K`` measures each side at K heap layouts (see ``instructions.py``) and reports the mean.
 """
 
 from __future__ import annotations
 
-import base64
+import argparse
+import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from instructions import _shift_layout, build_toggle
 
 MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
 MESSAGES = [{"role": "user", "content": [{"text": "Say hello to the benchmark in a few words."}]}]
-ROWS = {"converse": (50, 250), "invoke_model": (50, 250), "stream event": (200, 1000)}
+REQUEST = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": MESSAGES})
+STREAM_CHUNKS = 500
+#: row -> (N1, N2): calls (or streams) counted in the two runs.
+#: Long enough that the garbage collector's passes (set off by allocation counts) fall into the
+#: difference in proportion: with 10 and 50 calls, one pass more or less moved a row by 20 k per call.
+ROWS = {
+    "converse": (20, 220),
+    "invoke_model": (20, 220),
+    "converse_stream": (2, 6),
+    "invoke stream": (2, 6),
+    "converse stubbed": (50, 250),
+    "invoke_model stubbed": (50, 250),
+}
+WARM_UP = 5
 
 
 class _Discard:
@@ -44,150 +73,179 @@ class _Discard:
         return None
 
 
-def child(row: str, metered: bool, n: int) -> None:
-    """The measured process: *n* converse calls or stream events, plain or metered."""
-    import io
-
-    import boto3
-    from botocore.eventstream import EventStream
-    from botocore.parsers import create_parser
+def _stubbed_call(client: Any, row: str, n: int) -> Any:
+    """Queue *n* Stubber answers for *row*; return the call that consumes one."""
     from botocore.response import StreamingBody
     from botocore.stub import Stubber
 
-    import llm_meter
-    from llm_meter import Meter
-    from llm_meter._call import Call
-    from llm_meter._customer import make_customer
-    from llm_meter._fakes import _eventstream
-    from llm_meter._providers import _bedrock
-
-    # A long flush interval: under callgrind the process runs about fifty times slower, and the default
-    # 1 s interval would cut the worker's batches small, at moments that vary between runs.
-    m = Meter(transport=_Discard(), flush_interval=600.0)
-    client = boto3.client(
-        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
-    )
-    if metered:
-        client = llm_meter.meter(client, customer="cus_1", meter=m)
-    if row == "converse":
+    stubber = Stubber(client)
+    stubber.activate()
+    metadata = {"RequestId": "req-1", "HTTPStatusCode": 200, "HTTPHeaders": {}, "RetryAttempts": 0}
+    if row == "converse stubbed":
         answer = {
             "output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
             "stopReason": "end_turn",
             "usage": {"inputTokens": 15, "outputTokens": 4, "totalTokens": 19},
             "metrics": {"latencyMs": 1},
-            "ResponseMetadata": {
-                "RequestId": "req-1",
-                "HTTPStatusCode": 200,
-                "HTTPHeaders": {},
-                "RetryAttempts": 0,
-            },
+            "ResponseMetadata": metadata,
         }
-        stubber = Stubber(client)
-        stubber.activate()
-        for _ in range(n + 5):
+        for _ in range(n):
             stubber.add_response("converse", answer)
-        for _ in range(n + 5):
-            client.converse(modelId=MODEL, messages=MESSAGES)
-    elif row == "invoke_model":
-        body = json.dumps(
-            {
-                "id": "msg_bdrk_1",
-                "type": "message",
-                "role": "assistant",
-                "model": "claude-haiku-4-5-20251001",
-                "content": [{"type": "text", "text": "Hello, benchmark."}],
-                "stop_reason": "end_turn",
-                "usage": {"input_tokens": 15, "output_tokens": 4},
-            }
-        ).encode()
-        stubber = Stubber(client)
-        stubber.activate()
-        for _ in range(n + 5):
-            reply = {"body": StreamingBody(io.BytesIO(body), len(body)), "contentType": "application/json"}
-            stubber.add_response("invoke_model", reply)
-        request = json.dumps(
-            {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": MESSAGES}
-        )
-        for _ in range(n + 5):
-            client.invoke_model(modelId=MODEL, body=request)["body"].read()
-    else:
-
-        def frame(obj: object) -> bytes:
-            return _eventstream.event(
-                "chunk", b'{"bytes":"' + base64.b64encode(json.dumps(obj).encode()) + b'"}'
-            )
-
-        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "tok "}}
-        data = b"".join(frame(delta) for _ in range(n))
-        data += frame({"type": "message_stop", "amazon-bedrock-invocationMetrics": {"inputTokenCount": 5}})
-
-        class Raw:
-            def stream(self) -> object:
-                yield data
-
-            def close(self) -> None:
-                return None
-
-        op = client.meta.service_model.operation_model("InvokeModelWithResponseStream")
-        stream = EventStream(Raw(), op.output_shape.members["body"], create_parser("rest-json"), op.name)
-        if metered:
-            who = make_customer("cus_1", None)
-            assert who is not None
-            call = Call(_bedrock._PROVIDER, m, who, "invoke_stream")
-            call.stream, call.text = True, []
-            holder = {"body": stream}
-            _bedrock._attach_stream(call, holder, "body")
-            stream = holder["body"]
-        for _ in stream:
-            pass
-    m.flush(5)
-    m.close()
+        return lambda: client.converse(modelId=MODEL, messages=MESSAGES)
+    body = json.dumps(
+        {
+            "id": "msg_bdrk_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-haiku-4-5-20251001",
+            "content": [{"type": "text", "text": "Hello, benchmark."}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 15, "output_tokens": 4},
+        }
+    ).encode()
+    for _ in range(n):
+        reply = {"body": StreamingBody(io.BytesIO(body), len(body)), "contentType": "application/json"}
+        stubber.add_response("invoke_model", reply)
+    return lambda: client.invoke_model(modelId=MODEL, body=REQUEST)["body"].read()
 
 
-def count(row: str, metered: bool, n: int, directory: str) -> int:
-    out = os.path.join(directory, f"callgrind.{row.replace(' ', '_')}.{int(metered)}.{n}")
-    result = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            __file__,
-            "--child",
-            row,
-            str(int(metered)),
-            str(n),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+def _http_call(client: Any, row: str) -> Any:
+    if row == "converse":
+        return lambda: client.converse(modelId=MODEL, messages=MESSAGES)
+    if row == "invoke_model":
+        return lambda: client.invoke_model(modelId=MODEL, body=REQUEST)["body"].read()
+    if row == "converse_stream":
+        return lambda: [None for _ in client.converse_stream(modelId=MODEL, messages=MESSAGES)["stream"]]
+    body = REQUEST
+    return lambda: [None for _ in client.invoke_model_with_response_stream(modelId=MODEL, body=body)["body"]]
+
+
+def child(row: str, metered: bool, n: int, url: str) -> None:
+    """The measured process: *n* calls (or streams) of *row*, plain or metered."""
+    import ctypes
+
+    import boto3
+    import botocore.config
+
+    import llm_meter
+    from llm_meter import Meter
+
+    # A long flush interval: under callgrind the process runs about fifty times slower, and the default
+    # 1 s interval would cut the worker's batches small, at moments that vary between runs.
+    m = Meter(transport=_Discard(), flush_interval=600.0)
+    client = boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=None if url == "-" else url,
+        aws_access_key_id="AKIDBENCH",
+        aws_secret_access_key="bench",
+        config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}),
     )
-    return int(re.search(r"Collected : (\d+)", result.stderr).group(1))  # type: ignore[union-attr]
+    if metered:
+        client = llm_meter.meter(client, customer="cus_1", meter=m)
+    call = _stubbed_call(client, row, n + WARM_UP) if row.endswith("stubbed") else _http_call(client, row)
+    for _ in range(WARM_UP):
+        call()
+    m.flush(5)
+    toggle = ctypes.CDLL(os.environ["LLM_METER_TOGGLE_LIB"])
+    toggle.llm_meter_instr_on()
+    for _ in range(n):
+        call()
+    m.close(timeout=5.0)  # what the worker does for these events is part of the count
+    toggle.llm_meter_instr_off()
 
 
-def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]))
+def _serve(conn: Connection) -> None:
+    """Two fakes: answers of 5 pieces (the fake's default) for calls, 500 for streams."""
+    from llm_meter._fakes.bedrock_server import FakeBedrockServer
+
+    small, large = FakeBedrockServer(), FakeBedrockServer()
+    large.chunks = STREAM_CHUNKS
+    with small, large:
+        conn.send((small.url, large.url))
+        conn.recv()  # until the driver is done
+
+
+def count(lib: Path, row: str, metered: bool, n: int, url: str, layout: int) -> int:
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        "--instr-atstart=no",
+        sys.executable,
+        __file__,
+        "--child",
+        row,
+        "metered" if metered else "plain",
+        str(n),
+        url,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "LLM_METER_TOGGLE_LIB": str(lib),
+        "LLM_METER_BENCH_LAYOUT": str(layout),
+    }
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    match = re.search(r"Collected : (\d+)", out.stderr)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"{row}: callgrind run failed:\n{out.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def per_call(lib: Path, row: str, metered: bool, url: str, layout: int) -> float:
+    """Instructions of one call: two runs (N1 and N2 calls, in parallel), their difference."""
+    n1, n2 = ROWS[row]
+    with ThreadPoolExecutor(2) as pool:
+        low, high = pool.map(lambda n: count(lib, row, metered, n, url, layout), (n1, n2))
+    return (high - low) / (n2 - n1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--only", action="append", choices=sorted(ROWS), help="rows to run (repeatable)")
+    parser.add_argument(
+        "--layouts", type=int, default=1, help="heap layouts to average each side over (default 1)"
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _padding = _shift_layout(int(os.environ.get("LLM_METER_BENCH_LAYOUT", "0")))
+        row, side, n, url = args.child
+        child(row, side == "metered", int(n), url)
         return 0
-    only = sys.argv[2] if len(sys.argv) == 3 and sys.argv[1] == "--only" else None
     if shutil.which("valgrind") is None:
-        print("valgrind is not installed")
-        return 1
-    print(f"{'row':<14} {'plain':>10} {'metered':>10} {'extra':>9} {'ratio':>6}")
-    with tempfile.TemporaryDirectory() as directory:
-        for row, (n1, n2) in ROWS.items():
-            if only is not None and row != only:
-                continue
-            per = {}
-            for metered in (False, True):
-                per[metered] = (count(row, metered, n2, directory) - count(row, metered, n1, directory)) / (
-                    n2 - n1
-                )
-            plain, metered_ = per[False], per[True]
-            extra, ratio = (metered_ - plain) / 1000, metered_ / plain
-            print(f"{row:<14} {plain / 1000:>9.1f}k {metered_ / 1000:>9.1f}k {extra:>8.2f}k {ratio:>6.3f}")
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(theirs,), daemon=True)
+    server.start()
+    small_url, large_url = ours.recv()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            lib = build_toggle(Path(tmp))
+            layouts = range(max(args.layouts, 1))
+            head = f"{'row':<22} {'plain per call':>18} {'metered per call':>20} {'extra':>12} {'ratio':>7}"
+            print(head + ("  extra per layout" if len(layouts) > 1 else ""))
+            for row in args.only or list(ROWS):
+                target = "-" if row.endswith("stubbed") else large_url if "stream" in row else small_url
+                per: dict[bool, list[float]] = {False: [], True: []}
+                for layout in layouts:
+                    for metered in (False, True):
+                        per[metered].append(per_call(lib, row, metered, target, layout))
+                plain, metered_ = (sum(per[side]) / len(layouts) for side in (False, True))
+                extra = metered_ - plain
+                cells = f"{plain:>18,.0f} {metered_:>20,.0f} {extra:>12,.0f} {metered_ / plain:>7.4f}"
+                if len(layouts) > 1:
+                    pairs = zip(per[False], per[True], strict=True)
+                    cells += "  " + " ".join(f"{m - p:,.0f}" for p, m in pairs)
+                print(f"{row:<22} {cells}", flush=True)
+    finally:
+        ours.send("stop")
+        server.join(timeout=10)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
