@@ -765,7 +765,7 @@ def measure_handoff(plan: Plan, samples: dict[str, tuple[Any, Any]]) -> list[Han
 
     if "bedrock" in samples:
         # A whole converse() through botocore's Stubber (no I/O), plain and metered: the difference
-        # is what the two event handlers, the Call and the hand-off add per call.
+        # is what the metered `_make_api_call`, the Call and the hand-off add per call.
         from botocore.stub import Stubber
 
         answer = {

@@ -6,12 +6,16 @@ words of the request text, output = ``chunks`` pieces, cache tokens reported apa
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from typing import Any
 
+import boto3
 import botocore.exceptions
 import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
 
 from bedrock_support import (
     BODY,
@@ -177,6 +181,53 @@ def test_invoke_model_caller_still_reads_the_whole_body(bedrock: FakeBedrockServ
     first = response["body"].read(10)
     rest = response["body"].read()
     assert json.loads(first + rest)["generation"] == "tok0 tok1 tok2 tok3 tok4 "
+
+
+def _stubbed_invoke(m: Meter, body: StreamingBody) -> dict[str, Any]:
+    """invoke_model on a metered client, answered by botocore's Stubber with *body*."""
+    plain = boto3.client(
+        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    metered = meter(plain, customer="cus_1", meter=m)
+    with Stubber(metered) as stubber:
+        stubber.add_response("invoke_model", {"body": body, "contentType": "application/json"})
+        return metered.invoke_model(modelId=CLAUDE, body=BODY)  # type: ignore[no-any-return]
+
+
+STUBBED_ANSWER = {
+    "id": "msg_1",
+    "type": "message",
+    "content": [],
+    "usage": {"input_tokens": 7, "output_tokens": 2},
+}
+STUBBED_BYTES = json.dumps(STUBBED_ANSWER, separators=(",", ":")).encode()
+
+
+def test_invoke_model_hands_back_the_same_body_object(meter_: Meter, transport: MemoryTransport) -> None:
+    """The body read for metering is refilled in place: the caller gets botocore's object, whole."""
+    body = StreamingBody(io.BytesIO(STUBBED_BYTES), len(STUBBED_BYTES))
+    response = _stubbed_invoke(meter_, body)
+    assert response["body"] is body
+    assert b"".join(body.iter_chunks(16)) == STUBBED_BYTES
+    assert usage(only_event(meter_, transport)) == (7, 2, 9)
+
+
+def test_invoke_model_body_of_another_shape_is_handed_back_equal(
+    meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A StreamingBody without the attributes botocore sets today is replaced by an equal one."""
+
+    class Renamed(StreamingBody):  # a future botocore's body, keeping its stream elsewhere
+        def __init__(self, raw: io.BytesIO, length: int) -> None:
+            self.stream, self.length = raw, length
+
+        def read(self, amt: int | None = None) -> bytes:
+            return self.stream.read(amt)
+
+    response = _stubbed_invoke(meter_, Renamed(io.BytesIO(STUBBED_BYTES), len(STUBBED_BYTES)))
+    assert type(response["body"]) is StreamingBody
+    assert response["body"].read() == STUBBED_BYTES
+    assert usage(only_event(meter_, transport)) == (7, 2, 9)
 
 
 def test_invoke_model_without_any_usage_bills_an_estimate(

@@ -303,7 +303,9 @@ def _make_api_call(self: Any, operation_name: str, api_params: dict[str, Any]) -
     config: ClientConfig = self._llm_meter
     if who is None:
         who = _block.get() or config.customer
-    meter = config._meter or config.meter
+    meter = config._meter
+    if meter is None:  # the default meter, looked up the first time it is needed
+        meter = config.meter
     if who is None:
         what = f"bedrock-runtime {operation_name}"
         if meter.raise_on_missing_customer:
@@ -444,9 +446,16 @@ def _observe_invoke(call: Call, parsed: dict[str, Any], metadata: Any) -> None:
     if isinstance(body, streaming_body) and (
         type(content_type) is not str or "json" in content_type or not content_type
     ):
-        # Read the (complete, already received) body once and hand the caller an equal one.
+        # Read the (complete, already received) body once and hand it back refilled: the same
+        # object, its stream replaced by the bytes read (what StreamingBody's own constructor
+        # sets). A botocore without those attributes gets an equal new StreamingBody instead.
         data = cast(bytes, body.read())
-        parsed["body"] = streaming_body(io.BytesIO(data), len(data))
+        state = body.__dict__
+        if "_raw_stream" in state and state.get("_amount_read") == len(data):
+            state["_raw_stream"] = io.BytesIO(data)
+            state["_amount_read"] = 0
+        else:
+            parsed["body"] = streaming_body(io.BytesIO(data), len(data))
         try:
             found = _body_counts(data)
         except ValueError:
