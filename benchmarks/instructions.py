@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -277,24 +278,17 @@ def build_toggle(directory: Path) -> Path:
 # -- driver -------------------------------------------------------------------------------------------------
 
 
-def count(recorded: Path, lib: Path, row: str, metered: bool, n: int, spool: bool, layout: int) -> int:
-    sdk, kind, aio, _, _ = ROWS[row]
-    spool_dir = tempfile.mkdtemp(prefix="llm-meter-instr-") if spool else None
+def callgrind_count(script: str, child: list[str], lib: Path, layout: int, label: str) -> int:
+    """Instructions one ``--child`` run of *script* counts between its toggles, under callgrind."""
     cmd = [
         "valgrind",
         "--tool=callgrind",
         "--callgrind-out-file=/dev/null",
         "--instr-atstart=no",
         sys.executable,
-        __file__,
+        script,
         "--child",
-        str(recorded),
-        sdk,
-        kind,
-        "async" if aio else "sync",
-        "metered" if metered else "plain",
-        str(n),
-        spool_dir or "-",
+        *child,
     ]
     env = {
         **os.environ,
@@ -303,22 +297,54 @@ def count(recorded: Path, lib: Path, row: str, metered: bool, n: int, spool: boo
         "LLM_METER_BENCH_LAYOUT": str(layout),
     }
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if spool_dir:
-        shutil.rmtree(spool_dir, ignore_errors=True)
     match = re.search(r"Collected : (\d+)", out.stderr)
     if out.returncode != 0 or match is None:
-        raise RuntimeError(f"{row}: callgrind run failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"{label}: callgrind run failed:\n{out.stderr[-2000:]}")
     return int(match.group(1))
 
 
-def per_call(recorded: Path, lib: Path, row: str, metered: bool, spool: bool, layout: int) -> float:
+def difference_per_call(count: Callable[[int], int], n1: int, n2: int) -> float:
     """Instructions of one call: two runs (N1 and N2 calls, in parallel), their difference."""
     from concurrent.futures import ThreadPoolExecutor
 
-    _, _, _, n1, n2 = ROWS[row]
     with ThreadPoolExecutor(2) as pool:
-        low, high = pool.map(lambda n: count(recorded, lib, row, metered, n, spool, layout), (n1, n2))
+        low, high = pool.map(count, (n1, n2))
     return (high - low) / (n2 - n1)
+
+
+def print_rows(
+    rows: Iterable[str], layouts: int, width: int, per_call: Callable[[str, bool, int], float]
+) -> None:
+    """The table: each row measured plain and metered at each layout, the means, the extra per layout."""
+    head = f"{'row':<{width}} {'plain instr/call':>18} {'metered instr/call':>20} {'extra':>12} {'ratio':>7}"
+    print(head + ("  extra per layout" if layouts > 1 else ""))
+    for row in rows:
+        per: dict[bool, list[float]] = {False: [], True: []}
+        for layout in range(layouts):
+            for metered in (False, True):
+                per[metered].append(per_call(row, metered, layout))
+        plain, metered_ = (sum(per[side]) / layouts for side in (False, True))
+        cells = f"{plain:>18,.0f} {metered_:>20,.0f} {metered_ - plain:>12,.0f} {metered_ / plain:>7.4f}"
+        if layouts > 1:
+            cells += "  " + " ".join(f"{m - p:,.0f}" for p, m in zip(per[False], per[True], strict=True))
+        print(f"{row:<{width}} {cells}", flush=True)
+
+
+def per_call(recorded: Path, lib: Path, row: str, metered: bool, spool: bool, layout: int) -> float:
+    """Instructions of one call of *row* (a spool directory per run when *spool*)."""
+    sdk, kind, aio, n1, n2 = ROWS[row]
+
+    def count(n: int) -> int:
+        spool_dir = tempfile.mkdtemp(prefix="llm-meter-instr-") if spool else None
+        side = "metered" if metered else "plain"
+        child = [str(recorded), sdk, kind, "async" if aio else "sync", side, str(n), spool_dir or "-"]
+        try:
+            return callgrind_count(__file__, child, lib, layout, row)
+        finally:
+            if spool_dir:
+                shutil.rmtree(spool_dir, ignore_errors=True)
+
+    return difference_per_call(count, n1, n2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,19 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         recorded = Path(tmp) / "recorded.json"
         record(recorded)
         lib = build_toggle(Path(tmp))
-        layouts = range(max(args.layouts, 1))
-        head = f"{'row':<26} {'plain instr/call':>18} {'metered instr/call':>20} {'extra':>12} {'ratio':>7}"
-        print(head + ("  extra per layout" if len(layouts) > 1 else ""))
-        for row in args.only or list(ROWS):
-            per: dict[bool, list[float]] = {False: [], True: []}
-            for layout in layouts:
-                for metered in (False, True):
-                    per[metered].append(per_call(recorded, lib, row, metered, args.spool, layout))
-            plain, metered_ = (sum(per[side]) / len(layouts) for side in (False, True))
-            cells = f"{plain:>18,.0f} {metered_:>20,.0f} {metered_ - plain:>12,.0f} {metered_ / plain:>7.4f}"
-            if len(layouts) > 1:
-                cells += "  " + " ".join(f"{m - p:,.0f}" for p, m in zip(per[False], per[True], strict=True))
-            print(f"{row:<26} {cells}", flush=True)
+        print_rows(
+            args.only or list(ROWS),
+            max(args.layouts, 1),
+            26,
+            lambda row, metered, layout: per_call(recorded, lib, row, metered, args.spool, layout),
+        )
     return 0
 
 

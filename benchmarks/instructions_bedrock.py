@@ -32,17 +32,14 @@ import io
 import json
 import multiprocessing
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from instructions import _shift_layout, build_toggle
+from instructions import _shift_layout, build_toggle, callgrind_count, difference_per_call, print_rows
 
 MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
 MESSAGES = [{"role": "user", "content": [{"text": "Say hello to the benchmark in a few words."}]}]
@@ -166,39 +163,14 @@ def _serve(conn: Connection) -> None:
         conn.recv()  # until the driver is done
 
 
-def count(lib: Path, row: str, metered: bool, n: int, url: str, layout: int) -> int:
-    cmd = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        "--instr-atstart=no",
-        sys.executable,
-        __file__,
-        "--child",
-        row,
-        "metered" if metered else "plain",
-        str(n),
-        url,
-    ]
-    env = {
-        **os.environ,
-        "PYTHONHASHSEED": "0",
-        "LLM_METER_TOGGLE_LIB": str(lib),
-        "LLM_METER_BENCH_LAYOUT": str(layout),
-    }
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    match = re.search(r"Collected : (\d+)", out.stderr)
-    if out.returncode != 0 or match is None:
-        raise RuntimeError(f"{row}: callgrind run failed:\n{out.stderr[-2000:]}")
-    return int(match.group(1))
-
-
 def per_call(lib: Path, row: str, metered: bool, url: str, layout: int) -> float:
-    """Instructions of one call: two runs (N1 and N2 calls, in parallel), their difference."""
-    n1, n2 = ROWS[row]
-    with ThreadPoolExecutor(2) as pool:
-        low, high = pool.map(lambda n: count(lib, row, metered, n, url, layout), (n1, n2))
-    return (high - low) / (n2 - n1)
+    """Instructions of one call (or stream) of *row*."""
+    side = "metered" if metered else "plain"
+
+    def count(n: int) -> int:
+        return callgrind_count(__file__, [row, side, str(n), url], lib, layout, row)
+
+    return difference_per_call(count, *ROWS[row])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,22 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             lib = build_toggle(Path(tmp))
-            layouts = range(max(args.layouts, 1))
-            head = f"{'row':<22} {'plain per call':>18} {'metered per call':>20} {'extra':>12} {'ratio':>7}"
-            print(head + ("  extra per layout" if len(layouts) > 1 else ""))
-            for row in args.only or list(ROWS):
+
+            def measured(row: str, metered: bool, layout: int) -> float:
                 target = "-" if row.endswith("stubbed") else large_url if "stream" in row else small_url
-                per: dict[bool, list[float]] = {False: [], True: []}
-                for layout in layouts:
-                    for metered in (False, True):
-                        per[metered].append(per_call(lib, row, metered, target, layout))
-                plain, metered_ = (sum(per[side]) / len(layouts) for side in (False, True))
-                extra = metered_ - plain
-                cells = f"{plain:>18,.0f} {metered_:>20,.0f} {extra:>12,.0f} {metered_ / plain:>7.4f}"
-                if len(layouts) > 1:
-                    pairs = zip(per[False], per[True], strict=True)
-                    cells += "  " + " ".join(f"{m - p:,.0f}" for p, m in pairs)
-                print(f"{row:<22} {cells}", flush=True)
+                return per_call(lib, row, metered, target, layout)
+
+            print_rows(args.only or list(ROWS), max(args.layouts, 1), 22, measured)
     finally:
         ours.send("stop")
         server.join(timeout=10)
