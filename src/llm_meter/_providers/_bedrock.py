@@ -60,6 +60,7 @@ _BILLED: Final = {
     "InvokeModel": "invoke",
     "InvokeModelWithResponseStream": "invoke_stream",
 }
+_STREAMS: Final = ("converse_stream", "invoke_stream")
 _METRICS: Final = "amazon-bedrock-invocationMetrics"
 #: Response headers of ``InvokeModel`` with the token counts.
 _HEADERS: Final = (
@@ -68,6 +69,10 @@ _HEADERS: Final = (
     "x-amzn-bedrock-cache-read-input-token-count",
     "x-amzn-bedrock-cache-write-input-token-count",
 )
+
+
+#: What :func:`_family_counts` returns: input, output, cache reads, cache writes, inclusive.
+_Counts = tuple[Any, Any, Any, Any, bool]
 
 
 class _Usage:
@@ -100,6 +105,12 @@ class _Usage:
             self.cache_read = cache_read
         if cache_write is not None:
             self.cache_write = cache_write
+
+    def add(self, found: _Counts) -> None:
+        """Merge what :func:`_family_counts` found (OpenAI-shaped usage makes ``input`` inclusive)."""
+        if found[4]:
+            self.inclusive = True
+        self.set(found[0], found[1], found[2], found[3])
 
 
 def _bill(
@@ -136,10 +147,6 @@ def _bill(
     extra = _ttl_split(ttl) if ttl is not None and call.meter.options.details else None
     call.emit(response, request, output, cache_read, cache_write, None, extra)
     return True
-
-
-#: What :func:`_family_counts` returns: input, output, cache reads, cache writes, inclusive.
-_Counts = tuple[Any, Any, Any, Any, bool]
 
 
 def _usage_counts(found: dict[str, Any], provisional: bool) -> _Counts | None:
@@ -202,9 +209,7 @@ def _merge_family(usage: _Usage, obj: Any) -> None:
     """Merge the usage a model family puts in a body (or a stream chunk) into *usage*."""
     found = _family_counts(obj)
     if found is not None:
-        if found[4]:
-            usage.inclusive = True
-        usage.set(found[0], found[1], found[2], found[3])
+        usage.add(found)
 
 
 def _from_metrics(metrics: Any) -> _Usage:
@@ -345,9 +350,6 @@ def _make_api_call(self: Any, operation_name: str, api_params: dict[str, Any]) -
     return parsed
 
 
-_STREAMS: Final = ("converse_stream", "invoke_stream")
-
-
 def _snapshot(params: dict[str, Any]) -> dict[str, Any]:
     """The request fields an estimate reads, copied: callers reuse their message lists."""
     keep = {}
@@ -462,14 +464,13 @@ def _observe_invoke(call: Call, parsed: dict[str, Any], metadata: Any) -> None:
             pass
         if found is not None and _bill(call, found[0], found[1], found[2], found[3], found[4], None, None):
             return
-    headers = _from_headers(metadata.get("HTTPHeaders") if type(metadata) is dict else None)
+    headers = _from_headers(metadata.get("HTTPHeaders") or {} if type(metadata) is dict else {})
     if _emit(call, headers, None):
         return
     # Neither: an estimate, keeping the counts that were there.
     usage = _Usage()
     if found is not None:
-        usage.inclusive = found[4]
-        usage.set(found[0], found[1], found[2], found[3])
+        usage.add(found)
     call.state = usage if usage.input is not None else headers
     call.text = [data.decode("utf-8", "replace")] if data is not None else []
     call.body = _snapshot(call.original_body)
@@ -617,6 +618,8 @@ def _attach_stream(call: Call, parsed: dict[str, Any], key: str) -> None:
     metered._llm_meter_call = call
     if call.kind == "invoke_stream":
         state = call.state = _Usage()
+        # One list, two holders: the estimate reads the call's state, the per-chunk hook the stream's
+        # own attribute (one attribute read per chunk instead of two).
         state.raw = metered._llm_meter_raw = [] if call.text is not None else None
         call.on_finish = _emit_kept
     call.request_id = call.response_id or ""
