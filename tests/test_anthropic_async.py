@@ -20,6 +20,7 @@ import pytest
 import llm_meter
 from llm_meter import Meter, MissingCustomerError
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._providers import _anthropic
 from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import MemoryTransport
 from support import base_id, delivered, only_event, reset_fake, usage
@@ -293,10 +294,8 @@ def test_async_stream_break_emits_one_event(
             if event.type == "content_block_delta":
                 break
         await settle()
-        if not getattr(type(stream), "_llm_meter_stream", False):
-            # anthropic 0.4x: the SDK's Stream class is kept (it refuses isinstance() to
-            # subclasses), so a loop left early is billed at close or collection instead.
-            await stream.close()
+        # No layer of llm_meter's sees the loop end (nothing to hide): billed at close or collection.
+        await stream.close()
         assert await meter_.aflush(5)
         assert len(transport.events) == 1
         await stream.close()
@@ -355,13 +354,11 @@ def test_async_abandoned_iteration_collected_in_another_task_emits_one_event(
                 if event.type == "content_block_delta":
                     return  # abandons the async generator mid-iteration
 
-        tracked = getattr(type(streams[0]), "_llm_meter_stream", False)
         await asyncio.create_task(consume(streams))
         streams.clear()
         gc.collect()
         await settle()
-        if not tracked:  # anthropic 0.4x keeps the SDK's Stream class: billed when the response goes
-            await response.aclose()
+        await response.aclose()  # billed when the response goes (no layer of ours sees the loop end)
         assert await meter_.aflush(5)
         assert len(transport.events) == 1
         await response.aclose()
@@ -479,3 +476,41 @@ def test_eight_threads_share_one_sync_client_with_right_customers(
     assert len(events) == 32
     got = {base_id(e).removeprefix("anthropic:"): e["external_customer_id"] for e in events}
     assert got == expected
+
+
+def test_async_stream_observer_that_raises_never_reaches_the_caller(
+    fake: FakeAnthropicServer, meter_: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while reading an async stream's usage is counted; every event still reaches the caller."""
+
+    def broken(self: Any, call: Any, event: Any, response: Any) -> None:
+        raise RuntimeError("usage reader bug")
+
+    monkeypatch.setattr(_anthropic.AnthropicProvider, "_observe_event", broken)
+
+    async def body(c: Any) -> list[Any]:
+        stream = await c.messages.create(**BODY, stream=True)
+        assert stream._client is c
+        return [event async for event in stream]
+
+    events = run_metered(fake, meter_, body)
+    assert [e.type for e in events][-1] == "message_stop"
+    assert meter_.stats().errors > 0
+
+
+def test_async_stream_left_early_and_closed_bills_once(
+    fake: FakeAnthropicServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Closing an async stream mid-way closes the SDK's generator under the observing layer: billed once."""
+
+    async def body(c: Any) -> None:
+        stream = await c.messages.create(**BODY, stream=True)
+        first = await stream.__anext__()
+        assert first.type == "message_start"
+        await stream._iterator.aclose()
+        assert stream.response.is_closed
+        assert await meter_.aflush(5)
+
+    run_metered(fake, meter_, body)
+    gc.collect()
+    assert only_event(meter_, transport)["metadata"]["estimated"] is True

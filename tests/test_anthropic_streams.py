@@ -90,11 +90,10 @@ def read_until_text(stream: Any) -> str:
 
 
 def end_if_untracked(stream: Any) -> None:
-    """On SDKs whose Stream class refuses isinstance() to subclasses (anthropic 0.4x), llm_meter
-    keeps the SDK's class and cannot see a loop left early: the stream is billed when it is
-    closed or collected instead of at the next flush. Close it there, as a caller would."""
-    if not getattr(type(stream), "_llm_meter_stream", False):
-        stream.close()
+    """llm_meter adds no layer to an Anthropic stream's loop (nothing to hide), so it cannot see
+    a loop left early: the stream is billed when it is closed or collected, not at the next
+    flush. Close it there, as a caller would."""
+    stream.close()
 
 
 def assert_partial(event: dict[str, Any], fake: FakeAnthropicServer, delivered_text: str) -> None:
@@ -428,3 +427,60 @@ def test_failing_transport_never_affects_calls(fake: FakeAnthropicServer, base: 
         assert (stats.emitted, stats.delivered, stats.pending) == (3, 0, 3)
     finally:
         m.close(0.2)
+
+
+# -- the observing layer --------------------------------------------------------------------------
+
+
+def test_stream_is_an_sdk_stream_holding_the_callers_client(
+    fake: FakeAnthropicServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Events are parsed by the SDK on a private view of the stream: the caller's stream keeps its client."""
+    stream = client.messages.create(**BODY, stream=True)
+    assert isinstance(stream, anthropic.Stream)
+    assert stream._client is client
+    events = list(stream)
+    assert stream._client is client
+    assert text_of(events) == FULL_TEXT
+    assert usage(only_event(meter_, transport)) == expect(fake)
+
+
+def test_events_are_parsed_once_and_skip_the_clients_parse_hook(
+    fake: FakeAnthropicServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Each event goes through one parse, the SDK's own: not the metered client's hook as well."""
+    hooked: list[Any] = []
+    metered_parse = type(client)._process_response_data
+
+    def spy(self: Any, **kwargs: Any) -> Any:
+        hooked.append(kwargs["data"])
+        return metered_parse(self, **kwargs)
+
+    sdk_parse = anthropic.Anthropic._process_response_data
+    parsed: list[Any] = []
+
+    def sdk_spy(self: Any, **kwargs: Any) -> Any:
+        parsed.append(kwargs["data"])
+        return sdk_parse(self, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(client), "_process_response_data", spy)
+        patch.setattr(anthropic.Anthropic, "_process_response_data", sdk_spy)
+        events = list(client.messages.create(**BODY, stream=True))
+    assert hooked == []
+    assert len(parsed) == len(events)
+    assert usage(only_event(meter_, transport)) == expect(fake)
+
+
+def test_an_observer_that_raises_never_reaches_the_caller(
+    fake: FakeAnthropicServer, client: Any, meter_: Meter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while reading usage is counted and logged; every event still reaches the caller."""
+
+    def broken(self: Any, call: Any, event: Any, response: Any) -> None:
+        raise RuntimeError("usage reader bug")
+
+    monkeypatch.setattr(type(client._llm_meter_provider), "_observe_event", broken)
+    events = list(client.messages.create(**BODY, stream=True))
+    assert text_of(events) == FULL_TEXT
+    assert meter_.stats().errors > 0

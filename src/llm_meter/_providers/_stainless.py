@@ -20,22 +20,26 @@ Data path (see docs/architecture.md):
 3. ``_build_request`` also decides whether the endpoint is billed, raises
    ``MissingCustomerError`` if nobody can be billed, lets the provider adjust the body
    (``stream_options``), and attaches a :class:`~llm_meter._call.Call` to the built request.
-4. ``_process_response_data`` is the SDK's single parse point, for whole bodies and for
-   every stream event alike. The provider reads the usage off the typed object and the
-   call emits one record, once.
+4. ``_process_response_data`` is the SDK's parse point for whole bodies (``parse()`` of a
+   raw response included). A billed stream is built from a metered subclass of the SDK's
+   ``Stream`` whose ``__stream__`` runs the SDK's generator against the SDK's own parse and
+   shows each item to the call in one generator layer (one Python frame per event, not two).
+   Either way the provider reads the usage off the typed object and the call emits one
+   record, once.
 5. A billed stream's call is tied to its HTTP response: every way a stream ends (last
    event, ``break``, ``close()``, an error, garbage collection) finishes it.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
 import types
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, get_origin
 
@@ -103,10 +107,11 @@ class StainlessProvider(Protocol):
     resource_types: tuple[type, ...]
     sync_stream: type
     async_stream: type
-    #: Whether streams need the metered ``Stream`` subclass (to hide items the wrapper
-    #: asked for, and to notice a loop left early). Without it a stream costs one hook
-    #: per event less; an early exit is then billed at close, collection or exit.
-    stream_subclass: bool
+    #: Whether streams carry items the caller did not ask for (OpenAI's usage chunk). Such
+    #: streams get a loop layer that hides them and notices a loop left early (billed at the
+    #: next flush); the others are only observed in ``__stream__``, and an early exit is
+    #: billed at close, collection or exit.
+    hides_items: bool
     #: Whether the provider adds options to requests (OpenAI's ``stream_options``) that an
     #: endpoint may reject: ``request`` then resends without them.
     injects_options: bool
@@ -506,6 +511,101 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
     return {"__stream__": __stream__, "__aiter__": __aiter__}
 
 
+def _sdk_twin(client: Any) -> Any:
+    """The metered *client* seen as an instance of its SDK class: the same state, the SDK's methods.
+
+    A stream whose items llm_meter observes in its own generator layer parses them through this
+    twin, so each event costs one SDK call (not the metered client's parse hook as well). The twin
+    shares the client's attribute dict: nothing is copied, and whatever the SDK stores on it is
+    the client's. ``None`` for a client that is not metered (its own hook, if any, observes).
+    """
+    base = getattr(type(client), "_llm_meter_base", None)
+    if base is None:
+        return None
+    twin = object.__new__(base)
+    twin.__dict__ = client.__dict__
+    return twin
+
+
+def _observing_iter(inner: Generator[Any, None, None], call: Call, response: Any) -> Iterator[Any]:
+    """The SDK's stream items, each shown to the call on its way (as the parse hook would)."""
+    keep = call.keep or _NOTHING_KEPT
+    try:
+        for obj in inner:
+            getter = keep.get(type(obj))
+            if getter is not None:
+                kept = call.text
+                if kept is None:
+                    yield obj
+                    continue
+                try:
+                    kept.append(getter(obj))
+                    yield obj
+                    continue
+                except AttributeError:
+                    pass  # another shape of the same class: the observer reads it
+            observe = call.observe
+            if observe is not None:
+                try:
+                    observe(call, obj, response)
+                except Exception:
+                    call.meter.errors += 1
+                    log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
+            yield obj
+    finally:
+        inner.close()  # left early: the SDK's own cleanup (it closes the response) runs now
+
+
+async def _observing_aiter(inner: Any, call: Call, response: Any) -> Any:
+    """Async twin of :func:`_observing_iter`."""
+    keep = call.keep or _NOTHING_KEPT
+    try:
+        async for obj in inner:
+            getter = keep.get(type(obj))
+            if getter is not None:
+                kept = call.text
+                if kept is None:
+                    yield obj
+                    continue
+                try:
+                    kept.append(getter(obj))
+                    yield obj
+                    continue
+                except AttributeError:
+                    pass
+            observe = call.observe
+            if observe is not None:
+                try:
+                    observe(call, obj, response)
+                except Exception:
+                    call.meter.errors += 1
+                    log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
+            yield obj
+    finally:
+        await inner.aclose()
+
+
+_NOTHING_KEPT: Final[Mapping[type, Any]] = types.MappingProxyType({})
+
+
+def _observed_methods(origin: Any, observing: Callable[..., Any]) -> dict[str, Any]:
+    """``__stream__`` for an SDK stream class whose items need no hiding: the SDK's generator,
+    run on a copy of the stream whose client is the SDK twin (:func:`_sdk_twin`), under one
+    observing layer. Streams of clients that are not metered are left to the SDK."""
+
+    def __stream__(self: Any) -> Any:
+        response = self.response
+        call = _call_of(response)
+        twin = _sdk_twin(self._client) if call is not None else None
+        if twin is None:
+            return origin.__stream__(self)
+        view = copy.copy(self)  # the caller's stream keeps its client
+        view._client = twin
+        return observing(origin.__stream__(view), call, response)
+
+    return {"__stream__": __stream__}
+
+
 _stream_classes: dict[Any, Any] = {}
 
 
@@ -515,8 +615,6 @@ def metered_stream_cls(stream_cls: Any, provider: StainlessProvider) -> Any:
     The subclass has the parametrised SDK class as its only base, so the SDK still finds
     the chunk type in ``__orig_bases__``; ``isinstance(s, openai.Stream)`` holds.
     """
-    if not provider.stream_subclass:
-        return stream_cls
     try:
         return _stream_classes[stream_cls]
     except (KeyError, TypeError):
@@ -524,10 +622,11 @@ def metered_stream_cls(stream_cls: Any, provider: StainlessProvider) -> Any:
     origin = get_origin(stream_cls) or stream_cls
     if not isinstance(origin, type) or getattr(origin, "_llm_meter_stream", False):
         return stream_cls
+    hides = provider.hides_items  # else the observing __stream__ alone (no loop layer)
     if issubclass(origin, provider.async_stream):
-        methods = _async_stream_methods(origin)
+        methods = _async_stream_methods(origin) if hides else _observed_methods(origin, _observing_aiter)
     elif issubclass(origin, provider.sync_stream):
-        methods = _sync_stream_methods(origin)
+        methods = _sync_stream_methods(origin) if hides else _observed_methods(origin, _observing_iter)
     else:
         return stream_cls
     methods["_llm_meter_stream"] = True
@@ -668,6 +767,7 @@ class _SyncMeteredClient(_MeteredClient):
         if call is None or not call.stream:
             return self._llm_meter_process(*args, **kwargs)
         attach_stream(response, call)
+        self._llm_meter_stream_cls(kwargs)
         return _guard_plain_stream(self._llm_meter_process(*args, **kwargs), call)
 
 
@@ -691,6 +791,7 @@ class _AsyncMeteredClient(_MeteredClient):
         self, call: Call, response: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         attach_stream(response, call)
+        self._llm_meter_stream_cls(kwargs)
         return _guard_plain_stream(await self._llm_meter_process(*args, **kwargs), call)
 
 
