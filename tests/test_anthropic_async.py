@@ -505,6 +505,9 @@ def test_async_stream_left_early_and_closed_bills_once(
 
     async def body(c: Any) -> None:
         stream = await c.messages.create(**BODY, stream=True)
+        if not getattr(type(stream), "_llm_meter_stream", False):
+            await stream.close()
+            pytest.skip("anthropic 0.4x: its Stream class refuses isinstance() to subclasses (no layer)")
         first = await stream.__anext__()
         assert first.type == "message_start"
         await stream._iterator.aclose()
