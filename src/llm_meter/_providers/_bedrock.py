@@ -451,11 +451,12 @@ def _observe_invoke(call: Call, parsed: dict[str, Any], metadata: Any) -> None:
         # Read the (complete, already received) body once and hand it back refilled: the same
         # object, its stream replaced by the bytes read (what StreamingBody's own constructor
         # sets). A botocore without those attributes gets an equal new StreamingBody instead.
+        # Attributes set, never written through body.__dict__ (reading that takes the object off
+        # CPython 3.11's fast attribute path for good, and the caller reads the body next).
         data = cast(bytes, body.read())
-        state = body.__dict__
-        if "_raw_stream" in state and state.get("_amount_read") == len(data):
-            state["_raw_stream"] = io.BytesIO(data)
-            state["_amount_read"] = 0
+        if getattr(body, "_amount_read", None) == len(data) and hasattr(body, "_raw_stream"):
+            body._raw_stream = io.BytesIO(data)
+            body._amount_read = 0
         else:
             parsed["body"] = streaming_body(io.BytesIO(data), len(data))
         try:
