@@ -679,7 +679,8 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         headers = options.headers
         # Type checks, not a truth test: headers may be the SDK's NOT_GIVEN, whose __bool__ is a
         # Python call. Not sent through request(): the marker must never go on the wire.
-        if (type(headers) is dict or isinstance(headers, Mapping)) and MARKER in headers:
+        shape = type(headers)
+        if (shape is dict or (shape not in _NOT_MAPPINGS and _is_mapping(headers))) and MARKER in headers:
             who = who or _unmarker(headers[MARKER])
             options.headers = {k: v for k, v in headers.items() if k != MARKER}
         provider = self._llm_meter_provider
@@ -746,6 +747,19 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
             kwargs["stream_cls"] = metered_stream_cls(stream_cls, self._llm_meter_provider)
 
 
+#: Types of ``options.headers`` seen that are not mappings (the SDKs' ``NotGiven``, the value of a
+#: request without extra headers): recognised by a set lookup instead of an ABC ``isinstance``
+#: check, which costs about 1 k instructions per request on CPython 3.11.
+_NOT_MAPPINGS: set[type] = set()
+
+
+def _is_mapping(headers: object) -> bool:
+    if isinstance(headers, Mapping):
+        return True
+    _NOT_MAPPINGS.add(type(headers))
+    return False
+
+
 def _pop_marker(options: Any) -> Customer | None:
     """Take the customer marker out of *options* (the SDK copies them next)."""
     headers = options.headers
@@ -804,7 +818,8 @@ class _SyncRequestHook(_MeteredClient):
 
     def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
-        if (type(headers) is dict or isinstance(headers, Mapping)) and MARKER in headers:
+        shape = type(headers)
+        if (shape is dict or (shape not in _NOT_MAPPINGS and _is_mapping(headers))) and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
             if kwargs.get("stream") and self._llm_meter_provider.injects_options:
@@ -841,7 +856,8 @@ class _AsyncRequestHook(_MeteredClient):
 
     async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         headers = options.headers
-        if (type(headers) is dict or isinstance(headers, Mapping)) and MARKER in headers:
+        shape = type(headers)
+        if (shape is dict or (shape not in _NOT_MAPPINGS and _is_mapping(headers))) and MARKER in headers:
             who = _pop_marker(options)
         elif _request_customer.get() is None:
             if kwargs.get("stream") and self._llm_meter_provider.injects_options:
