@@ -527,30 +527,31 @@ def _sdk_twin(client: Any) -> Any:
     return twin
 
 
+#: ``Call.keep`` of a call that keeps no text.
+_NOTHING_KEPT: Final[Mapping[type, Any]] = types.MappingProxyType({})
+
+
 def _observing_iter(inner: Generator[Any, None, None], call: Call, response: Any) -> Iterator[Any]:
-    """The SDK's stream items, each shown to the call on its way (as the parse hook would)."""
+    """The SDK's stream items, each shown to the call on its way (as the parse hook would).
+
+    Text deltas (``call.keep``), most of a stream, are kept inline: no Python call but the
+    C-level getter.
+    """
     keep = call.keep or _NOTHING_KEPT
     try:
         for obj in inner:
             getter = keep.get(type(obj))
-            if getter is not None:
-                kept = call.text
-                if kept is None:
-                    yield obj
-                    continue
+            if getter is None:
+                _show(call, obj, response)
+            else:
                 try:
-                    kept.append(getter(obj))
-                    yield obj
-                    continue
-                except AttributeError:
-                    pass  # another shape of the same class: the observer reads it
-            observe = call.observe
-            if observe is not None:
-                try:
-                    observe(call, obj, response)
-                except Exception:
-                    call.meter.errors += 1
-                    log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
+                    piece = getter(obj)
+                except AttributeError:  # another shape of the same class: the observer reads it
+                    _show(call, obj, response)
+                else:
+                    kept = call.text  # None once billed, or when no estimate will need it
+                    if kept is not None:
+                        kept.append(piece)
             yield obj
     finally:
         inner.close()  # left early: the SDK's own cleanup (it closes the response) runs now
@@ -562,30 +563,31 @@ async def _observing_aiter(inner: Any, call: Call, response: Any) -> Any:
     try:
         async for obj in inner:
             getter = keep.get(type(obj))
-            if getter is not None:
-                kept = call.text
-                if kept is None:
-                    yield obj
-                    continue
+            if getter is None:
+                _show(call, obj, response)
+            else:
                 try:
-                    kept.append(getter(obj))
-                    yield obj
-                    continue
+                    piece = getter(obj)
                 except AttributeError:
-                    pass
-            observe = call.observe
-            if observe is not None:
-                try:
-                    observe(call, obj, response)
-                except Exception:
-                    call.meter.errors += 1
-                    log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
+                    _show(call, obj, response)
+                else:
+                    kept = call.text
+                    if kept is not None:
+                        kept.append(piece)
             yield obj
     finally:
         await inner.aclose()
 
 
-_NOTHING_KEPT: Final[Mapping[type, Any]] = types.MappingProxyType({})
+def _show(call: Call, obj: Any, response: Any) -> None:
+    """Hand one parsed item to the call's observer; a failure is counted and logged, never raised."""
+    observe = call.observe
+    if observe is not None:
+        try:
+            observe(call, obj, response)
+        except Exception:
+            call.meter.errors += 1
+            log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
 
 
 def _observed_methods(origin: Any, observing: Callable[..., Any]) -> dict[str, Any]:
