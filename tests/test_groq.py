@@ -161,6 +161,15 @@ def test_stream_is_billed_from_x_groq_usage(
     assert_exact(only_event(*details))
 
 
+def test_stream_keeps_the_callers_client(client: Any, details: tuple[Meter, MemoryTransport]) -> None:
+    """groq builds a stream's iterator in __init__: llm_meter's SDK-parsed view is a copy, not the stream."""
+    stream = client.chat.completions.create(**CHAT, stream=True)
+    assert stream._client is client
+    list(stream)
+    assert stream._client is client
+    assert_exact(only_event(*details))
+
+
 def test_stream_left_early_bills_one_estimate(client: Any, details: tuple[Meter, MemoryTransport]) -> None:
     """break + close() before the usage chunk: one event, input and delivered output estimated."""
     stream = client.chat.completions.create(**CHAT, stream=True)
