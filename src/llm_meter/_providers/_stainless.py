@@ -22,8 +22,8 @@ Data path (see docs/architecture.md):
    (``stream_options``), and attaches a :class:`~llm_meter._call.Call` to the built request.
 4. ``_process_response_data`` is the SDK's parse point for whole bodies (``parse()`` of a
    raw response included). A billed stream is built from a metered subclass of the SDK's
-   ``Stream`` whose ``__stream__`` runs the SDK's generator against the SDK's own parse and
-   shows each item to the call in one generator layer (one Python frame per event, not two).
+   ``Stream`` whose ``__stream__`` runs the SDK's generator against the SDK's own parse (no
+   hook in front of it) and shows each item to the call in one generator layer above it.
    Either way the provider reads the usage off the typed object and the call emits one
    record, once.
 5. A billed stream's call is tied to its HTTP response: every way a stream ends (last
