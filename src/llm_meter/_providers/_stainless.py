@@ -734,6 +734,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                     return obj
                 except AttributeError:
                     pass  # another shape of the same class: the observer reads it
+            # _show(), written out: this runs for every body and every OpenAI stream chunk.
             observe = call.observe
             if observe is not None:
                 try:
@@ -839,7 +840,6 @@ class _SyncRequestHook(_MeteredClient):
         request = self._llm_meter_base.request
         if not (kwargs.get("stream") and self._llm_meter_provider.injects_options):
             return request(self, cast_to, options, *args, **kwargs)
-        self._llm_meter_stream_cls(kwargs)
         try:
             return request(self, cast_to, options, *args, **kwargs)
         except Exception as exc:
@@ -877,7 +877,6 @@ class _AsyncRequestHook(_MeteredClient):
         request = self._llm_meter_base.request
         if not (kwargs.get("stream") and self._llm_meter_provider.injects_options):
             return await request(self, cast_to, options, *args, **kwargs)
-        self._llm_meter_stream_cls(kwargs)
         try:
             return await request(self, cast_to, options, *args, **kwargs)
         except Exception as exc:
