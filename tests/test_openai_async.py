@@ -385,6 +385,27 @@ def test_async_stream_full_consumption_hides_usage_chunk_and_bills_exactly(
     assert usage(event) == chat_expect()
 
 
+def test_async_injected_streams_chunks_serialise_as_the_plain_sdks(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Async: the `"usage": null` the injected option adds never reaches the caller's chunks."""
+
+    async def body(c: Any, plain: Any) -> Any:
+        metered = [chunk async for chunk in await c.chat.completions.create(**CHAT_BODY, stream=True)]
+        own = [chunk async for chunk in await plain.chat.completions.create(**CHAT_BODY, stream=True)]
+        return metered, own
+
+    metered, plain = run_metered(server, meter_, body)
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+
+    def serialised(chunks: list[Any]) -> list[Any]:
+        return [{k: v for k, v in c.to_dict().items() if k not in ("id", "created")} for c in chunks]
+
+    assert serialised(metered) == serialised(plain)
+    assert all("usage" not in c.model_fields_set for c in metered)
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
 def test_async_stream_break_emits_one_estimated_event(
     server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from llm_meter._estimate import count_text
 from llm_meter._fakes.openai_server import AUDIO_INPUT_TOKENS, REASONING_TOKENS, FakeOpenAIServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
 from support import base_id, delivered, freed_without_gc, only_event, usage
+from web import serve_wsgi
 
 MODEL = "gpt-4o-mini"
 SERVED_MODEL = "gpt-4.1-nano-2025-04-14"
@@ -128,6 +130,45 @@ def test_injected_include_usage_is_sent_but_its_chunk_is_hidden(
     event = only_event(meter_, transport)
     assert base_id(event) == f"openai:{metered[0].id}"
     assert usage(event) == chat_expect()
+
+
+def test_injected_streams_chunks_serialise_as_the_plain_sdks(
+    server: FakeOpenAIServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """The `"usage": null` the injected option adds to every chunk never reaches the caller's chunks."""
+    metered = list(client.chat.completions.create(**CHAT_BODY, stream=True))
+    plain = list(base.chat.completions.create(**CHAT_BODY, stream=True))
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+
+    def serialised(chunks: list[Any]) -> list[Any]:
+        return [{k: v for k, v in c.to_dict().items() if k not in ("id", "created")} for c in chunks]
+
+    assert serialised(metered) == serialised(plain)
+    assert [c.model_fields_set for c in metered] == [c.model_fields_set for c in plain]
+    assert all("usage" not in c.model_fields_set for c in metered)
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+def test_a_chunk_that_is_not_an_object_reaches_the_caller_as_with_the_plain_sdk(meter_: Meter) -> None:
+    """A server's bare JSON value on a data line is yielded as the SDK yields it, never raised."""
+    chunk = {
+        "id": "chatcmpl-odd",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+    }
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return [b"data: [1, 2]\n\n", b"data: " + json.dumps(chunk).encode() + b"\n\n", b"data: [DONE]\n\n"]
+
+    with serve_wsgi(app) as url, openai.OpenAI(api_key="test", base_url=url, max_retries=0) as base:
+        plain = list(base.chat.completions.create(**CHAT_BODY, stream=True))
+        with llm_meter.meter(base, customer="cus_1", meter=meter_) as client:
+            metered = list(client.chat.completions.create(**CHAT_BODY, stream=True))
+    assert plain[0] == metered[0] == [1, 2]
+    assert [c.to_dict() for c in metered[1:]] == [c.to_dict() for c in plain[1:]]
 
 
 def test_callers_stream_options_and_messages_are_not_mutated(

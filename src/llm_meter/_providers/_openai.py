@@ -300,7 +300,10 @@ def _response_text(obj: Any) -> list[str]:
 
 def _hide_usage_chunk(chunk: Any) -> bool:
     """The usage-only chunk the wrapper asked for: ``choices == []`` with usage."""
-    return chunk.usage is not None and not chunk.choices
+    try:
+        return chunk.usage is not None and not chunk.choices
+    except AttributeError:  # not a chunk (a server sent a bare JSON value): the caller's, as plain
+        return False
 
 
 class OpenAIProvider:

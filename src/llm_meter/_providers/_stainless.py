@@ -714,13 +714,19 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         return request
 
     def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
-        # Called once per stream event, so kept short: the SDK's own parse (bound directly, not
-        # through super()), then the call, looked up once per response and cached on it.
-        obj = self._llm_meter_parse(data=data, cast_to=cast_to, response=response)
+        # Called once per stream event, so kept short: the call, looked up once per response and
+        # cached on it, then the SDK's own parse (bound directly, not through super()).
         try:  # set by _process_response: one attribute read per event
             call = response._llm_meter_call
         except AttributeError:  # a response that did not pass there: look it up once
             call = response._llm_meter_call = _call_of(response)
+        if call is not None and call.injected and type(data) is dict and data.get("usage", 1) is None:
+            # The `"usage": null` of every chunk of a stream whose usage llm_meter asked for
+            # (OpenAI sends it only when asked): without it the caller's chunk is the plain SDK's
+            # (`usage` unset in `model_fields_set`, `to_dict()`, `to_json()`), and the SDK skips
+            # building the field.
+            del data["usage"]  # `data` is this event's freshly decoded JSON, nobody else's
+        obj = self._llm_meter_parse(data=data, cast_to=cast_to, response=response)
         if call is not None:
             keep = call.keep
             if keep is not None:
