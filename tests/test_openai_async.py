@@ -406,6 +406,39 @@ def test_async_injected_streams_chunks_serialise_as_the_plain_sdks(
     assert usage(only_event(meter_, transport)) == chat_expect()
 
 
+@pytest.mark.parametrize("read", ["async for", "anext"])
+def test_async_stream_observer_that_raises_never_reaches_the_caller(
+    server: FakeOpenAIServer, meter_: Meter, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """Async: a failure while reading a chunk is counted and logged; the caller's chunks are the SDK's."""
+
+    def broken(self: Any, call: Any, chunk: Any, response: Any) -> bool:
+        raise RuntimeError("usage reader bug")
+
+    async def body(c: Any, plain: Any) -> Any:
+        own = [chunk async for chunk in await plain.chat.completions.create(**CHAT_BODY, stream=True)]
+        monkeypatch.setattr(type(c._llm_meter_provider), "_observe_chat_chunk", broken)
+        stream = await c.chat.completions.create(**CHAT_BODY, stream=True)
+        assert stream._client is c
+        metered = []
+        if read == "async for":
+            metered = [chunk async for chunk in stream]
+        else:
+            while True:
+                try:
+                    metered.append(await stream.__anext__())
+                except StopAsyncIteration:
+                    break
+        return metered, own
+
+    metered, plain = run_metered(server, meter_, body)
+    strip = ("id", "created")
+    assert [c.model_dump(exclude=set(strip)) for c in metered] == [
+        c.model_dump(exclude=set(strip)) for c in plain
+    ]
+    assert meter_.stats().errors > 0
+
+
 def test_async_stream_break_emits_one_estimated_event(
     server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
 ) -> None:

@@ -5,6 +5,7 @@ Expected numbers follow the fake server's documented formulas (``llm_meter._fake
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
@@ -603,6 +604,58 @@ def test_stream_keeps_the_sdk_stream_contract(client: Any, meter_: Meter, transp
         chunks = list(same)
     assert text_of(chunks) == FULL_TEXT
     assert len(delivered(meter_, transport)) == 1
+
+
+def test_chunks_are_parsed_once_by_the_sdk_and_the_stream_keeps_the_callers_client(
+    client: Any, meter_: Meter, transport: MemoryTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk goes through one parse, the SDK's own, not the metered client's hook as well."""
+    hooked: list[Any] = []
+    metered_parse = type(client)._process_response_data
+
+    def spy(self: Any, **kwargs: Any) -> Any:
+        hooked.append(kwargs["data"])
+        return metered_parse(self, **kwargs)
+
+    sdk_parse = openai.OpenAI._process_response_data
+    parsed: list[Any] = []
+
+    def sdk_spy(self: Any, **kwargs: Any) -> Any:
+        parsed.append(kwargs["data"])
+        return sdk_parse(self, **kwargs)
+
+    monkeypatch.setattr(type(client), "_process_response_data", spy)
+    monkeypatch.setattr(openai.OpenAI, "_process_response_data", sdk_spy)
+    stream = client.chat.completions.create(**CHAT_BODY, stream=True)
+    chunks = list(stream)
+    assert stream._client is client
+    assert hooked == []
+    assert len(parsed) == len(chunks) + 1  # and the hidden usage chunk
+    assert text_of(chunks) == FULL_TEXT
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+@pytest.mark.parametrize("read", ["for", "next"])
+def test_an_observer_that_raises_never_reaches_the_caller(
+    base: Any, client: Any, meter_: Meter, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A failure while reading a chunk is counted and logged; the caller gets the plain SDK's chunks."""
+    plain = list(base.chat.completions.create(**CHAT_BODY, stream=True))
+
+    def broken(self: Any, call: Any, chunk: Any, response: Any) -> bool:
+        raise RuntimeError("usage reader bug")
+
+    monkeypatch.setattr(type(client._llm_meter_provider), "_observe_chat_chunk", broken)
+    stream = client.chat.completions.create(**CHAT_BODY, stream=True)
+    if read == "for":
+        chunks = list(stream)
+    else:
+        chunks = []
+        with contextlib.suppress(StopIteration):
+            while True:
+                chunks.append(next(stream))
+    assert dump(chunks) == dump(plain)
+    assert meter_.stats().errors > 0
 
 
 def test_raw_response_stream_parsed_is_metered_once(

@@ -129,7 +129,7 @@ BILLED_HOOKS: list[Callable[[str], None]] = []
 
 
 #: The initial values of the fields of a :class:`Call` that providers fill in (see its ``__init__``).
-_EMPTY: Final = (False, False, None, None, None, None, None, None, None, None, False, None, None, None, None)
+_EMPTY: Final = (False, False, None, None, None, None, None, None, None, False, None, None, None, None)
 
 
 class Call:
@@ -144,12 +144,11 @@ class Call:
     external_id: str | None
     text: list[str] | None
     keep: Mapping[type, Callable[[Any], str]] | None
-    hide: Callable[[Any], bool] | None
     left_early: bool
     request_id: str | None
     state: Any
     on_finish: Callable[[Call, Any], None] | None
-    observe: Callable[[Call, Any, Any], None] | None
+    observe: Callable[[Call, Any, Any], bool | None] | None
 
     __slots__ = (
         "__weakref__",
@@ -157,7 +156,6 @@ class Call:
         "body",
         "customer",
         "external_id",
-        "hide",
         "injected",
         "keep",
         "kind",
@@ -194,7 +192,6 @@ class Call:
         # - keep: content-only classes of parsed objects (no usage) -> a C-level getter of their
         #   text (``operator.attrgetter``): the parse hook appends it to ``text`` without calling the
         #   observer, the cheapest path for the bulk of a stream's events (``None``: no such classes);
-        # - hide: ``hide(item) -> bool`` for stream items the caller did not ask for;
         # - left_early: the caller's loop over this stream ended early (``break`` or an exception);
         # - request_id: the response's request id, kept when a stream starts (for ``external_id``);
         # - state: provider-specific progress (e.g. Anthropic's merged stream usage);
@@ -202,6 +199,8 @@ class Call:
         #   (a provider that kept usage seen along the way emits it there);
         # - observe: ``observe(call, obj, response)`` for each parsed object, ``None`` once done;
         #   providers bind the variant for the request (body, chat chunk, event) when preparing.
+        #   On the loop layer of a provider that hides items (``hides_items``), a true result hides
+        #   the item from the caller (an item the caller did not ask for, such as a usage chunk).
         (
             self.stream,
             self.injected,
@@ -212,7 +211,6 @@ class Call:
             self.external_id,
             self.text,
             self.keep,
-            self.hide,
             self.left_early,
             self.request_id,
             self.state,

@@ -58,8 +58,9 @@ class GroqProvider(OpenAIProvider):
             return None
         return _KINDS.get(options.url)
 
-    def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> None:
+    def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> bool:
         # Runs for every chunk: a few attribute reads. Usage sits in x_groq (a typed field here).
+        # Nothing is hidden: llm_meter adds nothing to a Groq request.
         if call.response_id is None and chunk.id:
             call.response_id = chunk.id
             call.model = chunk.model or call.model
@@ -72,7 +73,7 @@ class GroqProvider(OpenAIProvider):
         if usage is not None:
             if not choices:  # a usage-only chunk (stream_options.include_usage): final
                 self._settle(call, usage, response)
-                return
+                return False
             self._keep(call, usage, choices)
         text = call.text
         if text is not None:
@@ -80,6 +81,7 @@ class GroqProvider(OpenAIProvider):
                 piece = choice.delta.content
                 if piece:
                     text.append(piece)
+        return False
 
 
 def _detect(cls: type) -> bool:

@@ -298,12 +298,11 @@ def _response_text(obj: Any) -> list[str]:
     return texts
 
 
-def _hide_usage_chunk(chunk: Any) -> bool:
-    """The usage-only chunk the wrapper asked for: ``choices == []`` with usage."""
-    try:
-        return chunk.usage is not None and not chunk.choices
-    except AttributeError:  # not a chunk (a server sent a bare JSON value): the caller's, as plain
-        return False
+def _unset_usage_v1(chunk: Any) -> None:
+    """Pydantic v1's ``__fields_set__`` without ``usage`` (see ``_observe_chat_chunk``)."""
+    fields_set = getattr(chunk, "__fields_set__", None)
+    if isinstance(fields_set, set):
+        fields_set.discard("usage")
 
 
 class OpenAIProvider:
@@ -317,7 +316,7 @@ class OpenAIProvider:
 
         self.resource_types: tuple[type, ...] = (SyncAPIResource, AsyncAPIResource)
         self.sync_stream: type = openai.Stream
-        self.hides_items = True  # the usage chunk it asks for
+        self.hides_items = True  # the usage chunk it asks for (its observers say which to hide)
         self.injects_options = True  # stream_options, removed again if an endpoint rejects it
         self.async_stream: type = openai.AsyncStream
         self._status_error: type[BaseException] = openai.APIStatusError
@@ -379,7 +378,6 @@ class OpenAIProvider:
         merged["include_usage"] = True
         options.json_data = {**body, "stream_options": merged}
         call.injected = True
-        call.hide = _hide_usage_chunk
 
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         if not isinstance(exc, self._status_error):
@@ -402,24 +400,48 @@ class OpenAIProvider:
         return call
 
     # -- response side -------------------------------------------------------------------
-    def observe(self, call: Call, obj: object, response: Any) -> None:
-        """Generic entry (prepare() normally binds one of the specific observers below)."""
+    def observe(self, call: Call, obj: object, response: Any) -> bool:
+        """Generic entry (prepare() normally binds one of the specific observers below).
+
+        ``True``: *obj* is an item the caller did not ask for, hidden on the stream's loop layer.
+        """
         if not call.stream:
             self._observe_body(call, obj, response)
         elif call.kind == "chat":
-            self._observe_chat_chunk(call, obj, response)
+            return self._observe_chat_chunk(call, obj, response)
         elif call.kind == "completions":
-            self._observe_completion_chunk(call, obj, response)
+            return self._observe_completion_chunk(call, obj, response)
         else:
             self._observe_event(call, obj, response)
+        return False
 
-    def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> None:
-        # Runs for every chunk of a chat stream: keep it to a few attribute reads, no allocation.
+    def hidden(self, call: Call, item: object) -> bool:
+        """Whether *item* is the usage-only chunk llm_meter asked for (the observers also say so)."""
+        if not call.injected:
+            return False
+        try:
+            return item.usage is not None and not item.choices  # type: ignore[attr-defined]
+        except AttributeError:  # not a chunk (a server sent a bare JSON value)
+            return False
+
+    def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> bool:
+        """One chunk of a chat stream; ``True`` for the usage-only chunk llm_meter asked for.
+
+        Runs for every chunk, on the stream's loop layer: a few attribute reads, no allocation.
+        """
         if call.response_id is None and chunk.id:
             call.response_id = chunk.id
             call.model = chunk.model or call.model
         usage = chunk.usage
         if usage is None:
+            if call.injected:
+                # The `"usage": null` OpenAI sends on every chunk only because llm_meter asked for
+                # usage: unset, the caller's chunk is the plain SDK's (`model_fields_set`,
+                # `to_dict()`, `to_json()` leave it out).
+                try:
+                    chunk.__pydantic_fields_set__.discard("usage")
+                except AttributeError:
+                    _unset_usage_v1(chunk)
             try:
                 extra = chunk.__pydantic_extra__  # {} on OpenAI's own chunks
             except AttributeError:  # pydantic v1 keeps extra fields as attributes
@@ -430,7 +452,7 @@ class OpenAIProvider:
             choices = chunk.choices
             if not choices:  # the usage-only chunk that ends a stream
                 self._settle(call, usage, response)
-                return
+                return call.injected
             self._keep(call, usage, choices)
         text = call.text
         if text is not None:
@@ -438,17 +460,24 @@ class OpenAIProvider:
                 piece = getattr(getattr(choice, "delta", None), "content", None)
                 if piece:
                     text.append(piece)
+        return False
 
-    def _observe_completion_chunk(self, call: Call, chunk: Any, response: Any) -> None:
+    def _observe_completion_chunk(self, call: Call, chunk: Any, response: Any) -> bool:
+        """One chunk of a legacy completion stream; ``True`` for the usage-only chunk llm_meter asked for."""
         if call.response_id is None and chunk.id:
             call.response_id = chunk.id
             call.model = chunk.model or call.model
         usage = chunk.usage
+        if usage is None and call.injected:
+            try:  # as in _observe_chat_chunk
+                chunk.__pydantic_fields_set__.discard("usage")
+            except AttributeError:
+                _unset_usage_v1(chunk)
         if usage is not None:
             choices = chunk.choices
             if not choices:
                 self._settle(call, usage, response)
-                return
+                return call.injected
             self._keep(call, usage, choices)
         text = call.text
         if text is not None:
@@ -456,6 +485,7 @@ class OpenAIProvider:
                 piece = getattr(choice, "text", None)
                 if piece:
                     text.append(piece)
+        return False
 
     def _keep(self, call: Call, usage: Any, choices: Any) -> None:
         """Keep the cumulative usage of a chunk that still carries choices; billed at the end."""

@@ -108,9 +108,11 @@ class StainlessProvider(Protocol):
     sync_stream: type
     async_stream: type
     #: Whether streams carry items the caller did not ask for (OpenAI's usage chunk). Such
-    #: streams get a loop layer that hides them and notices a loop left early (billed at the
-    #: next flush); the others are only observed in ``__stream__``, and an early exit is
-    #: billed at close, collection or exit.
+    #: streams get a loop layer that observes each item, hides those its observer returns a true
+    #: value for, and notices a loop left early (billed at the next flush); the others are only
+    #: observed in ``__stream__``, and an early exit is billed at close, collection or exit.
+    #: A provider that hides items also has ``hidden(call, item) -> bool``, asked when its
+    #: observer raised on an item.
     hides_items: bool
     #: Whether the provider adds options to requests (OpenAI's ``stream_options``) that an
     #: endpoint may reject: ``request`` then resends without them.
@@ -122,8 +124,11 @@ class StainlessProvider(Protocol):
     def prepare(self, client: Any, options: Any, call: Call) -> None:
         """Adjust the request (e.g. ask for stream usage) and fill the call's request facts."""
 
-    def observe(self, call: Call, obj: object, response: Any) -> None:
-        """Read usage (and stream progress) off one parsed object."""
+    def observe(self, call: Call, obj: object, response: Any) -> bool | None:
+        """Read usage (and stream progress) off one parsed object.
+
+        A true result hides a stream item from the caller (providers with ``hides_items``).
+        """
 
     def estimate(self, call: Call, record: Any) -> None:
         """Fill *record* with estimated token counts (runs on the background worker)."""
@@ -319,16 +324,41 @@ def _metered_resource_class(cls: type, resource_types: tuple[type, ...]) -> type
 # -- metered streams ---------------------------------------------------------------------
 
 
-def _hiding_iter(inner: Iterator[Any], hide: Callable[[Any], bool]) -> Iterator[Any]:
-    """``Stream._iterator`` for ``next(stream)`` callers: the SDK's items minus hidden ones."""
+def _seen(call: Call, item: Any, response: Any) -> bool:
+    """Whether the observer hides *item*; a failure is counted and logged, never raised."""
+    observe = call.observe
+    if observe is None:  # billed already
+        return False
+    try:
+        return bool(observe(call, item, response))
+    except Exception:
+        return _failed(call, item)
+
+
+def _failed(call: Call, item: Any) -> bool:
+    """The observer raised on *item*: count and log it; whether to hide it all the same.
+
+    An item llm_meter added (OpenAI's usage chunk) stays hidden even then: the caller's loop
+    must see the plain SDK's items whatever happens to metering.
+    """
+    call.meter.errors += 1
+    log.exception("llm_meter: could not read usage from %s", type(item).__name__)
+    try:
+        return bool(call.provider.hidden(call, item))  # type: ignore[attr-defined]
+    except Exception:  # a provider without `hidden`, or a failure there too
+        return False
+
+
+def _seeing_iter(inner: Iterator[Any], call: Call, response: Any) -> Iterator[Any]:
+    """``Stream._iterator`` for ``next(stream)`` callers: the SDK's items, observed, minus hidden ones."""
     for item in inner:
-        if not hide(item):
+        if not _seen(call, item, response):
             yield item
 
 
-async def _hiding_aiter(inner: Any, hide: Callable[[Any], bool]) -> Any:
+async def _seeing_aiter(inner: Any, call: Call, response: Any) -> Any:
     async for item in inner:
-        if not hide(item):
+        if not _seen(call, item, response):
             yield item
 
 
@@ -433,33 +463,58 @@ async def _finish_on_error_async(inner: Any, call: Call) -> Any:
 _INNER: Final = "_llm_meter_inner"
 
 
-def _sync_stream_methods(origin: Any) -> dict[str, Any]:
-    """Overrides for a sync SDK ``Stream``: hide injected items, note a loop left early.
+def _twin_view(stream: Any) -> Any:
+    """A copy of *stream* whose client is the SDK twin of its metered client, or ``None``.
 
-    ``for`` loops read the SDK's own generator directly when items are hidden (one
-    generator layer, as in the SDK); ``_iterator`` is a hiding wrapper for ``next()``.
+    The SDK's ``__stream__`` run on it binds the SDK's own parse: one Python call per item, not
+    the metered client's parse hook as well. The caller's stream keeps its client.
+    """
+    twin = _sdk_twin(stream._client)
+    if twin is None:
+        return None
+    view = copy.copy(stream)
+    view._client = twin
+    return view
+
+
+def _sync_stream_methods(origin: Any) -> dict[str, Any]:
+    """Overrides for a sync SDK ``Stream`` whose items are observed on a loop layer that may hide some.
+
+    The SDK's generator runs on a twin view (:func:`_twin_view`); ``for`` loops read it directly
+    (one generator layer, as in the SDK) and observe each item inline, which also notices a loop
+    left early; ``_iterator`` is an observing wrapper for ``next()``.
     """
 
     def __stream__(self: Any) -> Iterator[Any]:
-        inner = origin.__stream__(self)
-        call = _call_of(self.response)
-        if call is None or call.hide is None:
-            return inner  # type: ignore[no-any-return]
+        response = self.response
+        call = _call_of(response)
+        view = _twin_view(self) if call is not None else None
+        if call is None or view is None:
+            return origin.__stream__(self)  # type: ignore[no-any-return]
+        inner = origin.__stream__(view)
         setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
-        return _hiding_iter(inner, call.hide)
+        return _seeing_iter(inner, call, response)
 
     def __iter__(self: Any) -> Iterator[Any]:
-        call = _call_of(self.response)
+        response = self.response
+        call = _call_of(response)
         inner = getattr(self, _INNER, None)
         try:
             # Like the SDK, a `break` leaves the shared iterator open: iteration can resume.
-            if inner is None or call is None or call.hide is None:
+            if inner is None or call is None:
                 yield from origin.__iter__(self)
             else:
-                hide = call.hide
                 for item in inner:
-                    if not hide(item):
-                        yield item
+                    # _seen(), written out: this runs for every item of the stream.
+                    observe = call.observe
+                    if observe is not None:
+                        try:
+                            if observe(call, item, response):
+                                continue  # hidden: an item the caller did not ask for
+                        except Exception:
+                            if _failed(call, item):
+                                continue
+                    yield item
         except GeneratorExit:
             if call is not None and not call.done:
                 call.left_early = True  # billed at close, collection, the next flush, or exit
@@ -478,25 +533,34 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
     """Async twin of :func:`_sync_stream_methods` for the SDK's ``AsyncStream``."""
 
     def __stream__(self: Any) -> Any:
-        inner = origin.__stream__(self)
-        call = _call_of(self.response)
-        if call is None or call.hide is None:
-            return inner
+        response = self.response
+        call = _call_of(response)
+        view = _twin_view(self) if call is not None else None
+        if call is None or view is None:
+            return origin.__stream__(self)
+        inner = origin.__stream__(view)
         setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
-        return _hiding_aiter(inner, call.hide)
+        return _seeing_aiter(inner, call, response)
 
     async def __aiter__(self: Any) -> Any:
-        call = _call_of(self.response)
+        response = self.response
+        call = _call_of(response)
         inner = getattr(self, _INNER, None)
         try:
-            if inner is None or call is None or call.hide is None:
+            if inner is None or call is None:
                 async for item in origin.__aiter__(self):
                     yield item
             else:
-                hide = call.hide
                 async for item in inner:
-                    if not hide(item):
-                        yield item
+                    observe = call.observe
+                    if observe is not None:
+                        try:
+                            if observe(call, item, response):
+                                continue
+                        except Exception:
+                            if _failed(call, item):
+                                continue
+                    yield item
         except GeneratorExit:
             if call is not None and not call.done:
                 call.left_early = True
@@ -598,11 +662,9 @@ def _observed_methods(origin: Any, observing: Callable[..., Any]) -> dict[str, A
     def __stream__(self: Any) -> Any:
         response = self.response
         call = _call_of(response)
-        twin = _sdk_twin(self._client) if call is not None else None
-        if twin is None:
+        view = _twin_view(self) if call is not None else None
+        if view is None:
             return origin.__stream__(self)
-        view = copy.copy(self)  # the caller's stream keeps its client
-        view._client = twin
         return observing(origin.__stream__(view), call, response)
 
     return {"__stream__": __stream__}
@@ -714,19 +776,14 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         return request
 
     def _process_response_data(self, *, data: Any, cast_to: Any, response: Any) -> Any:
-        # Called once per stream event, so kept short: the call, looked up once per response and
-        # cached on it, then the SDK's own parse (bound directly, not through super()).
+        # Called for every whole body (and for every event of a stream whose class llm_meter could
+        # not subclass), so kept short: the SDK's own parse (bound directly, not through super()),
+        # then the call, looked up once per response and cached on it.
+        obj = self._llm_meter_parse(data=data, cast_to=cast_to, response=response)
         try:  # set by _process_response: one attribute read per event
             call = response._llm_meter_call
         except AttributeError:  # a response that did not pass there: look it up once
             call = response._llm_meter_call = _call_of(response)
-        if call is not None and call.injected and type(data) is dict and data.get("usage", 1) is None:
-            # The `"usage": null` of every chunk of a stream whose usage llm_meter asked for
-            # (OpenAI sends it only when asked): without it the caller's chunk is the plain SDK's
-            # (`usage` unset in `model_fields_set`, `to_dict()`, `to_json()`), and the SDK skips
-            # building the field.
-            del data["usage"]  # `data` is this event's freshly decoded JSON, nobody else's
-        obj = self._llm_meter_parse(data=data, cast_to=cast_to, response=response)
         if call is not None:
             keep = call.keep
             if keep is not None:
@@ -740,7 +797,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                     return obj
                 except AttributeError:
                     pass  # another shape of the same class: the observer reads it
-            # _show(), written out: this runs for every body and every OpenAI stream chunk.
+            # _show(), written out: this runs for every body.
             observe = call.observe
             if observe is not None:
                 try:
