@@ -87,3 +87,21 @@ def base_id(event: dict[str, Any]) -> str:
     base, _, suffix = external_id.rpartition(":")
     assert base and suffix, external_id
     return base
+
+
+def spy_parses(patch: Any, metered_cls: type, sdk_cls: type) -> tuple[list[Any], list[Any]]:
+    """Record the data each ``_process_response_data`` gets: (the metered client's hook, the SDK's own).
+
+    *patch* is a ``pytest.MonkeyPatch``; the originals are restored when it undoes.
+    """
+    hooked: list[Any] = []
+    parsed: list[Any] = []
+    for cls, seen in ((metered_cls, hooked), (sdk_cls, parsed)):
+        original = cls._process_response_data  # type: ignore[attr-defined]
+
+        def spy(self: Any, *, _original: Any = original, _seen: list[Any] = seen, **kwargs: Any) -> Any:
+            _seen.append(kwargs["data"])
+            return _original(self, **kwargs)
+
+        patch.setattr(cls, "_process_response_data", spy)
+    return hooked, parsed

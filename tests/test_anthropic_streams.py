@@ -21,7 +21,7 @@ from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import CallbackTransport, MemoryTransport
-from support import base_id, delivered, freed_without_gc, only_event, reset_fake, usage
+from support import base_id, delivered, freed_without_gc, only_event, reset_fake, spy_parses, usage
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -449,23 +449,8 @@ def test_events_are_parsed_once_and_skip_the_clients_parse_hook(
     fake: FakeAnthropicServer, client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:
     """Each event goes through one parse, the SDK's own: not the metered client's hook as well."""
-    hooked: list[Any] = []
-    metered_parse = type(client)._process_response_data
-
-    def spy(self: Any, **kwargs: Any) -> Any:
-        hooked.append(kwargs["data"])
-        return metered_parse(self, **kwargs)
-
-    sdk_parse = anthropic.Anthropic._process_response_data
-    parsed: list[Any] = []
-
-    def sdk_spy(self: Any, **kwargs: Any) -> Any:
-        parsed.append(kwargs["data"])
-        return sdk_parse(self, **kwargs)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(type(client), "_process_response_data", spy)
-        patch.setattr(anthropic.Anthropic, "_process_response_data", sdk_spy)
+        hooked, parsed = spy_parses(patch, type(client), anthropic.Anthropic)
         stream = client.messages.create(**BODY, stream=True)
         if not getattr(type(stream), "_llm_meter_stream", False):
             stream.close()

@@ -20,7 +20,7 @@ from llm_meter import Meter
 from llm_meter._estimate import count_text
 from llm_meter._fakes.openai_server import AUDIO_INPUT_TOKENS, REASONING_TOKENS, FakeOpenAIServer
 from llm_meter.transports import CallbackTransport, MemoryTransport
-from support import base_id, delivered, freed_without_gc, only_event, usage
+from support import base_id, delivered, freed_without_gc, only_event, spy_parses, usage
 from web import serve_wsgi
 
 MODEL = "gpt-4o-mini"
@@ -610,22 +610,7 @@ def test_chunks_are_parsed_once_by_the_sdk_and_the_stream_keeps_the_callers_clie
     client: Any, meter_: Meter, transport: MemoryTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each chunk goes through one parse, the SDK's own, not the metered client's hook as well."""
-    hooked: list[Any] = []
-    metered_parse = type(client)._process_response_data
-
-    def spy(self: Any, **kwargs: Any) -> Any:
-        hooked.append(kwargs["data"])
-        return metered_parse(self, **kwargs)
-
-    sdk_parse = openai.OpenAI._process_response_data
-    parsed: list[Any] = []
-
-    def sdk_spy(self: Any, **kwargs: Any) -> Any:
-        parsed.append(kwargs["data"])
-        return sdk_parse(self, **kwargs)
-
-    monkeypatch.setattr(type(client), "_process_response_data", spy)
-    monkeypatch.setattr(openai.OpenAI, "_process_response_data", sdk_spy)
+    hooked, parsed = spy_parses(monkeypatch, type(client), openai.OpenAI)
     stream = client.chat.completions.create(**CHAT_BODY, stream=True)
     chunks = list(stream)
     assert stream._client is client
