@@ -7,6 +7,7 @@ and calls made that way must still be billed once to the right customer.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import subprocess
@@ -328,3 +329,42 @@ def test_a_patch_of_the_resource_class_takes_effect(meter_: Meter, monkeypatch: 
     )
     monkeypatch.setattr(type(client.chat.completions), "create", lambda self, **kwargs: ("patched", kwargs))
     assert client.chat.completions.create(model="m") == ("patched", {"model": "m"})
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
+@pytest.mark.parametrize("sdk_class", [anthropic.Anthropic, anthropic.AsyncAnthropic])
+def test_a_client_subclass_overriding_process_response_is_metered_and_its_override_runs(
+    fake: FakeAnthropicServer, meter_: Meter, transport: MemoryTransport, sdk_class: Any, stream: bool
+) -> None:
+    """A ``_process_response`` of another signature than the SDK's (a user's subclass here, a newer
+    SDK release alike) gets the override that passes any arguments on: its own code still runs, and
+    each call bills once."""
+    processed: list[bool] = []
+
+    class Client(sdk_class):  # type: ignore[misc, valid-type]
+        def _process_response(self, **kwargs: Any) -> Any:
+            processed.append(kwargs["stream"])
+            return super()._process_response(**kwargs)
+
+    client = llm_meter.meter(Client(api_key="t", base_url=fake.url), customer="cus_sub", meter=meter_)
+    # Whatever keyword a newer SDK passes reaches the class's own method.
+    params = inspect.signature(type(client)._process_response).parameters.values()
+    assert inspect.Parameter.VAR_KEYWORD in {p.kind for p in params}
+    if sdk_class is anthropic.Anthropic:
+        result = client.messages.create(**MESSAGE, stream=stream)
+        if stream:
+            assert [event.type for event in result][-1] == "message_stop"
+        client.close()
+    else:
+
+        async def run() -> None:
+            result = await client.messages.create(**MESSAGE, stream=stream)
+            if stream:
+                assert [event.type async for event in result][-1] == "message_stop"
+            await client.close()
+
+        asyncio.run(run())
+    assert processed == [stream]
+    event = only_event(meter_, transport)
+    assert event["external_customer_id"] == "cus_sub"
+    assert event["metadata"]["total_tokens"] > 0
