@@ -368,3 +368,44 @@ def test_a_client_subclass_overriding_process_response_is_metered_and_its_overri
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_sub"
     assert event["metadata"]["total_tokens"] > 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["completion", "stream"])
+@pytest.mark.parametrize("sdk_class", [openai.OpenAI, openai.AsyncOpenAI])
+def test_a_client_subclass_overriding_request_is_metered_and_its_override_runs(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport, sdk_class: Any, stream: bool
+) -> None:
+    """A ``request`` of another signature than the SDK's (older releases add ``remaining_retries``)
+    gets the hook that passes any arguments on: the per-call customer still bills, once."""
+    seen: list[bool] = []
+
+    class Client(openai.OpenAI):
+        def request(self, cast_to: Any, options: Any, **kwargs: Any) -> Any:
+            seen.append(kwargs.get("stream", False))
+            return super().request(cast_to, options, **kwargs)
+
+    class AsyncClient(openai.AsyncOpenAI):
+        async def request(self, cast_to: Any, options: Any, **kwargs: Any) -> Any:
+            seen.append(kwargs.get("stream", False))
+            return await super().request(cast_to, options, **kwargs)
+
+    subclass = Client if sdk_class is openai.OpenAI else AsyncClient
+    client = llm_meter.meter(subclass(api_key="t", base_url=server.url), customer="cus_client", meter=meter_)
+    params = inspect.signature(type(client).request).parameters.values()
+    assert inspect.Parameter.VAR_KEYWORD in {p.kind for p in params}
+    if sdk_class is openai.OpenAI:
+        result = client.chat.completions.create(**CHAT, stream=stream, customer="cus_call")
+        if stream:
+            assert all(chunk.usage is None for chunk in result)  # the usage chunk stays hidden
+        client.close()
+    else:
+
+        async def run() -> None:
+            result = await client.chat.completions.create(**CHAT, stream=stream, customer="cus_call")
+            if stream:
+                assert all([chunk.usage is None async for chunk in result])
+            await client.close()
+
+        asyncio.run(run())
+    assert seen == [stream]
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_call"

@@ -914,7 +914,26 @@ class _SyncRequestHook(_MeteredClient):
 
     __slots__ = ()
 
-    def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+    def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
+        # The SDK's own signature (_REQUEST_PARAMS): the SDK's call packs nothing, and a request
+        # without a marker, none being sent and no stream goes straight to the SDK's method.
+        headers = options.headers
+        shape = type(headers)
+        if (
+            stream
+            or _request_customer.get() is not None
+            or (
+                (shape is dict or (shape not in _NOT_MAPPINGS and _is_mapping(headers))) and MARKER in headers
+            )
+        ):
+            return self._llm_meter_request_any(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return self._llm_meter_base.request(self, cast_to, options, stream=stream, stream_cls=stream_cls)
+
+    def _llm_meter_request_any(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        """``request`` taking any arguments, for an SDK class whose own has another signature
+        (see :func:`_build_class`) and for requests with more to do: a customer marker, a stream
+        (resent without the options llm_meter added if they are refused), a request made while
+        another is being sent."""
         headers = options.headers
         shape = type(headers)
         if (shape is dict or (shape not in _NOT_MAPPINGS and _is_mapping(headers))) and MARKER in headers:
@@ -951,7 +970,30 @@ class _AsyncRequestHook(_MeteredClient):
 
     __slots__ = ()
 
-    async def request(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+    async def request(
+        self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+    ) -> Any:
+        # The SDK's own signature (_REQUEST_PARAMS): the SDK's call packs nothing, and a request
+        # without a marker, none being sent and no stream goes straight to the SDK's method.
+        headers = options.headers
+        shape = type(headers)
+        if (
+            stream
+            or _request_customer.get() is not None
+            or (
+                (shape is dict or (shape not in _NOT_MAPPINGS and _is_mapping(headers))) and MARKER in headers
+            )
+        ):
+            return await self._llm_meter_request_any(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return await self._llm_meter_base.request(
+            self, cast_to, options, stream=stream, stream_cls=stream_cls
+        )
+
+    async def _llm_meter_request_any(self, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
+        """``request`` taking any arguments, for an SDK class whose own has another signature
+        (see :func:`_build_class`) and for requests with more to do: a customer marker, a stream
+        (resent without the options llm_meter added if they are refused), a request made while
+        another is being sent."""
         headers = options.headers
         shape = type(headers)
         if (shape is dict or (shape not in _NOT_MAPPINGS and _is_mapping(headers))) and MARKER in headers:
@@ -981,6 +1023,20 @@ class _AsyncRequestHook(_MeteredClient):
             # Resend the caller's request as they wrote it; usage will be estimated.
             options.json_data = call.original_body
             return await request(self, cast_to, options, *args, **kwargs)
+
+
+class _SyncRequestHookAny(_SyncRequestHook):
+    """:class:`_SyncRequestHook` for an SDK class whose ``request`` has another signature."""
+
+    __slots__ = ()
+    request = _SyncRequestHook._llm_meter_request_any
+
+
+class _AsyncRequestHookAny(_AsyncRequestHook):
+    """:class:`_AsyncRequestHook` for an SDK class whose ``request`` has another signature."""
+
+    __slots__ = ()
+    request = _AsyncRequestHook._llm_meter_request_any
 
 
 def _derive(config: ClientConfig, meter: Meter | None, who: Customer | None) -> ClientConfig:
@@ -1089,6 +1145,16 @@ _PROCESS_PARAMS: Final = (
     ("retries_taken", _KW),
 )
 
+#: ``request``'s parameters in the newer SDK releases (older ones add ``remaining_retries``):
+#: the request hook's ``request`` has the same, for the same reason.
+_REQUEST_PARAMS: Final = (
+    ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("cast_to", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("options", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("stream", _KW),
+    ("stream_cls", _KW),
+)
+
 
 def _parameters(func: Callable[..., Any]) -> tuple[tuple[str, Any], ...] | None:
     try:
@@ -1108,7 +1174,9 @@ def _build_class(base: type, provider: StainlessProvider, module: str | None) ->
     """
     is_async = inspect.iscoroutinefunction(getattr(base, "request", None))
     mixin = _AsyncMeteredClient if is_async else _SyncMeteredClient
-    hook = _AsyncRequestHook if is_async else _SyncRequestHook
+    hook: type = _AsyncRequestHook if is_async else _SyncRequestHook
+    if _parameters(base.request) != _REQUEST_PARAMS:  # type: ignore[attr-defined]
+        hook = _AsyncRequestHookAny if is_async else _SyncRequestHookAny  # older SDKs
     namespace: dict[str, Any] = {
         "__slots__": (),
         "_llm_meter_provider": provider,
