@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
+from botocore.exceptions import IncompleteReadError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
@@ -209,6 +210,20 @@ def test_invoke_model_hands_back_the_same_body_object(meter_: Meter, transport: 
     response = _stubbed_invoke(meter_, body)
     assert response["body"] is body
     assert b"".join(body.iter_chunks(16)) == STUBBED_BYTES
+    assert usage(only_event(meter_, transport)) == (7, 2, 9)
+
+
+def test_invoke_model_body_shorter_than_its_length_fails_the_callers_read_and_still_bills(
+    meter_: Meter, transport: MemoryTransport
+) -> None:
+    """botocore's length check runs on the caller's read, as on a plain client; the call bills."""
+    declared = len(STUBBED_BYTES) + 5
+    plain_body = StreamingBody(io.BytesIO(STUBBED_BYTES), declared)
+    with pytest.raises(IncompleteReadError):
+        plain_body.read()
+    response = _stubbed_invoke(meter_, StreamingBody(io.BytesIO(STUBBED_BYTES), declared))
+    with pytest.raises(IncompleteReadError):
+        response["body"].read()
     assert usage(only_event(meter_, transport)) == (7, 2, 9)
 
 

@@ -449,15 +449,21 @@ def _observe_invoke(call: Call, parsed: dict[str, Any], metadata: Any) -> None:
         type(content_type) is not str or "json" in content_type or not content_type
     ):
         # Read the (complete, already received) body once and hand it back refilled: the same
-        # object, its stream replaced by the bytes read (what StreamingBody's own constructor
-        # sets). A botocore without those attributes gets an equal new StreamingBody instead.
-        # Attributes set, never written through body.__dict__ (reading that takes the object off
-        # CPython 3.11's fast attribute path for good, and the caller reads the body next).
-        data = cast(bytes, body.read())
-        if getattr(body, "_amount_read", None) == len(data) and hasattr(body, "_raw_stream"):
+        # object, the stream under it read directly and replaced by the bytes read (what
+        # StreamingBody's own constructor sets). The caller's read is then StreamingBody's own,
+        # counting and checking the length as on a plain client. A botocore without that
+        # attribute gets an equal new StreamingBody instead. The attribute is set, never written
+        # through body.__dict__ (reading that takes the object off CPython 3.11's fast attribute
+        # path for good, and the caller reads the body next).
+        try:
+            raw = body._raw_stream
+        except AttributeError:
+            raw = None
+        if raw is not None:
+            data = cast(bytes, raw.read())
             body._raw_stream = io.BytesIO(data)
-            body._amount_read = 0
         else:
+            data = cast(bytes, body.read())
             parsed["body"] = streaming_body(io.BytesIO(data), len(data))
         try:
             found = _body_counts(data)
