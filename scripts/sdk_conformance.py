@@ -54,6 +54,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -683,6 +684,12 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter for the throwaway venvs")
     parser.add_argument("--classes", type=int, default=20, help="how many failure classes to list")
     args = parser.parse_args()
+    # A shell starts a background job (`cmd &`, no job control) with SIGINT ignored, and every
+    # process it starts inherits that: the SDKs' tests that interrupt a subprocess (openai's
+    # realtime example) then wait for an exit that never comes, plain and metered alike. The
+    # suites get the default disposition back (a handled signal is reset on exec).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     sdks = list(SDKS) if args.sdk == "all" else [args.sdk]
     if (args.version or args.paths) and len(sdks) != 1:
         parser.error("--version and test paths need one --sdk")
