@@ -14,7 +14,6 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
-from botocore.exceptions import IncompleteReadError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
@@ -219,10 +218,10 @@ def test_invoke_model_body_shorter_than_its_length_fails_the_callers_read_and_st
     """botocore's length check runs on the caller's read, as on a plain client; the call bills."""
     declared = len(STUBBED_BYTES) + 5
     plain_body = StreamingBody(io.BytesIO(STUBBED_BYTES), declared)
-    with pytest.raises(IncompleteReadError):
+    with pytest.raises(botocore.exceptions.IncompleteReadError):
         plain_body.read()
     response = _stubbed_invoke(meter_, StreamingBody(io.BytesIO(STUBBED_BYTES), declared))
-    with pytest.raises(IncompleteReadError):
+    with pytest.raises(botocore.exceptions.IncompleteReadError):
         response["body"].read()
     assert usage(only_event(meter_, transport)) == (7, 2, 9)
 
