@@ -422,8 +422,11 @@ class Dispatcher:
         if not ok:
             spool.release(batch)
             return 0
-        spool.commit(batch)
-        self._count(delivered, dead, own=batch.own)
+        # Under flush()'s lock (re-entrant): the spool's count of inherited events done and the
+        # delivered counters move together, so a flush() that returns sees both.
+        with self._done:
+            spool.commit(batch)
+            self._count(delivered, dead, own=batch.own)
         return len(batch.payloads)
 
     def _send_direct(self, loop: asyncio.AbstractEventLoop, transport: Transport, spool: Spool) -> int:
