@@ -21,11 +21,17 @@ What is measured (one run, the same fake server for both sides of a row):
    timed one iteration at a time with ``time.perf_counter_ns`` in batches.
 
 Method: one client per side (same options, ``api_key="test"``, ``max_retries=0``, own connection pool),
-warmed up, then blocks that alternate the order plain/metered (A B, B A, ...) so drift cancels. The table
-gives the median per-call time of each side over all blocks, their ratio, and the median (min..max) of the
-per-block ratios. The fake servers run in a separate (spawned) process by default so they do not compete
-with the measured client for the GIL. The metered side delivers to a transport that discards events,
-through the real background worker (whose CPU use is part of the measured overhead).
+warmed up, then pairs of single calls (or single streams), one per side back to back, the order alternating
+(A B, B A, ...). Each call is timed on its own: wall time and the calling thread's CPU time. A ratio is
+taken per pair and the table gives the median of the per-pair ratios (and their interquartile range):
+on a shared virtual machine the speed of the machine itself changes within tens of milliseconds, and two
+calls made back to back see the same speed, where blocks of many calls do not. The CPU ratio adds the
+CPU time of llm_meter's worker thread (read from its thread clock over the row, after a flush), spread
+over the row's metered calls: the calling process's CPU time is then counted whole, the worker included,
+without its batches (one every flush interval) landing as noise in whichever pair they fall in. The fake
+servers run in a separate (spawned) process by default so they do not compete with the measured client
+for the GIL. The metered side delivers to a transport that discards events, through the real background
+worker.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import multiprocessing
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -94,10 +101,8 @@ GEMINI_PROMPT = "Say hello to the benchmark in a few words."
 
 @dataclass(frozen=True)
 class Plan:
-    call_blocks: int
-    calls_per_block: int
-    stream_blocks: int
-    streams_per_block: int
+    call_pairs: int
+    stream_pairs: int
     warmup_calls: int
     warmup_streams: int
     call_budget_s: float
@@ -106,28 +111,24 @@ class Plan:
     handoff_batch: int
 
 
-# Budgets are per row: a full run of both SDKs stays under 4 minutes even on a loaded machine.
+# Budgets are per row (a row stops early once spent): a full run of all SDKs takes about 5 minutes.
 FULL = Plan(
-    call_blocks=60,
-    calls_per_block=25,
-    stream_blocks=50,
-    streams_per_block=2,
+    call_pairs=3000,
+    stream_pairs=400,
     warmup_calls=100,
     warmup_streams=5,
-    call_budget_s=15.0,
-    stream_budget_s=25.0,
+    call_budget_s=12.0,
+    stream_budget_s=20.0,
     handoff_iterations=200_000,
     handoff_batch=1_000,
 )
 QUICK = Plan(
-    call_blocks=16,
-    calls_per_block=15,
-    stream_blocks=12,
-    streams_per_block=2,
+    call_pairs=400,
+    stream_pairs=40,
     warmup_calls=30,
     warmup_streams=2,
-    call_budget_s=2.5,
-    stream_budget_s=4.0,
+    call_budget_s=1.5,
+    stream_budget_s=2.5,
     handoff_iterations=50_000,
     handoff_batch=1_000,
 )
@@ -142,8 +143,6 @@ class Sdk:
 
     ``create(client)`` / ``stream(client)`` return the response, the stream, or (async client) the
     coroutine that does; ``is_content(item)`` picks a content-carrying stream item for the hand-off rows.
-    ``stream_scale`` multiplies the streams per block, so that a block of a faster stream lasts about as
-    long as one of OpenAI's (a per-block ratio over a few milliseconds is mostly scheduling noise).
     """
 
     name: str
@@ -155,7 +154,6 @@ class Sdk:
     create: Callable[[Any], Any]
     stream: Callable[[Any], Any]
     is_content: Callable[[Any], bool]
-    stream_scale: int = 1
     #: The async client's calls, when they differ from ``create`` / ``stream`` (Gemini's ``client.aio``).
     acreate: Callable[[Any], Any] | None = None
     astream: Callable[[Any], Any] | None = None
@@ -199,7 +197,6 @@ def _anthropic_sdk() -> Sdk:
             stream=True,
         ),
         is_content=lambda event: event.type == "content_block_delta",
-        stream_scale=4,  # a 500-event Anthropic stream parses about 4x faster than a 500-chunk OpenAI one
     )
 
 
@@ -339,105 +336,133 @@ class DiscardTransport:
         return None
 
 
-# -- one timed run per side -------------------------------------------------------------------------
+# -- pairs of single calls --------------------------------------------------------------------------
+
+#: One pair: plain wall, plain CPU, metered wall, metered CPU (nanoseconds; CPU = the calling thread's).
+Sample = tuple[int, int, int, int]
+#: A row takes at least this many pairs, whatever its budget.
+MIN_PAIRS = 20
 
 
-def sync_create(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
-    times: list[int] = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        start = clock()
-        call(client)
-        times.append(clock() - start)
-    return times
+def sync_pairs(
+    plain: Callable[[], object], metered: Callable[[], object], pairs: int, budget_s: float
+) -> list[Sample]:
+    """Up to ``pairs`` pairs of one plain and one metered call, back to back, the order alternating."""
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
+    deadline = wall() + int(budget_s * 1e9)
+    samples: list[Sample] = []
+    for i in range(pairs):
+        if i >= MIN_PAIRS and wall() > deadline:
+            break
+        first, second = (plain, metered) if i % 2 == 0 else (metered, plain)
+        w0, c0 = wall(), cpu()
+        first()
+        w1, c1 = wall(), cpu()
+        second()
+        w2, c2 = wall(), cpu()
+        a, b = (w1 - w0, c1 - c0), (w2 - w1, c2 - c1)
+        samples.append((*a, *b) if i % 2 == 0 else (*b, *a))
+    return samples
 
 
-def sync_stream(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
-    times: list[int] = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        start = clock()
+async def async_pairs(
+    plain: Callable[[], Any], metered: Callable[[], Any], pairs: int, budget_s: float
+) -> list[Sample]:
+    """:func:`sync_pairs` for coroutine functions, in one event loop run (no loop start-up per call)."""
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
+    deadline = wall() + int(budget_s * 1e9)
+    samples: list[Sample] = []
+    for i in range(pairs):
+        if i >= MIN_PAIRS and wall() > deadline:
+            break
+        first, second = (plain, metered) if i % 2 == 0 else (metered, plain)
+        w0, c0 = wall(), cpu()
+        await first()
+        w1, c1 = wall(), cpu()
+        await second()
+        w2, c2 = wall(), cpu()
+        a, b = (w1 - w0, c1 - c0), (w2 - w1, c2 - c1)
+        samples.append((*a, *b) if i % 2 == 0 else (*b, *a))
+    return samples
+
+
+def one_call(call: Callable[[Any], Any], client: Any, stream: bool) -> Callable[[], object]:
+    """A sync call, or a stream consumed to its end."""
+    if not stream:
+        return lambda: call(client)
+
+    def consume() -> None:
         for _item in call(client):
             pass
-        times.append(clock() - start)
-    return times
+
+    return consume
 
 
-async def async_create(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
-    times: list[int] = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        start = clock()
-        await call(client)
-        times.append(clock() - start)
-    return times
+def one_acall(call: Callable[[Any], Any], client: Any, stream: bool) -> Callable[[], Any]:
+    """An async call, or an async stream consumed to its end."""
+
+    async def once() -> None:
+        result = await call(client)
+        if stream:
+            async for _item in result:
+                pass
+
+    return once
 
 
-async def async_stream(call: Callable[[Any], Any], client: Any, n: int) -> list[int]:
-    times: list[int] = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        start = clock()
-        async for _item in await call(client):
-            pass
-        times.append(clock() - start)
-    return times
+def worker_cpu_ns() -> int:
+    """CPU time of llm_meter's worker thread(s) so far (its thread clock), nanoseconds."""
+    total = 0
+    for thread in threading.enumerate():
+        if thread.name == "llm-meter-worker" and thread.ident is not None:
+            with contextlib.suppress(OSError, OverflowError):
+                total += time.clock_gettime_ns(time.pthread_getcpuclockid(thread.ident))
+    return total
 
 
 @dataclass
 class Comparison:
     name: str
     target: float
-    plain: list[int]
-    metered: list[int]
-    block_ratios: list[float]
-    cpu_ratios: list[float]
+    samples: list[Sample]
+    #: CPU time of the meter's worker over the row's pairs (after a flush).
+    worker_ns: int
 
-    @property
-    def ratio(self) -> float:
-        return statistics.median(self.metered) / statistics.median(self.plain)
+    def column(self, index: int) -> list[int]:
+        return [sample[index] for sample in self.samples]
+
+    def wall_ratios(self) -> list[float]:
+        return [m / max(p, 1) for p, _, m, _ in self.samples]
+
+    def cpu(self) -> tuple[float, float, float]:
+        """The CPU ratio: the calling thread's (median of the per-pair ratios) plus the worker's share."""
+        caller = statistics.median(m / max(p, 1) for _, p, _, m in self.samples)
+        worker = self.worker_ns / len(self.samples) / max(statistics.median(self.column(1)), 1)
+        return caller + worker, caller, worker
 
 
 def compare(
     name: str,
     target: float,
-    plain: Callable[[int], list[int]],
-    metered: Callable[[int], list[int]],
-    per_block: int,
-    blocks: int,
+    pairs: Callable[[int, float], list[Sample]],
+    warm: Callable[[int], object],
+    meter: Meter,
+    count: int,
     warmup: int,
     budget_s: float,
 ) -> Comparison:
-    """Warm both sides up, then run ``blocks`` short blocks per side, alternating which side goes first.
+    """Warm both sides up, then time up to ``count`` pairs (``pairs(count, budget_s)``).
 
-    Short blocks (tens of milliseconds to a few hundred) keep each plain/metered pair close in time, so
-    bursts of load from other processes on a shared machine hit both sides of a pair alike. Stops early
-    (after an even number of blocks, at least 4) once ``budget_s`` seconds are spent, so a slow or loaded
-    machine still finishes in time.
+    ``warm(n)`` runs ``n`` calls of each side. The worker's CPU time is read after a flush before
+    and after the pairs, so it covers the events of exactly these calls.
     """
-    plain(warmup)
-    metered(warmup)
+    warm(warmup)
+    meter.flush(10.0)
     gc.collect()
-    result = Comparison(name, target, [], [], [], [])
-
-    def timed(side: Callable[[int], list[int]]) -> tuple[list[int], int]:
-        cpu = time.process_time_ns()
-        times = side(per_block)
-        return times, time.process_time_ns() - cpu
-
-    deadline = time.perf_counter() + budget_s
-    for block in range(blocks):
-        if block >= 4 and block % 2 == 0 and time.perf_counter() > deadline:
-            break
-        if block % 2 == 0:
-            (a, cpu_a), (b, cpu_b) = timed(plain), timed(metered)
-        else:
-            (b, cpu_b), (a, cpu_a) = timed(metered), timed(plain)
-        result.plain += a
-        result.metered += b
-        result.block_ratios.append(statistics.median(b) / statistics.median(a))
-        result.cpu_ratios.append(cpu_b / max(cpu_a, 1))
-    return result
+    worker = worker_cpu_ns()
+    samples = pairs(count, budget_s)
+    meter.flush(10.0)
+    return Comparison(name, target, samples, worker_cpu_ns() - worker)
 
 
 def check_stream(sdk: Sdk, plain: Any, metered: Any) -> None:
@@ -445,6 +470,61 @@ def check_stream(sdk: Sdk, plain: Any, metered: Any) -> None:
     counts = [sum(1 for _ in sdk.stream(client)) for client in (plain, metered)]
     if counts[0] != counts[1] or counts[0] < STREAM_CHUNKS:
         raise RuntimeError(f"{sdk.name}: stream item counts differ: plain {counts[0]}, metered {counts[1]}")
+
+
+def _compare(
+    label: str,
+    stream: bool,
+    pairs: Callable[[int, float], list[Sample]],
+    warm: Callable[[int], object],
+    m: Meter,
+    p: Plan,
+) -> Comparison:
+    if stream:
+        return compare(
+            label, TARGET_STREAM, pairs, warm, m, p.stream_pairs, p.warmup_streams, p.stream_budget_s
+        )
+    return compare(label, TARGET_NON_STREAM, pairs, warm, m, p.call_pairs, p.warmup_calls, p.call_budget_s)
+
+
+def sync_row(
+    label: str, stream: bool, call: Callable[[Any], Any], clients: tuple[Any, Any], m: Meter, p: Plan
+) -> Comparison:
+    """One row of a sync client pair (plain, metered): a call, or a stream consumed to its end."""
+    plain_one, metered_one = (one_call(call, client, stream) for client in clients)
+
+    def warm(n: int) -> None:
+        for _ in range(n):
+            plain_one()
+            metered_one()
+
+    def pairs(count: int, budget_s: float) -> list[Sample]:
+        return sync_pairs(plain_one, metered_one, count, budget_s)
+
+    return _compare(label, stream, pairs, warm, m, p)
+
+
+def async_row(
+    label: str,
+    stream: bool,
+    call: Callable[[Any], Any],
+    clients: tuple[Any, Any],
+    m: Meter,
+    p: Plan,
+    runner: asyncio.Runner,
+) -> Comparison:
+    """:func:`sync_row` for an async client pair, each phase in one run of *runner*'s event loop."""
+    plain_one, metered_one = (one_acall(call, client, stream) for client in clients)
+
+    async def warm(n: int) -> None:
+        for _ in range(n):
+            await plain_one()
+            await metered_one()
+
+    def pairs(count: int, budget_s: float) -> list[Sample]:
+        return runner.run(async_pairs(plain_one, metered_one, count, budget_s))
+
+    return _compare(label, stream, pairs, lambda n: runner.run(warm(n)), m, p)
 
 
 def run_sdk(
@@ -463,54 +543,28 @@ def run_sdk(
     ametered_s = llm_meter.meter(sdk.aclient(base_url=large_url, **options), customer="cus_1", meter=m)
     p = plan
 
-    def side(loop: Callable[[Callable[[Any], Any], Any, int], list[int]], call: Any, client: Any) -> Any:
-        return lambda k: loop(call, client, k)
-
-    def aside(loop: Callable[[Callable[[Any], Any], Any, int], Any], call: Any, client: Any) -> Any:
-        return lambda k: runner.run(loop(call, client, k))
-
     try:
         check_stream(sdk, plain_s, metered_s)
         rows = [
-            compare(
-                f"{sdk.name} {sdk.create_label}, sync",
-                TARGET_NON_STREAM,
-                side(sync_create, sdk.create, plain),
-                side(sync_create, sdk.create, metered),
-                p.calls_per_block,
-                p.call_blocks,
-                p.warmup_calls,
-                p.call_budget_s,
-            ),
-            compare(
+            sync_row(f"{sdk.name} {sdk.create_label}, sync", False, sdk.create, (plain, metered), m, p),
+            async_row(
                 f"{sdk.name} {sdk.create_label}, async",
-                TARGET_NON_STREAM,
-                aside(async_create, sdk.acreate or sdk.create, aplain),
-                aside(async_create, sdk.acreate or sdk.create, ametered),
-                p.calls_per_block,
-                p.call_blocks,
-                p.warmup_calls,
-                p.call_budget_s,
+                False,
+                sdk.acreate or sdk.create,
+                (aplain, ametered),
+                m,
+                p,
+                runner,
             ),
-            compare(
-                f"{sdk.name} {sdk.stream_label}, sync",
-                TARGET_STREAM,
-                side(sync_stream, sdk.stream, plain_s),
-                side(sync_stream, sdk.stream, metered_s),
-                p.streams_per_block * sdk.stream_scale,
-                p.stream_blocks,
-                p.warmup_streams * sdk.stream_scale,
-                p.stream_budget_s,
-            ),
-            compare(
+            sync_row(f"{sdk.name} {sdk.stream_label}, sync", True, sdk.stream, (plain_s, metered_s), m, p),
+            async_row(
                 f"{sdk.name} {sdk.stream_label}, async",
-                TARGET_STREAM,
-                aside(async_stream, sdk.astream or sdk.stream, aplain_s),
-                aside(async_stream, sdk.astream or sdk.stream, ametered_s),
-                p.streams_per_block * sdk.stream_scale,
-                p.stream_blocks,
-                p.warmup_streams * sdk.stream_scale,
-                p.stream_budget_s,
+                True,
+                sdk.astream or sdk.stream,
+                (aplain_s, ametered_s),
+                m,
+                p,
+                runner,
             ),
         ]
         body = sdk.create(plain)
@@ -540,41 +594,28 @@ def run_bedrock(sdk: Sdk, plan: Plan, urls: tuple[str, str], m: Meter) -> list[C
     def invoke_stream(c: Any) -> Any:
         return c.invoke_model_with_response_stream(modelId=BEDROCK_MODEL, body=BEDROCK_BODY)["body"]
 
-    def side(loop: Callable[[Callable[[Any], Any], Any, int], list[int]], call: Any, client: Any) -> Any:
-        return lambda k: loop(call, client, k)
-
     try:
         check_stream(sdk, plain_s, metered_s)
-        rows = []
-        for label, call in (("converse", sdk.create), ("invoke_model", invoke)):
-            rows.append(
-                compare(
-                    f"bedrock {label}, sync",
-                    TARGET_NON_STREAM,
-                    side(sync_create, call, plain),
-                    side(sync_create, call, metered),
-                    p.calls_per_block,
-                    p.call_blocks,
-                    p.warmup_calls,
-                    p.call_budget_s,
-                )
-            )
-        for label, call in (
-            (f"converse_stream {STREAM_CHUNKS} events", sdk.stream),
-            (f"invoke stream {STREAM_CHUNKS} chunks", invoke_stream),
-        ):
-            rows.append(
-                compare(
-                    f"bedrock {label}, sync",
-                    TARGET_STREAM,
-                    side(sync_stream, call, plain_s),
-                    side(sync_stream, call, metered_s),
-                    p.streams_per_block,
-                    p.stream_blocks,
-                    p.warmup_streams,
-                    p.stream_budget_s,
-                )
-            )
+        rows = [
+            sync_row("bedrock converse, sync", False, sdk.create, (plain, metered), m, p),
+            sync_row("bedrock invoke_model, sync", False, invoke, (plain, metered), m, p),
+            sync_row(
+                f"bedrock converse_stream {STREAM_CHUNKS} events, sync",
+                True,
+                sdk.stream,
+                (plain_s, metered_s),
+                m,
+                p,
+            ),
+            sync_row(
+                f"bedrock invoke stream {STREAM_CHUNKS} chunks, sync",
+                True,
+                invoke_stream,
+                (plain_s, metered_s),
+                m,
+                p,
+            ),
+        ]
     finally:
         for client in (plain, metered, plain_s, metered_s):
             client.close()
@@ -869,22 +910,24 @@ def report(
         f"llm_meter overhead: {versions}, Python {platform.python_version()}, "
         f"{'--quick' if quick else 'full'} run, fake servers in a {where}"
     )
-    streams = ", ".join(f"{sdk.name} {plan.streams_per_block * sdk.stream_scale}" for sdk in sdks)
     print(
-        f"blocks alternate plain/metered (AB BA ...), {plan.calls_per_block} calls or "
-        f"streams ({streams}) per side per block; plain/metered = median per call\n"
+        "pairs of single calls or streams, plain and metered back to back, the order alternating;\n"
+        "plain/metered = median wall time per call; ratios = median of the per-pair ratios "
+        "(interquartile range)\n"
     )
-    widths = [-34, 6, 11, 11, 6, -27, 7, -4, 9, 7, -4]
+    widths = [-40, 5, 11, 11, 6, -15, 6, -4, 6, -15, 7, 6, -4]
     head = [
         "benchmark",
-        "blocks",
+        "pairs",
         "plain",
         "metered",
-        "ratio",
-        "  block ratios med (min..max)",
+        "wall",
+        "  (IQR)",
         "target",
         " ok",
-        "cpu ratio",
+        "cpu",
+        "  (IQR)",
+        "worker",
         "target",
         " ok",
     ]
@@ -892,27 +935,32 @@ def report(
     print("-" * len(_row(head, widths)))
     for c in comparisons:
         scale, unit = (1e6, "ms") if c.target == TARGET_STREAM else (1e3, "µs")
-        block_median = statistics.median(c.block_ratios)
+        wall = c.wall_ratios()
+        wall_q = statistics.quantiles(wall, n=4)
+        cpu, _caller, worker = c.cpu()
+        cpu_q = statistics.quantiles((m / max(p, 1) for _, p, _, m in c.samples), n=4)
         cells = [
             c.name,
-            str(len(c.block_ratios)),
-            f"{statistics.median(c.plain) / scale:.2f} {unit}",
-            f"{statistics.median(c.metered) / scale:.2f} {unit}",
-            f"{c.ratio:.3f}",
-            f"  {block_median:.3f} ({min(c.block_ratios):.3f}..{max(c.block_ratios):.3f})",
+            str(len(c.samples)),
+            f"{statistics.median(c.column(0)) / scale:.2f} {unit}",
+            f"{statistics.median(c.column(2)) / scale:.2f} {unit}",
+            f"{statistics.median(wall):.3f}",
+            f"  ({wall_q[0]:.2f}..{wall_q[2]:.2f})",
             f"≤{c.target:.2f}",
-            " " + _verdict(block_median, c.target),
-            f"{statistics.median(c.cpu_ratios):.3f}",
+            " " + _verdict(statistics.median(wall), c.target),
+            f"{cpu:.3f}",
+            f"  ({cpu_q[0]:.2f}..{cpu_q[2]:.2f})",
+            f"+{worker:.3f}",
             f"≤{CPU_TARGET[c.target]:.2f}",
-            " " + _verdict(statistics.median(c.cpu_ratios), CPU_TARGET[c.target]),
+            " " + _verdict(cpu, CPU_TARGET[c.target]),
         ]
         print(_row(cells, widths))
-    also = " + fake servers" if server_mode == "thread" else ""
+    also = " (the fake servers' threads are not counted)" if server_mode == "thread" else ""
     print(
-        f"metered side: {counts['emitted']} events emitted, {counts['delivered']} delivered; "
-        "ok = median of block ratios within target;\ncpu ratio = median per-block ratio of this "
-        f"process's CPU time (client + llm_meter worker{also}; "
-        "less sensitive to other load)\n"
+        f"metered side: {counts['emitted']} events emitted, {counts['delivered']} delivered\n"
+        "cpu = the calling thread's CPU time (median per-pair ratio; its IQR in brackets) plus the worker's "
+        f"share{also}:\nllm_meter's worker thread's CPU time over the row divided by the row's metered "
+        "calls, as a fraction of a plain call's CPU time (column 'worker')\n"
     )
     widths = [-52, 10, 10, 9, -5]
     head = [
