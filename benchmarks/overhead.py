@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/overhead.py            # full run (about 2.5 minutes, capped under 4)
-    python benchmarks/overhead.py --quick    # smoke run (under 50 s)
+    python benchmarks/overhead.py            # full run (about 4 minutes)
+    python benchmarks/overhead.py --quick    # smoke run (about 45 s)
     python benchmarks/overhead.py --only anthropic  # one SDK only (openai, anthropic, bedrock or google)
     python benchmarks/overhead.py --server thread   # fake servers in this process (GIL-shared, noisier)
 
@@ -111,7 +111,7 @@ class Plan:
     handoff_batch: int
 
 
-# Budgets are per row (a row stops early once spent): a full run of all SDKs takes about 5 minutes.
+# Budgets are per row (a row stops early once spent): a full run of all SDKs takes about 4 minutes.
 FULL = Plan(
     call_pairs=3000,
     stream_pairs=400,
