@@ -410,13 +410,23 @@ def one_acall(call: Callable[[Any], Any], client: Any, stream: bool) -> Callable
     return once
 
 
+#: The name of llm_meter's worker thread (its dispatcher names it so).
+WORKER_THREAD = "llm-meter-worker"
+
+
 def worker_cpu_ns() -> int:
-    """CPU time of llm_meter's worker thread(s) so far (its thread clock), nanoseconds."""
-    total = 0
+    """CPU time of llm_meter's worker thread(s) so far (its thread clock), nanoseconds.
+
+    Raises if there is no such thread: a renamed worker would otherwise leave its CPU time out silently.
+    """
+    total, found = 0, False
     for thread in threading.enumerate():
-        if thread.name == "llm-meter-worker" and thread.ident is not None:
+        if thread.name == WORKER_THREAD and thread.ident is not None:
+            found = True
             with contextlib.suppress(OSError, OverflowError):
                 total += time.clock_gettime_ns(time.pthread_getcpuclockid(thread.ident))
+    if not found:
+        raise RuntimeError(f"no {WORKER_THREAD!r} thread: the worker's CPU time cannot be read")
     return total
 
 
