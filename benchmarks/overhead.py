@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import boto3
@@ -342,6 +342,18 @@ class DiscardTransport:
 Sample = tuple[int, int, int, int]
 #: A row takes at least this many pairs, whatever its budget.
 MIN_PAIRS = 20
+_F = TypeVar("_F")
+
+
+def _order(i: int, plain: _F, metered: _F) -> tuple[_F, _F]:
+    """Pair *i*'s order: plain first in even pairs, metered first in odd ones."""
+    return (plain, metered) if i % 2 == 0 else (metered, plain)
+
+
+def _sample(i: int, w0: int, c0: int, w1: int, c1: int, w2: int, c2: int) -> Sample:
+    """Pair *i*'s clock readings (before, between, after) as (plain, metered), undoing :func:`_order`."""
+    first, second = (w1 - w0, c1 - c0), (w2 - w1, c2 - c1)
+    return (*first, *second) if i % 2 == 0 else (*second, *first)
 
 
 def sync_pairs(
@@ -354,14 +366,12 @@ def sync_pairs(
     for i in range(pairs):
         if i >= MIN_PAIRS and wall() > deadline:
             break
-        first, second = (plain, metered) if i % 2 == 0 else (metered, plain)
+        first, second = _order(i, plain, metered)
         w0, c0 = wall(), cpu()
         first()
         w1, c1 = wall(), cpu()
         second()
-        w2, c2 = wall(), cpu()
-        a, b = (w1 - w0, c1 - c0), (w2 - w1, c2 - c1)
-        samples.append((*a, *b) if i % 2 == 0 else (*b, *a))
+        samples.append(_sample(i, w0, c0, w1, c1, wall(), cpu()))
     return samples
 
 
@@ -375,14 +385,12 @@ async def async_pairs(
     for i in range(pairs):
         if i >= MIN_PAIRS and wall() > deadline:
             break
-        first, second = (plain, metered) if i % 2 == 0 else (metered, plain)
+        first, second = _order(i, plain, metered)
         w0, c0 = wall(), cpu()
         await first()
         w1, c1 = wall(), cpu()
         await second()
-        w2, c2 = wall(), cpu()
-        a, b = (w1 - w0, c1 - c0), (w2 - w1, c2 - c1)
-        samples.append((*a, *b) if i % 2 == 0 else (*b, *a))
+        samples.append(_sample(i, w0, c0, w1, c1, wall(), cpu()))
     return samples
 
 
