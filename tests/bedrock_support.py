@@ -57,6 +57,7 @@ def reset(server: FakeBedrockServer) -> FakeBedrockServer:
         "error_after",
         "tool_input",
         "pretty",
+        "event_interval",
     ):
         setattr(server, name, getattr(defaults, name))
     server.requests.clear()

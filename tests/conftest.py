@@ -109,6 +109,7 @@ def gemini(_gemini: FakeGeminiServer) -> Iterator[FakeGeminiServer]:
         "pretty",
         "usage_first",
         "function_args",
+        "event_interval",
     ):
         setattr(_gemini, name, getattr(defaults, name))
     _gemini.requests.clear()

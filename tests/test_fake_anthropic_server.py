@@ -11,6 +11,7 @@ import base64
 import http.client
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -673,3 +674,34 @@ def test_requests_are_recorded(
         ),
     ]
     assert server.requests[1].json["stream"] is True
+
+
+def test_event_interval_paces_a_stream_without_changing_it() -> None:
+    """Paced, a stream carries the same events, each written ``event_interval`` after the last."""
+    interval = 0.02
+
+    def stream(server: FakeAnthropicServer) -> tuple[list[Any], float]:
+        with Anthropic(base_url=server.url, api_key="test", max_retries=0) as client:
+            start = time.monotonic()
+            seen = [event.to_dict() for event in _create(client, stream=True)]
+            return seen, time.monotonic() - start
+
+    with (
+        FakeAnthropicServer(chunks=3) as fast,
+        FakeAnthropicServer(chunks=3, event_interval=interval) as paced,
+    ):
+        expected, _ = stream(fast)
+        seen, elapsed = stream(paced)
+    assert [event["type"] for event in seen] == [event["type"] for event in expected]
+    assert [event.get("delta") for event in seen] == [event.get("delta") for event in expected]
+    assert elapsed >= (len(seen) - 1) * interval
+
+
+def test_event_interval_paces_bedrock_frames(server: FakeAnthropicServer, bedrock: AnthropicBedrock) -> None:
+    """The Bedrock flavour's EventStream frames are paced the same way."""
+    server.event_interval = 0.02
+    start = time.monotonic()
+    events = list(_create(bedrock, stream=True))
+    elapsed = time.monotonic() - start
+    assert events[-1].type == "message_stop"
+    assert elapsed >= (len(events) - 1) * server.event_interval

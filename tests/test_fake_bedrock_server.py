@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import pytest
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 
-from bedrock_support import BODY, LLAMA, client
+from bedrock_support import BODY, LLAMA, MESSAGES, client
 from llm_meter._fakes import _eventstream
 from llm_meter._fakes.bedrock_server import FakeBedrockServer
 
@@ -52,3 +53,17 @@ def test_invoke_stream_chunks_carry_base64_bytes_and_metrics_last(bedrock: FakeB
     chunks = [json.loads(event["chunk"]["bytes"]) for event in stream]
     assert [("amazon-bedrock-invocationMetrics" in c) for c in chunks] == [False] * 4 + [True]
     assert chunks[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 5
+
+
+def test_event_interval_paces_a_stream_without_changing_it(bedrock: FakeBedrockServer) -> None:
+    """Paced, a stream carries the same events, each frame written ``event_interval`` after the last."""
+    expected = list(client(bedrock).converse_stream(modelId=LLAMA, messages=MESSAGES)["stream"])
+    bedrock.event_interval = 0.02
+    start = time.monotonic()
+    events = list(client(bedrock).converse_stream(modelId=LLAMA, messages=MESSAGES)["stream"])
+    elapsed = time.monotonic() - start
+    assert [sorted(event) for event in events] == [sorted(event) for event in expected]
+    assert [event.get("contentBlockDelta") for event in events] == [
+        event.get("contentBlockDelta") for event in expected
+    ]
+    assert elapsed >= (len(events) - 1) * bedrock.event_interval

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -61,3 +62,19 @@ def test_unknown_route_is_a_google_error(gemini: FakeGeminiServer) -> None:
         post(f"{gemini.url}/v1beta/nothing:here", BODY)
     assert info.value.code == 404
     assert json.loads(info.value.read())["error"]["status"] == "NOT_FOUND"
+
+
+def test_event_interval_paces_a_stream_without_changing_it() -> None:
+    """Paced, a stream carries the same chunks, each written ``event_interval`` after the last."""
+    interval = 0.02
+    url = "/v1beta/models/m:streamGenerateContent?alt=sse"
+    with FakeGeminiServer() as fast, FakeGeminiServer(event_interval=interval) as paced:
+        _, expected = post(fast.url + url, BODY)
+        start = time.monotonic()
+        _, raw = post(paced.url + url, BODY)
+        elapsed = time.monotonic() - start
+    chunks = [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+    unpaced = [json.loads(line[6:]) for line in expected.decode().splitlines() if line.startswith("data: ")]
+    assert [c["usageMetadata"] for c in chunks] == [c["usageMetadata"] for c in unpaced]
+    assert [c["candidates"] for c in chunks] == [c["candidates"] for c in unpaced]
+    assert elapsed >= (len(chunks) - 1) * interval

@@ -707,3 +707,26 @@ def test_proxy_url_serves_a_services_own_paths(server: FakeOpenAIServer, base_ur
     assert recorded.path == path and recorded.headers["host"] == base_url.split("/")[2]
     assert body.usage is not None and body.usage.prompt_tokens == PROMPT
     assert ("x_groq" in (body.model_extra or {})) == ("groq" in base_url)
+
+
+def test_event_interval_paces_a_stream_without_changing_it() -> None:
+    """Paced, a stream carries the same chunks, each event written ``event_interval`` after the last."""
+    interval = 0.02
+
+    def stream(server: FakeOpenAIServer) -> tuple[list[Any], float]:
+        with OpenAI(base_url=server.url, api_key="test", max_retries=0) as client:
+            start = time.monotonic()
+            chunks = client.chat.completions.create(
+                model="gpt-4.1-nano", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+            seen = [
+                (c.choices[0].delta.content, c.choices[0].finish_reason) if c.choices else c.usage
+                for c in chunks
+            ]
+            return seen, time.monotonic() - start
+
+    with FakeOpenAIServer(chunks=3) as fast, FakeOpenAIServer(chunks=3, event_interval=interval) as paced:
+        expected, _ = stream(fast)
+        seen, elapsed = stream(paced)
+    assert seen == expected
+    assert elapsed >= (len(seen) - 1) * interval

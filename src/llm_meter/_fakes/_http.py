@@ -84,6 +84,13 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         BaseServer.handle_error(self, request, client_address)
 
 
+def checked_interval(value: float) -> float:
+    """A fake's ``event_interval`` (seconds between a stream's events), checked when it is set."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise ValueError(f"event_interval= must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 class LoopbackService:
     """Lifecycle shared by the fake servers: start on an ephemeral port, stop, context manager.
 

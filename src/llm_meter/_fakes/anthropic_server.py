@@ -36,7 +36,7 @@ from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
-from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService
+from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService, checked_interval
 from llm_meter._fakes.openai_server import (
     _KEEP,
     _OMIT,
@@ -240,6 +240,8 @@ class FakeAnthropicServer(LoopbackService):
     ``error_after=k`` ends streams with an ``overloaded_error`` ``error`` event right after the k-th
     ``content_block_delta`` (Bedrock: a ``modelStreamErrorException`` frame); shorter streams are unaffected.
     ``failing=n`` answers the next n ``POST /v1/messages`` with a 500 ``api_error``, which the SDK retries.
+    ``event_interval`` (seconds, ``0`` by default) paces streams: each event (Bedrock: each frame) is
+    written and flushed on its own that long after the previous one; by default they go out in ~16 KB writes.
     """
 
     def __init__(
@@ -254,10 +256,12 @@ class FakeAnthropicServer(LoopbackService):
         thinking: int = 0,
         delta_usage: str = "cumulative",
         error_after: int | None = None,
+        event_interval: float = 0.0,
     ) -> None:
         self.chunks = chunks
         self.text = text
         self.model = model
+        self.event_interval = checked_interval(event_interval)
         self.cache_read = cache_read
         self.cache_write = cache_write
         self.cache_write_1h = cache_write_1h
@@ -580,8 +584,14 @@ class _AnthropicHandler(_Handler):
         )
 
     def _send_eventstream(self, frames: Iterable[bytes]) -> None:
-        """Chunked transfer-encoding of whole EventStream frames, flushed in ~16 KB groups."""
-        out = bytearray(self._head(200, f"Content-Type: {_EVENTSTREAM}\r\nTransfer-Encoding: chunked\r\n"))
+        """Chunked transfer-encoding of whole EventStream frames, flushed in ~16 KB groups (or paced:
+        see ``_send_paced``)."""
+        head = self._head(200, f"Content-Type: {_EVENTSTREAM}\r\nTransfer-Encoding: chunked\r\n")
+        interval = cast(Any, self.server).fake.event_interval
+        if interval > 0:
+            self._send_paced(frames, head, interval)
+            return
+        out = bytearray(head)
         group = bytearray()
         for frame in frames:
             group += frame

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -44,7 +45,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
 from llm_meter._fakes import _eventstream
-from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService
+from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService, checked_interval
 from llm_meter._fakes.openai_server import RecordedRequest
 
 __all__ = ["FakeBedrockServer", "RecordedRequest"]
@@ -160,7 +161,8 @@ class FakeBedrockServer(LoopbackService):
     sends a ``modelStreamErrorException`` after that many pieces), ``tool_input`` (a JSON
     object: ``invoke_model`` answers of the Anthropic family add a ``tool_use`` block with it
     as the arguments), ``pretty`` (``invoke_model`` bodies indented, as a gateway may
-    re-serialise them). ``requests`` lists what was received.
+    re-serialise them), ``event_interval`` (seconds between a stream's frames, ``0`` by default:
+    as fast as they are written). ``requests`` lists what was received.
 
     ```python
     with FakeBedrockServer() as server:
@@ -171,8 +173,9 @@ class FakeBedrockServer(LoopbackService):
 
     _thread_name = "fake-bedrock"
 
-    def __init__(self) -> None:
+    def __init__(self, *, event_interval: float = 0.0) -> None:
         super().__init__()
+        self.event_interval = checked_interval(event_interval)
         self.chunks = 5
         self.cache_read = 0
         self.cache_write = 0
@@ -596,7 +599,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         head.append("Transfer-Encoding: chunked")
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        for frame in content:
+        interval = cast(Any, self.server).fake.event_interval
+        for index, frame in enumerate(content):
+            if index and interval > 0:
+                time.sleep(interval)
             self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")

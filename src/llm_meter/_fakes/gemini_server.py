@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
-from ._http import LoopbackHTTPServer, LoopbackService
+from ._http import LoopbackHTTPServer, LoopbackService, checked_interval
 from .openai_server import _KEEP, _OMIT, RecordedRequest, _dumps, _Handler, _hex, _json_reply
 
 __all__ = ["FakeGeminiServer", "RecordedRequest"]
@@ -79,6 +79,8 @@ class FakeGeminiServer(LoopbackService):
     For ``generateContent``: ``pretty`` indents the JSON body as the real API does,
     ``usage_first`` writes ``usageMetadata`` and the ids before the candidates, and
     ``function_args`` adds a ``functionCall`` part with those arguments.
+    ``event_interval`` (seconds, ``0`` by default) paces streams: each chunk is written and flushed on
+    its own that long after the previous one; by default they go out in ~16 KB writes.
     """
 
     _thread_name = "fake-gemini-server"
@@ -91,8 +93,10 @@ class FakeGeminiServer(LoopbackService):
         cached: int = 0,
         tool_use_prompt: int = 0,
         model_version: str | None = "gemini-2.5-flash-001",
+        event_interval: float = 0.0,
     ) -> None:
         self.chunks = chunks
+        self.event_interval = checked_interval(event_interval)
         self.thoughts = thoughts
         self.cached = cached
         self.tool_use_prompt = tool_use_prompt

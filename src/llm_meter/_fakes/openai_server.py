@@ -55,7 +55,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from ._http import LoopbackHTTPServer, LoopbackService
+from ._http import LoopbackHTTPServer, LoopbackService, checked_interval
 
 __all__ = ["FakeOpenAIServer", "RecordedRequest"]
 
@@ -386,6 +386,10 @@ class FakeOpenAIServer(LoopbackService):
     tool result (and ``tool_choice`` is not ``"required"`` or a named function). Its arguments are the next
     item of ``tool_arguments`` (JSON texts, consumed one per call, in order), or ``"{}"`` once it is empty;
     streams cut them into ``chunks`` argument deltas.
+
+    ``event_interval`` (seconds, ``0`` by default) paces streams: each event is written and flushed on
+    its own that long after the previous one, as a model generating tokens would send them; by default
+    a stream's events go out in ~16 KB writes.
     """
 
     def __init__(
@@ -397,8 +401,10 @@ class FakeOpenAIServer(LoopbackService):
         reject_stream_options: bool = False,
         azure_filter_chunks: bool = False,
         stream_usage: bool = True,
+        event_interval: float = 0.0,
     ) -> None:
         self.chunks = chunks
+        self.event_interval = checked_interval(event_interval)
         self.text = text
         self.model = model
         self.reject_stream_options = reject_stream_options
@@ -1137,11 +1143,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(self._head(status, fields) + body)
 
     def _send_sse(self, events: Iterable[str]) -> None:
-        """Chunked transfer-encoding; each HTTP chunk holds whole SSE events, flushed in ~16 KB groups."""
+        """Chunked transfer-encoding; each HTTP chunk holds whole SSE events, flushed in ~16 KB groups,
+        or one event per chunk, ``event_interval`` seconds apart, when the fake sets one."""
         fields = (
             "Content-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
             "Cache-Control: no-cache\r\n"
         )
+        interval = cast(Any, self.server).fake.event_interval
+        if interval > 0:
+            self._send_paced((event.encode("utf-8") for event in events), self._head(200, fields), interval)
+            return
         out = bytearray(self._head(200, fields))
         group: list[str] = []
         size = 0
@@ -1160,6 +1171,18 @@ class _Handler(BaseHTTPRequestHandler):
             out += b"%x\r\n%s\r\n" % (len(data), data)
         out += b"0\r\n\r\n"
         self.wfile.write(out)
+
+    def _send_paced(self, pieces: Iterable[bytes], head: bytes, interval: float) -> None:
+        """Chunked transfer-encoding, one HTTP chunk per piece, each flushed, *interval* seconds apart:
+        a stream delivered at the pace a model generates it, so that each read sees one event."""
+        self.wfile.write(head)
+        for index, piece in enumerate(pieces):
+            if index:
+                time.sleep(interval)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
 
 class _HTTPServer(LoopbackHTTPServer):
