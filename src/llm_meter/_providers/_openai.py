@@ -457,7 +457,10 @@ class OpenAIProvider:
         text = call.text
         if text is not None:
             for choice in chunk.choices:
-                piece = getattr(getattr(choice, "delta", None), "content", None)
+                try:  # attribute reads, not getattr() calls: this runs for every chunk
+                    piece = choice.delta.content
+                except AttributeError:  # no delta (or a null one): nothing to keep
+                    continue
                 if piece:
                     text.append(piece)
         return False
@@ -482,7 +485,10 @@ class OpenAIProvider:
         text = call.text
         if text is not None:
             for choice in chunk.choices:
-                piece = getattr(choice, "text", None)
+                try:
+                    piece = choice.text
+                except AttributeError:
+                    continue
                 if piece:
                     text.append(piece)
         return False
