@@ -6,6 +6,7 @@ Usage::
     python benchmarks/overhead.py --quick    # smoke run (about 45 s)
     python benchmarks/overhead.py --only anthropic  # one SDK only (openai, anthropic, bedrock or google)
     python benchmarks/overhead.py --server thread   # fake servers in this process (GIL-shared, noisier)
+    python benchmarks/overhead.py --paced 0.0003    # streams paced: one event every 0.3 ms (about 7 min)
 
 What is measured (one run, the same fake server for both sides of a row):
 
@@ -32,6 +33,13 @@ without its batches (one every flush interval) landing as noise in whichever pai
 servers run in a separate (spawned) process by default so they do not compete with the measured client
 for the GIL. The metered side delivers to a transport that discards events, through the real background
 worker.
+
+By default the stream fakes write a stream's events in ~16 KB writes: the client finds dozens of events per
+read, as if the whole answer were ready at once. ``--paced SECONDS`` has them write one event at a time, that
+long apart (the fakes' ``event_interval``), as a model generating tokens does: each read then brings one
+event, and the SDK's per-read work is part of every event, as it is on a real stream. Pacing leaves the
+non-stream rows as they are; the stream rows' wall ratios then mostly time the fake's pace (the CPU ratios
+are the ones that compare the clients).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -109,6 +117,8 @@ class Plan:
     stream_budget_s: float
     handoff_iterations: int
     handoff_batch: int
+    #: Seconds between a stream's events on the stream fakes (0: unpaced, ~16 KB writes).
+    paced_s: float = 0.0
 
 
 # Budgets are per row (a row stops early once spent): a full run of all SDKs takes about 4 minutes.
@@ -261,46 +271,51 @@ Urls = dict[str, tuple[str, str]]
 """SDK name -> (non-stream server URL, 500-chunk stream server URL)."""
 
 
-def _start_servers(stack: contextlib.ExitStack, names: Sequence[str]) -> Urls:
+def _start_servers(stack: contextlib.ExitStack, names: Sequence[str], paced_s: float = 0.0) -> Urls:
     urls: Urls = {}
     if "openai" in names:
         small = stack.enter_context(FakeOpenAIServer())
-        large = stack.enter_context(FakeOpenAIServer(chunks=STREAM_CHUNKS))
+        large = stack.enter_context(FakeOpenAIServer(chunks=STREAM_CHUNKS, event_interval=paced_s))
         urls["openai"] = (small.url, large.url)
     if "anthropic" in names:
         asmall = stack.enter_context(FakeAnthropicServer(model=ANTHROPIC_MODEL))
-        alarge = stack.enter_context(FakeAnthropicServer(chunks=STREAM_CHUNKS, model=ANTHROPIC_MODEL))
+        alarge = stack.enter_context(
+            FakeAnthropicServer(chunks=STREAM_CHUNKS, model=ANTHROPIC_MODEL, event_interval=paced_s)
+        )
         urls["anthropic"] = (asmall.url, alarge.url)
     if "bedrock" in names:
         bsmall = stack.enter_context(FakeBedrockServer())
-        blarge = stack.enter_context(FakeBedrockServer())
+        blarge = stack.enter_context(FakeBedrockServer(event_interval=paced_s))
         blarge.chunks = STREAM_CHUNKS
         urls["bedrock"] = (bsmall.url, blarge.url)
     if "google" in names:
         gsmall = stack.enter_context(FakeGeminiServer())
-        glarge = stack.enter_context(FakeGeminiServer(chunks=STREAM_CHUNKS))
+        glarge = stack.enter_context(FakeGeminiServer(chunks=STREAM_CHUNKS, event_interval=paced_s))
         urls["google"] = (gsmall.url, glarge.url)
     return urls
 
 
-def _serve(conn: Connection, names: tuple[str, ...]) -> None:
+def _serve(conn: Connection, names: tuple[str, ...], paced_s: float) -> None:
     """Child process: serve a default fake (non-stream) and a 500-chunk fake per SDK until told to stop."""
     with contextlib.ExitStack() as stack:
-        conn.send(_start_servers(stack, names))
+        conn.send(_start_servers(stack, names, paced_s))
         with contextlib.suppress(EOFError):
             conn.recv()
 
 
 @contextlib.contextmanager
-def fake_servers(mode: str, names: tuple[str, ...]) -> Iterator[Urls]:
-    """The fake servers' URLs per SDK, the servers running in a spawned process or in threads."""
+def fake_servers(mode: str, names: tuple[str, ...], paced_s: float = 0.0) -> Iterator[Urls]:
+    """The fake servers' URLs per SDK, the servers running in a spawned process or in threads.
+
+    *paced_s*: seconds between a stream's events on the 500-chunk fakes (0: ~16 KB writes).
+    """
     if mode == "thread":
         with contextlib.ExitStack() as stack:
-            yield _start_servers(stack, names)
+            yield _start_servers(stack, names, paced_s)
         return
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(child, names), name="fake-llm-servers", daemon=True)
+    process = ctx.Process(target=_serve, args=(child, names, paced_s), name="fake-llm-servers", daemon=True)
     process.start()
     child.close()
     try:
@@ -892,7 +907,7 @@ def run(
     comparisons: list[Comparison] = []
     samples: dict[str, tuple[Any, Any]] = {}
     names = tuple(sdk.name for sdk in sdks)
-    with fake_servers(server_mode, names) as urls, asyncio.Runner() as runner:
+    with fake_servers(server_mode, names, plan.paced_s) as urls, asyncio.Runner() as runner:
         for sdk in sdks:
             if sdk.name == "bedrock":
                 comparisons += run_bedrock(sdk, plan, urls[sdk.name], m)
@@ -924,9 +939,10 @@ def report(
 ) -> None:
     where = "separate process (spawn)" if server_mode == "process" else "thread in this process"
     versions = ", ".join(f"{sdk.name} {sdk.version}" for sdk in sdks)
+    pace = f"paced, one event every {plan.paced_s * 1e3:g} ms" if plan.paced_s else "unpaced (~16 KB writes)"
     print(
         f"llm_meter overhead: {versions}, Python {platform.python_version()}, "
-        f"{'--quick' if quick else 'full'} run, fake servers in a {where}"
+        f"{'--quick' if quick else 'full'} run, fake servers in a {where}, streams {pace}"
     )
     print(
         "pairs of single calls or streams, plain and metered back to back, the order alternating;\n"
@@ -1006,8 +1022,20 @@ def main(argv: list[str] | None = None) -> int:
         default="process",
         help="run the fake servers in a spawned process (default) or in threads of this process",
     )
+    parser.add_argument(
+        "--paced",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stream fakes write one event at a time, SECONDS apart (default 0: ~16 KB writes)",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.paced < 1:
+        parser.error("--paced must be at least 0 and under 1 second")
     plan = QUICK if args.quick else FULL
+    if args.paced:
+        # A paced stream lasts at least 500 x SECONDS: a longer budget keeps the number of pairs up.
+        plan = replace(plan, paced_s=args.paced, stream_budget_s=plan.stream_budget_s * 2)
     sdks = [SDKS[name]() for name in SDK_NAMES if args.only in (None, name)]
     started = time.perf_counter()
     comparisons, handoff, counts = run(plan, args.server, sdks)

@@ -2,8 +2,10 @@
 
 Usage::
 
-    python benchmarks/stream_cpu.py               # 150 rounds, about 1.5 minutes
-    python benchmarks/stream_cpu.py --rounds 40   # a quicker look
+    python benchmarks/stream_cpu.py                    # 150 rounds in one process, about 1.5 minutes
+    python benchmarks/stream_cpu.py --rounds 40        # a quicker look
+    python benchmarks/stream_cpu.py --processes 5 --rounds 60 --decompose   # about 4 minutes
+    python benchmarks/stream_cpu.py --paced 0.0003     # the fake writes one event every 0.3 ms
 
 Each round consumes one 500-chunk ``chat.completions.create(stream=True)`` stream per variant, back to
 back, the order rotating and reversing from round to round, and times each on the calling thread's CPU
@@ -16,16 +18,31 @@ and its interquartile range. The variants:
 * ``metered``: ``llm_meter.meter(client)`` with the default ``incomplete_streams="estimate"``;
 * ``metered, skip``: the same with ``incomplete_streams="skip"`` (no text kept for estimates).
 
-The fake server runs in its own process (see ``overhead.py``). ``benchmarks/instructions.py`` gives the
-instruction counts of the same calls; the two disagree on this project's machine (see README, Speed).
+``--decompose`` adds metered clients whose chat-chunk observer is replaced, to split the per-chunk cost:
+``observer: empty`` (the call alone; the usage chunk then reaches the caller, and the stream is billed as
+an estimate), ``observer: unset usage`` (only what hides the ``"usage": null`` llm_meter asked for from
+each chunk's ``model_fields_set``) and ``observer: unset + text`` (plus keeping each chunk's text for
+estimates). These are diagnostics, not behaviours: they reach into the provider's observer.
+
+``--processes K`` repeats the whole measurement in K fresh processes and reports, per variant, the mean
+and spread of the K medians: where one process lands in memory moves a variant by up to about a point,
+more than the differences this script is for.
+
+The fake server runs in its own process (see ``overhead.py``); ``--paced`` sets its ``event_interval``.
+``benchmarks/instructions.py`` gives the instruction counts of the same calls; the two disagree on this
+project's machine (see README, Speed).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import statistics
+import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +52,35 @@ import overhead  # this directory's: the fake-server process and the discarding 
 import llm_meter
 
 
-def _variants(url: str) -> dict[str, Callable[[], None]]:
+def _empty(self: Any, call: Any, chunk: Any, response: Any) -> bool:
+    return False
+
+
+def _unset_usage(self: Any, call: Any, chunk: Any, response: Any) -> bool:
+    chunk.__pydantic_fields_set__.discard("usage")
+    return False
+
+
+def _unset_and_text(self: Any, call: Any, chunk: Any, response: Any) -> bool:
+    chunk.__pydantic_fields_set__.discard("usage")
+    text = call.text
+    if text is not None:
+        for choice in chunk.choices:
+            piece = choice.delta.content
+            if piece:
+                text.append(piece)
+    return False
+
+
+#: --decompose: observers standing in for the OpenAI provider's chat-chunk observer.
+OBSERVERS: dict[str, Callable[..., bool]] = {
+    "observer: empty": _empty,
+    "observer: unset usage": _unset_usage,
+    "observer: unset + text": _unset_and_text,
+}
+
+
+def _variants(url: str, decompose: bool) -> dict[str, Callable[[], None]]:
     def client() -> Any:
         return openai.OpenAI(api_key="test", base_url=url, max_retries=0)
 
@@ -52,12 +97,23 @@ def _variants(url: str) -> dict[str, Callable[[], None]]:
         meter = llm_meter.Meter(transport=overhead.DiscardTransport(), **meter_options)
         return llm_meter.meter(client(), customer="cus_1", meter=meter)
 
-    return {
+    variants = {
         "plain": consume(client()),
         "plain+usage": consume(client(), stream_options={"include_usage": True}),
         "metered": consume(metered()),
         "metered, skip": consume(metered(incomplete_streams="skip")),
     }
+    if decompose:
+        for name, observer in OBSERVERS.items():
+            c = metered()
+            # The client's own copy of its provider, whose prepare() binds this observer to each call.
+            provider = copy.copy(type(c)._llm_meter_provider)
+            if not hasattr(provider, "_observe_chat_chunk"):
+                raise SystemExit("--decompose: the OpenAI provider has no _observe_chat_chunk any more")
+            provider._observe_chat_chunk = types.MethodType(observer, provider)
+            c._llm_meter_provider = provider
+            variants[name] = consume(c)
+    return variants
 
 
 def measure(variants: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[int]]:
@@ -80,24 +136,71 @@ def measure(variants: dict[str, Callable[[], None]], rounds: int) -> dict[str, l
     return times
 
 
+def _ratios(times: dict[str, list[int]]) -> dict[str, list[float]]:
+    plain = times["plain"]
+    return {
+        name: [value / max(base, 1) for value, base in zip(values, plain, strict=True)]
+        for name, values in times.items()
+    }
+
+
+def one_process(rounds: int, paced_s: float, decompose: bool) -> dict[str, list[int]]:
+    with overhead.fake_servers("process", ("openai",), paced_s) as urls:
+        return measure(_variants(urls["openai"][1], decompose), rounds)
+
+
+def _title(args: argparse.Namespace) -> str:
+    pace = f"paced, one event every {args.paced * 1e3:g} ms" if args.paced else "unpaced (~16 KB writes)"
+    return (
+        f"openai {openai.__version__}, {overhead.STREAM_CHUNKS}-chunk sync stream, {pace}, "
+        f"{args.rounds} rounds"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=150, help="rounds of one stream per variant (≥ 4)")
+    parser.add_argument("--processes", type=int, default=1, help="fresh processes to repeat it in (≥ 1)")
+    parser.add_argument("--decompose", action="store_true", help="add the observer-replacing variants")
+    parser.add_argument(
+        "--paced", type=float, default=0.0, metavar="SECONDS", help="the fake's event_interval (default 0)"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 4:
         parser.error("--rounds must be at least 4")
-    with overhead.fake_servers("process", ("openai",)) as urls:
-        times = measure(_variants(urls["openai"][1]), args.rounds)
-    plain = times["plain"]
-    print(f"openai {openai.__version__}, {overhead.STREAM_CHUNKS}-chunk sync stream, {args.rounds} rounds")
-    print(f"{'variant':16} {'median CPU':>11} {'ratio to plain':>15}  (IQR)")
-    for name, values in times.items():
-        ratios = [value / max(base, 1) for value, base in zip(values, plain, strict=True)]
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
-        print(
-            f"{name:16} {statistics.median(values) / 1e6:>8.2f} ms {statistics.median(ratios):>15.4f}"
-            f"  ({q1:.3f}..{q3:.3f})"
-        )
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if not 0 <= args.paced < 1:
+        parser.error("--paced must be at least 0 and under 1 second")
+    if args.child:  # one process of --processes K: medians as JSON for the parent
+        ratios = _ratios(one_process(args.rounds, args.paced, args.decompose))
+        print(json.dumps({name: statistics.median(values) for name, values in ratios.items()}))
+        return 0
+    if args.processes == 1:
+        times = one_process(args.rounds, args.paced, args.decompose)
+        print(_title(args))
+        print(f"{'variant':24} {'median CPU':>11} {'ratio to plain':>15}  (IQR)")
+        for name, ratios in _ratios(times).items():
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            print(
+                f"{name:24} {statistics.median(times[name]) / 1e6:>8.2f} ms "
+                f"{statistics.median(ratios):>15.4f}  ({q1:.3f}..{q3:.3f})"
+            )
+        return 0
+    child = [sys.executable, __file__, "--child", "--rounds", str(args.rounds), "--paced", str(args.paced)]
+    if args.decompose:
+        child.append("--decompose")
+    medians: dict[str, list[float]] = {}
+    for _ in range(args.processes):
+        out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+        for name, value in json.loads(out.strip().splitlines()[-1]).items():
+            medians.setdefault(name, []).append(value)
+    print(f"{_title(args)}, {args.processes} processes")
+    print(f"{'variant':24} {'mean of medians':>15} {'sd':>7}  per process")
+    for name, values in medians.items():
+        each = " ".join(f"{value:.4f}" for value in values)
+        print(f"{name:24} {statistics.mean(values):>15.4f} {statistics.pstdev(values):>7.4f}  {each}")
     return 0
 
 
