@@ -762,8 +762,9 @@ def fleet_status(url: str, *, stream: str = DEFAULT_STREAM, group: str = DEFAULT
         oldest_ms: int | None = None
         if in_flight:
             first = client.xpending_range(stream, group, min="-", max="+", count=1)
-            oldest_ms = _id_ms(first[0]["message_id"])
-        elif waiting:
+            # Empty when a relay acknowledged them since XINFO GROUPS was read.
+            oldest_ms = _id_ms(first[0]["message_id"]) if first else None
+        if oldest_ms is None and waiting:
             after = client.xrange(stream, min="(" + last, count=1)
             oldest_ms = _id_ms(after[0][0]) if after else None
         consumers = tuple(
