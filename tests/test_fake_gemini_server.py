@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -78,3 +79,24 @@ def test_event_interval_paces_a_stream_without_changing_it() -> None:
     assert [c["usageMetadata"] for c in chunks] == [c["usageMetadata"] for c in unpaced]
     assert [c["candidates"] for c in chunks] == [c["candidates"] for c in unpaced]
     assert elapsed >= (len(chunks) - 1) * interval
+
+
+def test_event_interval_paces_a_stream_the_fake_cuts_short() -> None:
+    """``x-fake-fail-after`` still cuts a paced stream after that many chunks, each written on its own."""
+    interval = 0.02
+    with FakeGeminiServer(chunks=5, event_interval=interval) as paced:
+        request = urllib.request.Request(
+            f"{paced.url}/v1beta/models/m:streamGenerateContent?alt=sse",
+            data=json.dumps(BODY).encode(),
+            headers={"Content-Type": "application/json", "x-fake-fail-after": "3"},
+            method="POST",
+        )
+        start = time.monotonic()
+        with (
+            pytest.raises(http.client.IncompleteRead) as cut,
+            urllib.request.urlopen(request, timeout=5) as response,
+        ):
+            response.read()
+        elapsed = time.monotonic() - start
+    assert cut.value.partial.count(b"data: ") == 3
+    assert elapsed >= 2 * interval

@@ -300,12 +300,15 @@ class _GeminiHandler(_Handler):
             return
         if isinstance(reply, _Cut):
             fields = "Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-            out = bytearray(self._head(200, fields))
-            for event in reply.events:
-                data = event.encode("utf-8")
-                out += b"%x\r\n%s\r\n" % (len(data), data)
-            self.wfile.write(out)
-            self.wfile.flush()
+            pieces = (event.encode("utf-8") for event in reply.events)
+            if fake.event_interval > 0:
+                self._send_paced(pieces, self._head(200, fields), fake.event_interval, end=False)
+            else:
+                out = bytearray(self._head(200, fields))
+                for data in pieces:
+                    out += b"%x\r\n%s\r\n" % (len(data), data)
+                self.wfile.write(out)
+                self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return

@@ -1172,17 +1172,19 @@ class _Handler(BaseHTTPRequestHandler):
         out += b"0\r\n\r\n"
         self.wfile.write(out)
 
-    def _send_paced(self, pieces: Iterable[bytes], head: bytes, interval: float) -> None:
+    def _send_paced(self, pieces: Iterable[bytes], head: bytes, interval: float, *, end: bool = True) -> None:
         """Chunked transfer-encoding, one HTTP chunk per piece, each flushed, *interval* seconds apart:
-        a stream delivered at the pace a model generates it, so that each read sees one event."""
+        a stream delivered at the pace a model generates it, so that each read sees one event.
+        ``end=False`` leaves out the closing chunk (a stream the fake cuts short)."""
         self.wfile.write(head)
         for index, piece in enumerate(pieces):
             if index:
                 time.sleep(interval)
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        if end:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
 
 
 class _HTTPServer(LoopbackHTTPServer):
