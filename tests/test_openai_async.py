@@ -698,3 +698,24 @@ def test_thread_without_copied_context_does_not_inherit_the_block(
     assert [type(e) for e in errors] == [MissingCustomerError]
     assert server.requests == []
     assert delivered(meter_, transport) == []
+
+
+def test_async_closing_the_iterator_mid_stream_closes_the_response_as_plain(
+    server: FakeOpenAIServer, details: Any
+) -> None:
+    """``await stream._iterator.aclose()`` after ``__anext__()`` runs the SDK's own cleanup, as on a plain
+    client's stream (newer releases close the response there), and the partial stream is billed once."""
+    m, transport = details
+    closed = []
+
+    async def body(metered: Any, plain: Any) -> None:
+        for client in (plain, metered):
+            stream = await client.chat.completions.create(**CHAT_BODY, stream=True)
+            await stream.__anext__()
+            await stream._iterator.aclose()
+            closed.append(stream.response.is_closed)
+
+    run_metered(server, m, body)
+    gc.collect()
+    assert closed[1] == closed[0]
+    assert_estimated(only_event(m, transport), "")

@@ -694,3 +694,22 @@ def test_failing_transport_never_affects_calls(base: Any) -> None:
         assert stats.pending == 3
     finally:
         m.close(0.2)
+
+
+def test_closing_the_iterator_mid_stream_closes_the_response_as_plain(
+    base: openai.OpenAI, dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """``stream._iterator.close()`` after ``next()`` runs the SDK's own cleanup, as on a plain client's
+    stream (newer releases close the response there), and the partial stream is billed once."""
+    m, transport = details
+    closed = []
+    for client in (base, dclient):
+        stream = client.chat.completions.create(**CHAT_BODY, stream=True)
+        next(stream)
+        stream._iterator.close()
+        closed.append(stream.response.is_closed)
+    assert closed[1] == closed[0]
+    stream.close()  # what a caller does next; nothing left to close where the SDK closed the response
+    assert_estimated(only_event(m, transport), "")
+    del stream
+    assert_no_second_event(m, transport)

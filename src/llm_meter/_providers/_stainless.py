@@ -349,17 +349,27 @@ def _failed(call: Call, item: Any) -> bool:
         return False
 
 
-def _seeing_iter(inner: Iterator[Any], call: Call, response: Any) -> Iterator[Any]:
-    """``Stream._iterator`` for ``next(stream)`` callers: the SDK's items, observed, minus hidden ones."""
-    for item in inner:
-        if not _seen(call, item, response):
-            yield item
+def _seeing_iter(inner: Generator[Any, None, None], call: Call, response: Any) -> Iterator[Any]:
+    """``Stream._iterator`` for ``next(stream)`` callers: the SDK's items, observed, minus hidden ones.
+
+    Closing it closes the SDK's generator, as closing the plain SDK's ``_iterator`` does: the SDK's
+    cleanup closes the response (which finishes the call).
+    """
+    try:
+        for item in inner:
+            if not _seen(call, item, response):
+                yield item
+    finally:
+        inner.close()
 
 
 async def _seeing_aiter(inner: Any, call: Call, response: Any) -> Any:
-    async for item in inner:
-        if not _seen(call, item, response):
-            yield item
+    try:
+        async for item in inner:
+            if not _seen(call, item, response):
+                yield item
+    finally:
+        await inner.aclose()
 
 
 def attach_stream(response: Any, call: Call) -> None:
