@@ -1012,6 +1012,17 @@ def report(
     print(f"\ntotal time {elapsed:.1f} s")
 
 
+def paced_seconds(text: str) -> float:
+    """``--paced``'s argument (here and in ``stream_cpu.py``): seconds between events, 0 up to 1."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0 and under 1, not {text!r}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run, < 50 s)")
@@ -1024,14 +1035,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--paced",
-        type=float,
+        type=paced_seconds,
         default=0.0,
         metavar="SECONDS",
         help="stream fakes write one event at a time, SECONDS apart (default 0: ~16 KB writes)",
     )
     args = parser.parse_args(argv)
-    if not 0 <= args.paced < 1:
-        parser.error("--paced must be at least 0 and under 1 second")
     plan = QUICK if args.quick else FULL
     if args.paced:
         # A paced stream lasts at least 500 x SECONDS: a longer budget keeps the number of pairs up.

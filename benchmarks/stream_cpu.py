@@ -163,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1, help="fresh processes to repeat it in (≥ 1)")
     parser.add_argument("--decompose", action="store_true", help="add the observer-replacing variants")
     parser.add_argument(
-        "--paced", type=float, default=0.0, metavar="SECONDS", help="the fake's event_interval (default 0)"
+        "--paced",
+        type=overhead.paced_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="the fake's event_interval (default 0)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -171,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 4")
     if args.processes < 1:
         parser.error("--processes must be at least 1")
-    if not 0 <= args.paced < 1:
-        parser.error("--paced must be at least 0 and under 1 second")
     if args.child:  # one process of --processes K: medians as JSON for the parent
         ratios = _ratios(one_process(args.rounds, args.paced, args.decompose))
         print(json.dumps({name: statistics.median(values) for name, values in ratios.items()}))

@@ -6,11 +6,13 @@ import contextlib
 import socket
 import sys
 import threading
+import time
+from collections.abc import Iterable
 from http.server import ThreadingHTTPServer
 from socketserver import BaseRequestHandler, BaseServer, TCPServer
 from typing import Any, Self
 
-__all__ = ["LoopbackHTTPServer", "LoopbackService"]
+__all__ = ["LoopbackHTTPServer", "LoopbackService", "checked_interval", "write_chunks"]
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -89,6 +91,22 @@ def checked_interval(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
         raise ValueError(f"event_interval= must be a finite number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def write_chunks(wfile: Any, pieces: Iterable[bytes], interval: float, *, end: bool = True) -> None:
+    """Chunked transfer-encoding, one HTTP chunk per piece, each flushed, *interval* seconds apart.
+
+    Paced, a stream arrives as a model sends it, one event per read. ``end=False`` leaves out the
+    closing chunk (a stream the fake cuts short). The response head is the caller's to write.
+    """
+    for index, piece in enumerate(pieces):
+        if index and interval > 0:
+            time.sleep(interval)
+        wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        wfile.flush()
+    if end:
+        wfile.write(b"0\r\n\r\n")
+        wfile.flush()
 
 
 class LoopbackService:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -45,7 +44,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
 from llm_meter._fakes import _eventstream
-from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService, checked_interval
+from llm_meter._fakes._http import LoopbackHTTPServer, LoopbackService, checked_interval, write_chunks
 from llm_meter._fakes.openai_server import RecordedRequest
 
 __all__ = ["FakeBedrockServer", "RecordedRequest"]
@@ -599,10 +598,4 @@ class _Handler(BaseHTTPRequestHandler):
             return
         head.append("Transfer-Encoding: chunked")
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        interval = cast(Any, self.server).fake.event_interval
-        for index, frame in enumerate(content):
-            if index and interval > 0:
-                time.sleep(interval)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
+        write_chunks(self.wfile, content, cast(Any, self.server).fake.event_interval)

@@ -55,7 +55,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from ._http import LoopbackHTTPServer, LoopbackService, checked_interval
+from ._http import LoopbackHTTPServer, LoopbackService, checked_interval, write_chunks
 
 __all__ = ["FakeOpenAIServer", "RecordedRequest"]
 
@@ -1173,18 +1173,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(out)
 
     def _send_paced(self, pieces: Iterable[bytes], head: bytes, interval: float, *, end: bool = True) -> None:
-        """Chunked transfer-encoding, one HTTP chunk per piece, each flushed, *interval* seconds apart:
-        a stream delivered at the pace a model generates it, so that each read sees one event.
-        ``end=False`` leaves out the closing chunk (a stream the fake cuts short)."""
+        """The head, then one flushed HTTP chunk per piece, *interval* seconds apart (``write_chunks``)."""
         self.wfile.write(head)
-        for index, piece in enumerate(pieces):
-            if index:
-                time.sleep(interval)
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            self.wfile.flush()
-        if end:
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+        write_chunks(self.wfile, pieces, interval, end=end)
 
 
 class _HTTPServer(LoopbackHTTPServer):
