@@ -51,6 +51,17 @@ def test_non_uuid_customer_id_is_rejected() -> None:
         make_customer(None, "cus_123")
 
 
+@pytest.mark.parametrize(
+    "bad", ["6ba7b810-9dad-11d1-80b4-00c04fd430c8", "00000000-0000-0000-0000-000000000000"], ids=["v1", "nil"]
+)
+def test_customer_id_that_is_not_a_version_4_uuid_is_rejected(bad: str) -> None:
+    """Polar's customer ids are UUID4 and it refuses events with any other: refused when given."""
+    with pytest.raises(llm_meter.ConfigurationError, match="version 4"):
+        make_customer(None, bad)
+    with pytest.raises(llm_meter.ConfigurationError, match="version 4"), llm_meter.customer(customer_id=bad):
+        pass
+
+
 def test_block_sets_and_restores_customer() -> None:
     """customer(...) is active inside the block only, nested blocks restore the outer one."""
     assert current_customer() is None

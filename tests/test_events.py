@@ -190,6 +190,14 @@ def test_response_id_that_cannot_be_encoded_is_sent_with_a_replacement_character
     assert json.loads(text.encode("utf-8"))["external_id"] == "openai:chatcmpl-\ufffd"
 
 
+def test_nul_in_a_model_name_or_response_id_is_sent_as_a_replacement_character() -> None:
+    """Polar refuses strings with NUL: the provider's NUL becomes U+FFFD, the event stays valid."""
+    record = _record(model="gpt-4o\x00", external_id="openai:chatcmpl-\x00a")
+    wire = json.loads(encode_wire(record, EventOptions(details=True, polar_llm=True)))
+    assert wire["metadata"]["model"] == wire["metadata"]["_llm"]["model"] == "gpt-4o\ufffd"
+    assert wire["external_id"] == "openai:chatcmpl-\ufffda"
+
+
 @pytest.mark.parametrize(
     "ident",
     [

@@ -387,9 +387,10 @@ def test_token_with_a_newline_from_the_environment_is_refused(monkeypatch: pytes
         PolarTransport(base_url="http://127.0.0.1:1")
 
 
-@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1.0, True, "10"])
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1.0, True, "10", 10_000])
 def test_timeout_must_be_a_finite_positive_number(timeout: object) -> None:
-    """timeout= NaN, infinite, zero, negative or not a number fails at construction."""
+    """timeout= NaN, infinite, zero, negative, over ten minutes (milliseconds meant) or not a number
+    fails at construction."""
     with pytest.raises(ConfigurationError, match="timeout"):
         PolarTransport(TOKEN, base_url="http://127.0.0.1:1", timeout=timeout)  # type: ignore[arg-type]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,21 @@ def test_callback_transport_needs_callable() -> None:
     """A non-callable is a configuration error."""
     with pytest.raises(ConfigurationError):
         CallbackTransport("nope")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "fn", [lambda: None, lambda batch, extra: None, lambda *, batch: None], ids=["none", "two", "keyword"]
+)
+def test_callback_transport_whose_function_cannot_take_the_batch_is_refused(fn: Any) -> None:
+    """A function that cannot be called with the batch would fail (and retry) every batch: refused now."""
+    with pytest.raises(ConfigurationError, match="one positional argument"):
+        CallbackTransport(fn)
+
+
+def test_callback_transport_accepts_functions_taking_the_batch_in_any_form() -> None:
+    """Defaults, *args and builtins without a signature are accepted."""
+    for fn in (lambda batch, extra=None: None, lambda *args: None, print):
+        CallbackTransport(fn)
 
 
 def test_builtin_transports_satisfy_protocol() -> None:

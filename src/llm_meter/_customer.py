@@ -72,6 +72,10 @@ def make_customer(customer: str | None, customer_id: str | None) -> Customer | N
             raise ConfigurationError(
                 f"customer_id= must be a Polar customer UUID, got {customer_id!r}"
             ) from None
+        if parsed.version != 4:  # Polar's ids are version 4; it refuses any other in events
+            raise ConfigurationError(
+                f"customer_id= must be a Polar customer UUID (version 4), got {customer_id!r}"
+            )
         return Customer(_POLAR_ID, str(parsed))
     return None
 

@@ -29,6 +29,7 @@ __all__ = [
     "encode_wire",
     "is_utf8",
     "latest_timestamp",
+    "sendable",
     "to_wire",
     "utf8_safe",
     "validate_metadata",
@@ -64,6 +65,8 @@ _MAX_STR_LEN: Final = 500
 _CLOCK_SKEW: Final = 5.0
 #: Code points that have no UTF-8 form: lone surrogates, e.g. a provider's "\ud800" JSON escape.
 _SURROGATES: Final = re.compile("[\ud800-\udfff]")
+#: What Polar refuses in a string besides those: NUL (its database cannot store it).
+_UNSENDABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 
 def utf8_safe(text: str) -> str:
@@ -75,6 +78,17 @@ def utf8_safe(text: str) -> str:
     if text.isascii():  # O(1) in CPython: the common case costs nothing
         return text
     return _SURROGATES.sub("\ufffd", text)
+
+
+def sendable(text: str) -> str:
+    """*text* with every NUL and lone surrogate replaced by U+FFFD: a string Polar stores.
+
+    For the strings of an event that come from a provider's answer (model name, response id,
+    extra details): one such character would otherwise have the event refused (or block it).
+    """
+    if text.isascii() and "\x00" not in text:  # both O(1)/memchr: the common case costs little
+        return text
+    return _UNSENDABLE.sub("\ufffd", text)
 
 
 def is_utf8(text: str) -> bool:
@@ -320,7 +334,7 @@ def _quote_model(model: str) -> str:
     quoted = _model_json.get(model)
     if quoted is None:
         text = model[:_MAX_STR_LEN]
-        quoted = _quote((text if text.isascii() else utf8_safe(text)) or "unknown")
+        quoted = _quote(sendable(text) or "unknown")
         if len(_model_json) >= _MODEL_CACHE_SIZE:  # a bound, for servers that vary names
             _model_json.clear()
         _model_json[model] = quoted
@@ -337,7 +351,7 @@ def _customer_json(customer: Customer) -> str:
 
 def _scalar(value: object) -> str:
     if isinstance(value, str):
-        return _quote(utf8_safe(value))
+        return _quote(sendable(value))
     if value is True:
         return "true"
     if value is False:
@@ -384,12 +398,12 @@ def encode_line(record: UsageRecord | Exact, options: EventOptions, latest: floa
         estimated,
     ) = record
     total = request_tokens + response_tokens
-    # Polar: strings of 1 to 500 characters. The model name and the response id come from the
-    # provider's answer: a lone surrogate in them is replaced, never left to fail the encoding.
-    # (isascii() is O(1): the call is skipped in the common case.)
+    # Polar: strings of 1 to 500 characters, no NUL. The model name and the response id come from
+    # the provider's answer: a NUL or lone surrogate in them is replaced, never left to have the
+    # event refused. (isascii() is O(1), `in` a memchr: the call is skipped in the common case.)
     model = _model_json.get(model_name) or _quote_model(model_name)
-    if not external_id.isascii():
-        external_id = utf8_safe(external_id)
+    if not external_id.isascii() or "\x00" in external_id:
+        external_id = sendable(external_id)
     if latest is None:
         latest = latest_timestamp()
     # Polar refuses future timestamps (NaN too): at most the latest. The common case is a

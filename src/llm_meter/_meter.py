@@ -26,6 +26,8 @@ log = logging.getLogger("llm_meter")
 
 #: Upper bounds of Meter settings; anything above is a mistake (a value in ms, say).
 MAX_FLUSH_INTERVAL = 3600.0
+#: Longer than any shutdown grace period (Kubernetes gives 30 s): more is a unit mistake (ms).
+MAX_EXIT_TIMEOUT = 600.0
 MAX_BATCH_SIZE = 10_000
 
 T = TypeVar("T")
@@ -83,7 +85,8 @@ class Meter:
             may share one directory. ``None`` keeps events in memory only. It must belong
             to this process's user and not be writable by group or others (created 0700).
         fsync: ``fsync`` every spool append (survives power loss; costs a disk flush per event).
-        exit_timeout: seconds spent delivering pending events at interpreter exit.
+        exit_timeout: seconds spent delivering pending events at interpreter exit (0 to 600;
+            what is left stays in the spool).
         batch_size: most events per ``transport.send`` call (1 to 10,000).
         flush_interval: longest wait, in seconds, before a partial batch is sent (above 0, at
             most an hour).
@@ -121,9 +124,13 @@ class Meter:
             raise ConfigurationError(
                 f"on_missing_customer= must be 'raise' or 'warn', got {on_missing_customer!r}"
             )
-        if not _seconds(exit_timeout) or exit_timeout < 0:
+        for name, flag in (("details", details), ("polar_llm", polar_llm), ("fsync", fsync)):
+            if not isinstance(flag, bool):  # "false" would read as True
+                raise ConfigurationError(f"{name}= must be True or False, got {flag!r}")
+        if not _seconds(exit_timeout) or not 0 <= exit_timeout <= MAX_EXIT_TIMEOUT:
             raise ConfigurationError(
-                f"exit_timeout= must be a finite number of seconds >= 0, got {exit_timeout!r}"
+                f"exit_timeout= must be a number of seconds from 0 to {MAX_EXIT_TIMEOUT:g}, "
+                f"got {exit_timeout!r}"
             )
         if not _seconds(flush_interval) or not 0 < flush_interval <= MAX_FLUSH_INTERVAL:
             # 0 would spin the worker on a CPU core; hours would leave partial batches unsent.

@@ -46,6 +46,8 @@ _PATH: Final = "/v1/events/ingest"
 #: not among them: llm_meter always sends valid JSON, so a 400 points at a proxy or a
 #: misconfiguration, and splitting would wrongly dead-letter every event.)
 _SPLITTABLE: Final = frozenset({413, 422})
+#: The longest ``timeout=`` per request: ten minutes; more is a unit mistake (milliseconds).
+MAX_TIMEOUT: Final = 600.0
 #: HTTP clients a forked child inherited: never used nor closed there (the parent owns the
 #: sockets), only kept from being garbage-collected (which would close them).
 _inherited_clients: list[Any] = []
@@ -68,7 +70,7 @@ class PolarTransport:
         server: ``"production"`` or ``"sandbox"`` (tokens are per environment).
         base_url: overrides ``server`` (and the ``POLAR_BASE_URL`` environment variable), e.g.
             the URL of :class:`llm_meter.testing.FakePolarServer`.
-        timeout: seconds per request.
+        timeout: seconds per request (above 0, at most 600).
         api_version: a ``Polar-Version`` to pin (``"2026-10"``); by default none is sent.
 
     Raises:
@@ -100,10 +102,10 @@ class PolarTransport:
             not isinstance(timeout, int | float)
             or isinstance(timeout, bool)
             or not math.isfinite(timeout)
-            or timeout <= 0
+            or not 0 < timeout <= MAX_TIMEOUT
         ):
             raise ConfigurationError(
-                f"timeout= must be a finite, positive number of seconds, got {timeout!r}"
+                f"timeout= must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, got {timeout!r}"
             )
         if api_version is not None and (
             not isinstance(api_version, str) or not api_version or not _PRINTABLE.fullmatch(api_version)

@@ -132,6 +132,18 @@ class CallbackTransport:
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"CallbackTransport needs a callable, got {fn!r}")
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without one: nothing to check
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind([])
+            except TypeError:  # every batch would fail, and be retried forever
+                raise ConfigurationError(
+                    f"CallbackTransport's function must take the batch as one positional argument; "
+                    f"{fn!r} has the signature {signature}"
+                ) from None
         self.fn = fn
 
     async def send(self, events: list[Event], /) -> None:
