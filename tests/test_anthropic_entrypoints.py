@@ -220,6 +220,27 @@ def test_stream_helper_bills_the_block_active_when_stream_is_called(
     assert only_event(meter_, transport)["external_customer_id"] == "cus_block"
 
 
+def test_stream_helper_called_outside_any_block_bills_the_clients_customer(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """No block around .stream(...): the client's customer, even if the manager is entered in one."""
+    manager = client.messages.stream(**BODY)
+    with llm_meter.customer("cus_later"), manager as stream:
+        stream.until_done()
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_1"
+
+
+def test_stream_helper_with_no_customer_at_the_call_raises_on_enter_and_sends_nothing(
+    fake: FakeAnthropicServer, base: anthropic.Anthropic, meter_: Meter
+) -> None:
+    """A client without a customer, .stream(...) outside any block: nobody to bill, whatever block
+    is active on __enter__, so MissingCustomerError there and no request."""
+    manager = llm_meter.meter(base, meter=meter_).messages.stream(**BODY)
+    with llm_meter.customer("cus_later"), pytest.raises(llm_meter.MissingCustomerError), manager:
+        pass
+    assert fake.requests == []
+
+
 # -- parse, beta, tools ---------------------------------------------------------------------------
 
 

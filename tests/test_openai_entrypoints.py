@@ -179,6 +179,28 @@ def test_chat_stream_helper_bills_the_block_active_when_stream_is_called(
     assert only_event(meter_, transport)["external_customer_id"] == "cus_block"
 
 
+def test_chat_stream_helper_called_outside_any_block_bills_the_clients_customer(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """No block around .stream(...): the client's customer, even if the manager is entered in one."""
+    manager = chat_stream(client)(model=MODEL, messages=MESSAGES)
+    with llm_meter.customer("cus_later"), manager as stream:
+        stream.until_done()
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_1"
+
+
+def test_responses_stream_helper_called_outside_any_block_bills_the_clients_customer(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """responses.stream(...) likewise: the customer is the one of the .stream(...) call."""
+    if not hasattr(client.responses, "stream"):
+        pytest.skip("this openai SDK has no responses.stream")
+    manager = client.responses.stream(model=MODEL, input=RESPONSES_INPUT)
+    with llm_meter.customer("cus_later"), manager as stream:
+        stream.until_done()
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_1"
+
+
 # -- responses ------------------------------------------------------------------------------------
 
 

@@ -87,10 +87,18 @@ def _marker(who: Customer) -> str:
 #: Recently made markers, so that reading one back is a dict lookup (bounded).
 _unmarked: dict[str, Customer] = {}
 
+#: The marker of a ``.stream(...)`` helper called with no customer of its own and no
+#: ``customer(...)`` block active, and what it reads back as: the client's own customer
+#: applies, even if a block is active when the request is sent (on ``__enter__``).
+_CLIENTS_OWN: Final = "client:"
+_OWN: Final = Customer("client", "")
+
 
 def _unmarker(value: object) -> Customer | None:
     if not isinstance(value, str):
         return None
+    if value == _CLIENTS_OWN:
+        return _OWN
     who = _unmarked.get(value)
     if who is not None:
         return who
@@ -187,7 +195,8 @@ def _customer_method(func: Callable[..., Any], name: str) -> Callable[..., Any] 
     # Position of extra_headers among the positional arguments after self (0: keyword only).
     slot = list(params).index("extra_headers") if param.kind is param.POSITIONAL_OR_KEYWORD else 0
     # The `.stream(...)` helpers send their request later, on `__enter__`: they carry the
-    # customer(...) block active now. Other methods carry only a per-call customer; a block is
+    # customer(...) block active now, or with none a marker that names the client's own customer
+    # (a block active on `__enter__` must not decide). Other methods carry only a per-call customer; a block is
     # read when the request is built, so SDK objects that keep a call's options (tool and
     # session runners) never see the marker unless the caller named a customer.
     carries_block = func.__name__ == "stream"
@@ -198,18 +207,17 @@ def _customer_method(func: Callable[..., Any], name: str) -> Callable[..., Any] 
             who = make_customer(kwargs.pop("customer", None), kwargs.pop("customer_id", None))
         if who is None:
             who = current_customer() if carries_block else None
-            if who is None:
+            if who is None and not carries_block:
                 return args  # the block or the client's own customer applies at build time
         if getattr(self._client, "_llm_meter", None) is None:
             return args  # rebuilt on an unmetered client (`type(resource)(client)`)
-        marker = _marker(who)
+        marker = _CLIENTS_OWN if who is None else _marker(who)
         if slot and len(args) >= slot:  # extra_headers given positionally
             i = slot - 1
             return (*args[:i], _merged(args[i], marker), *args[i + 1 :])
         kwargs["extra_headers"] = _merged(kwargs.get("extra_headers"), marker)
         return args
 
-    block = _block
     method: Callable[..., Any]
     if inspect.iscoroutinefunction(func):
 
@@ -221,8 +229,7 @@ def _customer_method(func: Callable[..., Any], name: str) -> Callable[..., Any] 
     elif carries_block:
 
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if "customer" in kwargs or "customer_id" in kwargs or block.get() is not None:
-                args = who_and_args(self, args, kwargs)
+            args = who_and_args(self, args, kwargs)  # the customer is the one of this moment
             return getattr(type(self), name)(self, *args, **kwargs)
 
     else:
@@ -764,6 +771,8 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         config = self._llm_meter
         if who is None:
             who = _block.get() or config.customer
+        elif who is _OWN:  # a `.stream(...)` helper called outside any block
+            who = config.customer
         if who is None:
             what = f"{options.method.upper()} {options.url}"
             if config.meter.raise_on_missing_customer:
