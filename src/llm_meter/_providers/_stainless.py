@@ -196,9 +196,9 @@ def _customer_method(func: Callable[..., Any], name: str) -> Callable[..., Any] 
     slot = list(params).index("extra_headers") if param.kind is param.POSITIONAL_OR_KEYWORD else 0
     # The `.stream(...)` helpers send their request later, on `__enter__`: they carry the
     # customer(...) block active now, or with none a marker that names the client's own customer
-    # (a block active on `__enter__` must not decide). Other methods carry only a per-call customer; a block is
-    # read when the request is built, so SDK objects that keep a call's options (tool and
-    # session runners) never see the marker unless the caller named a customer.
+    # (a block active on `__enter__` must not decide). Other methods carry only a per-call
+    # customer; a block is read when the request is built, so SDK objects that keep a call's
+    # options (tool and session runners) never see the marker unless the caller named a customer.
     carries_block = func.__name__ == "stream"
 
     def who_and_args(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
