@@ -135,6 +135,7 @@ def test_resource_rebuilt_on_an_unmetered_client_sends_no_marker(
         "embeddings.create",
         "audio.transcriptions.create",
         "with_raw_response.chat.completions.create",
+        "request",
     ],
 )
 @pytest.mark.parametrize("sdk_class", [openai.OpenAI, openai.AsyncOpenAI])
@@ -252,6 +253,30 @@ def test_user_middleware_sees_no_marker_and_its_calls_are_metered(
     assert [e["external_customer_id"] for e in events] == ["cus_mw", "cus_1"]
     assert len(seen) == 3
     assert all(MARKER not in headers for headers in seen)
+
+
+@pytest.mark.skipif(
+    not hasattr(anthropic.Anthropic, "with_middleware"), reason="this anthropic SDK has no middleware"
+)
+@pytest.mark.parametrize("sdk_class", [anthropic.Anthropic, anthropic.AsyncAnthropic])
+def test_request_of_a_client_with_middleware_keeps_signature_and_overloads(
+    sdk_class: Any, meter_: Meter
+) -> None:
+    """A client with middleware has llm_meter's ``request``: it still shows the SDK's signature."""
+
+    async def passing_async(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    def passing(request: Any, call_next: Any) -> Any:
+        return call_next(request)
+
+    middleware = passing_async if sdk_class is anthropic.AsyncAnthropic else passing
+    plain = sdk_class(api_key="t", middleware=[middleware])
+    metered = llm_meter.meter(plain, customer="cus_1", meter=meter_)
+    assert type(metered).request is not type(plain).request  # the override is there
+    assert inspect.signature(metered.request) == inspect.signature(plain.request)
+    assert typing.get_overloads(type(metered).request) == typing.get_overloads(type(plain).request)
+    assert typing.get_type_hints(type(metered).request) == typing.get_type_hints(type(plain).request)
 
 
 _RACE = textwrap.dedent(

@@ -1182,6 +1182,17 @@ def _parameters(func: Callable[..., Any]) -> tuple[tuple[str, Any], ...] | None:
         return None
 
 
+def _sdk_faced(func: Callable[..., Any], sdk_func: Callable[..., Any]) -> Callable[..., Any]:
+    """A copy of *func* presenting itself as *sdk_func*: its name, signature, type hints,
+    overloads (``typing.get_overloads`` finds them by module and qualified name) and
+    ``__wrapped__``, as the SDK's method has. A copy: *func* serves several SDK classes."""
+    clone = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
+    clone.__kwdefaults__ = func.__kwdefaults__
+    return functools.update_wrapper(clone, sdk_func)
+
+
 def _build_class(base: type, provider: StainlessProvider, module: str | None) -> type:
     """The metered subclass of *base*.
 
@@ -1219,11 +1230,14 @@ def _build_class(base: type, provider: StainlessProvider, module: str | None) ->
     default_stream = getattr(base, "_default_stream_cls", None)
     if default_stream is not None:
         namespace["_default_stream_cls"] = metered_stream_cls(default_stream, provider)
+    request = _sdk_faced(hook.request, base.request)  # type: ignore[attr-defined]
+    if provider.injects_options:
+        namespace["request"] = request
     bases = (hook, mixin, base) if provider.injects_options else (mixin, base)
     cls = types.new_class(base.__name__, bases, {}, lambda ns: ns.update(namespace))
     cls.__qualname__ = base.__qualname__
     if not provider.injects_options:
-        extra = {"__slots__": (), "__module__": cls.__module__, "__doc__": cls.__doc__}
+        extra = {"__slots__": (), "__module__": cls.__module__, "__doc__": cls.__doc__, "request": request}
         # cls first: its layout is the instance's, so __class__ can move a client between the two.
         variant = types.new_class(base.__name__, (cls, hook), {}, lambda ns: ns.update(extra))
         variant.__qualname__ = base.__qualname__
