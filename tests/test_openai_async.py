@@ -719,3 +719,26 @@ def test_async_closing_the_iterator_mid_stream_closes_the_response_as_plain(
     gc.collect()
     assert closed[1] == closed[0]
     assert_estimated(only_event(m, transport), "")
+
+
+def test_async_stream_read_on_after_a_flush_billed_it_reads_as_the_plain_sdks(
+    server: FakeOpenAIServer, details: Any
+) -> None:
+    """A loop left after one chunk, ``aflush()`` (which bills the stream left early), then the caller
+    reads on: the rest is the plain stream's rest, without the usage chunk llm_meter asked for."""
+    m, transport = details
+    rests: list[list[Any]] = []
+
+    async def body(metered: Any, plain: Any) -> None:
+        for client in (plain, metered):
+            stream = await client.chat.completions.create(**CHAT_BODY, stream=True)
+            loop = stream.__aiter__()
+            await loop.__anext__()
+            await loop.aclose()  # what `async for ...: break` does once the generator is finalised
+            await m.aflush(5)
+            rests.append([c.to_dict() for c in [chunk async for chunk in stream]])
+
+    run_metered(server, m, body)
+    strip = [[{k: v for k, v in c.items() if k not in ("id", "created")} for c in rest] for rest in rests]
+    assert strip[1] == strip[0]
+    assert only_event(m, transport)["metadata"]["estimated"] is True

@@ -713,3 +713,45 @@ def test_closing_the_iterator_mid_stream_closes_the_response_as_plain(
     assert_estimated(only_event(m, transport), "")
     del stream
     assert_no_second_event(m, transport)
+
+
+def test_stream_peeked_then_read_to_the_end_with_a_flush_between_bills_the_exact_usage(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """``next(iter(stream))`` then a ``for`` loop: the peek's loop ends early, the stream is read on,
+    so a flush in the middle does not bill it as abandoned; its exact usage is billed once."""
+    m, transport = details
+    stream = dclient.chat.completions.create(**CHAT_BODY, stream=True)
+    first = next(iter(stream))
+    rest = []
+    for chunk in stream:
+        if not rest:
+            assert m.flush(5)
+            assert delivered(m, transport) == []
+        rest.append(chunk)
+    assert all(c.choices for c in [first, *rest])  # the usage chunk stays hidden
+    event = only_event(m, transport)
+    assert event["metadata"]["estimated"] is False
+    assert event["metadata"]["response_tokens"] == 7
+    del stream
+    assert_no_second_event(m, transport)
+
+
+def test_stream_read_on_after_a_flush_billed_it_reads_as_the_plain_sdks(
+    base: openai.OpenAI, dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """``break``, a flush (which bills the stream left early), then the caller reads on: the rest is
+    the plain stream's rest (no usage chunk, no ``usage`` in the chunks), and nothing is billed twice."""
+    m, transport = details
+    rests = []
+    for client in (base, dclient):
+        stream = client.chat.completions.create(**CHAT_BODY, stream=True)
+        text = read_until_content(stream)
+        m.flush(5)
+        rests.append([c.to_dict() for c in stream])
+    assert [{k: v for k, v in c.items() if k != "id" and k != "created"} for c in rests[1]] == [
+        {k: v for k, v in c.items() if k != "id" and k != "created"} for c in rests[0]
+    ]
+    assert_estimated(only_event(m, transport), text)  # billed by the flush, as delivered then
+    del stream
+    assert_no_second_event(m, transport)

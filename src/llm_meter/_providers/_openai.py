@@ -416,11 +416,22 @@ class OpenAIProvider:
         return False
 
     def hidden(self, call: Call, item: object) -> bool:
-        """Whether *item* is the usage-only chunk llm_meter asked for (the observers also say so)."""
+        """Whether *item* is the usage-only chunk llm_meter asked for (the observers also say so);
+        any other chunk of such a stream loses the ``"usage": null`` it carries because of that.
+
+        For the items the observer does not see: after a failure in it, and after the call was
+        billed early (a flush after a ``break``, then the caller reads on).
+        """
         if not call.injected:
             return False
         try:
-            return item.usage is not None and not item.choices  # type: ignore[attr-defined]
+            if item.usage is None:  # type: ignore[attr-defined]
+                try:  # as in _observe_chat_chunk
+                    item.__pydantic_fields_set__.discard("usage")  # type: ignore[attr-defined]
+                except AttributeError:
+                    _unset_usage_v1(item)
+                return False
+            return not item.choices  # type: ignore[attr-defined]
         except AttributeError:  # not a chunk (a server sent a bare JSON value)
             return False
 

@@ -335,11 +335,20 @@ def _seen(call: Call, item: Any, response: Any) -> bool:
     """Whether the observer hides *item*; a failure is counted and logged, never raised."""
     observe = call.observe
     if observe is None:  # billed already
-        return False
+        return call.injected and _hidden(call, item)
     try:
         return bool(observe(call, item, response))
     except Exception:
         return _failed(call, item)
+
+
+def _hidden(call: Call, item: Any) -> bool:
+    """For an item of a call already billed: whether it is one llm_meter added (the provider
+    also takes out of it what llm_meter's request added). Never raises."""
+    try:
+        return bool(call.provider.hidden(call, item))  # type: ignore[attr-defined]
+    except Exception:
+        return False
 
 
 def _failed(call: Call, item: Any) -> bool:
@@ -521,6 +530,7 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
             if inner is None or call is None:
                 yield from origin.__iter__(self)
             else:
+                call.left_early = False  # read again after a `break`: not abandoned after all
                 for item in inner:
                     # _seen(), written out: this runs for every item of the stream.
                     observe = call.observe
@@ -531,6 +541,8 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
                         except Exception:
                             if _failed(call, item):
                                 continue
+                    elif call.injected and _hidden(call, item):
+                        continue  # billed early (a flush after a `break`), read on: still hidden
                     yield item
         except GeneratorExit:
             if call is not None and not call.done:
@@ -568,6 +580,7 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
                 async for item in origin.__aiter__(self):
                     yield item
             else:
+                call.left_early = False
                 async for item in inner:
                     observe = call.observe
                     if observe is not None:
@@ -577,6 +590,8 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
                         except Exception:
                             if _failed(call, item):
                                 continue
+                    elif call.injected and _hidden(call, item):
+                        continue
                     yield item
         except GeneratorExit:
             if call is not None and not call.done:
