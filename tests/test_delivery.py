@@ -6,6 +6,7 @@ of stored ``external_id`` s equals the set emitted, and no ``external_id`` was i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from llm_meter import Meter
+from llm_meter import Meter, MeterStats
 from llm_meter._customer import Customer
 from llm_meter._events import UsageRecord
 from llm_meter._fakes.openai_server import FakeOpenAIServer
@@ -448,6 +449,124 @@ def test_fork_after_delivery_never_shares_the_parents_polar_connection(
     m.emit(_record("parent-1"))
     assert m.flush(15.0)
     assert_exactly_once(polar, {"openai:parent-0", "openai:parent-1", "openai:child-0"})
+
+
+def _stats_in_child(m: Meter, body: Callable[[], object] | None = None) -> dict[str, Any]:
+    """Fork; the child runs *body* (if any) and reports ``m.stats()`` and its in-memory dead letters."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(read_fd)
+            if body is not None:
+                body()
+            report = {**dataclasses.asdict(m.stats()), "dead_letters": list(m._dispatcher.dead_letters)}
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        data = pipe.read()
+    assert _child_exit_code(pid) == 0
+    return dict(json.loads(data))
+
+
+_CLEAN = dataclasses.asdict(MeterStats(0, 0, 0, 0, 0, 0))
+"""A meter's stats before it did anything."""
+
+_forks = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+_threaded_fork = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+@_forks
+@_threaded_fork
+def test_forked_child_does_not_count_the_parents_retries(
+    polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """A child forked after the parent retried starts at retried=0 and counts only its own sends."""
+    polar.inject(Fault.status(500), Fault.status(500))
+    m = open_meter()
+    m.emit(_record("parent-0"))
+    assert m.flush(10.0)
+    assert m.stats().retried == 2
+
+    def child() -> None:
+        m.emit(_record("child-0"))
+        m.flush(10.0)
+
+    before = _stats_in_child(m)
+    after = _stats_in_child(m, child)
+    assert {k: v for k, v in before.items() if k != "dead_letters"} == _CLEAN
+    assert {k: v for k, v in after.items() if k != "dead_letters"} == {**_CLEAN, "emitted": 1, "delivered": 1}
+    assert m.stats().retried == 2  # the parent's count is its own
+
+
+@_forks
+@_threaded_fork
+def test_forked_child_does_not_count_the_parents_duplicates(
+    polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """Duplicates Polar reported to the parent are not the child's."""
+    m = open_meter()
+    for _ in range(2):  # the same event twice: Polar reports the second as a duplicate
+        m.emit(_record("parent-0"))
+        assert m.flush(10.0)
+    assert m.stats().duplicates == 1
+    assert _stats_in_child(m)["duplicates"] == 0
+
+
+@_forks
+@_threaded_fork
+def test_forked_child_does_not_count_the_parents_hand_off_errors(
+    open_meter: MeterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metering failure logged in the parent (Meter.errors) is not counted in the child."""
+    m = open_meter()
+
+    def broken(record: object) -> None:
+        raise RuntimeError("hand-off broke")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(m._dispatcher, "submit", broken)
+        m.emit(_record("parent-0"))
+    assert m.stats().errors == 1
+    assert _stats_in_child(m)["errors"] == 0
+
+
+@_forks
+@_threaded_fork
+def test_forked_child_does_not_count_the_parents_worker_errors(open_meter: MeterFactory) -> None:
+    """A delivery-worker failure the parent logged and survived is not counted in the child."""
+    m = open_meter()
+    assert m.spool is not None
+    read_batch = m.spool.read_batch
+    calls = []
+
+    def failing_once(max_events: int) -> Any:
+        calls.append(max_events)
+        if len(calls) == 1:
+            raise RuntimeError("injected reader failure")
+        return read_batch(max_events)
+
+    m.spool.read_batch = failing_once  # type: ignore[method-assign]
+    m.emit(_record("parent-0"))
+    assert m.flush(10.0)
+    assert m.stats().errors == 1
+    assert _stats_in_child(m)["errors"] == 0
+
+
+@_forks
+@_threaded_fork
+def test_forked_child_does_not_hold_the_parents_in_memory_dead_letters(open_meter: MeterFactory) -> None:
+    """Without a spool, dead letters are kept in memory: they stay the parent's, not the child's."""
+    m = open_meter(spool_dir=None, details=True)
+    m.emit(_record("parent-0", extra={"note": ""}))  # refused by Polar (422): empty metadata string
+    assert m.flush(10.0)
+    assert m.stats().dead_lettered == 1 and len(m._dispatcher.dead_letters) == 1
+    stats = _stats_in_child(m)
+    assert stats["dead_letters"] == [] and stats["dead_lettered"] == 0
 
 
 _EXITING_CALLER = """

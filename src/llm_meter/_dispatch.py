@@ -659,7 +659,9 @@ def _reset_in_child() -> None:
 
     Records queued before the fork belong to the parent, which delivers them; dropping the
     child's copies is what keeps them from being sent twice. (Spooled events stay in the
-    parent's segments: the spool resets itself in the child too.)
+    parent's segments: the spool resets itself in the child too.) Every counter starts at
+    zero, and the dead letters kept in memory stay the parent's: the child's stats describe
+    its own work only.
     """
     for dispatcher in list(_DISPATCHERS):
         dispatcher._queue = deque()
@@ -673,6 +675,8 @@ def _reset_in_child() -> None:
         dispatcher._thread = None
         dispatcher.taken = dispatcher.respooled = dispatcher.failed = 0
         dispatcher.delivered = dispatcher.delivered_own = dispatcher.dead = dispatcher.dead_own = 0
+        dispatcher.retried = dispatcher.duplicates = dispatcher.errors = 0
+        dispatcher.dead_letters = []
 
 
 def live_dispatchers() -> list[Dispatcher]:

@@ -289,8 +289,15 @@ def _flush_at_exit() -> None:
             log.warning("llm_meter: %d usage events were not delivered before exit", dispatcher.pending)
 
 
+def _reset_in_child() -> None:
+    """After ``os.fork()``: the child counts its own metering failures only (its dispatcher resets too)."""
+    for meter in list(_METERS):
+        meter.errors = 0
+
+
 _METERS: weakref.WeakSet[Meter] = weakref.WeakSet()
 atexit.register(_flush_at_exit)
+os.register_at_fork(after_in_child=_reset_in_child)
 
 
 _default: Meter | None = None

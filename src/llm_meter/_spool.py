@@ -606,7 +606,7 @@ def _reset_in_child() -> None:
         spool._create_lock = threading.Lock()
         spool._adopt_lock = threading.Lock()
         spool._appended = itertools.count()
-        spool.inherited = spool.inherited_done = 0
+        spool.inherited = spool.inherited_done = spool.corrupt = 0
 
 
 #: Every live spool, for the fork hook (one hook for all: a hook per spool could never be removed).
