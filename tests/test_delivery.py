@@ -294,6 +294,23 @@ def test_poison_event_is_dead_lettered_and_the_rest_delivered(
     assert stats.dead_lettered == 1 and stats.delivered == 99 and stats.pending == 0
 
 
+def test_refused_event_found_by_nested_splits_is_dead_lettered_without_duplicates(
+    polar: FakePolarServer, open_meter: MeterFactory, spool: Path
+) -> None:
+    """413, 413, then a 422 in a quarter: one dead letter with its reason, the rest stored once, no resend."""
+    polar.inject(Fault.echo_headers(413), Fault.echo_headers(413))  # a proxy refusing the big bodies
+    m = open_meter(details=True, batch_size=8, flush_interval=30.0)
+    for n in range(8):
+        m.emit(_record(n, extra={"note": ""}) if n == 1 else _record(n))
+    assert m.flush(10.0)
+    assert [len(r.body["events"]) for r in polar.requests] == [8, 4, 2, 1, 2, 4]
+    assert_exactly_once(polar, _ids(range(8)) - {"openai:1"})
+    (letter,) = list(iter_dead_letters(spool))
+    assert letter["event"]["external_id"] == "openai:1" and "metadata.note" in letter["reason"]
+    stats = m.stats()
+    assert stats.duplicates == 0 and stats.delivered == 7 and stats.dead_lettered == 1 and stats.retried == 0
+
+
 # -- crashes, processes, forks and exit -------------------------------------------------------------------
 
 _KILLED_CALLER = """

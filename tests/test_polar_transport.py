@@ -293,6 +293,42 @@ def test_unindexed_413_is_bisected_until_delivered(polar: FakePolarServer) -> No
     assert sorted(len(r.body["events"]) for r in polar.requests[1:]) == [5, 5]
 
 
+OK = Fault.delay(0)
+"""A request answered normally, so that the next fault hits the request after it."""
+
+
+@pytest.mark.parametrize(
+    ("bad", "faults", "sizes"),
+    [
+        # 8 -> 413; [0:4] -> 413; [0:2] -> 422 names 1; [0] stored; [2:4] stored; [4:8] stored.
+        (1, [Fault.echo_headers(413), Fault.echo_headers(413)], [8, 4, 2, 1, 2, 4]),
+        # 8 -> 413; [0:4] stored; [4:8] -> 413; [4:6] -> 422 names 1 (event 5); [4] stored; [6:8] stored.
+        (5, [Fault.status(413), OK, Fault.status(413)], [8, 4, 4, 2, 1, 2]),
+    ],
+    ids=["first-half", "second-half"],
+)
+def test_nested_split_never_resends_events_already_stored(
+    polar: FakePolarServer, bad: int, faults: list[Fault], sizes: list[int]
+) -> None:
+    """A 422 inside a half that was split again: the events stored are not sent again, the bad one is named.
+
+    The refused event's index is its index in the whole batch, with Polar's reason.
+    """
+    polar.inject(*faults)
+    events = [_event(n) for n in range(8)]
+    events[bad]["metadata"].update(note="")
+    with pytest.raises(RejectedEventsError) as info:
+        _send_json(_transport(polar), [json.dumps(e) for e in events])
+    assert [len(r.body["events"]) for r in polar.requests] == sizes
+    assert list(info.value.rejected) == [bad]
+    assert "metadata.note" in info.value.rejected[bad]
+    assert getattr(info.value, "result", None) == IngestResult(inserted=7, duplicates=0)
+    assert polar.duplicates_reported == 0
+    assert sorted(str(e["external_id"]) for e in polar.events) == sorted(
+        f"openai:{n}" for n in range(8) if n != bad
+    )
+
+
 # -- the wire ---------------------------------------------------------------------------------------------
 
 

@@ -211,21 +211,40 @@ class PolarTransport:
         rejected: dict[int, str] = {}
         inserted = duplicates = 0
         for offset, half in ((0, events[:middle]), (middle, events[middle:])):
-            try:
-                result = await self.send_json(half)
-            except RejectedEventsError as exc:
-                rejected.update({offset + index: reason for index, reason in exc.rejected.items()})
-                keep = [event for index, event in enumerate(half) if index not in exc.rejected]
-                if keep:
-                    result = await self.send_json(keep)
-                else:
-                    continue
+            result, refused = await self._store(half)
+            rejected.update({offset + index: reason for index, reason in refused.items()})
             inserted += result.inserted
             duplicates += result.duplicates
         if rejected:
             # The accepted events are stored already; only the refused ones are reported.
             raise _PartiallyRejected(rejected, IngestResult(inserted, duplicates))
         return IngestResult(inserted, duplicates)
+
+    async def _store(self, events: list[str]) -> tuple[IngestResult, dict[int, str]]:
+        """Send *events* until each is stored or refused: what was stored, and ``{index: reason}``.
+
+        An event is sent again only while nothing says it is stored: after a 422 naming others,
+        never after a split (``_PartiallyRejected``) that stored it already.
+        """
+        left = list(range(len(events)))
+        rejected: dict[int, str] = {}
+        inserted = duplicates = 0
+        while left:
+            try:
+                result = await self.send_json([events[index] for index in left])
+            except _PartiallyRejected as exc:
+                rejected.update({left[index]: reason for index, reason in exc.rejected.items()})
+                result = exc.result  # the others are stored
+            except RejectedEventsError as exc:
+                if not exc.rejected:
+                    raise
+                rejected.update({left[index]: reason for index, reason in exc.rejected.items()})
+                left = [index for position, index in enumerate(left) if position not in exc.rejected]
+                continue  # nothing was stored (a 422 is atomic): the others are sent again
+            inserted += result.inserted
+            duplicates += result.duplicates
+            break
+        return IngestResult(inserted, duplicates), rejected
 
     async def _post(self, events: list[str]) -> tuple[int, bytes, Any]:
         text = ",".join(events)
