@@ -19,6 +19,7 @@ import pytest
 import llm_meter
 from llm_meter import Meter, MissingCustomerError
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
+from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter.transports import MemoryTransport
 from support import base_id, delivered, only_event, reset_fake, usage
 
@@ -362,6 +363,74 @@ def test_streaming_response_is_metered_on_parse(
     assert event["external_customer_id"] == "cus_sr"
     assert base_id(event) == f"anthropic:{message.id}"
     assert usage(event) == expect(fake)
+
+
+# -- messages parsed as plain dicts ---------------------------------------------------------------
+
+
+def test_raw_response_parsed_to_dict_bills_the_body_usage(
+    fake: FakeAnthropicServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """with_raw_response ... .parse(to=dict[str, object]) bills input + cache reads + cache writes, as
+    .parse() would; the dict is the SDK's."""
+    fake.cache_read, fake.cache_write = 5000, 300
+    body = client.messages.with_raw_response.create(**BODY).parse(to=dict[str, object])
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"anthropic:{body['id']}"
+    assert event["metadata"]["model"] == SERVED_MODEL
+    assert usage(event) == expect(fake) == (PROMPT + 5300, 5, PROMPT + 5305)
+    plain = base.messages.with_raw_response.create(**BODY).parse(to=dict[str, object])
+    assert {**body, "id": None} == {**plain, "id": None}
+
+
+def test_client_post_cast_to_dict_bills_the_message_usage(
+    fake: FakeAnthropicServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """The low-level client.post("/v1/messages", cast_to=dict[str, object]) bills the message's usage."""
+    body = client.post("/v1/messages", body=BODY, cast_to=dict[str, object])
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"anthropic:{body['id']}"
+    assert event["metadata"]["model"] == SERVED_MODEL
+    assert usage(event) == expect(fake)
+    plain = base.post("/v1/messages", body=BODY, cast_to=dict[str, object])
+    assert {**body, "id": None} == {**plain, "id": None}
+
+
+def test_message_parsed_to_dict_has_the_messages_details(
+    fake: FakeAnthropicServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A dict message gives the details a Message gives: cache reads, writes by TTL, thinking tokens."""
+    fake.cache_read, fake.cache_write, fake.cache_write_1h, fake.thinking = 40, 300, 200, 4
+    client.post("/v1/messages", body=BODY, cast_to=dict[str, object])
+    assert only_event(meter_, transport)["metadata"] == {
+        "model": SERVED_MODEL,
+        "requests": 1,
+        "total_tokens": PROMPT + 540 + 9,
+        "request_tokens": PROMPT + 540,
+        "response_tokens": 9,
+        "provider": "anthropic",
+        "cached_tokens": 40,
+        "cache_write_tokens": 500,
+        "cache_write_5m_tokens": 300,
+        "cache_write_1h_tokens": 200,
+        "reasoning_tokens": 4,
+        "estimated": False,
+    }
+
+
+def test_message_parsed_to_dict_without_usage_bills_an_estimate(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A dict message without usage is billed as a flagged estimate from the request and its text."""
+    no_usage = {"headers": {"x-fake-usage": "omit"}}
+    body = client.post("/v1/messages", body=BODY, cast_to=dict[str, object], options=no_usage)
+    assert "usage" not in body
+    event = only_event(meter_, transport)
+    request = _estimates.estimate_input_tokens(BODY)
+    response = _estimates.estimate_output_tokens(body["content"][0]["text"])
+    assert event["metadata"]["estimated"] is True
+    assert usage(event) == (request, response, request + response)
+    assert base_id(event) == f"anthropic:{body['id']}"
 
 
 # -- not metered ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 
 import llm_meter
 from llm_meter import Meter, MissingCustomerError
+from llm_meter._estimate import count_text, estimate_chat_input
 from llm_meter._fakes.openai_server import (
     AUDIO_INPUT_TOKENS,
     IMAGE_OUTPUT_TOKENS,
@@ -88,6 +89,15 @@ def chat_stream(c: Any) -> Any:
 def comparable(obj: Any) -> Any:
     """A model dump without the per-response random parts."""
     return obj.model_dump(exclude={"id", "created", "created_at"})
+
+
+def without_ids(body: Any) -> Any:
+    """A JSON body without its per-response random parts (ids and timestamps, at any depth)."""
+    if isinstance(body, dict):
+        return {k: without_ids(v) for k, v in body.items() if k not in {"id", "created", "created_at"}}
+    if isinstance(body, list):
+        return [without_ids(v) for v in body]
+    return body
 
 
 def wav_file() -> tuple[str, bytes, str]:
@@ -406,6 +416,100 @@ def test_raw_response_accessed_on_original_before_wrapping_is_metered_on_wrapped
         completion = metered.chat.completions.with_raw_response.create(**CHAT_BODY).parse()
         event = only_event(meter_, transport)
         assert base_id(event) == f"openai:{completion.id}"
+
+
+# -- bodies parsed as plain dicts -----------------------------------------------------------------
+
+
+def test_raw_response_parsed_to_dict_bills_the_body_usage(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A raw response's .parse(to=dict) bills the body's usage as .parse() would; the dict is the SDK's."""
+    body = client.chat.completions.with_raw_response.create(**CHAT_BODY).parse(to=dict[str, object])
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{body['id']}"
+    assert event["metadata"]["model"] == "gpt-4.1-nano-2025-04-14"
+    assert usage(event) == chat_expect()
+    plain = base.chat.completions.with_raw_response.create(**CHAT_BODY).parse(to=dict[str, object])
+    assert without_ids(body) == without_ids(plain)
+
+
+def test_streaming_response_parsed_to_dict_bills_the_body_usage(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """with_streaming_response ... .parse(to=dict) bills the body's usage once."""
+    with client.chat.completions.with_streaming_response.create(**CHAT_BODY) as response:
+        body = response.parse(to=dict[str, object])
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{body['id']}"
+    assert usage(event) == chat_expect()
+    with base.chat.completions.with_streaming_response.create(**CHAT_BODY) as response:
+        plain = response.parse(to=dict[str, object])
+    assert without_ids(body) == without_ids(plain)
+
+
+def test_client_post_cast_to_dict_bills_the_chat_usage(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """The low-level client.post("/chat/completions", cast_to=dict) bills the completion's usage."""
+    body = client.post("/chat/completions", body=CHAT_BODY, cast_to=dict[str, object])
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{body['id']}"
+    assert event["metadata"]["model"] == "gpt-4.1-nano-2025-04-14"
+    assert usage(event) == chat_expect()
+    assert without_ids(body) == without_ids(
+        base.post("/chat/completions", body=CHAT_BODY, cast_to=dict[str, object])
+    )
+
+
+def test_client_post_cast_to_object_bills_the_responses_usage(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """client.post("/responses", cast_to=object) (the body as decoded JSON) bills the response's usage."""
+    request = {"model": MODEL, "input": RESPONSES_INPUT}
+    body = client.post("/responses", body=request, cast_to=object)
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{body['id']}"
+    assert usage(event) == responses_expect()
+    assert without_ids(body) == without_ids(base.post("/responses", body=request, cast_to=object))
+
+
+def test_body_parsed_to_dict_has_the_models_details(
+    base: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Meter(details=True): a dict body gives the cached and reasoning tokens a ChatCompletion gives."""
+    m, transport = details
+    with llm_meter.meter(base, customer="cus_1", meter=m) as c:
+        c.chat.completions.with_raw_response.create(**CHAT_BODY).parse(to=dict[str, object])
+    assert only_event(m, transport)["metadata"] == {
+        "model": "gpt-4.1-nano-2025-04-14",
+        "requests": 1,
+        "total_tokens": CHAT_PROMPT + 7,
+        "request_tokens": CHAT_PROMPT,
+        "response_tokens": 7,
+        "provider": "openai",
+        "cached_tokens": CHAT_PROMPT // 2,
+        "reasoning_tokens": REASONING_TOKENS,
+        "estimated": False,
+    }
+
+
+def test_body_parsed_to_dict_without_usage_bills_an_estimate(
+    base: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A dict body without usage is billed as a flagged estimate from the request and its text."""
+    m, transport = details
+    no_usage = {"headers": {"x-fake-usage": "omit"}}
+    with llm_meter.meter(base, customer="cus_1", meter=m) as c:
+        body = c.post("/chat/completions", body=CHAT_BODY, cast_to=dict[str, object], options=no_usage)
+    assert "usage" not in body
+    event = only_event(m, transport)
+    served = "gpt-4.1-nano-2025-04-14"
+    request = estimate_chat_input(MESSAGES, served)
+    response = count_text(body["choices"][0]["message"]["content"], served)
+    assert event["metadata"]["estimated"] is True
+    assert usage(event) == (request, response, request + response)
+    assert base_id(event) == f"openai:{body['id']}"
 
 
 # -- wrapping -------------------------------------------------------------------------------------

@@ -193,6 +193,9 @@ class AnthropicProvider:
             ident = message.id
             model = message.model
         except AttributeError:  # parse(to=OtherType), or an older SDK's shape
+            if isinstance(message, dict):  # parse(to=dict), client.post(cast_to=dict or object)
+                self._observe_dict(call, message, response)
+                return
             usage = getattr(message, "usage", None)
             ident = getattr(message, "id", None)
             model = getattr(message, "model", None)
@@ -209,7 +212,33 @@ class AnthropicProvider:
         if usage is not None:
             state.merge(usage)
             state.started = state.output_final = True
-        call.text = _message_text(message)
+        call.text = _message_text(getattr(message, "content", None))
+        call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
+        _warn_invalid("message")
+        call.estimate(response)
+
+    def _observe_dict(self, call: Call, message: dict[str, Any], response: Any) -> None:
+        """:meth:`_observe_message` for a message the caller parsed as a plain dict (the JSON the
+        SDK would have made a ``Message`` of): billed as the ``Message`` would be. Its usage is
+        read into a :class:`_StreamUsage` (named like ``Usage``); the dict is only read."""
+        usage = message.get("usage")
+        if usage is None and message.get("type") != "message":
+            return  # another shape that is no message
+        ident = message.get("id")
+        if isinstance(ident, str) and ident:
+            call.response_id = ident
+        model = message.get("model")
+        if isinstance(model, str) and model:
+            call.model = model
+        state = _StreamUsage()
+        if usage is not None:
+            state.merge(usage)
+            state.started = state.output_final = True
+            if _emit(call, state, response):
+                return
+        call.state = state
+        content = message.get("content")
+        call.text = _message_text(content if isinstance(content, list) else None)
         call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
         _warn_invalid("message")
         call.estimate(response)
@@ -383,18 +412,19 @@ def _warn_invalid(where: str) -> None:
 _warned: set[str] = set()
 
 
-def _message_text(message: Any) -> list[str]:
-    """The generated text of a whole message (text, thinking, tool input), for an estimate."""
+def _message_text(content: Any) -> list[str]:
+    """The generated text of a whole message's content blocks (text, thinking, tool input), for an
+    estimate: SDK blocks, or the dicts of a message parsed as a plain dict."""
     texts: list[str] = []
-    for block in getattr(message, "content", None) or ():
-        kind = getattr(block, "type", None)
+    for block in content or ():
+        kind = _get(block, "type")
         if kind == "text":
-            piece = getattr(block, "text", None)
+            piece = _get(block, "text")
         elif kind == "thinking":
-            piece = getattr(block, "thinking", None)
+            piece = _get(block, "thinking")
         elif kind == "tool_use":
             try:
-                piece = json.dumps(getattr(block, "input", None))
+                piece = json.dumps(_get(block, "input"))
             except (TypeError, ValueError):
                 piece = None
         else:

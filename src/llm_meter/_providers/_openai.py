@@ -129,6 +129,8 @@ _TEXT_RESPONSES: Final = frozenset(
 )
 #: Response types billed by an estimate when they come without usage.
 _ESTIMABLE: Final = _TEXT_RESPONSES | {"CreateEmbeddingResponse"}
+#: The endpoint kinds whose responses are those types (for a body parsed as a plain dict).
+_ESTIMABLE_KINDS: Final = frozenset({"chat", "completions", "responses", "embeddings"})
 
 
 def _field(usage: Any, name: str) -> Any:
@@ -295,6 +297,34 @@ def _response_text(obj: Any) -> list[str]:
             output_text = None
         if isinstance(output_text, str):
             texts.append(output_text)
+    return texts
+
+
+def _dict_text(body: dict[str, Any]) -> list[str]:
+    """:func:`_response_text` of a body kept as a plain dict (``output_text`` as the SDK joins it)."""
+    texts: list[str] = []
+    choices = body.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if message is not None:
+            text = message.get("content") if isinstance(message, dict) else None
+        else:
+            text = choice.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+    if not texts:
+        output = body.get("output")
+        for item in output if isinstance(output, list) else ():
+            if not isinstance(item, dict) or item.get("type") != "message":
+                continue
+            contents = item.get("content")
+            for content in contents if isinstance(contents, list) else ():
+                if isinstance(content, dict) and content.get("type") == "output_text":
+                    text = content.get("text")
+                    if isinstance(text, str):
+                        texts.append(text)
     return texts
 
 
@@ -563,6 +593,9 @@ class OpenAIProvider:
         if isinstance(model, str) and model:
             call.model = model
         if usage is None:
+            if isinstance(obj, dict):  # parse(to=dict), client.post(cast_to=dict or object)
+                self._observe_dict(call, obj, response)
+                return
             extra = getattr(obj, "__pydantic_extra__", None)
             if extra:
                 usage = _groq_usage(extra)
@@ -576,6 +609,29 @@ class OpenAIProvider:
         # A generation whose server sent no valid usage (some OpenAI-compatible servers):
         # billed with an estimate rather than not at all.
         call.text = _response_text(obj)
+        call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
+        call.state = _Progress(usage, final=True)
+        call.estimate(response)
+
+    def _observe_dict(self, call: Call, obj: dict[str, Any], response: Any) -> None:
+        """:meth:`_observe_body` for a body the caller parsed as a plain dict (the JSON the SDK
+        would have made a model of): billed as that model would be. The dict is only read."""
+        ident = obj.get("id")
+        if isinstance(ident, str) and ident:
+            call.response_id = ident
+        model = obj.get("model")
+        if isinstance(model, str) and model:
+            call.model = model
+        usage = obj.get("usage")
+        if usage is None:
+            usage = _groq_usage(obj)
+        if usage is None:
+            status = obj.get("status")
+            if call.kind not in _ESTIMABLE_KINDS or (isinstance(status, str) and status in _PENDING):
+                return  # as for the models: no usage to bill (yet)
+        elif self._exact(call, usage, response):
+            return
+        call.text = _dict_text(obj)
         call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
         call.state = _Progress(usage, final=True)
         call.estimate(response)
