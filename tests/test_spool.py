@@ -249,3 +249,92 @@ def test_temporary_files_a_killed_process_left_are_removed(tmp_path: Path) -> No
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     Spool(tmp_path).adopt_orphans()
     assert not stale.exists() and fresh.exists()
+
+
+def _estimated(tag: str) -> UsageRecord:
+    """A record whose counts come from its estimate (as for a stream left early)."""
+
+    def estimate(record: UsageRecord) -> None:
+        record.request_tokens, record.response_tokens, record.estimated = 11, 4, True
+
+    return UsageRecord(
+        provider="openai",
+        customer=CUS,
+        external_id=f"openai:{tag}",
+        timestamp=time.time(),
+        model="gpt-4o",
+        estimate=estimate,
+    )
+
+
+def test_estimated_event_is_in_the_spool_before_emit_returns_once_the_encodings_are_loaded(
+    tmp_path: Path,
+) -> None:
+    """With the tokenizer's encodings loaded, an estimate runs on the hand-off and its event is on
+    disk when the hand-off returns, like any other (SPEC 6)."""
+    from llm_meter._estimate import load_all
+
+    load_all()
+    gate = threading.Event()
+    m = Meter(transport=CallbackTransport(lambda batch: gate.wait(5)), spool_dir=tmp_path, flush_interval=60)
+    m.emit(_estimated("e"))
+    (segment,) = _segments(tmp_path)
+    event = json.loads(segment.read_bytes().splitlines()[0][9:])
+    assert event["external_id"] == "openai:e"
+    assert event["metadata"]["request_tokens"] == 11
+    gate.set()
+    assert m.close(5.0)
+
+
+def test_estimate_waiting_for_the_encodings_is_spooled_without_waiting_for_flush_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the encodings are loaded the worker estimates the record: it is woken for it at once."""
+    import llm_meter._dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "estimates_ready", lambda: False)  # as in a fresh process
+    transport = MemoryTransport()
+    m = Meter(transport=transport, spool_dir=tmp_path, flush_interval=60)
+    m.emit(_estimated("w"))
+    deadline = time.monotonic() + 10
+    while not transport.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _ids(transport.events) == ["openai:w"]
+    m.close(5.0)
+
+
+def test_estimated_call_of_a_killed_process_is_delivered(tmp_path: Path) -> None:
+    """A response without usage (billed as an estimate), then SIGKILL as the call returns: the next
+    meter on the spool delivers its event (the process had estimated before, as a running one has)."""
+    from llm_meter.testing import FakeOpenAIServer
+
+    code = textwrap.dedent(
+        """
+        import os, signal, sys
+        from llm_meter import Meter
+        from llm_meter._estimate import load_all
+        from llm_meter.openai import OpenAI
+        load_all()
+        m = Meter(spool_dir=sys.argv[1], details=True)   # no transport: nothing is delivered
+        client = OpenAI(base_url=sys.argv[2], api_key="k", max_retries=0, customer="cus_1", meter=m)
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi there"}],
+                                       extra_headers={"x-fake-usage": "null"})
+        print("called", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    with FakeOpenAIServer() as server:
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path), server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == -signal.SIGKILL and out.stdout.strip() == "called", out.stderr
+    transport = MemoryTransport()
+    m = Meter(transport=transport, spool_dir=tmp_path, flush_interval=0.01)
+    assert m._dispatcher.drain(10.0)
+    m.close(5.0)
+    (event,) = transport.events
+    assert event["metadata"]["estimated"] is True
+    assert event["metadata"]["request_tokens"] > 0

@@ -2,8 +2,10 @@
 
 Caller's path: without a spool, one ``deque.append`` (atomic in CPython, no lock); with a
 spool, the record is encoded to its wire JSON and appended to the spool file (one
-``os.write``) before the metered call returns. Records that still need a token estimate
-go through the deque either way: the estimate runs on the worker, which then spools them.
+``os.write``) before the metered call returns. A record that still needs a token estimate is
+estimated there too when a spool holds it (microseconds once the tokenizer's encodings are
+loaded); until they are, which takes the worker about a second, once per process, it goes
+through the deque and the woken worker estimates and spools it.
 An event the spool cannot take (disk full or read-only, directory gone) is kept in memory
 (``_direct``) and sent from there, counted as pending (and ``unspooled``) until delivered.
 
@@ -32,6 +34,8 @@ from copy import copy
 from typing import Any
 
 from ._cost import TAIL_SEP, finish_line
+from ._estimate import load_all as load_estimates
+from ._estimate import loaded as estimates_ready
 from ._events import EventOptions, Exact, UsageRecord, encode_line, encode_wire, latest_timestamp
 from ._exceptions import RejectedEventsError
 from ._spool import Spool, dead_letter_entry, encode_record
@@ -117,8 +121,12 @@ class Dispatcher:
     def submit(self, record: UsageRecord | Exact) -> None:
         """Hand one record over; never waits for the network and takes no lock."""
         spool = self._spool
-        if spool is None or (type(record) is UsageRecord and record.estimate is not None):
+        if spool is None:
             self._queue.append(record)
+        elif type(record) is UsageRecord and record.estimate is not None:
+            if not self._spool_estimate(record):
+                self._queue.append(record)
+                self._since_wake = self._batch_size  # woken now: spooled once estimated, not later
         else:
             payload = encode_line(record, self._options)  # priced later, on the worker
             try:
@@ -136,6 +144,27 @@ class Dispatcher:
             self._since_wake = 0
             if not self._wake.is_set():
                 self._wake.set()
+
+    def _spool_estimate(self, record: UsageRecord) -> bool:
+        """Estimate *record* and spool it now, on the caller's path, if that is quick: whether done.
+
+        Not while the tokenizer's encodings are unloaded (the worker loads them), nor if the
+        estimate raises (the worker runs it again, and logs and counts a second failure).
+        """
+        spool = self._spool
+        if spool is None or not estimates_ready():
+            return False
+        try:
+            payload = encode_line(record, self._options)
+        except Exception:
+            return False
+        try:
+            spool.append(encode_record(payload))
+        except OSError as exc:
+            next(self._direct_in)
+            self._direct.append(payload)
+            self._unspooled(exc)
+        return True
 
     def _unspooled(self, exc: OSError) -> None:
         now = time.monotonic()
@@ -399,7 +428,10 @@ class Dispatcher:
                 return 0
             self._count(delivered, dead, own=True)
             return len(records)
-        # With a spool, the deque only holds records that needed an estimate: spool them.
+        # With a spool, the deque only holds records that needed an estimate: spool them, and
+        # load the encodings, so that the next ones are estimated (and spooled) by the caller.
+        if self._queue and not estimates_ready():
+            self._guard(load_estimates)
         while self._queue:
             _, payloads = self._encode(self._take(self._batch_size))
             for payload in payloads:

@@ -186,6 +186,17 @@ def prepare() -> None:
     import tiktoken  # noqa: F401
 
 
+def loaded() -> bool:
+    """Whether every bundled encoding is loaded: an estimate then takes microseconds, not a second."""
+    return len(_cache) == len(_SPECS)
+
+
+def load_all() -> None:
+    """Load every bundled encoding now (about a second each, the first time)."""
+    for name in _SPECS:
+        load_encoding(name)
+
+
 def load_encoding(name: str) -> tiktoken.Encoding:
     """The encoding called ``name`` (``"o200k_base"`` or ``"cl100k_base"``), built from bundled files.
 
