@@ -646,6 +646,27 @@ def test_dropped_in_memory_meter_still_delivers_at_exit(polar: FakePolarServer) 
     assert_exactly_once(polar, {"openai:dropped"})
 
 
+def test_dropped_in_memory_meter_keeps_delivering_through_an_outage_longer_than_exit_timeout(
+    polar: FakePolarServer,
+) -> None:
+    """Without a spool, a dropped meter's worker does not give up after exit_timeout while events are
+    pending (they exist nowhere else): Polar back later, they are delivered, and the worker then stops."""
+    workers = len(_workers())
+    polar.inject(*[Fault.status(503)] * 3)  # about 1.5 s of backoff, exit_timeout is 0.2 s
+    m = Meter(
+        transport=PolarTransport(polar.access_token, base_url=polar.url),
+        exit_timeout=0.2,
+        flush_interval=0.01,
+    )
+    for n in range(3):
+        m.emit(_record(n))
+    del m
+    gc.collect()
+    assert _eventually(lambda: len(polar.events) == 3), polar.pending_faults
+    assert_exactly_once(polar, _ids(range(3)))
+    assert _eventually(lambda: len(_workers()) == workers)
+
+
 def test_spool_directory_deleted_before_the_first_event_is_created_again(
     polar: FakePolarServer, open_meter: MeterFactory, tmp_path: Path
 ) -> None:

@@ -257,13 +257,15 @@ class Dispatcher:
     def abandon(self) -> None:
         """Its Meter was dropped without ``close()``: wind down in the background.
 
-        The worker delivers what is pending within ``exit_timeout``, then stops, closing the
-        transport and unlocking the spool: no thread or descriptor outlives the Meter for
-        long. Called by a finalizer (any thread, possibly the worker's own): takes no lock.
+        The worker delivers what is pending, then stops, closing the transport and unlocking
+        the spool: no thread or descriptor outlives the Meter for long. With a spool it stops
+        after ``exit_timeout`` at the latest (the spool keeps the rest for the next meter);
+        without one it carries on while events are pending, since stopping would lose them.
+        Called by a finalizer (any thread, possibly the worker's own): takes no lock.
         """
         if self._closed:
             return
-        self._linger = time.monotonic() + self.exit_timeout
+        self._linger = time.monotonic() + self.exit_timeout if self._spool is not None else float("inf")
         self._closed = True
         thread = self._thread
         if thread is None:  # no worker: nothing can be delivered from here
