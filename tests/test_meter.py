@@ -411,3 +411,18 @@ def test_default_meter_with_a_bad_token_logs_and_never_breaks_the_call(
     errors = [r.getMessage() for r in caplog.records if "cannot deliver" in r.getMessage()]
     assert len(errors) == 1 and "XYZZY" not in errors[0]
     default.close(0.1)
+
+
+def test_event_handed_to_a_closed_meter_without_spool_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No worker runs after close(): the event is not queued silently, the error says so, once."""
+    m = Meter(transport=MemoryTransport(), flush_interval=0.01)
+    m.close(5.0)
+    with caplog.at_level(logging.ERROR, logger="llm_meter"):
+        m.emit(_record(1))
+        m.emit(_record(2))
+    assert m.stats().errors == 2
+    assert m.stats().pending == 0
+    (record,) = [r for r in caplog.records if "after its close()" in r.getMessage()]
+    assert "not delivered" in record.getMessage()

@@ -338,3 +338,20 @@ def test_estimated_call_of_a_killed_process_is_delivered(tmp_path: Path) -> None
     (event,) = transport.events
     assert event["metadata"]["estimated"] is True
     assert event["metadata"]["request_tokens"] > 0
+
+
+def test_event_handed_over_after_close_is_left_in_the_spool_for_the_next_meter(tmp_path: Path) -> None:
+    """A closed meter has no worker: an event it still gets is spooled in a segment left unlocked, so a
+    meter opened next (in this process too) delivers it, and the misuse is counted."""
+    first = MemoryTransport()
+    m = Meter(transport=first, spool_dir=tmp_path, flush_interval=0.01)
+    m.emit(_record("before"))
+    assert m.close(5.0)
+    m.emit(_record("after"))
+    assert m.stats().errors == 1
+    second = MemoryTransport()
+    m2 = Meter(transport=second, spool_dir=tmp_path, flush_interval=0.01)
+    assert m2.flush(5.0)
+    m2.close(5.0)
+    assert _ids(first.events) == ["openai:before"]
+    assert _ids(second.events) == ["openai:after"]

@@ -88,6 +88,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
+        self._warned_closed = False
         self._drain_requested = 0
         self._idle_pass = 0
         self._since_wake = 0
@@ -312,7 +313,33 @@ class Dispatcher:
             _run_aclose(self._transport)
         if self._spool is not None and thread is None:
             self._spool.close()  # what is left stays on disk, unlocked for the next process
+        self.submit = self._submit_after_close  # type: ignore[method-assign]
         return ok
+
+    def _submit_after_close(self, record: UsageRecord | Exact) -> None:
+        """``submit`` once closed: no worker delivers any more. With a spool the event is written
+        to a segment left unlocked at once, for the next meter or ``llm-meter flush``; without one
+        it cannot be kept. Either way it is counted and logged (once), never silently queued."""
+        self.errors += 1
+        kept = False
+        spool = self._spool
+        if spool is not None:
+            try:
+                spool.append(encode_record(encode_line(record, self._options)))
+                kept = True
+            except Exception:
+                log.exception("llm_meter: could not spool an event handed over after close()")
+            finally:
+                spool.release_all()
+        if not self._warned_closed:
+            self._warned_closed = True
+            log.error(
+                "llm_meter: a usage event was handed to a Meter after its close(); %s. Hand events to an "
+                "open Meter instead",
+                "it is kept in the spool for the next Meter or `llm-meter flush`"
+                if kept
+                else "it is not delivered (no spool keeps it)",
+            )
 
     # -- worker side ---------------------------------------------------------------------
     def _start(self) -> None:
