@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,6 +160,25 @@ def test_stream_is_billed_from_x_groq_usage(
     assert chunks[-1].x_groq.usage is not None and all(c.usage is None for c in chunks)
     assert "stream_options" not in groq_server.requests[0].json
     assert_exact(only_event(*details))
+
+
+def test_stream_of_dict_chunks_is_billed_from_x_groq_usage(
+    client: Any, details: tuple[Meter, MemoryTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chunks parsed as plain dicts (client.post, cast_to=dict) bill x_groq.usage exactly, with no error."""
+    with caplog.at_level(logging.WARNING, logger="llm_meter"):
+        chunks = list(
+            client.post(
+                "/openai/v1/chat/completions",
+                body={**CHAT, "stream": True},
+                cast_to=dict[str, object],
+                stream=True,
+                stream_cls=groq.Stream[dict[str, object]],
+            )
+        )
+    assert all(type(chunk) is dict for chunk in chunks)
+    assert_exact(only_event(*details))
+    assert not [r for r in caplog.records if r.name.startswith("llm_meter")]
 
 
 def test_stream_keeps_the_callers_client(client: Any, details: tuple[Meter, MemoryTransport]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -103,6 +104,34 @@ def chat_parse(c: Any) -> Any:
 def chat_stream(c: Any) -> Any:
     completions = c.chat.completions
     return completions.stream if hasattr(completions, "stream") else c.beta.chat.completions.stream
+
+
+LEGACY_BODY: dict[str, Any] = {"model": "gpt-3.5-turbo-instruct", "prompt": "one two three"}
+
+
+async def dict_stream(
+    c: Any, path: str = "/chat/completions", body: dict[str, Any] = CHAT_BODY, read: str = "async for"
+) -> list[Any]:
+    """A stream whose chunks the caller has parsed as plain dicts (``client.post``, ``cast_to=dict``)."""
+    stream = await c.post(
+        path,
+        body={**body, "stream": True},
+        cast_to=dict[str, object],
+        stream=True,
+        stream_cls=openai.AsyncStream[dict[str, object]],
+    )
+    if read == "async for":
+        return [chunk async for chunk in stream]
+    chunks = []
+    while True:
+        try:
+            chunks.append(await stream.__anext__())
+        except StopAsyncIteration:
+            return chunks
+
+
+def dict_dump(chunks: list[Any]) -> list[Any]:
+    return [{k: v for k, v in c.items() if k not in ("id", "created")} for c in chunks]
 
 
 async def settle() -> None:
@@ -404,6 +433,73 @@ def test_async_injected_streams_chunks_serialise_as_the_plain_sdks(
     assert serialised(metered) == serialised(plain)
     assert all("usage" not in c.model_fields_set for c in metered)
     assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+@pytest.mark.parametrize("read", ["async for", "anext"])
+def test_async_dict_chunks_are_the_plain_clients_dicts(
+    server: FakeOpenAIServer, meter_: Meter, read: str
+) -> None:
+    """Async chunks parsed as plain dicts: the usage-only chunk is hidden, no `"usage": None` key is left."""
+
+    async def body(c: Any, plain: Any) -> Any:
+        return await dict_stream(c, read=read), await dict_stream(plain, read=read)
+
+    metered, plain = run_metered(server, meter_, body)
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert all(type(chunk) is dict for chunk in metered)
+    assert dict_dump(metered) == dict_dump(plain)
+
+
+def test_async_dict_chunks_stream_bills_the_usage_chunk_exactly_once(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Async: a stream of dict chunks bills the usage chunk's counts, once, not an estimate."""
+    m, transport = details
+
+    async def body(c: Any, _: Any) -> Any:
+        return await dict_stream(c)
+
+    chunks = run_metered(server, m, body)
+    event = only_event(m, transport)
+    assert event["metadata"]["estimated"] is False
+    assert base_id(event) == f"openai:{chunks[0]['id']}"
+    assert usage(event) == chat_expect()
+
+
+def test_async_dict_chunks_stream_logs_no_error(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Async: reading dict chunks is no failure of the chunk observer: nothing logged, nothing counted."""
+
+    async def body(c: Any, _: Any) -> Any:
+        return await dict_stream(c)
+
+    with caplog.at_level(logging.WARNING, logger="llm_meter"):
+        run_metered(server, meter_, body)
+        delivered(meter_, transport)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("llm_meter")] == []
+    assert meter_.errors == 0
+
+
+def test_async_legacy_completions_dict_chunks_are_the_plain_clients_and_billed_exactly(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Async legacy completions streams of dict chunks: the plain dicts, one exact event, no error."""
+    m, transport = details
+
+    async def body(c: Any, plain: Any) -> Any:
+        return (
+            await dict_stream(c, "/completions", LEGACY_BODY),
+            await dict_stream(plain, "/completions", LEGACY_BODY),
+        )
+
+    with caplog.at_level(logging.WARNING, logger="llm_meter"):
+        metered, plain = run_metered(server, m, body)
+    assert dict_dump(metered) == dict_dump(plain)
+    event = only_event(m, transport)
+    assert event["metadata"]["estimated"] is False
+    assert usage(event) == (3, 5, 8)
+    assert not [r for r in caplog.records if r.name.startswith("llm_meter")]
 
 
 @pytest.mark.parametrize("read", ["async for", "anext"])

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import gc
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +92,25 @@ def assert_no_second_event(m: Meter, transport: MemoryTransport) -> None:
     assert len(delivered(m, transport)) == 1
 
 
+LEGACY_BODY: dict[str, Any] = {"model": "gpt-3.5-turbo-instruct", "prompt": "one two three"}
+
+
+def dict_stream(c: Any, path: str = "/chat/completions", body: dict[str, Any] = CHAT_BODY) -> list[Any]:
+    """A stream whose chunks the caller has parsed as plain dicts (``client.post``, ``cast_to=dict``)."""
+    stream = c.post(
+        path,
+        body={**body, "stream": True},
+        cast_to=dict[str, object],
+        stream=True,
+        stream_cls=openai.Stream[dict[str, object]],
+    )
+    return list(stream)
+
+
+def dict_dump(chunks: list[Any]) -> list[Any]:
+    return [{k: v for k, v in c.items() if k not in ("id", "created")} for c in chunks]
+
+
 def read_until_content(stream: Any) -> str:
     """Iterate until the first chunk with text, then break; return the delivered text."""
     text = ""
@@ -170,6 +190,76 @@ def test_a_chunk_that_is_not_an_object_reaches_the_caller_as_with_the_plain_sdk(
             metered = list(client.chat.completions.create(**CHAT_BODY, stream=True))
     assert plain[0] == metered[0] == [1, 2]
     assert [c.to_dict() for c in metered[1:]] == [c.to_dict() for c in plain[1:]]
+
+
+def test_dict_chunks_are_the_plain_clients_dicts(server: FakeOpenAIServer, base: Any, client: Any) -> None:
+    """Chunks parsed as plain dicts: the usage-only chunk is hidden and no `"usage": None` key is left."""
+    metered = dict_stream(client)
+    plain = dict_stream(base)
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert "stream_options" not in server.requests[1].json
+    assert all(type(chunk) is dict for chunk in metered)
+    assert dict_dump(metered) == dict_dump(plain)
+
+
+def test_dict_chunks_stream_bills_the_usage_chunk_exactly_once(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A stream of dict chunks bills the usage chunk's counts, once, not an estimate."""
+    m, transport = details
+    chunks = dict_stream(dclient)
+    event = only_event(m, transport)
+    assert event["metadata"]["estimated"] is False
+    assert base_id(event) == f"openai:{chunks[0]['id']}"
+    assert event["metadata"]["model"] == SERVED_MODEL
+    assert usage(event) == chat_expect()
+    assert_no_second_event(m, transport)
+
+
+def test_dict_chunks_stream_logs_no_error(
+    client: Any, meter_: Meter, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading dict chunks is no failure of the chunk observer: nothing logged, nothing counted."""
+    with caplog.at_level(logging.WARNING, logger="llm_meter"):
+        dict_stream(client)
+        delivered(meter_, transport)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("llm_meter")] == []
+    assert meter_.errors == 0
+
+
+def test_legacy_completions_dict_chunks_are_the_plain_clients_and_billed_exactly(
+    base: Any, dclient: Any, details: tuple[Meter, MemoryTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Legacy completions streams of dict chunks: the plain client's dicts, one exact event, no error."""
+    m, transport = details
+    with caplog.at_level(logging.WARNING, logger="llm_meter"):
+        metered = dict_stream(dclient, "/completions", LEGACY_BODY)
+    assert dict_dump(metered) == dict_dump(dict_stream(base, "/completions", LEGACY_BODY))
+    event = only_event(m, transport)
+    assert event["metadata"]["estimated"] is False
+    assert usage(event) == (3, 5, 8)
+    assert not [r for r in caplog.records if r.name.startswith("llm_meter")]
+
+
+def test_dict_chunks_read_on_after_an_early_bill_stay_the_plain_clients(
+    server: FakeOpenAIServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A dict stream broken, billed at the next flush, then read on: still no usage key, no usage chunk."""
+    stream = client.post(
+        "/chat/completions",
+        body={**CHAT_BODY, "stream": True},
+        cast_to=dict[str, object],
+        stream=True,
+        stream_cls=openai.Stream[dict[str, object]],
+    )
+    metered = []
+    for chunk in stream:
+        metered.append(chunk)
+        break
+    assert len(delivered(meter_, transport)) == 1  # the loop left early: billed at the flush
+    metered.extend(stream)
+    assert dict_dump(metered) == dict_dump(dict_stream(base))
+    assert_no_second_event(meter_, transport)
 
 
 def test_callers_stream_options_and_messages_are_not_mutated(

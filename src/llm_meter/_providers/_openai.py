@@ -454,6 +454,11 @@ class OpenAIProvider:
         """
         if not call.injected:
             return False
+        if isinstance(item, dict):  # a chunk parsed as a plain dict (see _observe_dict_chunk)
+            if item.get("usage") is None:
+                item.pop("usage", None)
+                return False
+            return not item.get("choices")
         try:
             if item.usage is None:  # type: ignore[attr-defined]
                 try:  # as in _observe_chat_chunk
@@ -534,8 +539,71 @@ class OpenAIProvider:
                     text.append(piece)
         return False
 
-    def _keep(self, call: Call, usage: Any, choices: Any) -> None:
-        """Keep the cumulative usage of a chunk that still carries choices; billed at the end."""
+    def observer_for(self, call: Call, item: object) -> Any:
+        """The observer for a stream item of another shape than the one ``prepare`` bound, or
+        ``None``; asked when that observer raised on the item, and bound for the rest of the stream.
+
+        Chat and legacy completion chunks the caller parsed as plain dicts (``client.post(...,
+        cast_to=dict[str, object], stream_cls=Stream[dict[str, object]])``): the model observers
+        stay free of shape checks, and the first dict chunk switches the call to
+        :meth:`_observe_dict_chunk`.
+        """
+        if isinstance(item, dict) and call.stream and call.kind in _INJECTABLE:
+            return self._observe_dict_chunk
+        return None
+
+    def _observe_dict_chunk(self, call: Call, chunk: dict[str, Any], response: Any) -> bool:
+        """:meth:`_observe_chat_chunk` / :meth:`_observe_completion_chunk` for a chunk parsed as a
+        plain dict; ``True`` for the usage-only chunk llm_meter asked for.
+
+        The chunk is only read, except that the ``"usage": null`` key llm_meter's request caused
+        is removed: the caller's dict is the plain SDK's.
+        """
+        if call.response_id is None:
+            ident = chunk.get("id")
+            if isinstance(ident, str) and ident:
+                call.response_id = ident
+                model = chunk.get("model")
+                if isinstance(model, str) and model:
+                    call.model = model
+        usage = chunk.get("usage")
+        if usage is None:
+            if call.injected:
+                chunk.pop("usage", None)
+            usage = _groq_usage(chunk)
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            choices = []
+        if usage is not None:
+            if not choices:  # the usage-only chunk that ends a stream
+                self._settle(call, usage, response)
+                return call.injected
+            finished = 0
+            for choice in choices:
+                if isinstance(choice, dict) and choice.get("finish_reason") is not None:
+                    finished += 1
+            self._keep(call, usage, choices, finished)
+        text = call.text
+        if text is not None:
+            chat = call.kind == "chat"
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                if chat:
+                    delta = choice.get("delta")
+                    piece = delta.get("content") if isinstance(delta, dict) else None
+                else:
+                    piece = choice.get("text")
+                if isinstance(piece, str) and piece:
+                    text.append(piece)
+        return False
+
+    def _keep(self, call: Call, usage: Any, choices: Any, finished: int | None = None) -> None:
+        """Keep the cumulative usage of a chunk that still carries choices; billed at the end.
+
+        *finished*: how many choices carry a finish reason, when the caller counted them (dict
+        chunks); else counted here from the choices' ``finish_reason``.
+        """
         progress = call.state
         if progress is None:
             n = call.original_body.get("n") if isinstance(call.original_body, dict) else None
@@ -543,9 +611,12 @@ class OpenAIProvider:
             call.on_finish = self._on_finish
         first = progress.usage is None
         progress.usage = usage
-        for choice in choices:
-            if getattr(choice, "finish_reason", None) is not None:
-                progress.finished += 1
+        if finished is None:
+            for choice in choices:
+                if getattr(choice, "finish_reason", None) is not None:
+                    progress.finished += 1
+        else:
+            progress.finished += finished
         progress.final = progress.finished >= progress.choices or (first and progress.finished > 0)
 
     def _on_finish(self, call: Call, response: Any) -> None:

@@ -120,7 +120,9 @@ class StainlessProvider(Protocol):
     #: value for, and notices a loop left early (billed at the next flush); the others are only
     #: observed in ``__stream__``, and an early exit is billed at close, collection or exit.
     #: A provider that hides items also has ``hidden(call, item) -> bool``, asked when its
-    #: observer raised on an item.
+    #: observer raised on an item. A provider may have ``observer_for(call, item)``: an observer
+    #: for an item of another shape (or ``None``), asked when the call's observer raised on it
+    #: and bound in its place (OpenAI chunks parsed as plain dicts).
     hides_items: bool
     #: Whether the provider adds options to requests (OpenAI's ``stream_options``) that an
     #: endpoint may reject: ``request`` then resends without them.
@@ -339,7 +341,7 @@ def _seen(call: Call, item: Any, response: Any) -> bool:
     try:
         return bool(observe(call, item, response))
     except Exception:
-        return _failed(call, item)
+        return _failed(call, item, response)
 
 
 def _hidden(call: Call, item: Any) -> bool:
@@ -351,12 +353,37 @@ def _hidden(call: Call, item: Any) -> bool:
         return False
 
 
-def _failed(call: Call, item: Any) -> bool:
-    """The observer raised on *item*: count and log it; whether to hide it all the same.
+def _failed(call: Call, item: Any, response: Any) -> bool:
+    """The observer raised on *item*: whether to hide it all the same.
 
-    An item llm_meter added (OpenAI's usage chunk) stays hidden even then: the caller's loop
-    must see the plain SDK's items whatever happens to metering.
+    An observer the provider has for the item's shape (``observer_for``) replaces it and reads
+    the item; else (or if that one raises too) the failure is counted and logged. An item
+    llm_meter added (OpenAI's usage chunk) stays hidden even then: the caller's loop must see
+    the plain SDK's items whatever happens to metering.
     """
+    observe = _observer_for(call, item)
+    if observe is not None:
+        call.observe = observe  # for the rest of the stream: one failure, not one per item
+        try:
+            return bool(observe(call, item, response))
+        except Exception:
+            return _logged(call, item)
+    return _logged(call, item)
+
+
+def _observer_for(call: Call, item: Any) -> Callable[[Call, Any, Any], bool | None] | None:
+    """The provider's observer for *item*'s shape, if it has one other than the call's. Never raises."""
+    try:
+        observe = call.provider.observer_for(call, item)  # type: ignore[attr-defined]
+    except Exception:  # a provider without `observer_for`, or a failure there
+        return None
+    if observe is None or observe == call.observe:
+        return None
+    return observe  # type: ignore[no-any-return]
+
+
+def _logged(call: Call, item: Any) -> bool:
+    """Count and log the observer's failure on *item* (being handled); whether to hide *item*."""
     call.meter.errors += 1
     log.exception("llm_meter: could not read usage from %s", type(item).__name__)
     try:
@@ -539,7 +566,7 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
                             if observe(call, item, response):
                                 continue  # hidden: an item the caller did not ask for
                         except Exception:
-                            if _failed(call, item):
+                            if _failed(call, item, response):
                                 continue
                     elif call.injected and _hidden(call, item):
                         continue  # billed early (a flush after a `break`), read on: still hidden
@@ -588,7 +615,7 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
                             if observe(call, item, response):
                                 continue
                         except Exception:
-                            if _failed(call, item):
+                            if _failed(call, item, response):
                                 continue
                     elif call.injected and _hidden(call, item):
                         continue
@@ -682,8 +709,7 @@ def _show(call: Call, obj: Any, response: Any) -> None:
         try:
             observe(call, obj, response)
         except Exception:
-            call.meter.errors += 1
-            log.exception("llm_meter: could not read usage from %s", type(obj).__name__)
+            _failed(call, obj, response)
 
 
 def _observed_methods(origin: Any, observing: Callable[..., Any]) -> dict[str, Any]:
