@@ -420,6 +420,40 @@ def _child_exit_code(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+_FORK_WITH_OPEN_STREAM = """
+import os, sys
+import openai, llm_meter
+from llm_meter import Meter
+from llm_meter.transports import PolarTransport
+
+polar_url, token, llm_url = sys.argv[1:4]
+m = Meter(transport=PolarTransport(token, base_url=polar_url), details=True, flush_interval=0.05)
+sdk = openai.OpenAI(api_key="k", base_url=llm_url, max_retries=0)
+client = llm_meter.meter(sdk, customer="cus_1", meter=m)
+messages = [{"role": "user", "content": "hi"}]
+stream = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+next(stream)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit: atexit hooks and finalizers run on the child's copy of the stream
+os.waitpid(pid, 0)
+rest = list(stream)
+assert m.close(10)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_stream_open_at_a_fork_is_billed_once_by_the_parent(polar: FakePolarServer) -> None:
+    """A child forked while a stream is open does not bill its copy (at its exit an estimate would
+    have taken the response's external_id first): the parent bills the exact usage, once."""
+    with FakeOpenAIServer() as llm:
+        argv = [sys.executable, "-c", _FORK_WITH_OPEN_STREAM, polar.url, polar.access_token, llm.url]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (event,) = polar.events
+    assert event["metadata"]["estimated"] is False
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_delivers_parent_and_child_events_once(polar: FakePolarServer, open_meter: MeterFactory) -> None:

@@ -226,6 +226,14 @@ class Call:
     def done(self) -> bool:
         return not self._once
 
+    def disown(self) -> None:
+        """This process will not bill the call (a forked child's copy of the parent's open stream):
+        its emit and finish do nothing from now on, so the response is billed once, by the parent."""
+        self._once.clear()
+        self.observe = None
+        self.on_finish = None
+        self.text = None
+
     def ensure_external_id(self, response: Any) -> str:
         """``<provider>:<response id or request id>:<call-unique suffix>``, fixed once made.
 

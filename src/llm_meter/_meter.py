@@ -290,9 +290,14 @@ def _flush_at_exit() -> None:
 
 
 def _reset_in_child() -> None:
-    """After ``os.fork()``: the child counts its own metering failures only (its dispatcher resets too)."""
+    """After ``os.fork()``: the child counts its own metering failures only (its dispatcher resets
+    too), and the streams open at the fork are the parent's to bill: the child's copies of their
+    calls never bill (at its exit, or when it collects its copies), so nothing is billed twice."""
     for meter in list(_METERS):
         meter.errors = 0
+        for stream_call in list(meter._open):
+            stream_call.disown()
+        meter._open.clear()
 
 
 _METERS: weakref.WeakSet[Meter] = weakref.WeakSet()
