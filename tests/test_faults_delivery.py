@@ -429,6 +429,83 @@ def test_unspooled_events_wait_in_memory_while_polar_is_down(
     assert m.stats().pending == 5  # still reported: nothing was silently dropped
 
 
+def _poison() -> UsageRecord:
+    """An event Polar refuses (422): its customer_id is no UUID."""
+    return UsageRecord(
+        provider="openai",
+        customer=Customer("customer_id", "not-a-uuid"),
+        external_id="openai:poison",
+        timestamp=time.time(),
+        model="gpt-4o",
+        request_tokens=3,
+        response_tokens=2,
+    )
+
+
+def _letters(spool: Path) -> list[str]:
+    return [str(letter["event"]["external_id"]) for letter in iter_dead_letters(spool)]
+
+
+def test_dead_letter_the_full_disk_refuses_waits_in_the_spool_until_it_is_written(
+    disk: Disk, polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """Refused on a full disk: its batch stays unacknowledged, later ones go on; freed, it is set aside."""
+    m = open_meter(spool_dir=disk.spool, flush_interval=30, batch_size=2)
+    m.emit(_record(0))
+    assert m.flush(10.0), m.stats()  # the segment and its .ack exist before the disk fills up
+    token = polar.access_token
+    polar.access_token = "polar_oat_not_yet"  # nothing is sent before the disk is full
+    m.emit(_poison())
+    for n in range(1, 6):
+        m.emit(_record(n))
+    disk.fill()
+    polar.access_token = token
+    assert _eventually(lambda: m.stats().delivered == 6), m.stats()
+    assert not m.flush(0.5)  # the refused event is neither delivered nor set aside yet
+    stats = m.stats()
+    assert stats.pending == 1 and stats.dead_lettered == 0 and stats.delivered == 6, stats
+    assert_exactly_once(polar, _ids(range(6)))  # the batches after it were not held up
+    disk.free()
+    m.emit(_record(6))
+    assert m.flush(10.0), m.stats()
+    assert _letters(disk.spool) == ["openai:poison"]
+    stats = m.stats()
+    assert stats.pending == 0 and stats.dead_lettered == 1 and stats.delivered == 7, stats
+    assert_exactly_once(polar, _ids(range(7)))
+    assert polar.duplicates_reported == 0  # nothing Polar stored was sent again
+    m.close(5.0)
+    assert not list(disk.spool.glob("seg-*"))  # all acknowledged, then deleted
+
+
+def test_dead_letter_still_unwritten_at_exit_is_set_aside_by_the_next_process(
+    disk: Disk, polar: FakePolarServer, open_meter: MeterFactory
+) -> None:
+    """The process ends, the disk still full: it stays spooled; the next meter dead-letters it."""
+    m = open_meter(spool_dir=disk.spool, flush_interval=30, batch_size=2)
+    m.emit(_record(0))
+    assert m.flush(10.0), m.stats()
+    token = polar.access_token
+    polar.access_token = "polar_oat_not_yet"  # nothing is sent before the disk is full
+    m.emit(_poison())
+    for n in range(1, 4):
+        m.emit(_record(n))
+    disk.fill()
+    polar.access_token = token
+    assert _eventually(lambda: m.stats().delivered == 4), m.stats()
+    assert not m.flush(0.5)
+    m.close(0.5)
+    assert m.stats().pending == 1
+    assert _letters(disk.spool) == [] and list(disk.spool.glob("seg-*.log"))
+    disk.free()
+    after = open_meter(spool_dir=disk.spool)
+    assert after.stats().pending > 0
+    assert after.flush(10.0), after.stats()
+    assert _letters(disk.spool) == ["openai:poison"]
+    assert after.stats().dead_lettered == 1 and after.stats().pending == 0
+    assert_exactly_once(polar, _ids(range(4)))  # what it sent again came back as duplicates
+    assert polar.duplicates_reported == after.stats().duplicates > 0
+
+
 # -- item 8: a spool directory others can write (CWE-59) ---------------------------------------------------
 
 STRANGER = 54321

@@ -195,6 +195,31 @@ def test_rejected_event_becomes_a_dead_letter_and_the_rest_is_delivered(tmp_path
     assert stats.dead_lettered == 1 and stats.delivered == 2 and stats.pending == 0
 
 
+def test_held_batch_stops_the_acknowledgement_until_released(tmp_path: Path) -> None:
+    """A held batch (its dead letter not yet written) and those after it stay unacknowledged, unread again."""
+    spool = Spool(tmp_path)
+    for n in range(6):
+        spool.append(encode_record(f'{{"external_id":"openai:{n}"}}'))
+    first = spool.read_batch(2)
+    assert first is not None
+    spool.commit(first)
+    second = spool.read_batch(2)
+    assert second is not None
+    held = spool.hold(second)
+    spool.append(b"garbage without a checksum\n")  # unreadable lines, acknowledged away when read
+    third = spool.read_batch(2)
+    assert third is not None
+    spool.commit(third)
+    assert spool.read_batch(2) is None  # the garbage line: committed behind the hold
+    spool.release_reads()  # what a failed step does: held and later batches are not read again
+    assert spool.read_batch(2) is None
+    ack = next(tmp_path.glob("seg-*.ack"))
+    assert int(ack.read_bytes()) == first.end_offset  # a crash now resends from the held batch on
+    spool.unhold(held)
+    assert int(ack.read_bytes()) == os.path.getsize(next(tmp_path.glob("seg-*.log")))
+    spool.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_spools_to_its_own_segment(tmp_path: Path) -> None:

@@ -14,7 +14,10 @@ from sync code with no loop and from inside a running loop. It sends batches thr
 transport and retries a failed batch (same events, same ``external_id`` s) with capped,
 jittered backoff that honours a ``retry_after`` hint; events the destination refuses one
 by one (:class:`~llm_meter.RejectedEventsError`) are set aside as dead letters and the rest
-is sent. An event counts as delivered only once the transport returned.
+is sent. An event counts as delivered only once the transport returned. A dead letter the
+disk does not take (full, read-only) is written again on later passes; until then the spool
+lines of its batch stay unacknowledged (:meth:`Spool.hold`), so the refused event is never
+lost with the process, and delivery of the rest goes on.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ._estimate import load_all as load_estimates
 from ._estimate import loaded as estimates_ready
 from ._events import EventOptions, Exact, UsageRecord, encode_line, encode_wire, latest_timestamp
 from ._exceptions import RejectedEventsError
-from ._spool import Spool, dead_letter_entry, encode_record
+from ._spool import Batch, Spool, dead_letter_entry, encode_record
 from .transports import Transport
 
 __all__ = ["Dispatcher", "backoff_delay", "duplicates_of", "live_dispatchers", "rejections"]
@@ -49,6 +52,24 @@ MAX_BACKOFF = 30.0
 _ADOPT_EVERY = 30.0
 #: First pause after an unexpected failure of the worker itself; doubles up to MAX_BACKOFF.
 _FAILURE_PAUSE = 0.1
+
+
+#: A refused event: its wire JSON, the reason and the HTTP status.
+_Letter = tuple[str, str, int]
+
+
+class _Held:
+    """Dead letters the spool could not take yet, and the held batch they came from.
+
+    ``batch`` is what :meth:`Spool.hold` returned (``None`` for events sent from memory).
+    """
+
+    __slots__ = ("batch", "letters", "own")
+
+    def __init__(self, batch: Batch | None, letters: list[_Letter], own: bool) -> None:
+        self.batch = batch
+        self.letters = letters
+        self.own = own
 
 
 def _wait_time(seconds: float) -> float:
@@ -101,6 +122,11 @@ class Dispatcher:
         self._unspooled_logged = -60.0
         #: Events set aside when there is no spool to keep them in.
         self.dead_letters: list[dict[str, Any]] = []
+        #: Refused events whose dead letter could not be written yet (oldest first), and the
+        #: ones the current delivery refused that way.
+        self._held: list[_Held] = []
+        self._unwritten: list[_Letter] = []
+        self._unwritten_logged = -60.0
         # Counters are written by the worker (under _done where flush waits on them).
         self.taken = 0  # records taken off the deque
         self.respooled = 0  # of those, appended to the spool by the worker
@@ -406,6 +432,8 @@ class Dispatcher:
                     if self._stopping:
                         break
         finally:
+            if self._held:
+                self._guard(self._keep_held)
             self._guard(self._spool_direct)
             try:
                 loop.run_until_complete(transport.aclose())
@@ -420,7 +448,7 @@ class Dispatcher:
         self.errors += 1
         log.exception("llm_meter: unexpected error in the delivery worker (%d so far); going on", self.errors)
         if self._spool is not None:
-            self._spool.release_reads()
+            self._spool.release_reads()  # held batches are not read again: they were answered
         # Growing pauses: a failure that repeats must not turn into a busy loop. Not _wake:
         # flush() sets it every few ms; close() sets _stop.
         self._stop.wait(min(MAX_BACKOFF, _FAILURE_PAUSE * 2 ** min(failures - 1, 10)))
@@ -457,6 +485,8 @@ class Dispatcher:
                 return 0
             self._count(delivered, dead, own=True)
             return len(records)
+        if self._held:
+            self._write_held(spool)
         # With a spool, the deque only holds records that needed an estimate: spool them, and
         # load the encodings, so that the next ones are estimated (and spooled) by the caller.
         if self._queue and not estimates_ready():
@@ -486,7 +516,10 @@ class Dispatcher:
         # Under flush()'s lock (re-entrant): the spool's count of inherited events done and the
         # delivered counters move together, so a flush() that returns sees both.
         with self._done:
-            spool.commit(batch)
+            if self._unwritten:  # a dead letter the disk did not take: not acknowledged yet
+                self._held.append(_Held(spool.hold(batch), self._unwritten, batch.own))
+            else:
+                spool.commit(batch)
             self._count(delivered, dead, own=batch.own)
         return len(batch.payloads)
 
@@ -506,8 +539,61 @@ class Dispatcher:
             raise
         finally:
             self._direct_busy = 0
+        if self._unwritten:
+            self._held.append(_Held(None, self._unwritten, True))
         self._count(delivered, dead, own=True)
         return len(payloads)
+
+    def _write_held(self, spool: Spool) -> None:
+        """Write the dead letters the disk refused before, oldest first; acknowledge their batches."""
+        kept: list[_Held] = []
+        failed = False
+        for held in self._held:
+            while held.letters and not failed:
+                try:
+                    spool.dead_letter(*held.letters[0])
+                except Exception as exc:
+                    failed = True  # still full (or read-only): the next pass tries again
+                    self._unwritten_failed(exc, len(self._held))
+                    break
+                held.letters.pop(0)
+                self._count(0, 1, own=held.own)
+            if held.letters:
+                kept.append(held)
+            elif held.batch is not None:
+                with self._done:
+                    spool.unhold(held.batch)
+                    self._done.notify_all()
+        self._held = kept
+
+    def _keep_held(self) -> None:
+        """The worker stops: a last try at the dead letters still waiting for the disk.
+
+        Those of spooled events stay in the spool, unacknowledged: the next process that
+        delivers it sends them again and sets them aside then. Those of events sent from
+        memory are kept in memory (lost with the process), as when there is no spool.
+        """
+        spool = self._spool
+        if spool is None:
+            return
+        self._write_held(spool)
+        spooled = 0
+        for held in self._held:
+            if held.batch is not None:
+                spooled += len(held.letters)
+                continue
+            for payload, reason, status in held.letters:
+                self.dead_letters.append(dead_letter_entry(payload, reason, status))
+            self._count(0, len(held.letters), own=held.own)
+        self._held = [held for held in self._held if held.batch is not None]
+        if spooled:
+            log.error(
+                "llm_meter: %d refused events could not be written to the dead-letter file; they stay "
+                "unacknowledged in the spool %s and are set aside by the next process that delivers it "
+                "(or `llm-meter flush`)",
+                spooled,
+                spool.directory,
+            )
 
     def _spool_direct(self) -> None:
         """The worker stops: move what waits in memory to the spool, if it can take it now."""
@@ -590,6 +676,7 @@ class Dispatcher:
         """
         attempt = 0
         dead = 0
+        self._unwritten = []  # refused events whose dead letter the disk did not take
         if not finished:
             # Lines spooled with their pricing data get their _cost now, on the worker (once per
             # attempt to send them: a retry of this batch sends the same priced text).
@@ -612,8 +699,7 @@ class Dispatcher:
                 if rejected:
                     status = exc.status if isinstance(exc.status, int) else 422
                     for index in sorted(rejected):
-                        self._dead_letter(payloads[index], rejected[index], status, spool)
-                        dead += 1
+                        dead += self._dead_letter(payloads[index], rejected[index], status, spool)
                     payloads = [p for i, p in enumerate(payloads) if i not in rejected]
                     events = [e for i, e in enumerate(events) if i not in rejected]
                     stored = getattr(exc, "result", None)
@@ -658,21 +744,39 @@ class Dispatcher:
             try:
                 events.append(json.loads(payload))
             except ValueError:
-                self._dead_letter(payload, "not valid JSON (a damaged spool record)", 0, spool)
-                dead += 1
+                dead += self._dead_letter(payload, "not valid JSON (a damaged spool record)", 0, spool)
             else:
                 kept.append(payload)
         return kept, events, dead
 
-    def _dead_letter(self, payload: str, reason: str, status: int, spool: Spool | None) -> None:
+    def _dead_letter(self, payload: str, reason: str, status: int, spool: Spool | None) -> bool:
+        """Set one refused event aside; ``False`` when the spool could not take it yet.
+
+        Such an event goes to ``_unwritten``: the caller holds its batch (:meth:`_step`).
+        """
         log.error("llm_meter: the destination refused an event (%s); set aside as a dead letter", reason)
-        if spool is not None:
-            try:
-                spool.dead_letter(payload, reason, status)
-                return
-            except Exception:
-                log.exception("llm_meter: could not write the dead letter; kept in memory")
-        self.dead_letters.append(dead_letter_entry(payload, reason, status))
+        if spool is None:
+            self.dead_letters.append(dead_letter_entry(payload, reason, status))
+            return True
+        try:
+            spool.dead_letter(payload, reason, status)
+        except Exception as exc:
+            self._unwritten.append((payload, reason, status))
+            self._unwritten_failed(exc, len(self._held) + 1)
+            return False
+        return True
+
+    def _unwritten_failed(self, exc: Exception, waiting: int) -> None:
+        now = time.monotonic()
+        if now - self._unwritten_logged >= 60.0:  # at most once a minute
+            self._unwritten_logged = now
+            log.error(
+                "llm_meter: could not write a dead letter (%s: %s); the refused event is kept (its spool "
+                "lines unacknowledged) and set aside when the disk allows it (%d batch(es) waiting)",
+                type(exc).__name__,
+                exc,
+                waiting,
+            )
 
 
 def backoff_delay(attempt: int, failure: BaseException) -> float:
@@ -738,6 +842,7 @@ def _reset_in_child() -> None:
         dispatcher.delivered = dispatcher.delivered_own = dispatcher.dead = dispatcher.dead_own = 0
         dispatcher.retried = dispatcher.duplicates = dispatcher.errors = 0
         dispatcher.dead_letters = []
+        dispatcher._held = []  # the parent's: its spool segments are the parent's too
 
 
 def live_dispatchers() -> list[Dispatcher]:

@@ -20,8 +20,11 @@ Rules that make it safe:
   (``_resync``) and skips only the half. (Cutting the half off with ``ftruncate`` instead
   could destroy a record another thread appended meanwhile: appends take no lock.)
 - A segment's ``.ack`` offset only moves forward after the transport acknowledged every
-  line before it. Lines after it are sent again after a crash; Polar's ``external_id``
-  deduplication turns such a resend into ``duplicates``, not a second charge.
+  line before it, and the events it refused are written to the dead-letter file: a batch
+  whose dead letter the disk did not take is *held* (:meth:`Spool.hold`), and the offset
+  stops before it until its letters are written. Lines after it are sent again after a
+  crash; Polar's ``external_id`` deduplication turns such a resend into ``duplicates``, not
+  a second charge.
 - Orphaned segments (writer gone) are adopted by whichever process locks them first and
   deleted once fully acknowledged. The adopter checks the locked file is still the one at
   that path, so a segment deleted meanwhile is never sent twice.
@@ -96,6 +99,7 @@ class _Segment:
         "ack_path",
         "fd",
         "gone",
+        "held",
         "own",
         "path",
         "read_offset",
@@ -115,6 +119,14 @@ class _Segment:
         #: Its file was deleted (the spool directory removed?): what it holds is still read from
         #: the open descriptor, but no ``.ack`` is written for it any more.
         self.gone = False
+        #: Batches settled behind a held one (see :meth:`Spool.hold`), in the order they were read:
+        #: the ``.ack`` offset moves over them only once the held ones before them are released.
+        self.held: list[Batch] = []
+
+    @property
+    def settled_offset(self) -> int:
+        """Where reading goes on after what was sent: past the batches waiting behind a hold."""
+        return self.held[-1].end_offset if self.held else self.ack_offset
 
 
 @dataclass
@@ -126,6 +138,8 @@ class Batch:
     end_offset: int
     lines: int = 0
     """Complete lines up to ``end_offset``: the payloads and the unreadable lines skipped."""
+    waiting: bool = False
+    """Held (:meth:`Spool.hold`): its refused events are not yet written as dead letters."""
 
     @property
     def own(self) -> bool:
@@ -409,9 +423,44 @@ class Spool:
         that resends those events, which Polar deduplicates by ``external_id``.
         """
         segment = batch.segment
-        segment.ack_offset = batch.end_offset
+        if segment.held:  # a batch before it waits for its dead letters: acknowledged after it
+            last = segment.held[-1]
+            if last.waiting:
+                segment.held.append(Batch(segment, [], batch.end_offset, batch.lines))
+            else:
+                last.end_offset = batch.end_offset
+                last.lines += batch.lines
+            return
+        self._acknowledge(segment, batch.end_offset, batch.lines)
+
+    def hold(self, batch: Batch) -> Batch:
+        """*batch* was answered, but an event it refused could not be set aside (disk full?).
+
+        Its lines, and those read after it from its segment, stay unacknowledged (after a
+        crash they are sent again: Polar deduplicates the stored ones and refuses the other
+        again) until :meth:`unhold` is called with the batch returned here.
+        """
+        held = Batch(batch.segment, [], batch.end_offset, batch.lines, waiting=True)
+        batch.segment.held.append(held)
+        return held
+
+    def unhold(self, held: Batch) -> None:
+        """The dead letters of *held* are written: acknowledge as far as nothing held stops it."""
+        held.waiting = False
+        segment = held.segment
+        end = segment.ack_offset
+        lines = 0
+        while segment.held and not segment.held[0].waiting:
+            done = segment.held.pop(0)
+            end = done.end_offset
+            lines += done.lines
+        if lines or end != segment.ack_offset:
+            self._acknowledge(segment, end, lines)
+
+    def _acknowledge(self, segment: _Segment, end_offset: int, lines: int) -> None:
+        segment.ack_offset = end_offset
         if not segment.own:
-            self.inherited_done += batch.lines
+            self.inherited_done += lines
         try:
             self._write_ack(segment)
         except OSError as exc:
@@ -443,7 +492,7 @@ class Spool:
     def release_reads(self) -> None:
         """Forget what was read but not acknowledged: it is read (and sent) again."""
         for segment in list(self._segments):
-            segment.read_offset = segment.ack_offset
+            segment.read_offset = segment.settled_offset
 
     def _log_once(self, key: str, message: str, *args: object) -> None:
         """Log a recurring disk problem at most once a minute."""
@@ -454,7 +503,7 @@ class Spool:
 
     def release(self, batch: Batch) -> None:
         """*batch* was not delivered: read it again next time."""
-        batch.segment.read_offset = min(batch.segment.read_offset, batch.segment.ack_offset)
+        batch.segment.read_offset = batch.segment.settled_offset
 
     def _finish_if_done(self, segment: _Segment) -> None:
         """Delete a retired (or adopted) segment once all of it is acknowledged."""
