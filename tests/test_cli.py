@@ -104,6 +104,52 @@ def test_flush_delivers_what_stopped_processes_left(
     assert "delivered 7 event(s)" in capsys.readouterr().out
 
 
+# An app running without a token: its meter keeps the events in its spool segment, locked while it runs.
+_TOKENLESS_APP = """
+import sys, time
+from llm_meter import Meter
+from llm_meter._customer import Customer
+from llm_meter._events import UsageRecord
+
+m = Meter(transport=None, spool_dir=sys.argv[1])
+customer = Customer("external_customer_id", "cus_cli")
+for n in range(3):
+    record = dict(provider="openai", customer=customer, external_id=f"openai:app-{n}", model="m")
+    m.emit(UsageRecord(timestamp=time.time(), **record))
+print("spooled", flush=True)
+sys.stdin.read()  # runs until the test closes its stdin
+"""
+
+
+def test_flush_says_which_events_a_running_process_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Events a live token-less process holds cannot be flushed: flush says so (exit 0: theirs to deliver)."""
+    command = [sys.executable, "-c", _TOKENLESS_APP, str(tmp_path)]
+    with (
+        FakePolarServer() as polar,
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as app,
+    ):
+        try:
+            assert app.stdout is not None and app.stdout.readline() == "spooled\n"
+            monkeypatch.setenv("POLAR_ACCESS_TOKEN", polar.access_token)
+            monkeypatch.setenv("POLAR_BASE_URL", polar.url)
+            assert main(["flush", "--spool-dir", str(tmp_path), "--timeout", "10"]) == 0
+            out = capsys.readouterr().out
+            assert "delivered 0 event(s)" in out
+            assert "3 event(s) not delivered: held by a running process" in out
+            assert polar.events == []
+            app.communicate(timeout=10)  # the app stops: its segment is unlocked
+            assert app.returncode == 0
+            assert main(["flush", "--spool-dir", str(tmp_path), "--timeout", "10"]) == 0
+            assert "delivered 3 event(s)" in capsys.readouterr().out
+            stored = sorted(str(e["external_id"]) for e in polar.events)
+        finally:
+            if app.poll() is None:
+                app.kill()
+    assert stored == [f"openai:app-{n}" for n in range(3)]
+
+
 def test_flush_without_token_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
