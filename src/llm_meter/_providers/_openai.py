@@ -328,6 +328,16 @@ def _dict_text(body: dict[str, Any]) -> list[str]:
     return texts
 
 
+def _identify(call: Call, body: dict[str, Any]) -> None:
+    """The response id and model of a body or chunk parsed as a plain dict, where they are strings."""
+    ident = body.get("id")
+    if isinstance(ident, str) and ident:
+        call.response_id = ident
+    model = body.get("model")
+    if isinstance(model, str) and model:
+        call.model = model
+
+
 def _unset_usage_v1(chunk: Any) -> None:
     """Pydantic v1's ``__fields_set__`` without ``usage`` (see ``_observe_chat_chunk``)."""
     fields_set = getattr(chunk, "__fields_set__", None)
@@ -560,12 +570,7 @@ class OpenAIProvider:
         is removed: the caller's dict is the plain SDK's.
         """
         if call.response_id is None:
-            ident = chunk.get("id")
-            if isinstance(ident, str) and ident:
-                call.response_id = ident
-                model = chunk.get("model")
-                if isinstance(model, str) and model:
-                    call.model = model
+            _identify(call, chunk)
         usage = chunk.get("usage")
         if usage is None:
             if call.injected:
@@ -687,12 +692,7 @@ class OpenAIProvider:
     def _observe_dict(self, call: Call, obj: dict[str, Any], response: Any) -> None:
         """:meth:`_observe_body` for a body the caller parsed as a plain dict (the JSON the SDK
         would have made a model of): billed as that model would be. The dict is only read."""
-        ident = obj.get("id")
-        if isinstance(ident, str) and ident:
-            call.response_id = ident
-        model = obj.get("model")
-        if isinstance(model, str) and model:
-            call.model = model
+        _identify(call, obj)
         usage = obj.get("usage")
         if usage is None:
             usage = _groq_usage(obj)
