@@ -299,9 +299,11 @@ def test_refused_event_found_by_nested_splits_is_dead_lettered_without_duplicate
 ) -> None:
     """413, 413, then a 422 in a quarter: one dead letter with its reason, the rest stored once, no resend."""
     polar.inject(Fault.echo_headers(413), Fault.echo_headers(413))  # a proxy refusing the big bodies
-    m = open_meter(details=True, batch_size=8, flush_interval=30.0)
+    spooled = Meter(spool_dir=spool, details=True)  # no transport: the eight wait in the spool
     for n in range(8):
-        m.emit(_record(n, extra={"note": ""}) if n == 1 else _record(n))
+        spooled.emit(_record(n, extra={"note": ""}) if n == 1 else _record(n))
+    spooled.close(1.0)
+    m = open_meter(details=True, batch_size=8, flush_interval=30.0)  # takes them on: one batch of eight
     assert m.flush(10.0)
     assert [len(r.body["events"]) for r in polar.requests] == [8, 4, 2, 1, 2, 4]
     assert_exactly_once(polar, _ids(range(8)) - {"openai:1"})
