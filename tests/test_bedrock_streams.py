@@ -206,6 +206,84 @@ def test_incomplete_stream_under_skip_emits_nothing(bedrock: FakeBedrockServer) 
         m.close(5)
 
 
+def _leave_after_three_chunks(bedrock: FakeBedrockServer, metered: Any, model: str, how: str) -> None:
+    """Read 3 chunks of 20 of an invoke stream, then close it, drop it or meet a stream error."""
+    bedrock.chunks = 20
+    if how == "error":
+        bedrock.error_after = 3
+    stream = _invoke_stream(metered, model)
+    chunks = iter(stream)
+    for _ in range(3):
+        next(chunks)
+    if how == "close":
+        stream.close()
+    elif how == "drop":
+        del stream, chunks
+        gc.collect()
+    else:
+        with pytest.raises(botocore.exceptions.EventStreamError, match="modelStreamErrorException"):
+            next(chunks)
+        stream.close()  # billed at the error already; closed as a caller would
+
+
+_LEAVE = pytest.mark.parametrize("how", ["close", "drop", "error"])
+#: Families whose chunks each repeat the running token counts (the last one has a stop reason).
+_CUMULATIVE = pytest.mark.parametrize("model", [LLAMA, TITAN])
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+@_LEAVE
+@_CUMULATIVE
+def test_invoke_stream_left_early_with_running_counts_bills_an_estimate(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport], model: str, how: str
+) -> None:
+    """The running counts of the chunks read are not the stream's usage: an estimate keeping them."""
+    _leave_after_three_chunks(bedrock, metered, model, how)
+    md = only_event(*details)["metadata"]
+    assert md["estimated"] is True
+    assert (md["request_tokens"], md["response_tokens"]) == (BODY_PROMPT, 3)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+@_LEAVE
+@_CUMULATIVE
+def test_invoke_stream_left_early_with_running_counts_under_skip_emits_nothing(
+    bedrock: FakeBedrockServer, model: str, how: str
+) -> None:
+    """Meter(incomplete_streams="skip"): not billed, although its chunks carried counts."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, incomplete_streams="skip")
+    try:
+        metered = meter(client(bedrock), customer="cus_1", meter=m)
+        _leave_after_three_chunks(bedrock, metered, model, how)
+        assert delivered(m, transport) == []
+    finally:
+        m.close(5)
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+@pytest.mark.parametrize("mode", ["estimate", "skip"])
+@_CUMULATIVE
+def test_invoke_stream_with_running_counts_read_to_the_end_bills_exactly_once(
+    bedrock: FakeBedrockServer, model: str, mode: str, metrics: bool
+) -> None:
+    """Read to the chunk with the stop reason (with or without invocation metrics): exact, once."""
+    bedrock.chunks, bedrock.metrics = 20, metrics
+    transport = MemoryTransport()
+    m = Meter(transport=transport, flush_interval=0.01, details=True, incomplete_streams=mode)
+    try:
+        stream = _invoke_stream(meter(client(bedrock), customer="cus_1", meter=m), model)
+        list(stream)
+        stream.close()
+        del stream
+        gc.collect()
+        event = only_event(m, transport)
+        assert usage(event) == (BODY_PROMPT, 20, BODY_PROMPT + 20)
+        assert event["metadata"]["estimated"] is False
+    finally:
+        m.close(5)
+
+
 def test_metered_stream_is_a_botocore_event_stream(metered: Any) -> None:
     """The caller still gets a botocore EventStream (a subclass), with its own API."""
     stream = _converse_stream(metered)

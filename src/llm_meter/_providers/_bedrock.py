@@ -71,8 +71,8 @@ _HEADERS: Final = (
 )
 
 
-#: What :func:`_family_counts` returns: input, output, cache reads, cache writes, inclusive.
-_Counts = tuple[Any, Any, Any, Any, bool]
+#: What :func:`_family_counts` returns: input, output, cache reads, cache writes, inclusive, partial.
+_Counts = tuple[Any, Any, Any, Any, bool, bool]
 
 
 class _Usage:
@@ -81,9 +81,11 @@ class _Usage:
     ``inclusive``: ``input`` already counts the cache reads (OpenAI-shaped usage); otherwise
     cache reads and writes are added to it. Fields are ``None`` until reported; a stream's
     chunks overwrite them field by field (Anthropic's cumulative ``message_delta``).
+    ``partial``: the last counts merged are a running total of a stream not finished yet (a
+    Llama or Titan chunk before the one with the stop reason): not the stream's usage.
     """
 
-    __slots__ = ("cache_read", "cache_write", "inclusive", "input", "output", "raw", "ttl")
+    __slots__ = ("cache_read", "cache_write", "inclusive", "input", "output", "partial", "raw", "ttl")
 
     def __init__(self) -> None:
         #: Converse's ``cacheDetails`` (cache writes by TTL), read only for ``details=True``.
@@ -95,6 +97,7 @@ class _Usage:
         self.cache_read: Any = None
         self.cache_write: Any = None
         self.inclusive = False
+        self.partial = False
 
     def set(self, input_: Any, output: Any, cache_read: Any = None, cache_write: Any = None) -> None:
         if input_ is not None:
@@ -110,6 +113,7 @@ class _Usage:
         """Merge what :func:`_family_counts` found (OpenAI-shaped usage makes ``input`` inclusive)."""
         if found[4]:
             self.inclusive = True
+        self.partial = found[5]
         self.set(found[0], found[1], found[2], found[3])
 
 
@@ -158,6 +162,7 @@ def _usage_counts(found: dict[str, Any], provisional: bool) -> _Counts | None:
             found.get("cache_read_input_tokens"),
             found.get("cache_creation_input_tokens"),
             False,
+            False,
         )
     if "inputTokens" in found or "outputTokens" in found:  # Nova, Converse-shaped
         return (
@@ -166,16 +171,21 @@ def _usage_counts(found: dict[str, Any], provisional: bool) -> _Counts | None:
             found.get("cacheReadInputTokenCount", found.get("cacheReadInputTokens")),
             found.get("cacheWriteInputTokenCount", found.get("cacheWriteInputTokens")),
             False,
+            False,
         )
     if "prompt_tokens" in found or "completion_tokens" in found:  # AI21 Jamba, gpt-oss, ...
         details = found.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if type(details) is dict else None
-        return found.get("prompt_tokens"), found.get("completion_tokens"), cached, None, True
+        return found.get("prompt_tokens"), found.get("completion_tokens"), cached, None, True, False
     return None
 
 
 def _family_counts(obj: Any) -> _Counts | None:
-    """The counts a model family puts in a body or a stream chunk, as found (unchecked); or ``None``."""
+    """The counts a model family puts in a body or a stream chunk, as found (unchecked); or ``None``.
+
+    Llama and Titan repeat their running counts in every stream chunk: those are ``partial``
+    until the chunk whose stop reason (``stop_reason``, ``completionReason``) is set, the last.
+    """
     if type(obj) is not dict:
         return None
     found = obj.get("usage")
@@ -189,7 +199,8 @@ def _family_counts(obj: Any) -> _Counts | None:
     if type(found) is dict:
         return _usage_counts(found, True)
     if "prompt_token_count" in obj or "generation_token_count" in obj:  # Meta Llama
-        return obj.get("prompt_token_count"), obj.get("generation_token_count"), None, None, False
+        partial = "stop_reason" in obj and obj["stop_reason"] is None
+        return obj.get("prompt_token_count"), obj.get("generation_token_count"), None, None, False, partial
     if "inputTextTokenCount" in obj:  # Amazon Titan text (and embeddings: no output)
         output = obj.get("totalOutputTextTokenCount")
         results = obj.get("results")
@@ -197,11 +208,12 @@ def _family_counts(obj: Any) -> _Counts | None:
             output = results[0].get("tokenCount")
         if output is None and "embedding" in obj:
             output = 0
-        return obj.get("inputTextTokenCount"), output, None, None, False
+        partial = "completionReason" in obj and obj["completionReason"] is None
+        return obj.get("inputTextTokenCount"), output, None, None, False, partial
     meta = obj.get("meta")  # Cohere's billed units, when present
     billed = meta.get("billed_units") if type(meta) is dict else None
     if type(billed) is dict and ("input_tokens" in billed or "output_tokens" in billed):
-        return billed.get("input_tokens"), billed.get("output_tokens", 0), None, None, False
+        return billed.get("input_tokens"), billed.get("output_tokens", 0), None, None, False, False
     return None
 
 
@@ -508,9 +520,16 @@ def _counting_chunk(call: Call, data: bytes) -> None:
 
 
 def _emit_kept(call: Call, response: Any) -> None:
-    """``Call.on_finish`` of invoke streams: the family counts received so far, when complete."""
-    if isinstance(call.state, _Usage):
-        _emit(call, call.state, response)
+    """``Call.on_finish`` of invoke streams: the family counts received, when they are final.
+
+    Bills a stream read to its end whose last chunk had no invocation metrics (nothing billed
+    it then). Otherwise (no counts, invalid ones, or Llama's and Titan's running counts of a
+    stream left before its last chunk) it emits nothing and :meth:`Call.finish` estimates or
+    skips the incomplete stream; an estimate keeps the counts received.
+    """
+    state = call.state
+    if isinstance(state, _Usage) and not state.partial:
+        _emit(call, state, response)
 
 
 # -- streams -------------------------------------------------------------------------------
