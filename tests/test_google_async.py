@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import pytest
 from google import genai
+from google.genai import types
 
 import llm_meter
 from google_support import MODEL, PROMPT, aclose, headers, opened
@@ -109,6 +110,37 @@ def test_block_follows_tasks(client: genai.Client, meter_: Meter, transport: Mem
 
     run(client, main)
     assert {e["external_customer_id"] for e in delivered(meter_, transport)} == {"cus_task"}
+
+
+def test_per_call_customer_leaves_a_tools_block_to_other_clients(
+    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """aio: customer= bills the model turns; a tool calling another client in a block bills the block."""
+    gemini.function_args = {"city": "Paris"}
+    with opened(gemini) as other_base:
+        other = meter(other_base, customer="cus_other", meter=meter_)
+
+        async def lookup(city: str) -> str:
+            """Look a city up."""
+            with llm_meter.customer("cus_block"):
+                await other.aio.models.generate_content(model=MODEL, contents=PROMPT)
+            return "sunny"
+
+        async def main() -> None:
+            config = types.GenerateContentConfig(
+                tools=[lookup],
+                automatic_function_calling=types.AutomaticFunctionCallingConfig(maximum_remote_calls=2),
+            )
+            try:
+                await client.aio.models.generate_content(
+                    model=MODEL, contents=PROMPT, config=config, customer="cus_call"
+                )
+            finally:
+                await aclose(other)
+
+        run(client, main)
+    customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
+    assert customers == ["cus_call", "cus_block", "cus_call"]
 
 
 def test_missing_customer_raises_before_sending(gemini: FakeGeminiServer, meter_: Meter) -> None:

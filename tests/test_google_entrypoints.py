@@ -7,10 +7,12 @@ the words of the text parts, the output one token per chunk (3).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from google import genai
+from google.genai import types
 
 import llm_meter
 from google_support import MODEL, PROMPT, SERVED, opened
@@ -113,6 +115,50 @@ def test_stream_keeps_the_block_active_at_the_call(
         stream = client.models.generate_content_stream(model=MODEL, contents=PROMPT)
     list(stream)
     assert only_event(meter_, transport)["external_customer_id"] == "cus_block"
+
+
+def afc(tool: Callable[..., Any]) -> types.GenerateContentConfig:
+    """Automatic function calling with *tool*: two model turns, the tool run once between them."""
+    return types.GenerateContentConfig(
+        tools=[tool], automatic_function_calling=types.AutomaticFunctionCallingConfig(maximum_remote_calls=2)
+    )
+
+
+def test_per_call_customer_leaves_a_tools_block_to_other_clients(
+    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """customer= bills the model turns; a tool calling another client in a block bills the block."""
+    gemini.function_args = {"city": "Paris"}
+    with opened(gemini) as other_base:
+        other = meter(other_base, customer="cus_other", meter=meter_)
+
+        def lookup(city: str) -> str:
+            """Look a city up."""
+            with llm_meter.customer("cus_block"):
+                other.models.generate_content(model=MODEL, contents=PROMPT)
+            return "sunny"
+
+        client.models.generate_content(model=MODEL, contents=PROMPT, config=afc(lookup), customer="cus_call")
+    customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
+    assert customers == ["cus_call", "cus_block", "cus_call"]
+
+
+def test_per_call_customer_leaves_other_clients_to_their_own(
+    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A tool of a call given customer= calling another client outside a block bills that client's."""
+    gemini.function_args = {"city": "Paris"}
+    with opened(gemini) as other_base:
+        other = meter(other_base, customer="cus_other", meter=meter_)
+
+        def lookup(city: str) -> str:
+            """Look a city up."""
+            other.models.generate_content(model=MODEL, contents=PROMPT)
+            return "sunny"
+
+        client.models.generate_content(model=MODEL, contents=PROMPT, config=afc(lookup), customer="cus_call")
+    customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
+    assert customers == ["cus_call", "cus_other", "cus_call"]
 
 
 def test_missing_customer_raises_before_sending(

@@ -31,7 +31,9 @@ Per-call ``customer=`` / ``customer_id=`` are taken by the metered resources' me
 (``models.generate_content``, ``generate_content_stream``, ``embed_content``, and the chats'
 ``send_message``, ``send_message_stream``); they travel to the request in a context variable
 that is set only while the SDK runs (around each step of a stream), so SDK objects never see
-them. Stream methods also capture the ``customer(...)`` block active at the call.
+them, and is read only by the API client of the resource it was given to: a metered call made on
+another client while the SDK runs (from an automatic function calling tool, say) is billed to its
+own block or client. Stream methods also capture the ``customer(...)`` block active at the call.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import functools
 import inspect
 import json
 import logging
+import operator
 import re
 import sys
 import weakref
@@ -70,8 +73,12 @@ _VERBS: Final = {
     "predict": "predict",
 }
 
-#: The customer of the call being made (per-call argument, or the block at a stream call).
-_request_customer: ContextVar[Customer | None] = ContextVar("llm_meter_google_customer", default=None)
+#: ``(API client, customer)`` of the call being made (per-call argument, or the block at a stream
+#: call): only that API client's requests bill it; other clients called meanwhile (from a tool
+#: function of automatic function calling) ignore it.
+_request_customer: ContextVar[tuple[Any, Customer] | None] = ContextVar(
+    "llm_meter_google_customer", default=None
+)
 
 
 #: Request path -> (billed kind, model named in the path): paths repeat, so each is parsed once.
@@ -474,7 +481,8 @@ class _MeteredApiClient:
 
     def _llm_meter_call(self, kind: str, model: str | None, path: str, body: Any) -> Call | None:
         config = self._llm_meter
-        who = _request_customer.get() or _block.get() or config.customer
+        held = _request_customer.get()
+        who = (held[1] if held is not None and held[0] is self else None) or _block.get() or config.customer
         if who is None:
             what = f"POST {path}"
             if config.meter.raise_on_missing_customer:
@@ -603,11 +611,11 @@ async def _metered_aiter(call: Call, inner: Any) -> AsyncIterator[Any]:
 # -- per-call customers on the resources -------------------------------------------------------------
 
 
-def _customer_gen(inner: Iterator[Any], who: Customer) -> Iterator[Any]:
-    """*inner* with *who* as the request customer while each step of it runs."""
+def _customer_gen(inner: Iterator[Any], held: tuple[Any, Customer]) -> Iterator[Any]:
+    """*inner* with *held* (API client, customer) as the request customer while each step of it runs."""
     try:
         while True:
-            token = _request_customer.set(who)
+            token = _request_customer.set(held)
             try:
                 item = next(inner)
             except StopIteration:
@@ -621,10 +629,10 @@ def _customer_gen(inner: Iterator[Any], who: Customer) -> Iterator[Any]:
             close()
 
 
-async def _customer_agen(inner: Any, who: Customer) -> AsyncIterator[Any]:
+async def _customer_agen(inner: Any, held: tuple[Any, Customer]) -> AsyncIterator[Any]:
     try:
         while True:
-            token = _request_customer.set(who)
+            token = _request_customer.set(held)
             try:
                 item = await inner.__anext__()
             except StopAsyncIteration:
@@ -638,23 +646,37 @@ async def _customer_agen(inner: Any, who: Customer) -> AsyncIterator[Any]:
             await aclose()
 
 
-def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[..., Any]:
-    """*func* (an SDK method) taking ``customer=`` / ``customer_id=`` too."""
+def _held_for(api: Any) -> Customer | None:
+    """The request customer held for *api* (a chat's stream calls its models' stream), if any."""
+    held = _request_customer.get()
+    return held[1] if held is not None and held[0] is api else None
+
+
+def _customer_method(
+    func: Callable[..., Any], api_of: Callable[[Any], Any], *, stream: bool
+) -> Callable[..., Any]:
+    """*func* (an SDK method) taking ``customer=`` / ``customer_id=`` too.
+
+    *api_of* gives the API client of the resource the method is called on: the customer held
+    for the call is billed by that client's requests only.
+    """
     if inspect.iscoroutinefunction(func):
         if stream:
 
             async def amethod(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
-                who = make_customer(customer, customer_id) or _request_customer.get() or current_customer()
+                api = api_of(self)
+                who = make_customer(customer, customer_id) or _held_for(api) or current_customer()
                 if who is None:
                     return await func(self, *args, **kw)
-                token = _request_customer.set(who)
+                held = (api, who)
+                token = _request_customer.set(held)
                 try:
                     inner = await func(self, *args, **kw)
                 finally:
                     _request_customer.reset(token)
-                return _customer_agen(inner, who)
+                return _customer_agen(inner, held)
 
         else:
 
@@ -666,7 +688,7 @@ def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[...,
                 )
                 if who is None:
                     return await func(self, *args, **kw)
-                token = _request_customer.set(who)
+                token = _request_customer.set((api_of(self), who))
                 try:
                     return await func(self, *args, **kw)
                 finally:
@@ -677,9 +699,10 @@ def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[...,
 
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
             # Not a generator function: the customer (argument or block) is captured now.
-            who = make_customer(customer, customer_id) or _request_customer.get() or current_customer()
+            api = api_of(self)
+            who = make_customer(customer, customer_id) or _held_for(api) or current_customer()
             inner = func(self, *args, **kw)
-            return inner if who is None else _customer_gen(inner, who)
+            return inner if who is None else _customer_gen(inner, (api, who))
 
     else:
 
@@ -687,7 +710,7 @@ def _customer_method(func: Callable[..., Any], *, stream: bool) -> Callable[...,
             who = None if customer is None and customer_id is None else make_customer(customer, customer_id)
             if who is None:
                 return func(self, *args, **kw)
-            token = _request_customer.set(who)
+            token = _request_customer.set((api_of(self), who))
             try:
                 return func(self, *args, **kw)
             finally:
@@ -707,10 +730,18 @@ def _subclass(base: type, namespace: dict[str, Any]) -> type:
     return cls
 
 
-def _resource_class(base: type, methods: dict[str, bool]) -> type:
+#: The API client of a resource: a model resource's own, a chat's through its model resource.
+_MODELS_API: Final = operator.attrgetter("_api_client")
+_CHAT_API: Final = operator.attrgetter("_modules._api_client")
+
+
+def _resource_class(base: type, methods: dict[str, bool], api_of: Callable[[Any], Any]) -> type:
     return _subclass(
         base,
-        {name: _customer_method(getattr(base, name), stream=stream) for name, stream in methods.items()},
+        {
+            name: _customer_method(getattr(base, name), api_of, stream=stream)
+            for name, stream in methods.items()
+        },
     )
 
 
@@ -720,10 +751,10 @@ class _Classes:
     def __init__(self) -> None:
         from google.genai import chats, client, models
 
-        self.models = _resource_class(models.Models, _MODEL_METHODS)
-        self.async_models = _resource_class(models.AsyncModels, _MODEL_METHODS)
-        chat = _resource_class(chats.Chat, _CHAT_METHODS)
-        async_chat = _resource_class(chats.AsyncChat, _CHAT_METHODS)
+        self.models = _resource_class(models.Models, _MODEL_METHODS, _MODELS_API)
+        self.async_models = _resource_class(models.AsyncModels, _MODEL_METHODS, _MODELS_API)
+        chat = _resource_class(chats.Chat, _CHAT_METHODS, _CHAT_API)
+        async_chat = _resource_class(chats.AsyncChat, _CHAT_METHODS, _CHAT_API)
         self.chats = _chats_class(chats.Chats, chat)
         self.async_chats = _chats_class(chats.AsyncChats, async_chat)
         self.async_client = _subclass(
