@@ -112,6 +112,54 @@ def test_block_follows_tasks(client: genai.Client, meter_: Meter, transport: Mem
     assert {e["external_customer_id"] for e in delivered(meter_, transport)} == {"cus_task"}
 
 
+def test_stream_called_outside_a_block_bills_the_clients_customer(
+    client: genai.Client, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """An aio stream made outside any block and read in one bills the client's customer, not the block's."""
+
+    async def main() -> None:
+        stream = await client.aio.models.generate_content_stream(model=MODEL, contents=PROMPT)
+        with llm_meter.customer("cus_later"):
+            async for _ in stream:
+                pass
+
+    run(client, main)
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_1"
+
+
+def test_chat_stream_called_outside_a_block_bills_the_clients_customer(
+    client: genai.Client, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """An aio chat.send_message_stream made outside any block and read in one bills the client's customer."""
+
+    async def main() -> None:
+        stream = await client.aio.chats.create(model=MODEL).send_message_stream("one two")
+        with llm_meter.customer("cus_later"):
+            async for _ in stream:
+                pass
+
+    run(client, main)
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_1"
+
+
+def test_stream_without_a_customer_at_the_call_raises_when_read_in_a_block(
+    gemini: FakeGeminiServer, meter_: Meter
+) -> None:
+    """No customer at the aio stream call: read in a block, it raises MissingCustomerError, sends nothing."""
+    with opened(gemini) as base:
+        client = meter(base, meter=meter_)
+
+        async def main() -> None:
+            stream = await client.aio.models.generate_content_stream(model=MODEL, contents=PROMPT)
+            with llm_meter.customer("cus_later"):
+                async for _ in stream:
+                    pass
+
+        with pytest.raises(MissingCustomerError):
+            run(client, main)
+    assert gemini.requests == []
+
+
 def test_per_call_customer_leaves_a_tools_block_to_other_clients(
     client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport
 ) -> None:

@@ -117,6 +117,37 @@ def test_stream_keeps_the_block_active_at_the_call(
     assert only_event(meter_, transport)["external_customer_id"] == "cus_block"
 
 
+def test_stream_called_outside_a_block_bills_the_clients_customer(
+    client: genai.Client, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A stream made outside any block and read in one bills the client's customer, not the block's."""
+    stream = client.models.generate_content_stream(model=MODEL, contents=PROMPT)
+    with llm_meter.customer("cus_later"):
+        list(stream)
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_1"
+
+
+def test_chat_stream_called_outside_a_block_bills_the_clients_customer(
+    client: genai.Client, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """chat.send_message_stream made outside any block and read in one bills the client's customer."""
+    stream = client.chats.create(model=MODEL).send_message_stream("one two")
+    with llm_meter.customer("cus_later"):
+        list(stream)
+    assert only_event(meter_, transport)["external_customer_id"] == "cus_1"
+
+
+def test_stream_without_a_customer_at_the_call_raises_when_read_in_a_block(
+    base: genai.Client, gemini: FakeGeminiServer, meter_: Meter
+) -> None:
+    """No customer at the stream call: reading it in a block raises MissingCustomerError and sends nothing."""
+    client = meter(base, meter=meter_)
+    stream = client.models.generate_content_stream(model=MODEL, contents=PROMPT)
+    with llm_meter.customer("cus_later"), pytest.raises(MissingCustomerError):
+        next(iter(stream))
+    assert gemini.requests == []
+
+
 def afc(tool: Callable[..., Any]) -> types.GenerateContentConfig:
     """Automatic function calling with *tool*: two model turns, the tool run once between them."""
     return types.GenerateContentConfig(

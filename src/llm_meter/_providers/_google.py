@@ -33,7 +33,9 @@ Per-call ``customer=`` / ``customer_id=`` are taken by the metered resources' me
 that is set only while the SDK runs (around each step of a stream), so SDK objects never see
 them, and is read only by the API client of the resource it was given to: a metered call made on
 another client while the SDK runs (from an automatic function calling tool, say) is billed to its
-own block or client. Stream methods also capture the ``customer(...)`` block active at the call.
+own block or client. Stream methods capture the customer at the call (SPEC §3): the argument, else
+the ``customer(...)`` block active then, else the client's own customer (:data:`_OWN`), so a block
+entered while the stream is read does not decide.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ _VERBS: Final = {
 _request_customer: ContextVar[tuple[Any, Customer] | None] = ContextVar(
     "llm_meter_google_customer", default=None
 )
+
+#: The customer held for a stream called with no customer of its own and no ``customer(...)``
+#: block active: the client's own customer bills it, even if a block is active when it is read.
+_OWN: Final = Customer("client", "")
 
 
 #: Request path -> (billed kind, model named in the path): paths repeat, so each is parsed once.
@@ -482,7 +488,13 @@ class _MeteredApiClient:
     def _llm_meter_call(self, kind: str, model: str | None, path: str, body: Any) -> Call | None:
         config = self._llm_meter
         held = _request_customer.get()
-        who = (held[1] if held is not None and held[0] is self else None) or _block.get() or config.customer
+        who: Customer | None
+        if held is not None and held[0] is self:
+            who = held[1]
+            if who is _OWN:  # a stream called outside any block
+                who = config.customer
+        else:
+            who = _block.get() or config.customer
         if who is None:
             what = f"POST {path}"
             if config.meter.raise_on_missing_customer:
@@ -667,9 +679,7 @@ def _customer_method(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
                 api = api_of(self)
-                who = make_customer(customer, customer_id) or _held_for(api) or current_customer()
-                if who is None:
-                    return await func(self, *args, **kw)
+                who = make_customer(customer, customer_id) or _held_for(api) or current_customer() or _OWN
                 held = (api, who)
                 token = _request_customer.set(held)
                 try:
@@ -698,11 +708,10 @@ def _customer_method(
     if stream:
 
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
-            # Not a generator function: the customer (argument or block) is captured now.
+            # Not a generator function: the customer (argument, block or the client's) is captured now.
             api = api_of(self)
-            who = make_customer(customer, customer_id) or _held_for(api) or current_customer()
-            inner = func(self, *args, **kw)
-            return inner if who is None else _customer_gen(inner, (api, who))
+            who = make_customer(customer, customer_id) or _held_for(api) or current_customer() or _OWN
+            return _customer_gen(func(self, *args, **kw), (api, who))
 
     else:
 
