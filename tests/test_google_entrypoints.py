@@ -169,9 +169,14 @@ def test_per_call_customer_leaves_a_tools_block_to_other_clients(
                 other.models.generate_content(model=MODEL, contents=PROMPT)
             return "sunny"
 
+        lookup.__annotations__ = {"city": str, "return": str}  # real types: older SDKs read no strings
+
         client.models.generate_content(model=MODEL, contents=PROMPT, config=afc(lookup), customer="cus_call")
     customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
-    assert customers == ["cus_call", "cus_block", "cus_call"]
+    # the model turns bill the call's customer, each tool run (once per function call: older SDKs
+    # run it after the last turn too) the other client's
+    assert customers[0] == "cus_call" and customers.count("cus_call") == 2
+    assert set(customers) == {"cus_call", "cus_block"}
 
 
 def test_per_call_customer_leaves_other_clients_to_their_own(
@@ -187,9 +192,14 @@ def test_per_call_customer_leaves_other_clients_to_their_own(
             other.models.generate_content(model=MODEL, contents=PROMPT)
             return "sunny"
 
+        lookup.__annotations__ = {"city": str, "return": str}  # real types: older SDKs read no strings
+
         client.models.generate_content(model=MODEL, contents=PROMPT, config=afc(lookup), customer="cus_call")
     customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
-    assert customers == ["cus_call", "cus_other", "cus_call"]
+    # the model turns bill the call's customer, each tool run (once per function call: older SDKs
+    # run it after the last turn too) the other client's
+    assert customers[0] == "cus_call" and customers.count("cus_call") == 2
+    assert set(customers) == {"cus_call", "cus_other"}
 
 
 def test_missing_customer_raises_before_sending(
