@@ -15,6 +15,7 @@ from typing import Any, Final
 from ._exceptions import ConfigurationError
 
 __all__ = [
+    "CLIENTS_OWN",
     "Customer",
     "current_customer",
     "customer",
@@ -48,6 +49,12 @@ class Customer:
 
     def __hash__(self) -> int:
         return hash((self.key, self.value))
+
+
+#: A stream call's customer when it named none and no ``customer(...)`` block was active: the
+#: client's own applies when the request is sent, not a block active then (SPEC §3). Providers
+#: hold it for such calls; never billed as such.
+CLIENTS_OWN: Final = Customer("client", "")
 
 
 def make_customer(customer: str | None, customer_id: str | None) -> Customer | None:

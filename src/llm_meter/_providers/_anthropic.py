@@ -91,6 +91,13 @@ class _StreamUsage:
         self.started = False  # message_start arrived: input and cache numbers are exact
         self.output_final = False  # a message_delta arrived: output_tokens is the provider's count
 
+    @classmethod
+    def of(cls, usage: dict[str, Any]) -> _StreamUsage:
+        """The usage of a message parsed as a plain dict, readable as an SDK ``Usage``."""
+        state = cls()
+        state.merge(usage)
+        return state
+
     def merge(self, usage: Any) -> None:
         for name in _FIELDS:
             value = _get(usage, name)
@@ -192,14 +199,13 @@ class AnthropicProvider:
             usage = message.usage
             ident = message.id
             model = message.model
-        except AttributeError:  # parse(to=OtherType), or an older SDK's shape
-            if isinstance(message, dict):  # parse(to=dict), client.post(cast_to=dict or object)
-                self._observe_dict(call, message, response)
-                return
-            usage = getattr(message, "usage", None)
-            ident = getattr(message, "id", None)
-            model = getattr(message, "model", None)
-        if usage is None and getattr(message, "type", None) != "message":
+        except AttributeError:  # parse(to=dict or OtherType), or an older SDK's shape
+            usage = _get(message, "usage")
+            ident = _get(message, "id")
+            model = _get(message, "model")
+            if isinstance(usage, dict):  # parsed as a plain dict: read into a Usage-shaped object
+                usage = _StreamUsage.of(usage)
+        if usage is None and _get(message, "type") != "message":
             return  # another shape that is no message
         if isinstance(ident, str) and ident:
             call.response_id = ident
@@ -212,33 +218,7 @@ class AnthropicProvider:
         if usage is not None:
             state.merge(usage)
             state.started = state.output_final = True
-        call.text = _message_text(getattr(message, "content", None))
-        call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
-        _warn_invalid("message")
-        call.estimate(response)
-
-    def _observe_dict(self, call: Call, message: dict[str, Any], response: Any) -> None:
-        """:meth:`_observe_message` for a message the caller parsed as a plain dict (the JSON the
-        SDK would have made a ``Message`` of): billed as the ``Message`` would be. Its usage is
-        read into a :class:`_StreamUsage` (named like ``Usage``); the dict is only read."""
-        usage = message.get("usage")
-        if usage is None and message.get("type") != "message":
-            return  # another shape that is no message
-        ident = message.get("id")
-        if isinstance(ident, str) and ident:
-            call.response_id = ident
-        model = message.get("model")
-        if isinstance(model, str) and model:
-            call.model = model
-        state = _StreamUsage()
-        if usage is not None:
-            state.merge(usage)
-            state.started = state.output_final = True
-            if _emit(call, state, response):
-                return
-        call.state = state
-        content = message.get("content")
-        call.text = _message_text(content if isinstance(content, list) else None)
+        call.text = _message_text(_get(message, "content"))
         call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
         _warn_invalid("message")
         call.estimate(response)
@@ -416,7 +396,7 @@ def _message_text(content: Any) -> list[str]:
     """The generated text of a whole message's content blocks (text, thinking, tool input), for an
     estimate: SDK blocks, or the dicts of a message parsed as a plain dict."""
     texts: list[str] = []
-    for block in content or ():
+    for block in content if isinstance(content, list) else ():
         kind = _get(block, "type")
         if kind == "text":
             piece = _get(block, "text")

@@ -34,8 +34,8 @@ that is set only while the SDK runs (around each step of a stream), so SDK objec
 them, and is read only by the API client of the resource it was given to: a metered call made on
 another client while the SDK runs (from an automatic function calling tool, say) is billed to its
 own block or client. Stream methods capture the customer at the call (SPEC §3): the argument, else
-the ``customer(...)`` block active then, else the client's own customer (:data:`_OWN`), so a block
-entered while the stream is read does not decide.
+the ``customer(...)`` block active then, else the client's own customer (``CLIENTS_OWN``), so a
+block entered while the stream is read does not decide.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 from .._call import MAX_TOKENS, Call, ClientConfig, token_count
-from .._customer import Customer, current_customer, make_customer
+from .._customer import CLIENTS_OWN, Customer, current_customer, make_customer
 from .._customer import _current as _block
 from .._events import UsageRecord
 from .._exceptions import ConfigurationError, MissingCustomerError
@@ -81,10 +81,6 @@ _VERBS: Final = {
 _request_customer: ContextVar[tuple[Any, Customer] | None] = ContextVar(
     "llm_meter_google_customer", default=None
 )
-
-#: The customer held for a stream called with no customer of its own and no ``customer(...)``
-#: block active: the client's own customer bills it, even if a block is active when it is read.
-_OWN: Final = Customer("client", "")
 
 
 #: Request path -> (billed kind, model named in the path): paths repeat, so each is parsed once.
@@ -491,7 +487,7 @@ class _MeteredApiClient:
         who: Customer | None
         if held is not None and held[0] is self:
             who = held[1]
-            if who is _OWN:  # a stream called outside any block
+            if who is CLIENTS_OWN:  # a stream called outside any block
                 who = config.customer
         else:
             who = _block.get() or config.customer
@@ -664,6 +660,12 @@ def _held_for(api: Any) -> Customer | None:
     return held[1] if held is not None and held[0] is api else None
 
 
+def _at_the_call(customer: Any, customer_id: Any, api: Any) -> Customer:
+    """Who pays for a stream, fixed when it is called: the argument, the customer held for *api*,
+    the ``customer(...)`` block, else the client's own (:data:`CLIENTS_OWN`)."""
+    return make_customer(customer, customer_id) or _held_for(api) or current_customer() or CLIENTS_OWN
+
+
 def _customer_method(
     func: Callable[..., Any], api_of: Callable[[Any], Any], *, stream: bool
 ) -> Callable[..., Any]:
@@ -679,7 +681,7 @@ def _customer_method(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
                 api = api_of(self)
-                who = make_customer(customer, customer_id) or _held_for(api) or current_customer() or _OWN
+                who = _at_the_call(customer, customer_id, api)
                 held = (api, who)
                 token = _request_customer.set(held)
                 try:
@@ -710,7 +712,7 @@ def _customer_method(
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
             # Not a generator function: the customer (argument, block or the client's) is captured now.
             api = api_of(self)
-            who = make_customer(customer, customer_id) or _held_for(api) or current_customer() or _OWN
+            who = _at_the_call(customer, customer_id, api)
             return _customer_gen(func(self, *args, **kw), (api, who))
 
     else:

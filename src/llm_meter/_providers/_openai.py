@@ -684,10 +684,7 @@ class OpenAIProvider:
             return
         # A generation whose server sent no valid usage (some OpenAI-compatible servers):
         # billed with an estimate rather than not at all.
-        call.text = _response_text(obj)
-        call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
-        call.state = _Progress(usage, final=True)
-        call.estimate(response)
+        self._estimate_whole(call, usage, _response_text(obj), response)
 
     def _observe_dict(self, call: Call, obj: dict[str, Any], response: Any) -> None:
         """:meth:`_observe_body` for a body the caller parsed as a plain dict (the JSON the SDK
@@ -702,7 +699,11 @@ class OpenAIProvider:
                 return  # as for the models: no usage to bill (yet)
         elif self._exact(call, usage, response):
             return
-        call.text = _dict_text(obj)
+        self._estimate_whole(call, usage, _dict_text(obj), response)
+
+    def _estimate_whole(self, call: Call, usage: Any, texts: list[str], response: Any) -> None:
+        """Bill a whole body without valid usage as an estimate of *texts*, keeping valid counts."""
+        call.text = texts
         call.body = snapshot(call.original_body, _ESTIMATE_KEYS)
         call.state = _Progress(usage, final=True)
         call.estimate(response)

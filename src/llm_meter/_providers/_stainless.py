@@ -44,7 +44,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, get_origin
 
 from .._call import Call, ClientConfig, request_id
-from .._customer import Customer, current_customer, make_customer
+from .._customer import CLIENTS_OWN, Customer, current_customer, make_customer
 from .._customer import _current as _block
 from .._exceptions import ConfigurationError, MissingCustomerError
 from .._meter import Meter, check_meter
@@ -90,15 +90,14 @@ _unmarked: dict[str, Customer] = {}
 #: The marker of a ``.stream(...)`` helper called with no customer of its own and no
 #: ``customer(...)`` block active, and what it reads back as: the client's own customer
 #: applies, even if a block is active when the request is sent (on ``__enter__``).
-_CLIENTS_OWN: Final = "client:"
-_OWN: Final = Customer("client", "")
+_OWN_MARKER: Final = "client:"
 
 
 def _unmarker(value: object) -> Customer | None:
     if not isinstance(value, str):
         return None
-    if value == _CLIENTS_OWN:
-        return _OWN
+    if value == _OWN_MARKER:
+        return CLIENTS_OWN
     who = _unmarked.get(value)
     if who is not None:
         return who
@@ -213,7 +212,7 @@ def _customer_method(func: Callable[..., Any], name: str) -> Callable[..., Any] 
                 return args  # the block or the client's own customer applies at build time
         if getattr(self._client, "_llm_meter", None) is None:
             return args  # rebuilt on an unmetered client (`type(resource)(client)`)
-        marker = _CLIENTS_OWN if who is None else _marker(who)
+        marker = _OWN_MARKER if who is None else _marker(who)
         if slot and len(args) >= slot:  # extra_headers given positionally
             i = slot - 1
             return (*args[:i], _merged(args[i], marker), *args[i + 1 :])
@@ -812,7 +811,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         config = self._llm_meter
         if who is None:
             who = _block.get() or config.customer
-        elif who is _OWN:  # a `.stream(...)` helper called outside any block
+        elif who is CLIENTS_OWN:  # a `.stream(...)` helper called outside any block
             who = config.customer
         if who is None:
             what = f"{options.method.upper()} {options.url}"
