@@ -183,6 +183,45 @@ def test_invoke_model_caller_still_reads_the_whole_body(bedrock: FakeBedrockServ
     assert json.loads(first + rest)["generation"] == "tok0 tok1 tok2 tok3 tok4 "
 
 
+def test_invoke_model_body_takes_a_socket_timeout_as_on_a_plain_client(
+    bedrock: FakeBedrockServer, metered: Any
+) -> None:
+    """``set_socket_timeout`` before reading works (the body metering read cannot block)."""
+    plain_body = client(bedrock).invoke_model(modelId=LLAMA, body=BODY)["body"]
+    plain_body.set_socket_timeout(5)
+    body = metered.invoke_model(modelId=LLAMA, body=BODY)["body"]
+    body.set_socket_timeout(5)
+    assert body.read() == plain_body.read()
+
+
+def test_invoke_model_body_closed_unread_fails_the_read_as_on_a_plain_client(
+    bedrock: FakeBedrockServer, metered: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Reading a body closed before it was read: botocore's short-read error, not a closed file."""
+    plain_body = client(bedrock).invoke_model(modelId=LLAMA, body=BODY)["body"]
+    plain_body.close()
+    with pytest.raises(botocore.exceptions.IncompleteReadError):
+        plain_body.read()
+    body = metered.invoke_model(modelId=LLAMA, body=BODY)["body"]
+    body.close()
+    with pytest.raises(botocore.exceptions.IncompleteReadError):
+        body.read()
+    assert usage(only_event(*details)) == (BODY_PROMPT, OUTPUT, BODY_PROMPT + OUTPUT)
+
+
+def test_invoke_model_body_read_then_closed_reads_empty_as_on_a_plain_client(
+    bedrock: FakeBedrockServer, metered: Any
+) -> None:
+    """After a whole read and ``close()``: reads give ``b""``, ``tell()`` and ``readable()`` answer."""
+    seen = []
+    for c in (client(bedrock), metered):
+        body = c.invoke_model(modelId=LLAMA, body=BODY)["body"]
+        length = len(body.read())
+        body.close()
+        seen.append((body.read(), body.read(5), body.tell() == length, body.readable()))
+    assert seen[1] == seen[0] == (b"", b"", True, True)
+
+
 def _stubbed_invoke(m: Meter, body: StreamingBody) -> dict[str, Any]:
     """invoke_model on a metered client, answered by botocore's Stubber with *body*."""
     plain = boto3.client(

@@ -398,6 +398,56 @@ def _converse_texts(content: Any) -> list[str]:
 _body_class: Any = None
 
 
+class _Settable:
+    """A socket timeout with nothing to time out: the body is in memory, no read can block."""
+
+    __slots__ = ()
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+
+class _Reached:
+    """The attribute path botocore's ``set_socket_timeout`` follows to the socket."""
+
+    __slots__ = ("_sock", "fp", "raw")
+
+    def __init__(self) -> None:
+        self.fp = self.raw = self
+        self._sock = _Settable()
+
+
+_NO_SOCKET: Final = _Reached()
+
+
+class _Received(io.BytesIO):
+    """An ``invoke_model`` body read for metering, under the caller's ``StreamingBody``.
+
+    Behaves as the HTTP response it replaces where ``StreamingBody`` reaches into it: reads
+    after ``close()`` give ``b""`` (so botocore's length check reports a short read, not a
+    closed file), ``set_socket_timeout`` succeeds, ``readable()`` and ``tell()`` still answer.
+    """
+
+    _fp: Final = _NO_SOCKET
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        return b"" if self.closed else super().read(size)
+
+    def readinto(self, buffer: Any, /) -> int:
+        return 0 if self.closed else super().readinto(buffer)
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._told if self.closed else super().tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._told = super().tell()
+        super().close()
+
+
 def _streaming_body() -> Any:
     """botocore's ``StreamingBody`` (imported once, when the first response arrives)."""
     global _body_class
@@ -461,22 +511,22 @@ def _observe_invoke(call: Call, parsed: dict[str, Any], metadata: Any) -> None:
         type(content_type) is not str or "json" in content_type or not content_type
     ):
         # Read the (complete, already received) body once and hand it back refilled: the same
-        # object, the stream under it read directly and replaced by the bytes read (what
-        # StreamingBody's own constructor sets). The caller's read is then StreamingBody's own,
-        # counting and checking the length as on a plain client. A botocore without that
-        # attribute gets an equal new StreamingBody instead. The attribute is set, never written
-        # through body.__dict__ (reading that takes the object off CPython 3.11's fast attribute
-        # path for good, and the caller reads the body next).
+        # object, the stream under it read directly and replaced by a _Received of the bytes
+        # read (the attribute StreamingBody's own constructor sets). The caller's read is then
+        # StreamingBody's own, counting and checking the length as on a plain client. A botocore
+        # without that attribute gets an equal new StreamingBody instead. The attribute is set,
+        # never written through body.__dict__ (reading that takes the object off CPython 3.11's
+        # fast attribute path for good, and the caller reads the body next).
         try:
             raw = body._raw_stream
         except AttributeError:
             raw = None
         if raw is not None:
             data = cast(bytes, raw.read())
-            body._raw_stream = io.BytesIO(data)
+            body._raw_stream = _Received(data)
         else:
             data = cast(bytes, body.read())
-            parsed["body"] = streaming_body(io.BytesIO(data), len(data))
+            parsed["body"] = streaming_body(_Received(data), len(data))
         try:
             found = _body_counts(data)
         except ValueError:
