@@ -396,6 +396,18 @@ def test_client_post_cast_to_dict_bills_the_message_usage(
     assert {**body, "id": None} == {**plain, "id": None}
 
 
+def test_client_post_cast_to_http_response_bills_the_message_usage(
+    fake: FakeAnthropicServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """client.post("/v1/messages", cast_to=httpx.Response) bills the body's usage."""
+    response_class = type(base.messages.with_raw_response.create(**BODY).http_response)
+    response = client.post("/v1/messages", body=BODY, cast_to=response_class)
+    assert type(response) is response_class
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"anthropic:{response.json()['id']}"
+    assert usage(event) == expect(fake)
+
+
 def test_message_parsed_to_dict_has_the_messages_details(
     fake: FakeAnthropicServer, client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:

@@ -466,6 +466,25 @@ def test_async_dict_chunks_stream_bills_the_usage_chunk_exactly_once(
     assert usage(event) == chat_expect()
 
 
+def test_async_client_post_cast_to_http_response_bills_the_chat_usage(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Async client.post(..., cast_to=httpx.Response) bills the body's usage once the SDK returns it."""
+
+    async def body(c: Any, plain: Any) -> Any:
+        response_class = type(
+            (await plain.chat.completions.with_raw_response.create(**CHAT_BODY)).http_response
+        )
+        response = await c.post("/chat/completions", body=CHAT_BODY, cast_to=response_class)
+        assert type(response) is response_class
+        return response.json()
+
+    answer = run_metered(server, meter_, body)
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{answer['id']}"
+    assert usage(event) == chat_expect()
+
+
 def test_async_dict_chunks_stream_logs_no_error(
     server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:

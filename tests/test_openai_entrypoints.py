@@ -462,6 +462,19 @@ def test_client_post_cast_to_dict_bills_the_chat_usage(
     )
 
 
+def test_client_post_cast_to_http_response_bills_the_chat_usage(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """client.post(..., cast_to=httpx.Response), the SDK's way to call an endpoint as it answers, bills
+    the body's usage: the SDK never parses that body, so llm_meter reads it."""
+    response_class = type(base.chat.completions.with_raw_response.create(**CHAT_BODY).http_response)
+    response = client.post("/chat/completions", body=CHAT_BODY, cast_to=response_class)
+    assert type(response) is response_class
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{response.json()['id']}"
+    assert usage(event) == chat_expect()
+
+
 def test_client_post_cast_to_object_bills_the_responses_usage(
     base: Any, client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:

@@ -885,7 +885,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
             call = _call_of(response)
         response._llm_meter_call = call  # the parse hook finds it without a lookup
         if call is None or not call.stream:
-            return self._llm_meter_process(
+            result = self._llm_meter_process(
                 cast_to=cast_to,
                 options=options,
                 response=response,
@@ -893,6 +893,9 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                 stream_cls=stream_cls,
                 retries_taken=retries_taken,
             )
+            if call is not None and type(cast_to) is type and issubclass(cast_to, type(response)):
+                return _body_seen(result, call, response)
+            return result
         kwargs = {
             "cast_to": cast_to,
             "options": options,
@@ -909,7 +912,11 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         response: Any = kwargs.get("response")
         call = response._llm_meter_call = _call_of(response)
         if call is None or not call.stream:
-            return self._llm_meter_process(*args, **kwargs)
+            result = self._llm_meter_process(*args, **kwargs)
+            cast_to = kwargs.get("cast_to")
+            if call is not None and type(cast_to) is type and issubclass(cast_to, type(response)):
+                return _body_seen(result, call, response)
+            return result
         return self._llm_meter_stream_response(call, response, args, kwargs)
 
     def _llm_meter_stream_response(
@@ -921,6 +928,36 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         stream_cls = kwargs.get("stream_cls")
         if stream_cls is not None:
             kwargs["stream_cls"] = metered_stream_cls(stream_cls, self._llm_meter_provider)
+
+
+def _body_seen(result: Any, call: Call, response: Any) -> Any:
+    """*result* (the HTTP response itself, or on an async client the SDK's coroutine returning
+    it) after the call saw the response's JSON body.
+
+    A billed request asked for ``cast_to=httpx.Response`` (the SDK's way to call an endpoint as
+    it answers) is never parsed by the SDK, so the parse hook never sees its usage.
+    """
+    if hasattr(result, "__await__"):
+
+        async def seen() -> Any:
+            value = await result
+            _see_body(call, response)
+            return value
+
+        return seen()
+    _see_body(call, response)
+    return result
+
+
+def _see_body(call: Call, response: Any) -> None:
+    """Show *response*'s JSON body to the call's observer, as the SDK's parse would have."""
+    if call.observe is None:
+        return
+    try:
+        data = response.json()
+    except Exception:  # not JSON (or not read): nothing to see, as for any unparsable body
+        return
+    _show(call, data, response)
 
 
 #: Types of ``options.headers`` seen that are not mappings (the SDKs' ``NotGiven``, the value of a
