@@ -206,14 +206,14 @@ def test_async_stream_helper_exited_early_emits_one_event(
     assert_partial(only_event(meter_, transport), "tok0 ")
 
 
-def test_async_raw_response_meters_once_on_parse(
+def test_async_raw_response_bills_once_parsed_or_not(
     fake: FakeAnthropicServer, meter_: Meter, transport: MemoryTransport
 ) -> None:
-    """Async with_raw_response.create bills on parse, once even when parsed twice."""
+    """Async with_raw_response.create bills when the response arrives, once even when parsed twice."""
 
     async def body(c: Any) -> Any:
         raw = await c.messages.with_raw_response.create(**BODY, customer="cus_raw")
-        assert await m_flush_count() == 0
+        assert await m_flush_count() == 1
         message = await maybe_await(raw.parse())
         assert await maybe_await(raw.parse()) is message
         return message

@@ -10,6 +10,7 @@ input and cache numbers are exact once ``message_start`` arrived, output is the 
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import llm_meter
 from llm_meter import Meter
 from llm_meter._fakes.anthropic_server import FakeAnthropicServer
 from llm_meter._providers import _anthropic_estimate as _estimates
+from llm_meter._providers._stainless import metered_stream_cls
 from llm_meter.transports import CallbackTransport, MemoryTransport
 from support import base_id, delivered, freed_without_gc, only_event, reset_fake, spy_parses, usage
 
@@ -381,6 +383,25 @@ def test_streaming_response_stream_parsed_is_metered_once(
         events = list(response.parse())
     assert text_of(events) == FULL_TEXT
     assert usage(only_event(meter_, transport)) == expect(fake)
+
+
+def test_streaming_response_read_as_lines_is_billed_exactly(
+    fake: FakeAnthropicServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """with_streaming_response(stream=True) read with iter_lines(): the plain client's lines, and the
+    usage of its message_start and message_delta events billed (not an estimate)."""
+    ids = re.compile(r'"id":"[^"]*"')
+    lines = []
+    for c in (client, base):
+        with c.messages.with_streaming_response.create(**BODY, stream=True) as response:
+            lines.append([ids.sub("", line) for line in response.iter_lines()])
+    assert lines[0] == lines[1]
+    event = only_event(meter_, transport)
+    if not getattr(
+        metered_stream_cls(anthropic.Stream[object], client._llm_meter_provider), "_llm_meter_stream", False
+    ):
+        pytest.skip("anthropic 0.4x: its Stream class refuses subclasses (raw reads are estimated)")
+    assert usage(event) == expect(fake)
 
 
 # -- policies and delivery failures ---------------------------------------------------------------

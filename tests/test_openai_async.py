@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import gc
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -258,15 +259,15 @@ def test_async_responses_stream_helper_is_metered(
     assert usage(event) == responses_expect()
 
 
-def test_async_raw_response_meters_once_on_parse(
+def test_async_raw_response_bills_once_parsed_or_not(
     server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
 ) -> None:
-    """Async with_raw_response bills only when parsed, once even if parsed twice."""
+    """Async with_raw_response bills when the response arrives, once even if parsed twice."""
 
     async def body(c: Any, _: Any) -> Any:
         raw = await c.chat.completions.with_raw_response.create(**CHAT_BODY, customer="cus_raw")
         assert await meter_.aflush(5)
-        assert transport.events == []
+        assert len(transport.events) == 1
         first = raw.parse()
         first = await first if asyncio.iscoroutine(first) else first
         second = raw.parse()
@@ -483,6 +484,26 @@ def test_async_client_post_cast_to_http_response_bills_the_chat_usage(
     event = only_event(meter_, transport)
     assert base_id(event) == f"openai:{answer['id']}"
     assert usage(event) == chat_expect()
+
+
+def test_async_streaming_response_read_as_lines_is_the_plain_clients_and_billed_exactly(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Async with_streaming_response(stream=True) read with iter_lines(): the plain client's lines (no
+    usage chunk, no `"usage":null`), and the provider's usage billed."""
+    ids = re.compile(r'"(id|created)":("[^"]*"|\d+)')
+
+    async def lines(c: Any) -> list[str]:
+        async with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+            return [ids.sub("", line) async for line in response.iter_lines()]
+
+    async def body(c: Any, plain: Any) -> Any:
+        return await lines(c), await lines(plain)
+
+    metered, plain = run_metered(server, meter_, body)
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert metered == plain
+    assert usage(only_event(meter_, transport)) == chat_expect()
 
 
 def test_async_dict_chunks_stream_logs_no_error(

@@ -338,19 +338,20 @@ def test_audio_transcription_text_format_emits_nothing_and_does_not_fail(
 # -- raw and streaming-response wrappers ----------------------------------------------------------
 
 
-def test_with_raw_response_meters_only_when_parsed(
+def test_with_raw_response_bills_once_whether_parsed_or_not(
     client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:
-    """with_raw_response bills nothing until .parse(); parsing twice still bills once."""
+    """with_raw_response bills the body's usage when the response arrives (the provider bills it
+    whether or not the caller parses); parsing it, twice even, bills nothing more."""
     raw = client.chat.completions.with_raw_response.create(**CHAT_BODY)
     assert raw.http_request.headers.get("authorization") == "Bearer test"
-    assert delivered(meter_, transport) == []
+    event = only_event(meter_, transport)
     first = raw.parse()
     second = raw.parse()
     assert first.id == second.id
-    event = only_event(meter_, transport)
     assert base_id(event) == f"openai:{first.id}"
     assert usage(event) == chat_expect()
+    assert len(delivered(meter_, transport)) == 1
 
 
 def test_with_streaming_response_meters_on_parse(
@@ -395,14 +396,18 @@ def test_client_level_with_streaming_response_accepts_customer(
     assert usage(event) == responses_expect()
 
 
-def test_streaming_response_read_raw_without_parse_emits_nothing(
-    client: Any, meter_: Meter, transport: MemoryTransport
+def test_streaming_response_read_raw_bills_the_body_usage(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:
-    """Reading a streaming-response body raw (no .parse()) is not parsed on the caller's behalf."""
+    """A streaming-response body read raw (`read()`, `json()`, no .parse()) bills its usage once the
+    read reaches its end; the bytes are the plain client's."""
     with client.chat.completions.with_streaming_response.create(**CHAT_BODY) as response:
-        body = response.read()
-    assert b'"prompt_tokens"' in body
-    assert delivered(meter_, transport) == []
+        body = response.json()
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{body['id']}"
+    assert usage(event) == chat_expect()
+    with base.chat.completions.with_streaming_response.create(**CHAT_BODY) as response:
+        assert without_ids(response.json()) == without_ids(body)
 
 
 def test_raw_response_accessed_on_original_before_wrapping_is_metered_on_wrapped(

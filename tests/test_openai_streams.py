@@ -10,6 +10,9 @@ import copy
 import gc
 import json
 import logging
+import re
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -754,6 +757,136 @@ def test_streaming_response_stream_parsed_is_metered_once(
     with client.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
         chunks = list(response.parse())
     assert text_of(chunks) == FULL_TEXT
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+# -- streams read raw: iter_lines(), the whole text ----------------------------------------------------
+
+_IDS = re.compile(r'"(id|created)":("[^"]*"|\d+)')
+
+
+def without_ids(lines: list[str]) -> list[str]:
+    return [_IDS.sub(r'"\1":_', line) for line in lines]
+
+
+def raw_lines(c: Any, **options: Any) -> list[str]:
+    with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True, **options) as response:
+        return list(response.iter_lines())
+
+
+def test_streaming_response_read_as_lines_is_the_plain_clients_lines(
+    server: FakeOpenAIServer, base: Any, client: Any
+) -> None:
+    """A stream read raw shows neither the usage chunk nor the `"usage":null` that llm_meter's
+    include_usage added: the lines are the plain client's."""
+    metered = raw_lines(client)
+    plain = raw_lines(base)
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert without_ids(metered) == without_ids(plain)
+    assert all('"usage"' not in line for line in metered)
+
+
+def test_streaming_response_read_as_lines_bills_the_usage_exactly(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """The usage of a stream read raw is the provider's, from the chunk it hid, not an estimate."""
+    lines = raw_lines(dclient)
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is False
+    assert base_id(event) == f"openai:{json.loads(lines[0].removeprefix('data: '))['id']}"
+    assert usage(event) == chat_expect()
+
+
+def test_raw_response_read_whole_is_the_plain_clients_text_and_billed_exactly(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """with_raw_response(stream=True) read whole (`http_response.read()`, `.text`): the plain text, billed."""
+    texts = []
+    for c in (client, base):
+        raw = c.chat.completions.with_raw_response.create(**CHAT_BODY, stream=True)
+        raw.http_response.read()
+        texts.append(without_ids(raw.text.splitlines()))
+    assert texts[0] == texts[1]
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+def sse_answer(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    """A chat stream as OpenAI writes it (with `"usage":null` and the usage chunk when asked), sent in
+    7-byte pieces a few milliseconds apart, so reads end mid-event and mid-line."""
+    request = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+    with_usage = (request.get("stream_options") or {}).get("include_usage") is True
+    head = '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini"'
+    tail = ',"usage":null}' if with_usage else "}"
+    events = [
+        head + f',"choices":[{{"index":0,"delta":{{"content":"w{i} "}},"finish_reason":null}}]' + tail
+        for i in range(3)
+    ]
+    events.append(head + ',"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]' + tail)
+    if with_usage:
+        events.append(
+            head + ',"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}}'
+        )
+    body = "".join(f"data: {event}\n\n" for event in events).encode() + b"data: [DONE]\n\n"
+    start_response("200 OK", [("Content-Type", "text/event-stream")])
+    for start in range(0, len(body), 7):
+        time.sleep(0.002)
+        yield body[start : start + 7]
+
+
+def test_stream_read_raw_in_pieces_is_the_plain_clients_bytes(
+    meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Reads that end mid-event: the bytes are the plain client's all the same, and the usage billed."""
+    read = []
+    with (
+        serve_wsgi(sse_answer) as url,
+        openai.OpenAI(api_key="test", base_url=url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=meter_) as client,
+    ):
+        for c in (client, base):
+            with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+                read.append(b"".join(response.iter_bytes()))
+    assert read[0] == read[1]
+    assert b"usage" not in read[0]
+    assert usage(only_event(meter_, transport)) == (4, 3, 7)
+
+
+def test_stream_read_raw_left_early_bills_once(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A raw reader that stops after two lines and closes: one event, as for a parsed stream."""
+    with client.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+        lines = response.iter_lines()
+        next(lines), next(lines)
+    assert len(delivered(meter_, transport)) == 1
+
+
+def test_stream_read_raw_adds_no_reference_cycle(base: Any, client: Any) -> None:
+    """A raw stream's HTTP response read halfway and dropped is freed by reference counting, as the
+    plain SDK's is, so its call is billed at once."""
+
+    def freed(c: Any) -> bool:
+        gc.disable()
+        try:
+            with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+                next(response.iter_lines())
+                http = weakref.ref(response.http_response)
+            del response
+            return http() is None
+        finally:
+            gc.enable()
+
+    assert freed(client) == freed(base)
+
+
+def test_caller_asking_include_usage_reads_the_usage_chunk_raw(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """include_usage asked for by the caller: the raw lines carry the usage as on a plain client."""
+    asked = {"stream_options": {"include_usage": True}}
+    metered = raw_lines(client, **asked)
+    assert without_ids(metered) == without_ids(raw_lines(base, **asked))
+    assert sum('"usage":{' in line for line in metered) == 1
     assert usage(only_event(meter_, transport)) == chat_expect()
 
 

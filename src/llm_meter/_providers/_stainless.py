@@ -48,7 +48,7 @@ from .._customer import CLIENTS_OWN, Customer, current_customer, make_customer
 from .._customer import _current as _block
 from .._exceptions import ConfigurationError, MissingCustomerError
 from .._meter import Meter, check_meter
-from . import find
+from . import _raw, find
 from ._signature import CUSTOMER_PARAMS, METER_PARAM, extend_signature
 
 __all__ = ["MARKER", "StainlessAdapter", "StainlessProvider", "metered_class"]
@@ -543,6 +543,7 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
         view = _twin_view(self) if call is not None else None
         if call is None or view is None:
             return origin.__stream__(self)  # type: ignore[no-any-return]
+        _raw.step_aside(response)
         inner = origin.__stream__(view)
         setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
         return _seeing_iter(inner, call, response)
@@ -593,6 +594,7 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
         view = _twin_view(self) if call is not None else None
         if call is None or view is None:
             return origin.__stream__(self)
+        _raw.step_aside(response)
         inner = origin.__stream__(view)
         setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
         return _seeing_aiter(inner, call, response)
@@ -722,6 +724,7 @@ def _observed_methods(origin: Any, observing: Callable[..., Any]) -> dict[str, A
         view = _twin_view(self) if call is not None else None
         if view is None:
             return origin.__stream__(self)
+        _raw.step_aside(response)
         return observing(origin.__stream__(view), call, response)
 
     return {"__stream__": __stream__}
@@ -893,8 +896,12 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                 stream_cls=stream_cls,
                 retries_taken=retries_taken,
             )
-            if call is not None and type(cast_to) is type and issubclass(cast_to, type(response)):
-                return _body_seen(result, call, response)
+            if call is not None:
+                if type(cast_to) is type and issubclass(cast_to, type(response)):
+                    return _body_seen(result, call, response)
+                headers = options.headers  # a dict on raw-response requests (the SDK's header)
+                if type(headers) is dict and _raw.RAW_HEADER in headers:
+                    _raw.tap_body(call, response, _seen)
             return result
         kwargs = {
             "cast_to": cast_to,
@@ -914,8 +921,12 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         if call is None or not call.stream:
             result = self._llm_meter_process(*args, **kwargs)
             cast_to = kwargs.get("cast_to")
-            if call is not None and type(cast_to) is type and issubclass(cast_to, type(response)):
-                return _body_seen(result, call, response)
+            if call is not None:
+                if type(cast_to) is type and issubclass(cast_to, type(response)):
+                    return _body_seen(result, call, response)
+                headers = getattr(kwargs.get("options"), "headers", None)
+                if type(headers) is dict and _raw.RAW_HEADER in headers:
+                    _raw.tap_body(call, response, _seen)
             return result
         return self._llm_meter_stream_response(call, response, args, kwargs)
 
@@ -924,10 +935,14 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
     ) -> Any:
         raise NotImplementedError  # the sync and async classes below
 
-    def _llm_meter_stream_cls(self, kwargs: dict[str, Any]) -> None:
+    def _llm_meter_stream_cls(self, call: Call, response: Any, kwargs: dict[str, Any]) -> None:
         stream_cls = kwargs.get("stream_cls")
         if stream_cls is not None:
-            kwargs["stream_cls"] = metered_stream_cls(stream_cls, self._llm_meter_provider)
+            metered = kwargs["stream_cls"] = metered_stream_cls(stream_cls, self._llm_meter_provider)
+            if getattr(metered, "_llm_meter_stream", False):  # else the parse hook observes
+                _raw.tap_stream(
+                    call, response, stream_cls, self._llm_meter_parse, _seen, _observer_for(call, {})
+                )
 
 
 def _body_seen(result: Any, call: Call, response: Any) -> Any:
@@ -988,7 +1003,7 @@ class _SyncMeteredClient(_MeteredClient):
         self, call: Call, response: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         attach_stream(response, call)
-        self._llm_meter_stream_cls(kwargs)
+        self._llm_meter_stream_cls(call, response, kwargs)
         return _guard_plain_stream(self._llm_meter_process(*args, **kwargs), call)
 
 
@@ -999,7 +1014,7 @@ class _AsyncMeteredClient(_MeteredClient):
         self, call: Call, response: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         attach_stream(response, call)
-        self._llm_meter_stream_cls(kwargs)
+        self._llm_meter_stream_cls(call, response, kwargs)
         return _guard_plain_stream(await self._llm_meter_process(*args, **kwargs), call)
 
 

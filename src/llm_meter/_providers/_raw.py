@@ -1,0 +1,291 @@
+"""Billed streams the caller reads raw, observed on their bytes.
+
+``with_raw_response`` / ``with_streaming_response`` hand the HTTP response to the caller, who may
+``.parse()`` it (observed as any billed response) or read its bytes (``iter_lines()``, ``.json()``,
+``.text``). For the second, a tap on the response's decoded bytes (``iter_bytes``, which every
+reader of the body goes through) shows the body to the call's observer:
+
+- a stream's server-sent events are cut out as they pass, each parsed with the SDK's own parse.
+  What llm_meter's request added is taken out of the bytes the caller reads: the usage-only event
+  the observer hides, and the ``"usage": null`` member of the other events. The tap steps aside,
+  bytes untouched, as soon as an SDK ``Stream`` is built on the response (:func:`step_aside`);
+- a whole body is observed once read: at once when it came with the response (``with_raw_response``),
+  else when the caller's read reaches its end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
+
+from .._call import Call
+
+#: The header the SDKs set on requests whose response goes to the caller as it is.
+RAW_HEADER: Final = "X-Stainless-Raw-Response"
+_TAP: Final = "_llm_meter_tap"
+#: One event's end: a blank line, in any of the three line endings SSE allows.
+_BOUNDARY: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+#: The member an injected ``include_usage`` adds to every other chunk, with the comma joining it.
+_NULL_USAGE: Final = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+Seen = Callable[[Call, Any, Any], bool]
+
+
+class _Events:
+    """The events of one raw stream, cut out of its bytes as they pass and observed."""
+
+    __slots__ = ("aside", "buffer", "call", "dicts", "item_type", "parse", "response", "seen")
+
+    def __init__(
+        self,
+        call: Call,
+        response: Any,
+        parse: Callable[..., Any],
+        item_type: Any,
+        seen: Seen,
+        dicts: Callable[..., Any] | None,
+    ) -> None:
+        self.call = call
+        # Weakly: the response holds the tap, which holds this (a cycle would leave a response
+        # dropped unread to the cyclic GC, and its call unbilled until then).
+        self.response = weakref.ref(response)
+        self.parse = parse
+        self.item_type = item_type
+        self.seen = seen
+        # The provider's observer for events as plain dicts, if it has one: no SDK objects built
+        # for a caller who reads the bytes (bound on the first event, once the tap is not aside).
+        self.dicts = dicts
+        self.buffer = b""
+        self.aside = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The part of *data* to pass on now: whole events, without what llm_meter added."""
+        if self.aside:
+            return data
+        buffer = self.buffer + data
+        out = []
+        start = 0
+        for match in _BOUNDARY.finditer(buffer):
+            out.append(self._event(buffer[start : match.end()]))
+            start = match.end()
+        self.buffer = buffer[start:]
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        """What is left once the body ended: an event without its blank line, if any."""
+        rest, self.buffer = self.buffer, b""
+        return self._event(rest) if rest and not self.aside else rest
+
+    def _event(self, raw: bytes) -> bytes:
+        lines = [line[5:] for line in raw.splitlines() if line.startswith(b"data:")]
+        data = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+        if not data or data == b"[DONE]":
+            return raw
+        try:
+            decoded = json.loads(data)
+        except ValueError:
+            return raw
+        if not isinstance(decoded, dict) or "error" in decoded:
+            return raw  # the SDK raises on these when parsing; nothing to bill
+        response = self.response()
+        if response is None:
+            return raw
+        call = self.call
+        null_usage = call.injected and "usage" in decoded and decoded["usage"] is None
+        if self.dicts is not None:
+            if call.observe is not None:
+                call.observe = self.dicts
+            self.dicts = None
+            self.item_type = None
+        if self.item_type is None:
+            item = decoded
+        else:
+            try:
+                item = self.parse(data=decoded, cast_to=self.item_type, response=response)
+            except Exception:
+                return raw
+        if self.seen(call, item, response):
+            return b""  # the usage-only event llm_meter asked for
+        if null_usage:
+            kept, found = _NULL_USAGE.subn(b"", raw)
+            if found == 1:
+                return kept
+        return raw
+
+
+def _item_type(stream_cls: Any) -> Any:
+    """The item type of an SDK stream class such as ``Stream[ChatCompletionChunk]``, or ``None``."""
+    args = typing.get_args(stream_cls)
+    return args[0] if len(args) == 1 else None
+
+
+class _Body:
+    """A whole body read raw: passed on as it comes, its JSON observed once it has all come."""
+
+    __slots__ = ("aside", "call", "parts", "response", "seen")
+
+    def __init__(self, call: Call, response: Any, seen: Seen) -> None:
+        self.call = call
+        self.response = weakref.ref(response)  # as in _Events
+        self.seen = seen
+        self.parts: list[bytes] = []
+        self.aside = False
+
+    def feed(self, data: bytes) -> bytes:
+        self.parts.append(data)
+        return data
+
+    def end(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        response = self.response()
+        if response is not None and self.call.observe is not None:
+            try:
+                decoded = json.loads(data)
+            except ValueError:
+                return b""
+            self.seen(self.call, decoded, response)
+        return b""
+
+
+def _chunked(pieces: Iterator[bytes], size: int | None) -> Iterator[bytes]:
+    """*pieces* in parts of *size* bytes (the last one shorter), as ``iter_bytes(size)`` gives them."""
+    if not size:
+        yield from pieces
+        return
+    pending = b""
+    for piece in pieces:
+        pending += piece
+        while len(pending) >= size:
+            yield pending[:size]
+            pending = pending[size:]
+    if pending:
+        yield pending
+
+
+def _through(inner: Iterator[bytes], cut: _Events | _Body) -> Iterator[bytes]:
+    for data in inner:
+        out = cut.feed(data)
+        if out:
+            yield out
+    rest = cut.end()
+    if rest:
+        yield rest
+
+
+async def _through_async(inner: AsyncIterator[bytes], cut: _Events | _Body) -> AsyncIterator[bytes]:
+    async for data in inner:
+        out = cut.feed(data)
+        if out:
+            yield out
+    rest = cut.end()
+    if rest:
+        yield rest
+
+
+async def _chunked_async(pieces: AsyncIterator[bytes], size: int | None) -> AsyncIterator[bytes]:
+    pending = b""
+    async for piece in pieces:
+        if not size:
+            yield piece
+            continue
+        pending += piece
+        while len(pending) >= size:
+            yield pending[:size]
+            pending = pending[size:]
+    if pending:
+        yield pending
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
+def _install(response: Any, cut: _Events | _Body) -> None:
+    """Route *response*'s decoded bytes (``iter_bytes``/``aiter_bytes``, which every reader of the
+    body goes through: ``read()``, ``iter_lines()``, the SDK's ``Stream``) through *cut*.
+
+    The replacements reach the response through a weak reference, as in ``attach_stream``.
+    """
+    ref = weakref.ref(response)
+    cls = type(response)
+    iter_bytes = getattr(cls, "iter_bytes", None)
+    aiter_bytes = getattr(cls, "aiter_bytes", None)
+    if iter_bytes is None or aiter_bytes is None:
+        return
+
+    def tapped_iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+        target = ref()
+        if target is None:
+            return iter(())
+        if cut.aside:
+            return iter_bytes(target, chunk_size)  # type: ignore[no-any-return]
+        return _chunked(_through(iter_bytes(target), cut), chunk_size)
+
+    def tapped_aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        target = ref()
+        if target is None:
+            return _chunked_async(_nothing(), None)
+        if cut.aside:
+            return aiter_bytes(target, chunk_size)  # type: ignore[no-any-return]
+        return _chunked_async(_through_async(aiter_bytes(target), cut), chunk_size)
+
+    response.iter_bytes = tapped_iter_bytes
+    response.aiter_bytes = tapped_aiter_bytes
+    setattr(response, _TAP, cut)
+
+
+def _raw_requested(response: Any) -> bool:
+    try:
+        return bool(response.request.headers.get(RAW_HEADER))
+    except AttributeError:
+        return False
+
+
+def tap_stream(
+    call: Call,
+    response: Any,
+    stream_cls: Any,
+    parse: Callable[..., Any],
+    seen: Seen,
+    dicts: Callable[..., Any] | None,
+) -> None:
+    """Put a tap on a billed stream's *response* if the caller gets it raw (see the module).
+
+    *dicts*: the provider's observer for the stream's events as plain dicts, or ``None`` (each
+    event is then parsed with *parse*, the SDK's own, into the stream's item type).
+    """
+    if not _raw_requested(response):
+        return
+    item_type = _item_type(stream_cls)
+    if item_type is not None:
+        _install(response, _Events(call, response, parse, item_type, seen, dicts))
+
+
+def tap_body(call: Call, response: Any, seen: Seen) -> None:
+    """A billed whole body handed to the caller raw: observe it now if it was read with the
+    response (``with_raw_response``), else as the caller reads it (``with_streaming_response``)."""
+    try:
+        read = response.is_stream_consumed
+        content = response.content if read else None
+    except Exception:  # an HTTP library without these, or a body not readable
+        return
+    if content is None:
+        _install(response, _Body(call, response, seen))
+        return
+    try:
+        decoded = json.loads(content)
+    except ValueError:
+        return
+    seen(call, decoded, response)
+
+
+def step_aside(response: Any) -> None:
+    """An SDK ``Stream`` is being built on *response*: it is observed; the tap passes bytes as they are."""
+    events = getattr(response, _TAP, None)
+    if events is not None:
+        events.aside = True
