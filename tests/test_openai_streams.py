@@ -879,6 +879,19 @@ def test_stream_read_raw_adds_no_reference_cycle(base: Any, client: Any) -> None
     assert freed(client) == freed(base)
 
 
+def test_stream_read_raw_in_fixed_size_parts_keeps_the_sizes(
+    base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """`iter_bytes(chunk_size)` on a raw stream gives parts of that size, as on a plain client."""
+    sizes = []
+    for c in (client, base):
+        with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+            parts = list(response.iter_bytes(64))
+        sizes.append({len(part) for part in parts[:-1]})
+    assert sizes == [{64}, {64}]
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
 def test_caller_asking_include_usage_reads_the_usage_chunk_raw(
     base: Any, client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:

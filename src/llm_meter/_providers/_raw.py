@@ -1,4 +1,4 @@
-"""Billed streams the caller reads raw, observed on their bytes.
+"""Billed responses the caller reads raw, observed on their bytes.
 
 ``with_raw_response`` / ``with_streaming_response`` hand the HTTP response to the caller, who may
 ``.parse()`` it (observed as any billed response) or read its bytes (``iter_lines()``, ``.json()``,
@@ -229,7 +229,7 @@ def _install(response: Any, cut: _Events | _Body) -> None:
     def tapped_aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
         target = ref()
         if target is None:
-            return _chunked_async(_nothing(), None)
+            return _nothing()
         if cut.aside:
             return aiter_bytes(target, chunk_size)  # type: ignore[no-any-return]
         return _chunked_async(_through_async(aiter_bytes(target), cut), chunk_size)
@@ -252,17 +252,18 @@ def tap_stream(
     stream_cls: Any,
     parse: Callable[..., Any],
     seen: Seen,
-    dicts: Callable[..., Any] | None,
+    observer_for: Callable[[Call, Any], Callable[..., Any] | None],
 ) -> None:
     """Put a tap on a billed stream's *response* if the caller gets it raw (see the module).
 
-    *dicts*: the provider's observer for the stream's events as plain dicts, or ``None`` (each
-    event is then parsed with *parse*, the SDK's own, into the stream's item type).
+    ``observer_for(call, {})``: the provider's observer for the stream's events as plain dicts, or
+    ``None`` (each event is then parsed with *parse*, the SDK's own, into the stream's item type).
     """
     if not _raw_requested(response):
         return
     item_type = _item_type(stream_cls)
     if item_type is not None:
+        dicts = observer_for(call, {})
         _install(response, _Events(call, response, parse, item_type, seen, dicts))
 
 

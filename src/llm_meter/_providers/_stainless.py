@@ -940,9 +940,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         if stream_cls is not None:
             metered = kwargs["stream_cls"] = metered_stream_cls(stream_cls, self._llm_meter_provider)
             if getattr(metered, "_llm_meter_stream", False):  # else the parse hook observes
-                _raw.tap_stream(
-                    call, response, stream_cls, self._llm_meter_parse, _seen, _observer_for(call, {})
-                )
+                _raw.tap_stream(call, response, stream_cls, self._llm_meter_parse, _seen, _observer_for)
 
 
 def _body_seen(result: Any, call: Call, response: Any) -> Any:
