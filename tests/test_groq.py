@@ -228,6 +228,16 @@ def test_stream_with_streaming_response_is_billed(
     assert_exact(event)
 
 
+def test_stream_read_raw_is_billed_from_x_groq_usage(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """with_streaming_response read with iter_lines() (no parse) bills x_groq.usage exactly."""
+    with client.chat.completions.with_streaming_response.create(**CHAT, stream=True) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert sum('"x_groq"' in line for line in lines) >= 1
+    assert_exact(only_event(*details))
+
+
 def test_stream_dropped_after_a_break_bills_one_estimate(
     client: Any, details: tuple[Meter, MemoryTransport]
 ) -> None:
