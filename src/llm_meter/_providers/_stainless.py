@@ -897,11 +897,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                 retries_taken=retries_taken,
             )
             if call is not None:
-                if type(cast_to) is type and issubclass(cast_to, type(response)):
-                    return _body_seen(result, call, response)
-                headers = options.headers  # a dict on raw-response requests (the SDK's header)
-                if type(headers) is dict and _raw.RAW_HEADER in headers:
-                    _raw.tap_body(call, response, _seen)
+                return _unparsed(result, call, cast_to, options, response)
             return result
         kwargs = {
             "cast_to": cast_to,
@@ -920,13 +916,8 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         call = response._llm_meter_call = _call_of(response)
         if call is None or not call.stream:
             result = self._llm_meter_process(*args, **kwargs)
-            cast_to = kwargs.get("cast_to")
             if call is not None:
-                if type(cast_to) is type and issubclass(cast_to, type(response)):
-                    return _body_seen(result, call, response)
-                headers = getattr(kwargs.get("options"), "headers", None)
-                if type(headers) is dict and _raw.RAW_HEADER in headers:
-                    _raw.tap_body(call, response, _seen)
+                return _unparsed(result, call, kwargs.get("cast_to"), kwargs.get("options"), response)
             return result
         return self._llm_meter_stream_response(call, response, args, kwargs)
 
@@ -941,6 +932,18 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
             metered = kwargs["stream_cls"] = metered_stream_cls(stream_cls, self._llm_meter_provider)
             if getattr(metered, "_llm_meter_stream", False):  # else the parse hook observes
                 _raw.tap_stream(call, response, stream_cls, self._llm_meter_parse, _seen, _observer_for)
+
+
+def _unparsed(result: Any, call: Call, cast_to: Any, options: Any, response: Any) -> Any:
+    """*result* of a billed whole body, with the body shown to the call where the SDK's parse
+    (the parse hook) will not see it: a body cast to the HTTP response itself, or a raw response
+    the caller may read without ``.parse()``. Two type checks for any other body."""
+    if type(cast_to) is type and issubclass(cast_to, type(response)):
+        return _body_seen(result, call, response)
+    headers = getattr(options, "headers", None)  # a dict on raw-response requests (the SDK's header)
+    if type(headers) is dict and _raw.RAW_HEADER in headers:
+        _raw.tap_body(call, response, _seen)
+    return result
 
 
 def _body_seen(result: Any, call: Call, response: Any) -> Any:
