@@ -114,19 +114,18 @@ class Dispatcher:
         self._idle_pass = 0
         self._since_wake = 0
         self._warned_no_transport = False
-        self._guard_logged: dict[str, float] = {}
+        #: When each throttled log line (see _due) was last written.
+        self._logged: dict[str, float] = {}
         #: Wire JSON of events the spool could not take (disk full or read-only), sent from memory.
         self._direct: deque[str] = deque()
         self._direct_in = itertools.count()  # of those, how many callers put there (atomic)
         self._direct_busy = 0  # taken off _direct by the worker, being sent
-        self._unspooled_logged = -60.0
         #: Events set aside when there is no spool to keep them in.
         self.dead_letters: list[dict[str, Any]] = []
         #: Refused events whose dead letter could not be written yet (oldest first), and the
         #: ones the current delivery refused that way.
         self._held: list[_Held] = []
         self._unwritten: list[_Letter] = []
-        self._unwritten_logged = -60.0
         # Counters are written by the worker (under _done where flush waits on them).
         self.taken = 0  # records taken off the deque
         self.respooled = 0  # of those, appended to the spool by the worker
@@ -193,10 +192,16 @@ class Dispatcher:
             self._unspooled(exc)
         return True
 
-    def _unspooled(self, exc: OSError) -> None:
+    def _due(self, key: str) -> bool:
+        """Whether the log line *key* may be written now: at most once a minute each."""
         now = time.monotonic()
-        if now - self._unspooled_logged >= 60.0:  # at most once a minute
-            self._unspooled_logged = now
+        if now - self._logged.get(key, -60.0) < 60.0:
+            return False
+        self._logged[key] = now
+        return True
+
+    def _unspooled(self, exc: OSError) -> None:
+        if self._due("unspooled"):
             log.error(
                 "llm_meter: could not write to the spool %s (%s); events are kept in memory and sent from "
                 "there until it can be written again (see stats().unspooled)",
@@ -458,10 +463,8 @@ class Dispatcher:
             fn()
         except Exception as exc:
             self.errors += 1
-            now = time.monotonic()
             key = getattr(fn, "__name__", "")
-            if now - self._guard_logged.get(key, -60.0) >= 60.0:  # at most once a minute each
-                self._guard_logged[key] = now
+            if self._due(f"guard:{key}"):
                 log.error("llm_meter: spool maintenance (%s) failed: %s", key, exc, exc_info=True)
 
     def _step(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> int:
@@ -767,9 +770,7 @@ class Dispatcher:
         return True
 
     def _unwritten_failed(self, exc: Exception, waiting: int) -> None:
-        now = time.monotonic()
-        if now - self._unwritten_logged >= 60.0:  # at most once a minute
-            self._unwritten_logged = now
+        if self._due("unwritten"):
             log.error(
                 "llm_meter: could not write a dead letter (%s: %s); the refused event is kept (its spool "
                 "lines unacknowledged) and set aside when the disk allows it (%d batch(es) waiting)",
