@@ -151,51 +151,37 @@ class _Body:
         return b""
 
 
-def _chunked(pieces: Iterator[bytes], size: int | None) -> Iterator[bytes]:
-    """*pieces* in parts of *size* bytes (the last one shorter), as ``iter_bytes(size)`` gives them."""
-    if not size:
-        yield from pieces
-        return
+def _through(inner: Iterator[bytes], cut: _Events | _Body, size: int | None) -> Iterator[bytes]:
+    """*inner*'s bytes through *cut*, in parts of *size* bytes when one is asked for (the last one
+    shorter, as ``iter_bytes(size)`` gives them)."""
     pending = b""
-    for piece in pieces:
-        pending += piece
-        while len(pending) >= size:
-            yield pending[:size]
-            pending = pending[size:]
+    for data in inner:
+        pending += cut.feed(data)
+        while pending and len(pending) >= (size or 1):
+            part, pending = (pending[:size], pending[size:]) if size else (pending, b"")
+            yield part
+    pending += cut.end()
+    while size and len(pending) > size:
+        yield pending[:size]
+        pending = pending[size:]
     if pending:
         yield pending
 
 
-def _through(inner: Iterator[bytes], cut: _Events | _Body) -> Iterator[bytes]:
-    for data in inner:
-        out = cut.feed(data)
-        if out:
-            yield out
-    rest = cut.end()
-    if rest:
-        yield rest
-
-
-async def _through_async(inner: AsyncIterator[bytes], cut: _Events | _Body) -> AsyncIterator[bytes]:
-    async for data in inner:
-        out = cut.feed(data)
-        if out:
-            yield out
-    rest = cut.end()
-    if rest:
-        yield rest
-
-
-async def _chunked_async(pieces: AsyncIterator[bytes], size: int | None) -> AsyncIterator[bytes]:
+async def _through_async(
+    inner: AsyncIterator[bytes], cut: _Events | _Body, size: int | None
+) -> AsyncIterator[bytes]:
+    """Async twin of :func:`_through`."""
     pending = b""
-    async for piece in pieces:
-        if not size:
-            yield piece
-            continue
-        pending += piece
-        while len(pending) >= size:
-            yield pending[:size]
-            pending = pending[size:]
+    async for data in inner:
+        pending += cut.feed(data)
+        while pending and len(pending) >= (size or 1):
+            part, pending = (pending[:size], pending[size:]) if size else (pending, b"")
+            yield part
+    pending += cut.end()
+    while size and len(pending) > size:
+        yield pending[:size]
+        pending = pending[size:]
     if pending:
         yield pending
 
@@ -224,7 +210,7 @@ def _install(response: Any, cut: _Events | _Body) -> None:
             return iter(())
         if cut.aside:
             return iter_bytes(target, chunk_size)  # type: ignore[no-any-return]
-        return _chunked(_through(iter_bytes(target), cut), chunk_size)
+        return _through(iter_bytes(target), cut, chunk_size)
 
     def tapped_aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
         target = ref()
@@ -232,7 +218,7 @@ def _install(response: Any, cut: _Events | _Body) -> None:
             return _nothing()
         if cut.aside:
             return aiter_bytes(target, chunk_size)  # type: ignore[no-any-return]
-        return _chunked_async(_through_async(aiter_bytes(target), cut), chunk_size)
+        return _through_async(aiter_bytes(target), cut, chunk_size)
 
     response.iter_bytes = tapped_iter_bytes
     response.aiter_bytes = tapped_aiter_bytes
