@@ -6,6 +6,7 @@ the words of the text parts, the output one token per chunk (3).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -155,24 +156,32 @@ def afc(tool: Callable[..., Any]) -> types.GenerateContentConfig:
     )
 
 
-def test_per_call_customer_leaves_a_tools_block_to_other_clients(
-    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport
-) -> None:
-    """customer= bills the model turns; a tool calling another client in a block bills the block."""
+def customers_with_a_tool(
+    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport, *, block: bool
+) -> list[str]:
+    """The customers billed for a call given customer= whose tool calls another metered client
+    (its own customer "cus_other"), inside a `customer("cus_block")` block when *block*."""
     gemini.function_args = {"city": "Paris"}
     with opened(gemini) as other_base:
         other = meter(other_base, customer="cus_other", meter=meter_)
 
         def lookup(city: str) -> str:
             """Look a city up."""
-            with llm_meter.customer("cus_block"):
+            with llm_meter.customer("cus_block") if block else contextlib.nullcontext():
                 other.models.generate_content(model=MODEL, contents=PROMPT)
             return "sunny"
 
         lookup.__annotations__ = {"city": str, "return": str}  # real types: older SDKs read no strings
 
         client.models.generate_content(model=MODEL, contents=PROMPT, config=afc(lookup), customer="cus_call")
-    customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
+    return [e["external_customer_id"] for e in delivered(meter_, transport)]
+
+
+def test_per_call_customer_leaves_a_tools_block_to_other_clients(
+    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """customer= bills the model turns; a tool calling another client in a block bills the block."""
+    customers = customers_with_a_tool(client, gemini, meter_, transport, block=True)
     # the model turns bill the call's customer, each tool run (once per function call: older SDKs
     # run it after the last turn too) the other client's
     assert customers[0] == "cus_call" and customers.count("cus_call") == 2
@@ -183,21 +192,7 @@ def test_per_call_customer_leaves_other_clients_to_their_own(
     client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport
 ) -> None:
     """A tool of a call given customer= calling another client outside a block bills that client's."""
-    gemini.function_args = {"city": "Paris"}
-    with opened(gemini) as other_base:
-        other = meter(other_base, customer="cus_other", meter=meter_)
-
-        def lookup(city: str) -> str:
-            """Look a city up."""
-            other.models.generate_content(model=MODEL, contents=PROMPT)
-            return "sunny"
-
-        lookup.__annotations__ = {"city": str, "return": str}  # real types: older SDKs read no strings
-
-        client.models.generate_content(model=MODEL, contents=PROMPT, config=afc(lookup), customer="cus_call")
-    customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
-    # the model turns bill the call's customer, each tool run (once per function call: older SDKs
-    # run it after the last turn too) the other client's
+    customers = customers_with_a_tool(client, gemini, meter_, transport, block=False)
     assert customers[0] == "cus_call" and customers.count("cus_call") == 2
     assert set(customers) == {"cus_call", "cus_other"}
 
