@@ -892,6 +892,40 @@ def test_stream_read_raw_in_fixed_size_parts_keeps_the_sizes(
     assert usage(only_event(meter_, transport)) == chat_expect()
 
 
+def test_stream_read_raw_passes_events_it_cannot_read_as_they_came(
+    meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Events that are not JSON objects (a bare value, broken JSON, a comment line) reach a raw reader
+    byte for byte, nothing is counted as an error, and the call is still billed once (an estimate)."""
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+    }
+    body = (
+        b": keep-alive\n\ndata: [1, 2]\n\ndata: {not json\n\ndata: "
+        + json.dumps(chunk).encode()
+        + b"\n\ndata: [DONE]\n\n"
+    )
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return [body]
+
+    with (
+        serve_wsgi(app) as url,
+        openai.OpenAI(api_key="test", base_url=url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=meter_) as client,
+        client.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response,
+    ):
+        read = b"".join(response.iter_bytes())
+    assert read == body
+    assert len(delivered(meter_, transport)) == 1
+    assert meter_.errors == 0
+
+
 def test_caller_asking_include_usage_reads_the_usage_chunk_raw(
     base: Any, client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:
