@@ -232,6 +232,99 @@ def test_continuous_usage_asked_without_include_usage_is_exact_and_hides_the_usa
     assert_exact(event_of(details))
 
 
+CONTINUOUS_ONLY: dict[str, Any] = {
+    **CHAT_BODY,
+    "stream": True,
+    "stream_options": {"continuous_usage_stats": True},
+}
+
+
+def continuous_stream(c: Any, read: str) -> Any:
+    """A chat stream asking vLLM for continuous_usage_stats without include_usage: SDK chunks, or
+    chunks the caller parses as plain dicts (``cast_to=dict``)."""
+    if read == "chunks":
+        return c.chat.completions.create(**CONTINUOUS_ONLY)
+    return c.post(
+        "/chat/completions",
+        body=CONTINUOUS_ONLY,
+        cast_to=dict[str, object],
+        stream=True,
+        stream_cls=openai.Stream[dict[str, object]],
+    )
+
+
+def comparable(chunks: Any) -> list[dict[str, Any]]:
+    """Chunks (SDK objects as the dict of their set fields, or dicts) without their ids."""
+    dicts = (chunk if isinstance(chunk, dict) else chunk.to_dict() for chunk in chunks)
+    return [{k: v for k, v in chunk.items() if k != "id"} for chunk in dicts]
+
+
+def continuous_only(c: Any, read: str) -> list[dict[str, Any]]:
+    """The chunks of :data:`CONTINUOUS_ONLY` read as *read*: SDK chunks, dicts or raw lines."""
+    if read != "raw lines":
+        return comparable(continuous_stream(c, read))
+    with c.chat.completions.with_streaming_response.create(**CONTINUOUS_ONLY) as response:
+        return comparable(json.loads(line[6:]) for line in response.iter_lines() if line[6:7] == "{")
+
+
+@pytest.mark.parametrize("read", ["chunks", "dicts", "raw lines"])
+def test_continuous_usage_asked_without_include_usage_shows_the_plain_clients_chunks(
+    server: FakeOpenAIServer, client: Any, details: tuple[Meter, MemoryTransport], read: str
+) -> None:
+    """vLLM sends running usage only with include_usage: the usage llm_meter's include_usage put
+    on every chunk is hidden, however the caller reads the stream, and the final usage billed."""
+    with openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as plain:
+        expected = continuous_only(plain, read)
+    metered = continuous_only(client, read)
+    assert server.requests[-1].json["stream_options"] == CONTINUOUS
+    assert all("usage" not in chunk for chunk in expected)
+    assert metered == expected
+    assert_exact(event_of(details))
+
+
+@pytest.mark.parametrize("read", ["chunks", "dicts"])
+def test_continuous_usage_asked_without_include_usage_stays_hidden_when_read_on_after_an_early_bill(
+    server: FakeOpenAIServer, client: Any, details: tuple[Meter, MemoryTransport], read: str
+) -> None:
+    """A stream broken, billed at the next flush, then read on: its chunks still carry no usage."""
+    stream = continuous_stream(client, read)
+    chunks = [next(iter(stream))]
+    assert len(delivered(*details)) == 1
+    chunks.extend(stream)
+    with openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as plain:
+        assert comparable(chunks) == continuous_only(plain, read)
+
+
+def test_legacy_completion_stream_with_continuous_usage_only_shows_the_plain_clients_chunks(
+    server: FakeOpenAIServer, client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """The same for a legacy completion stream: no usage on its chunks, the final usage billed."""
+    body = {"model": MODEL, "prompt": "complete this please", "stream": True}
+    options = {"stream_options": {"continuous_usage_stats": True}}
+    with openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as plain:
+        expected = comparable(plain.completions.create(**body, **options))
+    assert comparable(client.completions.create(**body, **options)) == expected
+    assert all("usage" not in chunk for chunk in expected)
+    event = event_of(details)
+    assert event["metadata"]["estimated"] is False
+    assert usage(event)[1] == 5
+
+
+def test_continuous_usage_asked_without_include_usage_left_early_bills_the_usage_seen(
+    client: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Hidden from the caller, the running usage is still kept: a break bills its exact input."""
+    stream = client.chat.completions.create(**CONTINUOUS_ONLY)
+    text = ""
+    for chunk in stream:
+        assert chunk.usage is None and "usage" not in chunk.model_fields_set
+        text += chunk.choices[0].delta.content or ""
+        if text == "tok0 tok1 ":
+            break
+    stream.close()
+    assert_estimate(event_of(details), PROMPT, max(2, count_text(text, SERVED_MODEL)))
+
+
 def test_continuous_usage_stream_left_early_bills_exact_input_and_at_least_the_output_seen(
     client: Any, details: tuple[Meter, MemoryTransport]
 ) -> None:

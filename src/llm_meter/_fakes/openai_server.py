@@ -18,8 +18,9 @@ Odd usage shapes, per request (for tests of what metering does with them):
 * ``x-fake-usage: <JSON>`` sends that JSON as the usage object instead of the real one (``{}``, ``null``,
   ``{"prompt_tokens": NaN}``, ...), in bodies, stream usage chunks and terminal stream events alike;
   ``x-fake-usage: omit`` leaves the usage out (no ``usage`` key, no usage chunk);
-* chat and legacy completion streams with ``stream_options.continuous_usage_stats`` (vLLM) carry the
-  cumulative usage so far on every chunk: ``completion_tokens`` counts the content chunks sent, and the
+* chat and legacy completion streams with ``stream_options.continuous_usage_stats`` and
+  ``include_usage`` (vLLM ignores the first without the second) carry the cumulative usage so far on
+  every chunk: ``completion_tokens`` counts the content chunks sent, and the
   final usage (finish chunks, then the usage-only chunk when ``include_usage`` was asked) is the full one;
 * ``x-fake-usage-shape: finish`` puts a stream's usage on its last finish-reason chunk and sends no usage-only
   chunk (Together, Fireworks); ``x-fake-usage-shape: groq`` sends Groq's shape: ``x_groq: {"id"}`` on the
@@ -904,13 +905,10 @@ def _azure_filter_chunks(n: int, length: int) -> Iterator[str]:
 
 
 def _continuous(body: Mapping[str, Any]) -> bool:
-    """vLLM's ``stream_options.continuous_usage_stats``: usage on every chunk (with ``include_usage``)."""
+    """vLLM's ``stream_options.continuous_usage_stats``: a vLLM-shaped stream, with usage on every
+    chunk when ``include_usage`` is asked as well (vLLM honours it only then)."""
     options = body.get("stream_options")
-    return (
-        isinstance(options, Mapping)
-        and options.get("include_usage") is True
-        and options.get("continuous_usage_stats") is True
-    )
+    return isinstance(options, Mapping) and options.get("continuous_usage_stats") is True
 
 
 def _chat_choice(index: int, piece: str | None, finish_reason: str | None, first: bool) -> dict[str, Any]:
@@ -950,7 +948,7 @@ def _shaped_stream(
 
     def chunk(choices: list[dict[str, Any]], *, last: bool = False, first: bool = False) -> str:
         obj = {**base, "choices": choices}
-        if continuous:
+        if continuous and include_usage:
             usage = final if last else {"prompt_tokens": prompt, "completion_tokens": sent}
             if usage is not _OMIT and isinstance(usage, dict) and not last:
                 usage["total_tokens"] = prompt + sent

@@ -34,7 +34,8 @@ Usage in any shape is billed, never dropped (OpenAI-compatible servers send many
   the first usage seen came with a finish reason: usage on the finish chunk only). A stream
   that ends before that (``break``, an error) bills the last usage seen as an estimate: its
   input is exact and its output a lower bound, raised to the estimate from the delivered
-  text when that is larger.
+  text when that is larger. When that usage is there only because llm_meter asked for
+  ``include_usage`` (vLLM's ``continuous_usage_stats`` without it), it is hidden from the caller.
 
 The provider name (``details=True`` ``provider``, the ``external_id`` prefix) is the service a
 client reaches, recognised once per client from its class and base URL (:func:`service_name`):
@@ -273,13 +274,35 @@ def _exact_chat(call: Call, usage: Any, response: Any) -> bool:
 class _Progress:
     """Usage kept for a response that is billed later: the last usage seen and whether it is final."""
 
-    __slots__ = ("choices", "final", "finished", "usage")
+    __slots__ = ("choices", "final", "finished", "hides", "usage")
 
-    def __init__(self, usage: Any = None, *, final: bool = False, choices: int = 1) -> None:
+    def __init__(
+        self, usage: Any = None, *, final: bool = False, choices: int = 1, hides: bool = False
+    ) -> None:
         self.usage = usage
         self.final = final
         self.choices = choices  # the choices requested (``n``)
         self.finished = 0  # finish reasons seen on chunks that carried usage
+        self.hides = hides  # the usage on chunks with choices is there only because llm_meter asked
+
+
+def _asked_running_usage(call: Call) -> bool:
+    """Whether usage on chunks that carry choices came only from the ``include_usage`` llm_meter
+    added: the caller asked vLLM for ``continuous_usage_stats`` without ``include_usage``, which
+    vLLM honours only together (a plain client's chunks carry no usage at all then)."""
+    if not call.injected or not isinstance(call.original_body, dict):
+        return False
+    options = call.original_body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("continuous_usage_stats"))
+
+
+def _clear_usage(chunk: Any) -> None:
+    """*chunk* without the usage llm_meter's request put on it, as the plain SDK builds it."""
+    chunk.__dict__["usage"] = None
+    try:
+        chunk.__pydantic_fields_set__.discard("usage")
+    except AttributeError:
+        _unset_usage_v1(chunk)
 
 
 def _response_text(obj: Any) -> list[str]:
@@ -468,7 +491,11 @@ class OpenAIProvider:
             if item.get("usage") is None:
                 item.pop("usage", None)
                 return False
-            return not item.get("choices")
+            if not item.get("choices"):
+                return True
+            if _asked_running_usage(call):
+                del item["usage"]
+            return False
         try:
             if item.usage is None:  # type: ignore[attr-defined]
                 try:  # as in _observe_chat_chunk
@@ -476,9 +503,13 @@ class OpenAIProvider:
                 except AttributeError:
                     _unset_usage_v1(item)
                 return False
-            return not item.choices  # type: ignore[attr-defined]
+            if not item.choices:  # type: ignore[attr-defined]
+                return True
         except AttributeError:  # not a chunk (a server sent a bare JSON value)
             return False
+        if _asked_running_usage(call):
+            _clear_usage(item)
+        return False
 
     def _observe_chat_chunk(self, call: Call, chunk: Any, response: Any) -> bool:
         """One chunk of a chat stream; ``True`` for the usage-only chunk llm_meter asked for.
@@ -509,7 +540,8 @@ class OpenAIProvider:
             if not choices:  # the usage-only chunk that ends a stream
                 self._settle(call, usage, response)
                 return call.injected
-            self._keep(call, usage, choices)
+            if self._keep(call, usage, choices):
+                _clear_usage(chunk)
         text = call.text
         if text is not None:
             for choice in chunk.choices:
@@ -537,7 +569,8 @@ class OpenAIProvider:
             if not choices:
                 self._settle(call, usage, response)
                 return call.injected
-            self._keep(call, usage, choices)
+            if self._keep(call, usage, choices):
+                _clear_usage(chunk)
         text = call.text
         if text is not None:
             for choice in chunk.choices:
@@ -587,7 +620,8 @@ class OpenAIProvider:
             for choice in choices:
                 if isinstance(choice, dict) and choice.get("finish_reason") is not None:
                     finished += 1
-            self._keep(call, usage, choices, finished)
+            if self._keep(call, usage, choices, finished):
+                del chunk["usage"]
         text = call.text
         if text is not None:
             chat = call.kind == "chat"
@@ -603,16 +637,19 @@ class OpenAIProvider:
                     text.append(piece)
         return False
 
-    def _keep(self, call: Call, usage: Any, choices: Any, finished: int | None = None) -> None:
+    def _keep(self, call: Call, usage: Any, choices: Any, finished: int | None = None) -> bool:
         """Keep the cumulative usage of a chunk that still carries choices; billed at the end.
 
         *finished*: how many choices carry a finish reason, when the caller counted them (dict
-        chunks); else counted here from the choices' ``finish_reason``.
+        chunks); else counted here from the choices' ``finish_reason``. ``True`` when the chunk's
+        usage is to be hidden from the caller (:func:`_asked_running_usage`).
         """
         progress = call.state
         if progress is None:
             n = call.original_body.get("n") if isinstance(call.original_body, dict) else None
-            progress = call.state = _Progress(choices=n if type(n) is int and n > 0 else 1)
+            progress = call.state = _Progress(
+                choices=n if type(n) is int and n > 0 else 1, hides=_asked_running_usage(call)
+            )
             call.on_finish = self._on_finish
         first = progress.usage is None
         progress.usage = usage
@@ -623,6 +660,7 @@ class OpenAIProvider:
         else:
             progress.finished += finished
         progress.final = progress.finished >= progress.choices or (first and progress.finished > 0)
+        return progress.hides is True
 
     def _on_finish(self, call: Call, response: Any) -> None:
         """The stream ended: bill its kept usage if it is final (else ``finish`` estimates)."""

@@ -33,6 +33,7 @@ _BOUNDARY: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _NULL_USAGE: Final = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
 Seen = Callable[[Call, Any, Any], bool]
+_ABSENT: Final = object()
 
 
 class _Events:
@@ -95,7 +96,7 @@ class _Events:
         if response is None:
             return raw
         call = self.call
-        null_usage = call.injected and "usage" in decoded and decoded["usage"] is None
+        usage = decoded.get("usage", _ABSENT) if call.injected else _ABSENT
         if self.dicts is not None:
             if call.observe is not None:
                 call.observe = self.dicts
@@ -110,11 +111,32 @@ class _Events:
                 return raw
         if self.seen(call, item, response):
             return b""  # the usage-only event llm_meter asked for
-        if null_usage:
+        if usage is None:
             kept, found = _NULL_USAGE.subn(b"", raw)
             if found == 1:
                 return kept
+        elif usage is not _ABSENT and _usage_removed(item):
+            # Usage the observer hid (only llm_meter's request put it there): no textual cut
+            # for a JSON object, so the event's data is written again without it.
+            decoded.pop("usage", None)
+            return _rewritten(raw, decoded)
         return raw
+
+
+def _usage_removed(item: Any) -> bool:
+    """Whether the observer took the usage off *item* (a dict chunk or an SDK chunk)."""
+    if isinstance(item, dict):
+        return "usage" not in item
+    return getattr(item, "usage", _ABSENT) is None
+
+
+def _rewritten(raw: bytes, data: dict[str, Any]) -> bytes:
+    """The event *raw* with its data lines replaced by *data*; other fields and line endings kept."""
+    body = raw.rstrip(b"\r\n")
+    ending = b"\r\n" if b"\r\n" in raw else b"\r" if b"\n" not in raw else b"\n"
+    lines = [line for line in body.splitlines() if not line.startswith(b"data:")]
+    lines.append(b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+    return ending.join(lines) + raw[len(body) :]
 
 
 def _item_type(stream_cls: Any) -> Any:
