@@ -196,6 +196,47 @@ def test_per_call_customer_leaves_a_tools_block_to_other_clients(
     assert set(customers) == {"cus_call", "cus_block"}
 
 
+@pytest.mark.parametrize(
+    "how", ["generate_content", "generate_content_stream", "send_message", "send_message_stream"]
+)
+def test_per_call_customer_is_not_a_tools_call_on_the_same_client(
+    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport, how: str
+) -> None:
+    """aio: a tool calling the very client the call was given customer= on makes a call of its
+    own, billed to the tool's block, not the running call's."""
+    gemini.function_args = {"city": "Paris"}
+
+    async def lookup(city: str) -> str:
+        """Look a city up."""
+        with llm_meter.customer("cus_block"):
+            await client.aio.models.generate_content(model=MODEL, contents=PROMPT)
+        return "sunny"
+
+    lookup.__annotations__ = {"city": str, "return": str}  # real types: older SDKs read no strings
+    config = types.GenerateContentConfig(
+        tools=[lookup],
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(maximum_remote_calls=2),
+    )
+
+    async def main() -> None:
+        if how.startswith("send_message"):
+            result = await getattr(client.aio.chats.create(model=MODEL, config=config), how)(
+                PROMPT, customer="cus_call"
+            )
+        else:
+            result = await getattr(client.aio.models, how)(
+                model=MODEL, contents=PROMPT, config=config, customer="cus_call"
+            )
+        if how.endswith("_stream"):
+            async for _chunk in result:
+                pass
+
+    run(client, main)
+    customers = [e["external_customer_id"] for e in delivered(meter_, transport)]
+    assert customers.count("cus_call") == 2
+    assert set(customers) == {"cus_call", "cus_block"}
+
+
 def test_missing_customer_raises_before_sending(gemini: FakeGeminiServer, meter_: Meter) -> None:
     """aio generate_content without a customer raises MissingCustomerError and sends nothing."""
     with opened(gemini) as base:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from google import genai
@@ -156,14 +156,26 @@ def afc(tool: Callable[..., Any]) -> types.GenerateContentConfig:
     )
 
 
+#: How a call given customer= is made: a model method or a chat's, whole or streamed.
+CALLS: Final = ("generate_content", "generate_content_stream", "send_message", "send_message_stream")
+
+
 def customers_with_a_tool(
-    client: genai.Client, gemini: FakeGeminiServer, meter_: Meter, transport: MemoryTransport, *, block: bool
+    client: genai.Client,
+    gemini: FakeGeminiServer,
+    meter_: Meter,
+    transport: MemoryTransport,
+    *,
+    block: bool,
+    same: bool = False,
+    how: str = "generate_content",
 ) -> list[str]:
-    """The customers billed for a call given customer= whose tool calls another metered client
-    (its own customer "cus_other"), inside a `customer("cus_block")` block when *block*."""
+    """The customers billed for a call made *how* with customer="cus_call" whose tool calls
+    another metered client (its own customer "cus_other"), or the *same* client (its own customer
+    "cus_1"), inside a `customer("cus_block")` block when *block*."""
     gemini.function_args = {"city": "Paris"}
     with opened(gemini) as other_base:
-        other = meter(other_base, customer="cus_other", meter=meter_)
+        other = client if same else meter(other_base, customer="cus_other", meter=meter_)
 
         def lookup(city: str) -> str:
             """Look a city up."""
@@ -172,8 +184,17 @@ def customers_with_a_tool(
             return "sunny"
 
         lookup.__annotations__ = {"city": str, "return": str}  # real types: older SDKs read no strings
-
-        client.models.generate_content(model=MODEL, contents=PROMPT, config=afc(lookup), customer="cus_call")
+        config = afc(lookup)
+        if how.startswith("send_message"):
+            result = getattr(client.chats.create(model=MODEL, config=config), how)(
+                PROMPT, customer="cus_call"
+            )
+        else:
+            result = getattr(client.models, how)(
+                model=MODEL, contents=PROMPT, config=config, customer="cus_call"
+            )
+        if how.endswith("_stream"):
+            list(result)
     return [e["external_customer_id"] for e in delivered(meter_, transport)]
 
 
@@ -195,6 +216,23 @@ def test_per_call_customer_leaves_other_clients_to_their_own(
     customers = customers_with_a_tool(client, gemini, meter_, transport, block=False)
     assert customers[0] == "cus_call" and customers.count("cus_call") == 2
     assert set(customers) == {"cus_call", "cus_other"}
+
+
+@pytest.mark.parametrize("how", CALLS)
+@pytest.mark.parametrize("block", [True, False], ids=["in a block", "no block"])
+def test_per_call_customer_is_not_a_tools_call_on_the_same_client(
+    client: genai.Client,
+    gemini: FakeGeminiServer,
+    meter_: Meter,
+    transport: MemoryTransport,
+    block: bool,
+    how: str,
+) -> None:
+    """A tool calling the very client the call was given customer= on makes a call of its own:
+    billed to the tool's block, else the client's own customer, not the running call's."""
+    customers = customers_with_a_tool(client, gemini, meter_, transport, block=block, same=True, how=how)
+    assert customers.count("cus_call") == 2
+    assert set(customers) == {"cus_call", "cus_block" if block else "cus_1"}
 
 
 def test_missing_customer_raises_before_sending(

@@ -78,7 +78,7 @@ class FakeGeminiServer(LoopbackService):
     ``modelVersion`` (``None``: none reported). ``requests`` records every request.
     For ``generateContent``: ``pretty`` indents the JSON body as the real API does,
     ``usage_first`` writes ``usageMetadata`` and the ids before the candidates, and
-    ``function_args`` adds a ``functionCall`` part with those arguments.
+    ``function_args`` adds a ``functionCall`` part with those arguments (to a stream's last chunk).
     ``event_interval`` (seconds, ``0`` by default) paces streams: each chunk is written and flushed on
     its own that long after the previous one; by default they go out in ~16 KB writes.
     """
@@ -155,14 +155,19 @@ class FakeGeminiServer(LoopbackService):
 
     def _whole(self, obj: dict[str, Any]) -> tuple[int, str, bytes]:
         """A ``generateContent`` reply, shaped by ``function_args``, ``usage_first`` and ``pretty``."""
-        if self.function_args is not None:
-            parts = obj["candidates"][0]["content"]["parts"]
-            parts.append({"functionCall": {"name": "lookup", "args": self.function_args}})
+        self._call_function(obj)
         if self.usage_first:
             obj = {**{k: v for k, v in obj.items() if k != "candidates"}, "candidates": obj["candidates"]}
         if not self.pretty:
             return _json_reply(obj)
         return 200, "application/json", json.dumps(obj, indent=2).encode("utf-8")
+
+    def _call_function(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """*obj* with a ``functionCall`` part when ``function_args`` is set."""
+        if self.function_args is not None:
+            parts = obj["candidates"][0]["content"]["parts"]
+            parts.append({"functionCall": {"name": "lookup", "args": self.function_args}})
+        return obj
 
     # -- routes ------------------------------------------------------------------------------------
     def _route(self, method: str, path: str, headers: Mapping[str, str], body: Any) -> Any:
@@ -238,11 +243,14 @@ class FakeGeminiServer(LoopbackService):
     def _stream(self, body: Mapping[str, Any], override: Any, headers: Mapping[str, str]) -> Any:
         rid = _hex()
         chunks = max(self.chunks, 1)
-        objs = (
+        objs = [
             self._response(body, f"tok{i} ", i + 1, last=i == chunks - 1, override=override, rid=rid)
             for i in range(chunks)
-        )
+        ]
+        last = objs[-1]
         events = [f"data: {_dumps(obj)}\r\n\r\n" for obj in objs]
+        if self.function_args is not None:  # on the last chunk, as Gemini sends a turn's call
+            events[-1] = f"data: {_dumps(self._call_function(last))}\r\n\r\n"
         fail_after = headers.get("x-fake-fail-after")
         if fail_after is not None:
             return _Cut(events[: int(fail_after)])

@@ -33,7 +33,8 @@ Per-call ``customer=`` / ``customer_id=`` are taken by the metered resources' me
 that is set only while the SDK runs (around each step of a stream), so SDK objects never see
 them, and is read only by the API client of the resource it was given to: a metered call made on
 another client while the SDK runs (from an automatic function calling tool, say) is billed to its
-own block or client. Stream methods capture the customer at the call (SPEC §3): the argument, else
+own block or client. So is a call the tool makes on the same client: of the calls made while a call
+runs, only a chat's own turns (its calls to its model resource) take the running call's customer. Stream methods capture the customer at the call (SPEC §3): the argument, else
 the ``customer(...)`` block active then, else the client's own customer (``CLIENTS_OWN``), so a
 block entered while the stream is read does not decide.
 """
@@ -654,25 +655,42 @@ async def _customer_agen(inner: Any, held: tuple[Any, Customer]) -> AsyncIterato
             await aclose()
 
 
-def _held_for(api: Any) -> Customer | None:
-    """The request customer held for *api* (a chat's stream calls its models' stream), if any."""
+#: The SDK module whose calls to a model resource's methods are a chat's own turns.
+_CHATS: Final = "google.genai.chats"
+
+
+def _chats_turn() -> bool:
+    """Whether the caller of the metered method calling this is the SDK's chat code (a chat's
+    own turn, billed to the chat's customer), not a caller's code run while a call is made (an
+    automatic function calling tool calling the same client, which is a call of its own)."""
+    try:
+        return sys._getframe(2).f_globals.get("__name__") == _CHATS
+    except ValueError:  # no such frame
+        return False
+
+
+def _held_by(api: Any) -> tuple[Any, Customer] | None:
+    """The request customer held for *api* (a call of that client is running), if any."""
     held = _request_customer.get()
-    return held[1] if held is not None and held[0] is api else None
+    return held if held is not None and held[0] is api else None
 
 
-def _at_the_call(customer: Any, customer_id: Any, api: Any) -> Customer:
-    """Who pays for a stream, fixed when it is called: the argument, the customer held for *api*,
-    the ``customer(...)`` block, else the client's own (:data:`CLIENTS_OWN`)."""
-    return make_customer(customer, customer_id) or _held_for(api) or current_customer() or CLIENTS_OWN
+def _at_the_call(customer: Any, customer_id: Any, held: tuple[Any, Customer] | None) -> Customer:
+    """Who pays for a stream, fixed when it is called: the argument, the customer *held* for a
+    chat's turn, the ``customer(...)`` block, else the client's own (:data:`CLIENTS_OWN`)."""
+    return make_customer(customer, customer_id) or (held and held[1]) or current_customer() or CLIENTS_OWN
 
 
 def _customer_method(
-    func: Callable[..., Any], api_of: Callable[[Any], Any], *, stream: bool
+    func: Callable[..., Any], api_of: Callable[[Any], Any], *, stream: bool, chat: bool
 ) -> Callable[..., Any]:
     """*func* (an SDK method) taking ``customer=`` / ``customer_id=`` too.
 
     *api_of* gives the API client of the resource the method is called on: the customer held
-    for the call is billed by that client's requests only.
+    for the call is billed by that client's requests only. A call without a customer made while
+    a call of the same client runs is a turn of that call when a chat makes it on its model
+    resource (a *chat* method is never one); else (a tool calling the client it was given to) it
+    is a call of its own: the block's or the client's customer, not the running call's.
     """
     if inspect.iscoroutinefunction(func):
         if stream:
@@ -681,8 +699,10 @@ def _customer_method(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
                 api = api_of(self)
-                who = _at_the_call(customer, customer_id, api)
-                held = (api, who)
+                turn = None if chat else _held_by(api)
+                if turn is not None and not _chats_turn():
+                    turn = None
+                held = (api, _at_the_call(customer, customer_id, turn))
                 token = _request_customer.set(held)
                 try:
                     inner = await func(self, *args, **kw)
@@ -695,12 +715,14 @@ def _customer_method(
             async def amethod(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
-                who = (
-                    None if customer is None and customer_id is None else make_customer(customer, customer_id)
-                )
-                if who is None:
+                given = customer is not None or customer_id is not None
+                who = make_customer(customer, customer_id) if given else None
+                held: tuple[Any, Customer] | None = None  # a call of its own, if a call of this client runs
+                if who is not None:
+                    held = (api_of(self), who)
+                elif _held_by(api_of(self)) is None or (not chat and _chats_turn()):
                     return await func(self, *args, **kw)
-                token = _request_customer.set((api_of(self), who))
+                token = _request_customer.set(held)
                 try:
                     return await func(self, *args, **kw)
                 finally:
@@ -712,16 +734,22 @@ def _customer_method(
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
             # Not a generator function: the customer (argument, block or the client's) is captured now.
             api = api_of(self)
-            who = _at_the_call(customer, customer_id, api)
-            return _customer_gen(func(self, *args, **kw), (api, who))
+            turn = None if chat else _held_by(api)
+            if turn is not None and not _chats_turn():
+                turn = None
+            return _customer_gen(func(self, *args, **kw), (api, _at_the_call(customer, customer_id, turn)))
 
     else:
 
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
-            who = None if customer is None and customer_id is None else make_customer(customer, customer_id)
-            if who is None:
+            given = customer is not None or customer_id is not None
+            who = make_customer(customer, customer_id) if given else None
+            held: tuple[Any, Customer] | None = None  # a call of its own, if a call of this client runs
+            if who is not None:
+                held = (api_of(self), who)
+            elif _held_by(api_of(self)) is None or (not chat and _chats_turn()):
                 return func(self, *args, **kw)
-            token = _request_customer.set((api_of(self), who))
+            token = _request_customer.set(held)
             try:
                 return func(self, *args, **kw)
             finally:
@@ -746,11 +774,13 @@ _MODELS_API: Final = operator.attrgetter("_api_client")
 _CHAT_API: Final = operator.attrgetter("_modules._api_client")
 
 
-def _resource_class(base: type, methods: dict[str, bool], api_of: Callable[[Any], Any]) -> type:
+def _resource_class(
+    base: type, methods: dict[str, bool], api_of: Callable[[Any], Any], *, chat: bool = False
+) -> type:
     return _subclass(
         base,
         {
-            name: _customer_method(getattr(base, name), api_of, stream=stream)
+            name: _customer_method(getattr(base, name), api_of, stream=stream, chat=chat)
             for name, stream in methods.items()
         },
     )
@@ -764,8 +794,8 @@ class _Classes:
 
         self.models = _resource_class(models.Models, _MODEL_METHODS, _MODELS_API)
         self.async_models = _resource_class(models.AsyncModels, _MODEL_METHODS, _MODELS_API)
-        chat = _resource_class(chats.Chat, _CHAT_METHODS, _CHAT_API)
-        async_chat = _resource_class(chats.AsyncChat, _CHAT_METHODS, _CHAT_API)
+        chat = _resource_class(chats.Chat, _CHAT_METHODS, _CHAT_API, chat=True)
+        async_chat = _resource_class(chats.AsyncChat, _CHAT_METHODS, _CHAT_API, chat=True)
         self.chats = _chats_class(chats.Chats, chat)
         self.async_chats = _chats_class(chats.AsyncChats, async_chat)
         self.async_client = _subclass(
