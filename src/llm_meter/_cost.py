@@ -25,6 +25,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
 
 from ._exceptions import ConfigurationError
+from ._throttle import Throttle
 
 __all__ = [
     "PROVIDER_IDS",
@@ -311,7 +312,7 @@ class UserPrices(Pricer):
 
     def __init__(self, fn: CostFunction) -> None:
         self.fn = fn
-        self._logged = -60.0
+        self._throttle = Throttle()
 
     def price(self, line: _Line) -> Decimal | None:
         usage = Usage(
@@ -345,9 +346,7 @@ class UserPrices(Pricer):
         return result
 
     def _log(self, message: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._logged >= 60.0:  # at most once a minute
-            self._logged = now
+        if self._throttle.due():
             log.error(message, *args, exc_info=exc_info)
 
 
@@ -419,14 +418,12 @@ def finish_line(payload: str, pricer: Pricer | None) -> str:
     return f"{wire[:-2]}{cost}}}}}"
 
 
-_failure_logged = [-60.0]
+_failures = Throttle()
 
 
 def _log_failure() -> None:
     """An unexpected pricing failure (genai-prices missing where a line needs it, ...): once a minute."""
-    now = time.monotonic()
-    if now - _failure_logged[0] >= 60.0:
-        _failure_logged[0] = now
+    if _failures.due():
         log.exception("llm_meter: could not price an event; it is sent without _cost (logged once a minute)")
 
 

@@ -42,6 +42,7 @@ from ._estimate import loaded as estimates_ready
 from ._events import EventOptions, Exact, UsageRecord, encode_line, encode_wire, latest_timestamp
 from ._exceptions import RejectedEventsError
 from ._spool import Batch, Spool, dead_letter_entry, encode_record
+from ._throttle import Throttle
 from .transports import Transport
 
 __all__ = ["Dispatcher", "backoff_delay", "duplicates_of", "live_dispatchers", "rejections"]
@@ -114,8 +115,8 @@ class Dispatcher:
         self._idle_pass = 0
         self._since_wake = 0
         self._warned_no_transport = False
-        #: When each throttled log line (see _due) was last written.
-        self._logged: dict[str, float] = {}
+        #: Recurring problems (spool or dead letters unwritable, maintenance failing): a line a minute.
+        self._throttle = Throttle()
         #: Wire JSON of events the spool could not take (disk full or read-only), sent from memory.
         self._direct: deque[str] = deque()
         self._direct_in = itertools.count()  # of those, how many callers put there (atomic)
@@ -192,16 +193,8 @@ class Dispatcher:
             self._unspooled(exc)
         return True
 
-    def _due(self, key: str) -> bool:
-        """Whether the log line *key* may be written now: at most once a minute each."""
-        now = time.monotonic()
-        if now - self._logged.get(key, -60.0) < 60.0:
-            return False
-        self._logged[key] = now
-        return True
-
     def _unspooled(self, exc: OSError) -> None:
-        if self._due("unspooled"):
+        if self._throttle.due("unspooled"):
             log.error(
                 "llm_meter: could not write to the spool %s (%s); events are kept in memory and sent from "
                 "there until it can be written again (see stats().unspooled)",
@@ -464,7 +457,7 @@ class Dispatcher:
         except Exception as exc:
             self.errors += 1
             key = getattr(fn, "__name__", "")
-            if self._due(f"guard:{key}"):
+            if self._throttle.due(f"guard:{key}"):
                 log.error("llm_meter: spool maintenance (%s) failed: %s", key, exc, exc_info=True)
 
     def _step(self, loop: asyncio.AbstractEventLoop, transport: Transport) -> int:
@@ -770,7 +763,7 @@ class Dispatcher:
         return True
 
     def _unwritten_failed(self, exc: Exception, waiting: int) -> None:
-        if self._due("unwritten"):
+        if self._throttle.due("unwritten"):
             log.error(
                 "llm_meter: could not write a dead letter (%s: %s); the refused event is kept (its spool "
                 "lines unacknowledged) and set aside when the disk allows it (%d batch(es) waiting)",

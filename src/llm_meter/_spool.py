@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._exceptions import ConfigurationError
+from ._throttle import Throttle
 
 __all__ = [
     "Batch",
@@ -75,8 +76,6 @@ _SEGMENT_BYTES: Final = 8 * 1024 * 1024
 _READ_CHUNK: Final = 256 * 1024
 #: A retired segment is deleted only this long after its last append could have started.
 _GRACE: Final = 2.0
-#: Seconds between two log lines about the same recurring disk problem.
-_LOG_EVERY: Final = 60.0
 #: Age after which a temporary file is known to be left by a killed process.
 _STALE: Final = 3600.0
 #: Every file is opened without following a symlink, and is not inherited by child programs.
@@ -206,7 +205,7 @@ class Spool:
         self._create_lock = threading.Lock()
         self._appended = itertools.count()
         self.corrupt = 0
-        self._logged: dict[str, float] = {}
+        self._throttle = Throttle()
         self._refused: set[str] = set()  # files in the directory that are not ours (logged once)
         self._adopt_lock = threading.Lock()
         #: Records found in adopted segments (not yet acknowledged when adopted), and how many
@@ -496,9 +495,7 @@ class Spool:
 
     def _log_once(self, key: str, message: str, *args: object) -> None:
         """Log a recurring disk problem at most once a minute."""
-        now = time.monotonic()
-        if now - self._logged.get(key, -_LOG_EVERY) >= _LOG_EVERY:
-            self._logged[key] = now
+        if self._throttle.due(key):
             log.error(message, *args)
 
     def release(self, batch: Batch) -> None:

@@ -34,9 +34,10 @@ that is set only while the SDK runs (around each step of a stream), so SDK objec
 them, and is read only by the API client of the resource it was given to: a metered call made on
 another client while the SDK runs (from an automatic function calling tool, say) is billed to its
 own block or client. So is a call the tool makes on the same client: of the calls made while a call
-runs, only a chat's own turns (its calls to its model resource) take the running call's customer. Stream methods capture the customer at the call (SPEC §3): the argument, else
-the ``customer(...)`` block active then, else the client's own customer (``CLIENTS_OWN``), so a
-block entered while the stream is read does not decide.
+runs, only a chat's own turns (its calls to its model resource) take the running call's customer.
+Stream methods capture the customer at the call (SPEC §3): the argument, else the
+``customer(...)`` block active then, else the client's own customer (``CLIENTS_OWN``), so a block
+entered while the stream is read does not decide.
 """
 
 from __future__ import annotations
