@@ -366,6 +366,19 @@ def test_streaming_response_is_metered_on_parse(
     assert usage(event) == expect(fake)
 
 
+def test_streaming_response_closed_unread_bills_an_estimate_from_the_request(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A streaming-response message closed unread: one event, its input estimated from the
+    request and no output delivered, as for a stream left before any text."""
+    with client.messages.with_streaming_response.create(**BODY) as response:
+        assert response.http_response.status_code == 200
+    event = only_event(meter_, transport)
+    request = _estimates.estimate_input_tokens(BODY)
+    assert event["metadata"]["estimated"] is True
+    assert usage(event) == (request, 0, request)
+
+
 # -- messages parsed as plain dicts ---------------------------------------------------------------
 
 

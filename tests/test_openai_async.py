@@ -282,6 +282,36 @@ def test_async_raw_response_bills_once_parsed_or_not(
     assert usage(event) == chat_expect()
 
 
+def test_async_streaming_response_closed_unread_bills_an_estimate(
+    server: FakeOpenAIServer, details: Any
+) -> None:
+    """`async with ...with_streaming_response.create(...)` left unread: one estimated event, no output."""
+
+    async def body(c: Any, _: Any) -> None:
+        async with c.chat.completions.with_streaming_response.create(**CHAT_BODY):
+            pass
+
+    run_metered(server, details[0], body)
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is True
+    assert usage(event)[1] == 0 and usage(event)[0] > 0
+
+
+def test_async_streaming_response_read_raw_bills_the_body_usage(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Read to its end with `await response.json()`, the body's usage is billed, once."""
+
+    async def body(c: Any, _: Any) -> Any:
+        async with c.chat.completions.with_streaming_response.create(**CHAT_BODY) as response:
+            return await response.json()
+
+    read = run_metered(server, meter_, body)
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{read['id']}"
+    assert usage(event) == chat_expect()
+
+
 def test_async_streaming_response_meters_on_parse(
     server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
 ) -> None:

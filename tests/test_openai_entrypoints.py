@@ -410,6 +410,62 @@ def test_streaming_response_read_raw_bills_the_body_usage(
         assert without_ids(response.json()) == without_ids(body)
 
 
+def test_streaming_response_closed_unread_bills_an_estimate_from_the_request(
+    base: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A streaming-response body closed unread was still billed by the provider: one event, the
+    input estimated from the request, no output delivered (as for a stream left before any text)."""
+    with (
+        llm_meter.meter(base, customer="cus_1", meter=details[0]) as c,
+        c.chat.completions.with_streaming_response.create(**CHAT_BODY) as response,
+    ):
+        assert response.http_response.status_code == 200
+    event = only_event(*details)
+    prompt = estimate_chat_input(MESSAGES, MODEL)
+    assert (event["metadata"]["estimated"], event["metadata"]["model"]) == (True, MODEL)
+    assert usage(event) == (prompt, 0, prompt)
+
+
+def test_streaming_response_closed_unread_bills_nothing_with_skip(server: FakeOpenAIServer) -> None:
+    """With incomplete_streams="skip", a body closed unread is not billed, as an incomplete stream is not."""
+    transport = MemoryTransport()
+    m = Meter(transport=transport, incomplete_streams="skip")
+    with (
+        llm_meter.meter(sdk_client(server), customer="cus_1", meter=m) as c,
+        c.chat.completions.with_streaming_response.create(**CHAT_BODY),
+    ):
+        pass
+    assert delivered(m, transport) == []
+    m.close(5)
+
+
+def test_streaming_response_closed_unread_bills_nothing_for_what_is_not_billed_in_tokens(
+    client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Closed unread, an image generation (priced apiece when it reports no tokens) or a background
+    response (billed on a later retrieve) is not estimated: nothing is known to bill."""
+    with client.images.with_streaming_response.generate(model="dall-e-3", prompt="a red fox"):
+        pass
+    with client.responses.with_streaming_response.create(model=MODEL, input="hi", background=True):
+        pass
+    assert delivered(meter_, transport) == []
+
+
+def test_streaming_response_read_partly_bills_an_estimate_once(
+    base: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A body whose reader stops after its first bytes: one estimated event, not a second at close."""
+    with (
+        llm_meter.meter(base, customer="cus_1", meter=details[0]) as c,
+        c.chat.completions.with_streaming_response.create(**CHAT_BODY) as response,
+    ):
+        for _part in response.iter_bytes(16):
+            break
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is True
+    assert usage(event)[1] == 0
+
+
 def test_raw_response_accessed_on_original_before_wrapping_is_metered_on_wrapped(
     base: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:

@@ -442,6 +442,13 @@ class OpenAIProvider:
         options.json_data = {**body, "stream_options": merged}
         call.injected = True
 
+    def bills_unread(self, call: Call) -> bool:
+        """Generations billed in tokens, as :meth:`_observe_body` estimates them: not images
+        (DALL-E's are priced apiece), transcriptions (whisper's by duration) or background
+        responses (their usage comes on a later retrieve)."""
+        body = call.original_body
+        return call.kind in _ESTIMABLE_KINDS and not (isinstance(body, dict) and body.get("background"))
+
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         if not isinstance(exc, self._status_error):
             return None

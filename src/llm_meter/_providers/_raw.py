@@ -10,7 +10,8 @@ reader of the body goes through) shows the body to the call's observer:
   the observer hides, and the ``"usage": null`` member of the other events. The tap steps aside,
   bytes untouched, as soon as an SDK ``Stream`` is built on the response (:func:`step_aside`);
 - a whole body is observed once read: at once when it came with the response (``with_raw_response``),
-  else when the caller's read reaches its end.
+  else when the caller's read reaches its end. Closed unread, or its read stopped early, it is
+  estimated as a stream left early is (the provider billed it; nothing is read on the caller's behalf).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class _Events:
         rest, self.buffer = self.buffer, b""
         return self._event(rest) if rest and not self.aside else rest
 
+    def stop(self) -> None:
+        """Reading stopped before the end: the stream's own close bills it (``attach_stream``)."""
+
     def _event(self, raw: bytes) -> bytes:
         lines = [line[5:] for line in raw.splitlines() if line.startswith(b"data:")]
         data = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
@@ -148,14 +152,16 @@ def _item_type(stream_cls: Any) -> Any:
 class _Body:
     """A whole body read raw: passed on as it comes, its JSON observed once it has all come."""
 
-    __slots__ = ("aside", "call", "parts", "response", "seen")
+    __slots__ = ("aside", "call", "ended", "parts", "response", "seen", "unread_billed")
 
-    def __init__(self, call: Call, response: Any, seen: Seen) -> None:
+    def __init__(self, call: Call, response: Any, seen: Seen, unread_billed: bool) -> None:
         self.call = call
         self.response = weakref.ref(response)  # as in _Events
         self.seen = seen
         self.parts: list[bytes] = []
         self.aside = False
+        self.ended = False
+        self.unread_billed = unread_billed
 
     def feed(self, data: bytes) -> bytes:
         self.parts.append(data)
@@ -163,25 +169,41 @@ class _Body:
 
     def end(self) -> bytes:
         data, self.parts = b"".join(self.parts), []
+        self.ended = True
         response = self.response()
         if response is not None and self.call.observe is not None:
             try:
                 decoded = json.loads(data)
             except ValueError:
-                return b""
-            self.seen(self.call, decoded, response)
+                decoded = None
+            if isinstance(decoded, dict):
+                self.seen(self.call, decoded, response)
         return b""
+
+    def stop(self) -> None:
+        """The body was closed unread, or its reading stopped before the end: the provider billed
+        the call, so it is estimated from the request (or skipped, with ``incomplete_streams="skip"``,
+        as a stream left before its usage is) if it is a generation billed in tokens."""
+        if not self.ended:
+            self.ended = True
+            self.parts = []
+            if self.unread_billed:
+                self.call.finish(self.response())
 
 
 def _through(inner: Iterator[bytes], cut: _Events | _Body, size: int | None) -> Iterator[bytes]:
     """*inner*'s bytes through *cut*, in parts of *size* bytes when one is asked for (the last one
     shorter, as ``iter_bytes(size)`` gives them)."""
     pending = b""
-    for data in inner:
-        pending += cut.feed(data)
-        while pending and len(pending) >= (size or 1):
-            part, pending = (pending[:size], pending[size:]) if size else (pending, b"")
-            yield part
+    try:
+        for data in inner:
+            pending += cut.feed(data)
+            while pending and len(pending) >= (size or 1):
+                part, pending = (pending[:size], pending[size:]) if size else (pending, b"")
+                yield part
+    except BaseException:  # the read failed, or its reader stopped (GeneratorExit)
+        cut.stop()
+        raise
     pending += cut.end()
     while size and len(pending) > size:
         yield pending[:size]
@@ -195,11 +217,15 @@ async def _through_async(
 ) -> AsyncIterator[bytes]:
     """Async twin of :func:`_through`."""
     pending = b""
-    async for data in inner:
-        pending += cut.feed(data)
-        while pending and len(pending) >= (size or 1):
-            part, pending = (pending[:size], pending[size:]) if size else (pending, b"")
-            yield part
+    try:
+        async for data in inner:
+            pending += cut.feed(data)
+            while pending and len(pending) >= (size or 1):
+                part, pending = (pending[:size], pending[size:]) if size else (pending, b"")
+                yield part
+    except BaseException:
+        cut.stop()
+        raise
     pending += cut.end()
     while size and len(pending) > size:
         yield pending[:size]
@@ -245,6 +271,51 @@ def _install(response: Any, cut: _Events | _Body) -> None:
     response.iter_bytes = tapped_iter_bytes
     response.aiter_bytes = tapped_aiter_bytes
     setattr(response, _TAP, cut)
+    if isinstance(cut, _Body):
+        _install_close(response, ref, cut)
+
+
+def _install_close(response: Any, ref: Callable[[], Any], cut: _Body) -> None:
+    """Stop *cut* when *response* is closed before its body was read, or dropped unclosed.
+
+    A read that reaches the end also closes the response, before *cut* has seen the end (the
+    HTTP library closes on its last bytes): only a close with no read begun stops it; a read
+    begun stops it itself when it stops early (:func:`_through`).
+    """
+    cls = type(response)
+    close = getattr(cls, "close", None)
+    aclose = getattr(cls, "aclose", None)
+    if close is None or aclose is None:
+        return
+
+    def unread(target: Any) -> bool:
+        return not getattr(target, "is_stream_consumed", True) and not getattr(target, "is_closed", True)
+
+    def tapped_close() -> None:
+        target = ref()
+        if target is None:
+            return
+        stop = unread(target)
+        try:
+            close(target)
+        finally:
+            if stop:
+                cut.stop()
+
+    async def tapped_aclose() -> None:
+        target = ref()
+        if target is None:
+            return
+        stop = unread(target)
+        try:
+            await aclose(target)
+        finally:
+            if stop:
+                cut.stop()
+
+    response.close = tapped_close
+    response.aclose = tapped_aclose
+    weakref.finalize(response, cut.stop)
 
 
 def _raw_requested(response: Any) -> bool:
@@ -275,16 +346,17 @@ def tap_stream(
         _install(response, _Events(call, response, parse, item_type, seen, dicts))
 
 
-def tap_body(call: Call, response: Any, seen: Seen) -> None:
+def tap_body(call: Call, response: Any, seen: Seen, *, unread_billed: bool) -> None:
     """A billed whole body handed to the caller raw: observe it now if it was read with the
-    response (``with_raw_response``), else as the caller reads it (``with_streaming_response``)."""
+    response (``with_raw_response``), else as the caller reads it (``with_streaming_response``).
+    *unread_billed*: whether the call is estimated if the caller does not read it to its end."""
     try:
         read = response.is_stream_consumed
         content = response.content if read else None
     except Exception:  # an HTTP library without these, or a body not readable
         return
     if content is None:
-        _install(response, _Body(call, response, seen))
+        _install(response, _Body(call, response, seen, unread_billed))
         return
     try:
         decoded = json.loads(content)

@@ -145,6 +145,10 @@ class StainlessProvider(Protocol):
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         """If *exc* rejects a ``stream_options`` the wrapper added, remember it; return that call."""
 
+    def bills_unread(self, call: Call) -> bool:
+        """Whether a whole body the caller closed unread is estimated, as a stream left early is:
+        the call is a generation the provider bills in tokens (not, say, an image priced apiece)."""
+
     def for_client(self, client: Any) -> StainlessProvider:
         """The provider for one client instance: itself, or a variant named for the service the
         client reaches (an ``openai`` client on Groq's base URL bills as ``groq``). Asked once per
@@ -897,7 +901,7 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                 retries_taken=retries_taken,
             )
             if call is not None:
-                return _unparsed(result, call, cast_to, options, response)
+                return _unparsed(result, call, cast_to, options, response, self._llm_meter_provider)
             return result
         kwargs = {
             "cast_to": cast_to,
@@ -917,7 +921,14 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
         if call is None or not call.stream:
             result = self._llm_meter_process(*args, **kwargs)
             if call is not None:
-                return _unparsed(result, call, kwargs.get("cast_to"), kwargs.get("options"), response)
+                return _unparsed(
+                    result,
+                    call,
+                    kwargs.get("cast_to"),
+                    kwargs.get("options"),
+                    response,
+                    self._llm_meter_provider,
+                )
             return result
         return self._llm_meter_stream_response(call, response, args, kwargs)
 
@@ -934,7 +945,9 @@ class _MeteredClient(_ClientBase):  # type: ignore[misc]
                 _raw.tap_stream(call, response, stream_cls, self._llm_meter_parse, _seen, _observer_for)
 
 
-def _unparsed(result: Any, call: Call, cast_to: Any, options: Any, response: Any) -> Any:
+def _unparsed(
+    result: Any, call: Call, cast_to: Any, options: Any, response: Any, provider: StainlessProvider
+) -> Any:
     """*result* of a billed whole body, with the body shown to the call where the SDK's parse
     (the parse hook) will not see it: a body cast to the HTTP response itself, or a raw response
     the caller may read without ``.parse()``. Two type checks for any other body."""
@@ -942,7 +955,7 @@ def _unparsed(result: Any, call: Call, cast_to: Any, options: Any, response: Any
         return _body_seen(result, call, response)
     headers = getattr(options, "headers", None)  # a dict on raw-response requests (the SDK's header)
     if type(headers) is dict and _raw.RAW_HEADER in headers:
-        _raw.tap_body(call, response, _seen)
+        _raw.tap_body(call, response, _seen, unread_billed=provider.bills_unread(call))
     return result
 
 
