@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import http.client
 import json
 import struct
@@ -730,3 +731,27 @@ def test_event_interval_paces_a_stream_without_changing_it() -> None:
         seen, elapsed = stream(paced)
     assert seen == expected
     assert elapsed >= (len(seen) - 1) * interval
+
+
+def gzip_reply(server: FakeOpenAIServer, accept: str, body: dict[str, Any]) -> tuple[str | None, bytes]:
+    """The Content-Encoding and the raw (undecoded) body of a chat request accepting *accept*."""
+    connection = http.client.HTTPConnection(server.url.split("//")[1].split("/")[0])
+    try:
+        payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
+        headers = {"Content-Type": "application/json", "Accept-Encoding": accept}
+        connection.request("POST", "/v1/chat/completions", payload, headers)
+        response = connection.getresponse()
+        return response.getheader("Content-Encoding"), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+def test_gzip_compresses_for_clients_that_accept_it(server: FakeOpenAIServer, stream: bool) -> None:
+    """`gzip = True`: bodies and streams arrive compressed where gzip is accepted, plain elsewhere."""
+    server.gzip = True
+    encoding, data = gzip_reply(server, "gzip, deflate", {"stream": stream})
+    assert encoding == "gzip"
+    text = gzip.decompress(data).decode()
+    assert ("data: [DONE]" in text) if stream else json.loads(text)["usage"]["prompt_tokens"] > 0
+    assert gzip_reply(server, "identity", {"stream": stream})[0] is None

@@ -810,6 +810,52 @@ def test_raw_response_read_whole_is_the_plain_clients_text_and_billed_exactly(
     assert usage(only_event(meter_, transport)) == chat_expect()
 
 
+def test_stream_read_with_iter_raw_is_the_plain_clients_bytes_and_billed_exactly(
+    server: FakeOpenAIServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """`http_response.iter_raw()`, the body as sent, reads past no decoding layer: still the plain
+    client's bytes (no usage chunk, no `"usage":null`), and the provider's usage billed."""
+    read = []
+    for c in (client, base):
+        with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+            read.append(b"".join(response.http_response.iter_raw()))
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert without_ids(read[0].decode().splitlines()) == without_ids(read[1].decode().splitlines())
+    assert b"usage" not in read[0]
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+@pytest.mark.parametrize("paced", [0.0, 0.001], ids=["unpaced", "paced"])
+def test_compressed_stream_read_raw_is_the_plain_clients_text_and_billed_exactly(
+    server: FakeOpenAIServer, base: Any, client: Any, meter_: Meter, transport: MemoryTransport, paced: float
+) -> None:
+    """A gzip-compressed stream read raw: the tap reads the decoded bytes, so the lines are the plain
+    client's and the usage is billed (a reader of `iter_raw()` gets the compressed bytes, as from
+    a plain client)."""
+    server.gzip = True
+    server.event_interval = paced
+    lines = []
+    for c in (client, base):
+        with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+            assert response.headers["content-encoding"] == "gzip"
+            lines.append(without_ids(list(response.iter_lines())))
+    assert lines[0] == lines[1]
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
+def test_compressed_body_read_raw_is_billed_exactly(
+    server: FakeOpenAIServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A gzip-compressed whole body read raw (`json()`) is billed from its usage."""
+    server.gzip = True
+    with client.chat.completions.with_streaming_response.create(**CHAT_BODY) as response:
+        assert response.headers["content-encoding"] == "gzip"
+        body = response.json()
+    event = only_event(meter_, transport)
+    assert base_id(event) == f"openai:{body['id']}"
+    assert usage(event) == (CHAT_PROMPT, body["usage"]["completion_tokens"], body["usage"]["total_tokens"])
+
+
 def sse_answer(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
     """A chat stream as OpenAI writes it (with `"usage":null` and the usage chunk when asked), sent in
     7-byte pieces a few milliseconds apart, so reads end mid-event and mid-line."""

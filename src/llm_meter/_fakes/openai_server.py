@@ -390,7 +390,8 @@ class FakeOpenAIServer(LoopbackService):
 
     ``event_interval`` (seconds, ``0`` by default) paces streams: each event is written and flushed on
     its own that long after the previous one, as a model generating tokens would send them; by default
-    a stream's events go out in ~16 KB writes.
+    a stream's events go out in ~16 KB writes. ``gzip`` (``False`` by default) compresses bodies and
+    streams (``Content-Encoding: gzip``, a stream flushed with each write) for clients that accept it.
     """
 
     def __init__(
@@ -412,6 +413,7 @@ class FakeOpenAIServer(LoopbackService):
         self.azure_filter_chunks = azure_filter_chunks
         self.stream_usage = stream_usage
         self.content: str | None = None
+        self.gzip = False
         self.tool_arguments: list[str] = []
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -1136,20 +1138,48 @@ class _Handler(BaseHTTPRequestHandler):
             "latin-1"
         )
 
+    def _compressor(self) -> Any:
+        """A gzip compressor when the fake compresses and the client accepts gzip, else ``None``."""
+        accepted = self.headers.get("accept-encoding", "") or ""
+        # getattr: the other fakes (Anthropic, Gemini) share this handler and do not compress.
+        if getattr(cast(Any, self.server).fake, "gzip", False) and "gzip" in accepted.lower():
+            return zlib.compressobj(wbits=31)  # 31: the gzip container
+        return None
+
     def _send(self, status: int, content_type: str, body: bytes) -> None:
-        fields = f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        compressor = self._compressor()
+        encoding = ""
+        if compressor is not None:
+            body = compressor.compress(body) + compressor.flush()
+            encoding = "Content-Encoding: gzip\r\n"
+        fields = f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{encoding}"
         self.wfile.write(self._head(status, fields) + body)
 
     def _send_sse(self, events: Iterable[str]) -> None:
         """Chunked transfer-encoding; each HTTP chunk holds whole SSE events, flushed in ~16 KB groups,
         or one event per chunk, ``event_interval`` seconds apart, when the fake sets one."""
+        compressor = self._compressor()
         fields = (
             "Content-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
             "Cache-Control: no-cache\r\n"
-        )
+        ) + ("Content-Encoding: gzip\r\n" if compressor is not None else "")
+
+        def encoded(data: str) -> bytes:
+            raw = data.encode("utf-8")
+            if compressor is None:
+                return raw
+            squeezed: bytes = compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            return squeezed
+
+        def paced() -> Iterator[bytes]:
+            for event in events:
+                yield encoded(event)
+            if compressor is not None:
+                yield compressor.flush()  # the gzip trailer
+
         interval = cast(Any, self.server).fake.event_interval
         if interval > 0:
-            self._send_paced((event.encode("utf-8") for event in events), self._head(200, fields), interval)
+            self._send_paced(paced(), self._head(200, fields), interval)
             return
         out = bytearray(self._head(200, fields))
         group: list[str] = []
@@ -1158,14 +1188,16 @@ class _Handler(BaseHTTPRequestHandler):
             group.append(event)
             size += len(event)
             if size >= _FLUSH_BYTES:
-                data = "".join(group).encode("utf-8")
+                data = encoded("".join(group))
                 out += b"%x\r\n%s\r\n" % (len(data), data)
                 self.wfile.write(out)
                 out.clear()
                 group.clear()
                 size = 0
-        if group:
-            data = "".join(group).encode("utf-8")
+        if group or compressor is not None:
+            data = encoded("".join(group))
+            if compressor is not None:
+                data += compressor.flush()
             out += b"%x\r\n%s\r\n" % (len(data), data)
         out += b"0\r\n\r\n"
         self.wfile.write(out)

@@ -2,8 +2,8 @@
 
 ``with_raw_response`` / ``with_streaming_response`` hand the HTTP response to the caller, who may
 ``.parse()`` it (observed as any billed response) or read its bytes (``iter_lines()``, ``.json()``,
-``.text``). For the second, a tap on the response's decoded bytes (``iter_bytes``, which every
-reader of the body goes through) shows the body to the call's observer:
+``.text``). For the second, a tap on the response's bytes (``iter_raw``, which every reader of the
+body goes through; ``iter_bytes`` for a compressed body) shows the body to the call's observer:
 
 - a stream's server-sent events are cut out as they pass, each parsed with the SDK's own parse.
   What llm_meter's request added is taken out of the bytes the caller reads: the usage-only event
@@ -240,36 +240,44 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 def _install(response: Any, cut: _Events | _Body) -> None:
-    """Route *response*'s decoded bytes (``iter_bytes``/``aiter_bytes``, which every reader of the
-    body goes through: ``read()``, ``iter_lines()``, the SDK's ``Stream``) through *cut*.
+    """Route *response*'s body through *cut*, whichever way it is read: ``read()``,
+    ``iter_lines()``, ``iter_bytes()``, the SDK's ``Stream``, and ``iter_raw()`` itself.
 
-    The replacements reach the response through a weak reference, as in ``attach_stream``.
+    The tap goes on the raw bytes (``iter_raw``/``aiter_raw``, which the decoding readers read
+    from) when they are the body as sent; on a compressed body, on the decoded bytes
+    (``iter_bytes``/``aiter_bytes``), which every reader but ``iter_raw()`` goes through. The
+    replacements reach the response through a weak reference, as in ``attach_stream``.
     """
     ref = weakref.ref(response)
     cls = type(response)
-    iter_bytes = getattr(cls, "iter_bytes", None)
-    aiter_bytes = getattr(cls, "aiter_bytes", None)
-    if iter_bytes is None or aiter_bytes is None:
+    try:
+        encoded = response.headers.get("content-encoding", "identity").strip().lower() != "identity"
+    except AttributeError:
+        encoded = True
+    sync_name, async_name = ("iter_bytes", "aiter_bytes") if encoded else ("iter_raw", "aiter_raw")
+    iterate = getattr(cls, sync_name, None)
+    aiterate = getattr(cls, async_name, None)
+    if iterate is None or aiterate is None:
         return
 
-    def tapped_iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+    def tapped(chunk_size: int | None = None) -> Iterator[bytes]:
         target = ref()
         if target is None:
             return iter(())
         if cut.aside:
-            return iter_bytes(target, chunk_size)  # type: ignore[no-any-return]
-        return _through(iter_bytes(target), cut, chunk_size)
+            return iterate(target, chunk_size)  # type: ignore[no-any-return]
+        return _through(iterate(target), cut, chunk_size)
 
-    def tapped_aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+    def atapped(chunk_size: int | None = None) -> AsyncIterator[bytes]:
         target = ref()
         if target is None:
             return _nothing()
         if cut.aside:
-            return aiter_bytes(target, chunk_size)  # type: ignore[no-any-return]
-        return _through_async(aiter_bytes(target), cut, chunk_size)
+            return aiterate(target, chunk_size)  # type: ignore[no-any-return]
+        return _through_async(aiterate(target), cut, chunk_size)
 
-    response.iter_bytes = tapped_iter_bytes
-    response.aiter_bytes = tapped_aiter_bytes
+    setattr(response, sync_name, tapped)
+    setattr(response, async_name, atapped)
     setattr(response, _TAP, cut)
     if isinstance(cut, _Body):
         _install_close(response, ref, cut)
