@@ -661,11 +661,15 @@ _CHATS: Final = "google.genai.chats"
 
 
 def _chats_turn() -> bool:
-    """Whether the caller of the metered method calling this is the SDK's chat code (a chat's
-    own turn, billed to the chat's customer), not a caller's code run while a call is made (an
-    automatic function calling tool calling the same client, which is a call of its own)."""
+    """Whether the metered method the caller of this runs for was called by the SDK's chat code
+    (a chat's own turn, billed to the chat's customer), not by a caller's code run while a call
+    is made (an automatic function calling tool calling the same client: a call of its own).
+
+    Frames: this, the caller (:func:`_whole_call` or :func:`_stream_call`), the metered method,
+    and the code that called it.
+    """
     try:
-        return sys._getframe(2).f_globals.get("__name__") == _CHATS
+        return sys._getframe(3).f_globals.get("__name__") == _CHATS
     except ValueError:  # no such frame
         return False
 
@@ -676,10 +680,29 @@ def _held_by(api: Any) -> tuple[Any, Customer] | None:
     return held if held is not None and held[0] is api else None
 
 
-def _at_the_call(customer: Any, customer_id: Any, held: tuple[Any, Customer] | None) -> Customer:
-    """Who pays for a stream, fixed when it is called: the argument, the customer *held* for a
+#: :func:`_whole_call`'s answer for a call that leaves the request customer as it is.
+_AS_IT_IS: Final = object()
+
+
+def _whole_call(customer: Any, customer_id: Any, api: Any, chat: bool) -> Any:
+    """The request customer to hold while a whole (not streamed) call runs: the argument's;
+    ``None`` for a call of its own made while a call of this client runs (not a chat's turn);
+    :data:`_AS_IT_IS` when nothing is to be set."""
+    if customer is not None or customer_id is not None:
+        return (api, make_customer(customer, customer_id))
+    if _held_by(api) is None or (not chat and _chats_turn()):
+        return _AS_IT_IS
+    return None
+
+
+def _stream_call(customer: Any, customer_id: Any, api: Any, chat: bool) -> tuple[Any, Customer]:
+    """Who pays for a stream, fixed when it is called: the argument, the customer held for a
     chat's turn, the ``customer(...)`` block, else the client's own (:data:`CLIENTS_OWN`)."""
-    return make_customer(customer, customer_id) or (held and held[1]) or current_customer() or CLIENTS_OWN
+    turn = None if chat else _held_by(api)
+    if turn is not None and not _chats_turn():
+        turn = None
+    who = make_customer(customer, customer_id) or (turn and turn[1]) or current_customer() or CLIENTS_OWN
+    return (api, who)
 
 
 def _customer_method(
@@ -699,11 +722,7 @@ def _customer_method(
             async def amethod(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
-                api = api_of(self)
-                turn = None if chat else _held_by(api)
-                if turn is not None and not _chats_turn():
-                    turn = None
-                held = (api, _at_the_call(customer, customer_id, turn))
+                held = _stream_call(customer, customer_id, api_of(self), chat)
                 token = _request_customer.set(held)
                 try:
                     inner = await func(self, *args, **kw)
@@ -716,12 +735,8 @@ def _customer_method(
             async def amethod(
                 self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any
             ) -> Any:
-                given = customer is not None or customer_id is not None
-                who = make_customer(customer, customer_id) if given else None
-                held: tuple[Any, Customer] | None = None  # a call of its own, if a call of this client runs
-                if who is not None:
-                    held = (api_of(self), who)
-                elif _held_by(api_of(self)) is None or (not chat and _chats_turn()):
+                held = _whole_call(customer, customer_id, api_of(self), chat)
+                if held is _AS_IT_IS:
                     return await func(self, *args, **kw)
                 token = _request_customer.set(held)
                 try:
@@ -734,21 +749,14 @@ def _customer_method(
 
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
             # Not a generator function: the customer (argument, block or the client's) is captured now.
-            api = api_of(self)
-            turn = None if chat else _held_by(api)
-            if turn is not None and not _chats_turn():
-                turn = None
-            return _customer_gen(func(self, *args, **kw), (api, _at_the_call(customer, customer_id, turn)))
+            held = _stream_call(customer, customer_id, api_of(self), chat)
+            return _customer_gen(func(self, *args, **kw), held)
 
     else:
 
         def smethod(self: Any, *args: Any, customer: Any = None, customer_id: Any = None, **kw: Any) -> Any:
-            given = customer is not None or customer_id is not None
-            who = make_customer(customer, customer_id) if given else None
-            held: tuple[Any, Customer] | None = None  # a call of its own, if a call of this client runs
-            if who is not None:
-                held = (api_of(self), who)
-            elif _held_by(api_of(self)) is None or (not chat and _chats_turn()):
+            held = _whole_call(customer, customer_id, api_of(self), chat)
+            if held is _AS_IT_IS:
                 return func(self, *args, **kw)
             token = _request_customer.set(held)
             try:
