@@ -536,6 +536,30 @@ def test_async_streaming_response_read_as_lines_is_the_plain_clients_and_billed_
     assert usage(only_event(meter_, transport)) == chat_expect()
 
 
+@pytest.mark.parametrize("gzip", [False, True], ids=["as sent", "gzip"])
+def test_async_stream_read_with_aiter_raw_is_the_plain_clients_and_billed_exactly(
+    server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport, gzip: bool
+) -> None:
+    """Async `http_response.aiter_raw()` (and, compressed, `iter_lines()`): the plain client's bytes,
+    the provider's usage billed (a compressed body's raw bytes are not the tap's to read)."""
+    server.gzip = gzip
+    ids = re.compile(rb'"(id|created)":("[^"]*"|\d+)')
+
+    async def read(c: Any) -> bytes:
+        async with c.chat.completions.with_streaming_response.create(**CHAT_BODY, stream=True) as response:
+            if gzip:
+                return "\n".join([line async for line in response.iter_lines()]).encode()
+            return b"".join([part async for part in response.http_response.aiter_raw()])
+
+    async def body(c: Any, plain: Any) -> Any:
+        return await read(c), await read(plain)
+
+    metered, plain = run_metered(server, meter_, body)
+    assert ids.sub(b"", metered) == ids.sub(b"", plain)
+    assert b"usage" not in metered
+    assert usage(only_event(meter_, transport)) == chat_expect()
+
+
 def test_async_dict_chunks_stream_logs_no_error(
     server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport, caplog: pytest.LogCaptureFixture
 ) -> None:

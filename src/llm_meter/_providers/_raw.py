@@ -2,8 +2,8 @@
 
 ``with_raw_response`` / ``with_streaming_response`` hand the HTTP response to the caller, who may
 ``.parse()`` it (observed as any billed response) or read its bytes (``iter_lines()``, ``.json()``,
-``.text``). For the second, a tap on the response's bytes (``iter_raw``, which every reader of the
-body goes through; ``iter_bytes`` for a compressed body) shows the body to the call's observer:
+``.text``). For the second, a tap on the response's bytes (``iter_bytes``, which every reader of
+the body goes through, and ``iter_raw`` for its own readers) shows the body to the call's observer:
 
 - a stream's server-sent events are cut out as they pass, each parsed with the SDK's own parse.
   What llm_meter's request added is taken out of the bytes the caller reads: the usage-only event
@@ -40,7 +40,7 @@ _ABSENT: Final = object()
 class _Events:
     """The events of one raw stream, cut out of its bytes as they pass and observed."""
 
-    __slots__ = ("aside", "buffer", "call", "dicts", "item_type", "parse", "response", "seen")
+    __slots__ = ("aside", "buffer", "busy", "call", "dicts", "item_type", "parse", "response", "seen")
 
     def __init__(
         self,
@@ -63,6 +63,7 @@ class _Events:
         self.dicts = dicts
         self.buffer = b""
         self.aside = False
+        self.busy = False  # a tapped read has begun: the readers under it pass bytes as they are
 
     def feed(self, data: bytes) -> bytes:
         """The part of *data* to pass on now: whole events, without what llm_meter added."""
@@ -152,7 +153,7 @@ def _item_type(stream_cls: Any) -> Any:
 class _Body:
     """A whole body read raw: passed on as it comes, its JSON observed once it has all come."""
 
-    __slots__ = ("aside", "call", "ended", "parts", "response", "seen", "unread_billed")
+    __slots__ = ("aside", "busy", "call", "ended", "parts", "response", "seen", "unread_billed")
 
     def __init__(self, call: Call, response: Any, seen: Seen, unread_billed: bool) -> None:
         self.call = call
@@ -160,6 +161,7 @@ class _Body:
         self.seen = seen
         self.parts: list[bytes] = []
         self.aside = False
+        self.busy = False  # a tapped read has begun: the readers under it pass bytes as they are
         self.ended = False
         self.unread_billed = unread_billed
 
@@ -194,6 +196,7 @@ class _Body:
 def _through(inner: Iterator[bytes], cut: _Events | _Body, size: int | None) -> Iterator[bytes]:
     """*inner*'s bytes through *cut*, in parts of *size* bytes when one is asked for (the last one
     shorter, as ``iter_bytes(size)`` gives them)."""
+    cut.busy = True
     pending = b""
     try:
         for data in inner:
@@ -216,6 +219,7 @@ async def _through_async(
     inner: AsyncIterator[bytes], cut: _Events | _Body, size: int | None
 ) -> AsyncIterator[bytes]:
     """Async twin of :func:`_through`."""
+    cut.busy = True
     pending = b""
     try:
         async for data in inner:
@@ -241,11 +245,12 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 def _install(response: Any, cut: _Events | _Body) -> None:
     """Route *response*'s body through *cut*, whichever way it is read: ``read()``,
-    ``iter_lines()``, ``iter_bytes()``, the SDK's ``Stream``, and ``iter_raw()`` itself.
+    ``iter_lines()``, ``iter_bytes()``, the SDK's ``Stream``, and ``iter_raw()`` too.
 
-    The tap goes on the raw bytes (``iter_raw``/``aiter_raw``, which the decoding readers read
-    from) when they are the body as sent; on a compressed body, on the decoded bytes
-    (``iter_bytes``/``aiter_bytes``), which every reader but ``iter_raw()`` goes through. The
+    The decoded bytes (``iter_bytes``/``aiter_bytes``) are tapped, and, when the body is sent
+    uncompressed, the raw ones (``iter_raw``/``aiter_raw``) for their direct readers; a decoding
+    reader that reads through ``iter_raw`` (httpx's sync one) finds the tap busy and is not fed
+    twice. A compressed body's raw bytes reach their reader as a plain client's do. The
     replacements reach the response through a weak reference, as in ``attach_stream``.
     """
     ref = weakref.ref(response)
@@ -254,33 +259,50 @@ def _install(response: Any, cut: _Events | _Body) -> None:
         encoded = response.headers.get("content-encoding", "identity").strip().lower() != "identity"
     except AttributeError:
         encoded = True
-    sync_name, async_name = ("iter_bytes", "aiter_bytes") if encoded else ("iter_raw", "aiter_raw")
-    iterate = getattr(cls, sync_name, None)
-    aiterate = getattr(cls, async_name, None)
-    if iterate is None or aiterate is None:
-        return
+    layers = (
+        (("iter_bytes", "aiter_bytes"),)
+        if encoded
+        else (("iter_bytes", "aiter_bytes"), ("iter_raw", "aiter_raw"))
+    )
+    for sync_name, async_name in layers:
+        iterate = getattr(cls, sync_name, None)
+        aiterate = getattr(cls, async_name, None)
+        if iterate is not None and aiterate is not None:
+            setattr(response, sync_name, _tapped(ref, cut, iterate))
+            setattr(response, async_name, _atapped(ref, cut, aiterate))
+    setattr(response, _TAP, cut)
+    if isinstance(cut, _Body):
+        _install_close(response, ref, cut)
+
+
+def _tapped(ref: Callable[[], Any], cut: _Events | _Body, iterate: Any) -> Callable[..., Iterator[bytes]]:
+    """A response's ``iter_bytes``/``iter_raw`` (*iterate*, the class's) reading through *cut*."""
 
     def tapped(chunk_size: int | None = None) -> Iterator[bytes]:
         target = ref()
         if target is None:
             return iter(())
-        if cut.aside:
+        if cut.aside or cut.busy:
             return iterate(target, chunk_size)  # type: ignore[no-any-return]
         return _through(iterate(target), cut, chunk_size)
+
+    return tapped
+
+
+def _atapped(
+    ref: Callable[[], Any], cut: _Events | _Body, aiterate: Any
+) -> Callable[..., AsyncIterator[bytes]]:
+    """Async twin of :func:`_tapped`."""
 
     def atapped(chunk_size: int | None = None) -> AsyncIterator[bytes]:
         target = ref()
         if target is None:
             return _nothing()
-        if cut.aside:
+        if cut.aside or cut.busy:
             return aiterate(target, chunk_size)  # type: ignore[no-any-return]
         return _through_async(aiterate(target), cut, chunk_size)
 
-    setattr(response, sync_name, tapped)
-    setattr(response, async_name, atapped)
-    setattr(response, _TAP, cut)
-    if isinstance(cut, _Body):
-        _install_close(response, ref, cut)
+    return atapped
 
 
 def _install_close(response: Any, ref: Callable[[], Any], cut: _Body) -> None:
