@@ -47,6 +47,8 @@ def server(_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
         "azure_filter_chunks",
         "stream_usage",
         "content",
+        "gzip",
+        "event_interval",
         "tool_arguments",
     ):
         setattr(_server, name, getattr(defaults, name))

@@ -254,9 +254,9 @@ def continuous_stream(c: Any, read: str) -> Any:
 
 
 def comparable(chunks: Any) -> list[dict[str, Any]]:
-    """Chunks (SDK objects as the dict of their set fields, or dicts) without their ids."""
+    """Chunks (SDK objects as the dict of their set fields, or dicts) without their ids and times."""
     dicts = (chunk if isinstance(chunk, dict) else chunk.to_dict() for chunk in chunks)
-    return [{k: v for k, v in chunk.items() if k != "id"} for chunk in dicts]
+    return [{k: v for k, v in chunk.items() if k not in ("id", "created")} for chunk in dicts]
 
 
 def continuous_only(c: Any, read: str) -> list[dict[str, Any]]:
