@@ -7,6 +7,7 @@ input = ``FakeOpenAIServer.count_input(body)``, cached = input // 2, chat output
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -446,8 +447,9 @@ def test_streaming_response_closed_unread_bills_nothing_for_what_is_not_billed_i
     response (billed on a later retrieve) is not estimated: nothing is known to bill."""
     with client.images.with_streaming_response.generate(model="dall-e-3", prompt="a red fox"):
         pass
-    with client.responses.with_streaming_response.create(model=MODEL, input="hi", background=True):
-        pass
+    if "background" in inspect.signature(type(client.responses).create).parameters:
+        with client.responses.with_streaming_response.create(model=MODEL, input="hi", background=True):
+            pass
     assert delivered(meter_, transport) == []
 
 
