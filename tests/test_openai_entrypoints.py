@@ -450,6 +450,11 @@ def test_streaming_response_closed_unread_bills_nothing_for_what_is_not_billed_i
     if "background" in inspect.signature(type(client.responses).create).parameters:
         with client.responses.with_streaming_response.create(model=MODEL, input="hi", background=True):
             pass
+    # older SDKs' way to ask for it
+    with client.responses.with_streaming_response.create(
+        model=MODEL, input="hi", extra_body={"background": True}
+    ):
+        pass
     assert delivered(meter_, transport) == []
 
 

@@ -183,7 +183,7 @@ class AnthropicProvider:
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         return None  # Anthropic streams always carry usage; nothing is added to the request
 
-    def bills_unread(self, call: Call) -> bool:
+    def bills_unread(self, call: Call, options: Any) -> bool:
         return True  # every billed endpoint is a message, billed in tokens
 
     def for_client(self, client: Any) -> AnthropicProvider:

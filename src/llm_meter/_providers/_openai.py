@@ -442,12 +442,17 @@ class OpenAIProvider:
         options.json_data = {**body, "stream_options": merged}
         call.injected = True
 
-    def bills_unread(self, call: Call) -> bool:
+    def bills_unread(self, call: Call, options: Any) -> bool:
         """Generations billed in tokens, as :meth:`_observe_body` estimates them: not images
         (DALL-E's are priced apiece), transcriptions (whisper's by duration) or background
-        responses (their usage comes on a later retrieve)."""
-        body = call.original_body
-        return call.kind in _ESTIMABLE_KINDS and not (isinstance(body, dict) and body.get("background"))
+        responses (their usage comes on a later retrieve), asked for as a parameter or, on SDKs
+        without it, in ``extra_body``."""
+        if call.kind not in _ESTIMABLE_KINDS:
+            return False
+        for part in (getattr(options, "json_data", None), getattr(options, "extra_json", None)):
+            if isinstance(part, dict) and part.get("background"):
+                return False
+        return True
 
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         if not isinstance(exc, self._status_error):

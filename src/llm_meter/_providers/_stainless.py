@@ -145,9 +145,10 @@ class StainlessProvider(Protocol):
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         """If *exc* rejects a ``stream_options`` the wrapper added, remember it; return that call."""
 
-    def bills_unread(self, call: Call) -> bool:
+    def bills_unread(self, call: Call, options: Any) -> bool:
         """Whether a whole body the caller closed unread is estimated, as a stream left early is:
-        the call is a generation the provider bills in tokens (not, say, an image priced apiece)."""
+        the call (*options*, the SDK's request options) is a generation the provider bills in
+        tokens (not, say, an image priced apiece)."""
 
     def for_client(self, client: Any) -> StainlessProvider:
         """The provider for one client instance: itself, or a variant named for the service the
@@ -955,7 +956,7 @@ def _unparsed(
         return _body_seen(result, call, response)
     headers = getattr(options, "headers", None)  # a dict on raw-response requests (the SDK's header)
     if type(headers) is dict and _raw.RAW_HEADER in headers:
-        _raw.tap_body(call, response, _seen, unread_billed=provider.bills_unread(call))
+        _raw.tap_body(call, response, _seen, unread_billed=provider.bills_unread(call, options))
     return result
 
 
