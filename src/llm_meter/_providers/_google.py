@@ -34,7 +34,7 @@ that is set only while the SDK runs (around each step of a stream), so SDK objec
 them, and is read only by the API client of the resource it was given to: a metered call made on
 another client while the SDK runs (from an automatic function calling tool, say) is billed to its
 own block or client. So is a call the tool makes on the same client: of the calls made while a call
-runs, only a chat's own turns (its calls to its model resource) take the running call's customer.
+runs, only the SDK's own (a chat's turns on its model resource) take the running call's customer.
 Stream methods capture the customer at the call (SPEC §3): the argument, else the
 ``customer(...)`` block active then, else the client's own customer (``CLIENTS_OWN``), so a block
 entered while the stream is read does not decide.
@@ -656,22 +656,24 @@ async def _customer_agen(inner: Any, held: tuple[Any, Customer]) -> AsyncIterato
             await aclose()
 
 
-#: The SDK module whose calls to a model resource's methods are a chat's own turns.
-_CHATS: Final = "google.genai.chats"
+#: The SDK's package: its calls to a model resource's methods (a chat's, today from its
+#: ``chats`` module) are turns of the call running; a caller's code (a tool) is never in it.
+_SDK: Final = "google.genai"
 
 
-def _chats_turn() -> bool:
-    """Whether the metered method the caller of this runs for was called by the SDK's chat code
-    (a chat's own turn, billed to the chat's customer), not by a caller's code run while a call
-    is made (an automatic function calling tool calling the same client: a call of its own).
+def _sdk_turn() -> bool:
+    """Whether the metered method the caller of this runs for was called by the SDK's own code
+    (a chat's turn, billed to the chat's customer), not by a caller's code run while a call is
+    made (an automatic function calling tool calling the same client: a call of its own).
 
     Frames: this, the caller (:func:`_whole_call` or :func:`_stream_call`), the metered method,
     and the code that called it.
     """
     try:
-        return sys._getframe(3).f_globals.get("__name__") == _CHATS
+        module = sys._getframe(3).f_globals.get("__name__")
     except ValueError:  # no such frame
         return False
+    return isinstance(module, str) and (module == _SDK or module.startswith(_SDK + "."))
 
 
 def _held_by(api: Any) -> tuple[Any, Customer] | None:
@@ -690,7 +692,7 @@ def _whole_call(customer: Any, customer_id: Any, api: Any, chat: bool) -> Any:
     :data:`_AS_IT_IS` when nothing is to be set."""
     if customer is not None or customer_id is not None:
         return (api, make_customer(customer, customer_id))
-    if _held_by(api) is None or (not chat and _chats_turn()):
+    if _held_by(api) is None or (not chat and _sdk_turn()):
         return _AS_IT_IS
     return None
 
@@ -699,7 +701,7 @@ def _stream_call(customer: Any, customer_id: Any, api: Any, chat: bool) -> tuple
     """Who pays for a stream, fixed when it is called: the argument, the customer held for a
     chat's turn, the ``customer(...)`` block, else the client's own (:data:`CLIENTS_OWN`)."""
     turn = None if chat else _held_by(api)
-    if turn is not None and not _chats_turn():
+    if turn is not None and not _sdk_turn():
         turn = None
     who = make_customer(customer, customer_id) or (turn and turn[1]) or current_customer() or CLIENTS_OWN
     return (api, who)
@@ -712,9 +714,9 @@ def _customer_method(
 
     *api_of* gives the API client of the resource the method is called on: the customer held
     for the call is billed by that client's requests only. A call without a customer made while
-    a call of the same client runs is a turn of that call when a chat makes it on its model
-    resource (a *chat* method is never one); else (a tool calling the client it was given to) it
-    is a call of its own: the block's or the client's customer, not the running call's.
+    a call of the same client runs is a turn of that call when the SDK's code makes it (a chat
+    on its model resource; a *chat* method is never one); else (a tool calling the client it was
+    given to) it is a call of its own: the block's or the client's customer, not the running call's.
     """
     if inspect.iscoroutinefunction(func):
         if stream:
