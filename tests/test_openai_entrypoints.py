@@ -8,6 +8,7 @@ input = ``FakeOpenAIServer.count_input(body)``, cached = input // 2, chat output
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from llm_meter._fakes.openai_server import (
 )
 from llm_meter.transports import MemoryTransport
 from support import base_id, delivered, only_event, usage
+from web import serve_wsgi
 
 MODEL = "gpt-4o-mini"
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello to the metered world"}]
@@ -471,6 +473,41 @@ def test_streaming_response_read_partly_bills_an_estimate_once(
     event = only_event(*details)
     assert event["metadata"]["estimated"] is True
     assert usage(event)[1] == 0
+
+
+def half_a_body(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A chat completion whose connection closes halfway through its announced Content-Length."""
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    completion = {
+        "id": "chatcmpl-cut",
+        "object": "chat.completion",
+        "created": 1,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+    }
+    body = json.dumps(completion).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body[: len(body) // 2]]
+
+
+def test_streaming_response_cut_while_read_bills_an_estimate(
+    details: tuple[Meter, MemoryTransport],
+) -> None:
+    """A body whose connection drops while it is read: the caller gets the SDK's error, and the call
+    the provider billed is estimated once (its usage never arrived)."""
+    with (
+        serve_wsgi(half_a_body, server="wsgiref") as url,
+        llm_meter.meter(
+            openai.OpenAI(api_key="test", base_url=url, max_retries=0), customer="cus_1", meter=details[0]
+        ) as c,
+        pytest.raises(Exception, match="peer closed connection"),  # httpx's or httpx2's error
+        c.chat.completions.with_streaming_response.create(**CHAT_BODY) as response,
+    ):
+        response.json()
+    event = only_event(*details)
+    assert event["metadata"]["estimated"] is True
+    assert usage(event) == (estimate_chat_input(MESSAGES, MODEL), 0, estimate_chat_input(MESSAGES, MODEL))
 
 
 def test_raw_response_accessed_on_original_before_wrapping_is_metered_on_wrapped(
