@@ -1071,3 +1071,131 @@ def test_stream_read_on_after_a_flush_billed_it_reads_as_the_plain_sdks(
     assert_estimated(only_event(m, transport), text)  # billed by the flush, as delivered then
     del stream
     assert_no_second_event(m, transport)
+
+
+def openai_sse(*, null: str = ',"usage":null', ending: str = "\n", piece: int = 0) -> Any:
+    """A WSGI chat stream written as *null* and *ending* say (``piece``: bytes per write, ``0`` for
+    one write), with the usage chunk when the request asks for it."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        request = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        with_usage = (request.get("stream_options") or {}).get("include_usage") is True
+        ident = '"id":"chatcmpl-2","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini"'
+        first = with_usage and null.endswith(",")  # the member written first in its object
+        head = "{" + (null if first else "") + ident
+        tail = null + "}" if with_usage and not first else "}"
+        events = [
+            head + f',"choices":[{{"index":0,"delta":{{"content":"w{i} "}},"finish_reason":null}}]' + tail
+            for i in range(3)
+        ]
+        events.append(head + ',"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]' + tail)
+        if with_usage:
+            counts = '"usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}'
+            events.append("{" + ident + ',"choices":[],' + counts + "}")
+        body = "".join(f"data: {event}{ending}{ending}" for event in events) + f"data: [DONE]{ending}{ending}"
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        data = body.encode()
+        for start in range(0, len(data), piece or len(data)):
+            if piece:
+                time.sleep(0.002)
+            yield data[start : start + (piece or len(data))]
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "null", ['"usage":null,', ', "usage": null', ',"usage" : null'], ids=["first", "spaced", "spaced-colon"]
+)
+def test_usage_null_written_otherwise_is_unset_on_every_chunk(
+    null: str, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """A server that writes the `"usage": null` llm_meter asked for in another form than OpenAI's: the
+    caller's chunks are still the plain client's (no `usage` in `model_fields_set`), billed exactly."""
+    app = openai_sse(null=null)
+    with (
+        serve_wsgi(app) as url,
+        openai.OpenAI(api_key="test", base_url=url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=meter_) as client,
+    ):
+        metered = list(client.chat.completions.create(**CHAT_BODY, stream=True))
+        plain = list(base.chat.completions.create(**CHAT_BODY, stream=True))
+    assert [c.model_fields_set for c in metered] == [c.model_fields_set for c in plain]
+    assert all("usage" not in c.model_fields_set for c in metered)
+    assert [c.to_dict() for c in metered] == [c.to_dict() for c in plain]
+    assert usage(only_event(meter_, transport)) == (4, 3, 7)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+@pytest.mark.parametrize("piece", [0, 7], ids=["one-write", "7-byte-writes"])
+def test_stream_is_the_plain_clients_whatever_its_line_endings_and_reads(
+    ending: str, piece: int, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """SSE's three line endings, in one write or cut mid-line (a usage member split between two reads):
+    the chunks are the plain client's, and the usage is billed exactly."""
+    with (
+        serve_wsgi(openai_sse(ending=ending, piece=piece)) as url,
+        openai.OpenAI(api_key="test", base_url=url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=meter_) as client,
+    ):
+        metered = list(client.chat.completions.create(**CHAT_BODY, stream=True))
+        plain = list(base.chat.completions.create(**CHAT_BODY, stream=True))
+    assert [c.to_dict() for c in metered] == [c.to_dict() for c in plain]
+    assert [c.model_fields_set for c in metered] == [c.model_fields_set for c in plain]
+    assert len(metered) == 4
+    assert usage(only_event(meter_, transport)) == (4, 3, 7)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_stream_left_early_estimates_the_delivered_text_whatever_its_line_endings(
+    ending: str, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """The delivered text an estimate counts is read back from the stream's bytes: two chunks read of
+    four in one write are two chunks' text, not all the bytes received."""
+    m, transport = details
+    with (
+        serve_wsgi(openai_sse(ending=ending)) as url,
+        openai.OpenAI(api_key="test", base_url=url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=m) as client,
+    ):
+        stream = client.chat.completions.create(**CHAT_BODY, stream=True)
+        text = next(stream).choices[0].delta.content + next(stream).choices[0].delta.content
+        stream.close()
+    assert text == "w0 w1 "
+    assert_estimated(only_event(m, transport), text)
+
+
+def test_long_stream_left_early_estimates_all_its_delivered_text(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """A stream whose bytes outgrow what is kept (1 MiB) is reduced to its text as it goes: an estimate
+    after thousands of chunks counts exactly the text the caller was handed."""
+    m, transport = details
+    server.chunks = 3000
+    server.content = "".join(f"word{i} and some more text {i % 97}. " * 16 for i in range(3000))
+    pieces = []
+    with (
+        openai.OpenAI(api_key="test", base_url=server.url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=m) as client,
+    ):
+        for chunk in client.chat.completions.create(**CHAT_BODY, stream=True):
+            pieces.append(chunk.choices[0].delta.content or "")
+            if len(pieces) == 2487:  # mid-read: the chunks after it were received, not handed on
+                break
+    text = "".join(pieces)
+    assert len(text) > 1 << 20
+    assert_estimated(only_event(m, transport), text)
+
+
+def test_stream_read_with_next_left_early_estimates_the_delivered_text(
+    dclient: Any, details: tuple[Meter, MemoryTransport]
+) -> None:
+    """Chunks taken with `next()` and with a loop over the same stream both count as delivered."""
+    m, transport = details
+    stream = dclient.chat.completions.create(**CHAT_BODY, stream=True)
+    pieces = [next(stream).choices[0].delta.content or "", next(stream).choices[0].delta.content or ""]
+    for chunk in stream:
+        pieces.append(chunk.choices[0].delta.content or "")
+        break
+    stream.close()
+    assert "".join(pieces) == "tok0 tok1 "
+    assert_estimated(only_event(m, transport), "".join(pieces))

@@ -183,6 +183,9 @@ class AnthropicProvider:
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         return None  # Anthropic streams always carry usage; nothing is added to the request
 
+    def read_stream(self, call: Call, response: Any) -> None:
+        return None  # its streams have no loop layer (``hides_items`` is false)
+
     def bills_unread(self, call: Call, options: Any) -> bool:
         return True  # every billed endpoint is a message, billed in tokens
 

@@ -46,14 +46,18 @@ client reaches, recognised once per client from its class and base URL (:func:`s
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import re
 import urllib.parse
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from .._call import MAX_TOKENS, Call, snapshot, token_count
 from .._events import UsageRecord
 from . import register
-from ._stainless import StainlessAdapter
+from ._stainless import StainlessAdapter, StreamTally
 
 __all__ = ["OpenAIProvider"]
 
@@ -271,19 +275,28 @@ def _exact_chat(call: Call, usage: Any, response: Any) -> bool:
     return True
 
 
-class _Progress:
-    """Usage kept for a response that is billed later: the last usage seen and whether it is final."""
+class _Progress(StreamTally):
+    """Usage kept for a response that is billed later: the last usage seen and whether it is final;
+    for a chunk stream whose bytes llm_meter looks at (:func:`_look_at_bytes`), what they held."""
 
-    __slots__ = ("choices", "final", "finished", "hides", "usage")
+    __slots__ = ("chat", "choices", "events", "final", "finished", "hides", "reads", "size", "texts", "usage")
 
     def __init__(
         self, usage: Any = None, *, final: bool = False, choices: int = 1, hides: bool = False
     ) -> None:
+        super().__init__()
         self.usage = usage
         self.final = final
         self.choices = choices  # the choices requested (``n``)
         self.finished = 0  # finish reasons seen on chunks that carried usage
         self.hides = hides  # the usage on chunks with choices is there only because llm_meter asked
+        # The stream's bytes as read, kept for an estimate (``None``: not kept), their size, and
+        # the text and number of the events taken out of them so far (see _kept_reads).
+        self.reads: list[bytes] | None = None
+        self.size = 0
+        self.texts: list[str] = []
+        self.events = 0
+        self.chat = True  # chat chunks (``delta.content``), else legacy completions (``text``)
 
 
 def _asked_running_usage(call: Call) -> bool:
@@ -368,6 +381,171 @@ def _unset_usage_v1(chunk: Any) -> None:
         fields_set.discard("usage")
 
 
+#: The member an injected ``include_usage`` adds to every other chunk, as OpenAI writes it.
+_NULL_USAGE: Final = b',"usage":null'
+#: A usage member in any form: its chunk (and those after it) go to the observer.
+_USAGE_KEY: Final = b'"usage"'
+#: Bytes kept for an estimate before the events in them are reduced to their text (per stream).
+_KEEP_BYTES: Final = 1 << 20
+#: One event's end: a blank line, in any of the three line endings SSE allows.
+_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def _look_at_bytes(response: Any, progress: _Progress, strip: bool) -> bool:
+    """Read *response*'s stream through :func:`_kept_reads` (sync or async, whichever the SDK
+    reads); ``False`` if the response has no ``iter_bytes``/``aiter_bytes`` to read through.
+
+    The replacements reach the response through a weak reference: it holds them.
+    """
+    cls = type(response)
+    iterate = getattr(cls, "iter_bytes", None)
+    aiterate = getattr(cls, "aiter_bytes", None)
+    if iterate is None or aiterate is None:
+        return False
+    ref = weakref.ref(response)
+
+    def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+        target = ref()
+        if target is None:
+            return iter(())
+        return _kept_reads(iterate(target, chunk_size), progress, strip)
+
+    def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        target = ref()
+        if target is None:
+            return _no_reads()
+        return _akept_reads(aiterate(target, chunk_size), progress, strip)
+
+    response.iter_bytes = iter_bytes
+    response.aiter_bytes = aiter_bytes
+    return True
+
+
+async def _no_reads() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
+def _read(progress: _Progress, data: bytes, strip: bool) -> bytes:
+    """One read of whole lines: without the ``"usage": null`` llm_meter's request added (*strip*),
+    looked at for usage, and kept for an estimate. Runs once per read, not per chunk."""
+    if strip:
+        data = data.replace(_NULL_USAGE, b"")
+    if not progress.slow and _USAGE_KEY in data:
+        # Usage in another form than the one taken out: a usage chunk (the last one, or vLLM's
+        # running usage), Groq's x_groq, or a null written with spaces. Every chunk from here
+        # on goes to the observer, which reads (or unsets) it.
+        progress.slow = True
+    reads = progress.reads
+    if reads is not None:
+        if progress.size > _KEEP_BYTES:
+            _reduce(progress, reads)
+        reads.append(data)
+        progress.size += len(data)
+    return data
+
+
+def _kept_reads(source: Iterator[bytes], progress: _Progress, strip: bool) -> Iterator[bytes]:
+    """The SDK's reads of a chunk stream, passed on in whole lines (see :func:`_read`).
+
+    A line cut between two reads waits for its end (the SDK's decoder could not use it before);
+    so the member taken out, or a usage key looked for, is never cut in two.
+    """
+    tail = b""
+    for data in source:
+        if tail:
+            data = tail + data
+        end = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
+        if end != len(data):
+            tail = data[end:]
+            data = data[:end]
+        else:
+            tail = b""
+        if data:
+            yield _read(progress, data, strip)
+    if tail:
+        yield _read(progress, tail, strip)
+
+
+async def _akept_reads(
+    source: AsyncIterator[bytes], progress: _Progress, strip: bool
+) -> AsyncIterator[bytes]:
+    """Async twin of :func:`_kept_reads`."""
+    tail = b""
+    async for data in source:
+        if tail:
+            data = tail + data
+        end = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
+        if end != len(data):
+            tail = data[end:]
+            data = data[:end]
+        else:
+            tail = b""
+        if data:
+            yield _read(progress, data, strip)
+    if tail:
+        yield _read(progress, tail, strip)
+
+
+def _events(data: bytes) -> tuple[list[Any], bytes]:
+    """The JSON of each whole event in *data* that the SDK makes an item of (``None`` where it is
+    not JSON), and the bytes after the last whole event."""
+    found: list[Any] = []
+    start = 0
+    for match in _EVENT_END.finditer(data):
+        lines = [line[5:] for line in data[start : match.start()].splitlines() if line.startswith(b"data:")]
+        start = match.end()
+        if not lines:
+            continue  # a comment or a keep-alive: the SDK makes nothing of it
+        payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+        if payload.startswith(b"[DONE]"):
+            continue
+        try:
+            found.append(json.loads(payload))
+        except ValueError:
+            found.append(None)
+    return found, data[start:]
+
+
+def _chunk_text(chunk: Any, chat: bool) -> str:
+    """The text a chunk parsed as JSON delivers (as the observers read it off SDK chunks)."""
+    if not isinstance(chunk, dict):
+        return ""
+    choices = chunk.get("choices")
+    pieces = []
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        if chat:
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else None
+        else:
+            piece = choice.get("text")
+        if isinstance(piece, str):
+            pieces.append(piece)
+    return "".join(pieces)
+
+
+def _reduce(progress: _Progress, reads: list[bytes]) -> None:
+    """Replace the kept reads by the text of their whole events (a long stream's bytes are not all
+    kept). Called as a new read arrives: the SDK has handed every whole event before it on."""
+    found, rest = _events(b"".join(reads))
+    progress.texts.append("".join(_chunk_text(chunk, progress.chat) for chunk in found))
+    progress.events += len(found)
+    reads[:] = [rest] if rest else []
+    progress.size = len(rest)
+
+
+def _delivered_text(progress: _Progress) -> str:
+    """The text of the chunks the caller was handed, from the stream's kept bytes."""
+    reads = list(progress.reads or ())
+    delivered = progress.delivered
+    found, _ = _events(b"".join(reads) + b"\n\n")
+    # delivered counts the chunks handed on since the start; the first `events` were reduced.
+    found = found[: max(delivered - progress.events, 0)]
+    return "".join(progress.texts) + "".join(_chunk_text(chunk, progress.chat) for chunk in found)
+
+
 class OpenAIProvider:
     """The :class:`~llm_meter._client.Provider` for the ``openai`` SDK."""
 
@@ -441,6 +619,24 @@ class OpenAIProvider:
         merged["include_usage"] = True
         options.json_data = {**body, "stream_options": merged}
         call.injected = True
+
+    def read_stream(self, call: Call, response: Any) -> _Progress | None:
+        """Look at a chat or legacy completion stream's bytes as the SDK reads them: the loop layer
+        then shows the observer only the first chunk and those from the first read that holds
+        usage on; the ``"usage": null`` llm_meter's request added to every chunk is taken out of
+        the bytes (one replace per read, no work per chunk); and the bytes are kept for an
+        estimate, from which the delivered text is read only if one is needed."""
+        if call.kind not in _INJECTABLE or call.state is not None:
+            return None
+        progress = self._progress(call)
+        if not _look_at_bytes(response, progress, call.injected):
+            return None
+        progress.slow = False
+        progress.chat = call.kind == "chat"
+        if call.text is not None:
+            progress.reads = []
+            call.text = None  # the observer keeps no text: it is in the bytes
+        return progress
 
     def bills_unread(self, call: Call, options: Any) -> bool:
         """Generations billed in tokens, as :meth:`_observe_body` estimates them: not images
@@ -658,11 +854,7 @@ class OpenAIProvider:
         """
         progress = call.state
         if progress is None:
-            n = call.original_body.get("n") if isinstance(call.original_body, dict) else None
-            progress = call.state = _Progress(
-                choices=n if type(n) is int and n > 0 else 1, hides=_asked_running_usage(call)
-            )
-            call.on_finish = self._on_finish
+            progress = self._progress(call)
         first = progress.usage is None
         progress.usage = usage
         if finished is None:
@@ -673,6 +865,15 @@ class OpenAIProvider:
             progress.finished += finished
         progress.final = progress.finished >= progress.choices or (first and progress.finished > 0)
         return progress.hides is True
+
+    def _progress(self, call: Call) -> _Progress:
+        """The progress of a chunk stream, made when it is first needed."""
+        n = call.original_body.get("n") if isinstance(call.original_body, dict) else None
+        progress = call.state = _Progress(
+            choices=n if type(n) is int and n > 0 else 1, hides=_asked_running_usage(call)
+        )
+        call.on_finish = self._on_finish
+        return progress
 
     def _on_finish(self, call: Call, response: Any) -> None:
         """The stream ended: bill its kept usage if it is final (else ``finish`` estimates)."""
@@ -760,9 +961,20 @@ class OpenAIProvider:
 
     def _settle(self, call: Call, usage: Any, response: Any) -> None:
         """Bill the final usage of a stream: exactly when its counts are valid, else an estimate."""
+        kept = call.state
         if usage is not None and self._exact(call, usage, response):
+            if isinstance(kept, _Progress):
+                kept.reads = None  # billed exactly: the bytes kept for an estimate are let go
             return
-        call.state = _Progress(usage, final=True)
+        progress = call.state = _Progress(usage, final=True)
+        if isinstance(kept, _Progress) and kept.reads is not None:  # the stream's bytes, kept
+            progress.reads, progress.delivered, progress.texts, progress.events, progress.chat = (
+                kept.reads,
+                kept.delivered,
+                kept.texts,
+                kept.events,
+                kept.chat,
+            )
         call.estimate(response)
 
     def _exact(self, call: Call, usage: Any, response: Any) -> bool:
@@ -828,7 +1040,7 @@ class OpenAIProvider:
             elif kind == "images":
                 request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
         if response_tokens is None or not progress.final:
-            text = "".join(call.text or ())
+            text = _delivered_text(progress) if progress.reads is not None else "".join(call.text or ())
             from_text = _estimate.count_text(text, model) if text else 0
             response_tokens = from_text if response_tokens is None else max(response_tokens, from_text)
         record.request_tokens = request_tokens

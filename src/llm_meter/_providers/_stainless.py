@@ -107,6 +107,22 @@ def _unmarker(value: object) -> Customer | None:
     return Customer(key, urllib.parse.unquote(quoted))
 
 
+class StreamTally:
+    """What a provider's look at a stream's bytes tells the stream's loop layer, and what the loop
+    counts for it (see :meth:`StainlessProvider.read_stream`).
+
+    ``slow``: every item goes to the observer; else only the first, until the bytes show that the
+    items that follow need it (they carry usage, say). ``delivered``: items handed to the caller
+    (an estimate's delivered text is theirs).
+    """
+
+    __slots__ = ("delivered", "slow")
+
+    def __init__(self, *, slow: bool = True) -> None:
+        self.slow = slow
+        self.delivered = 0
+
+
 class StainlessProvider(Protocol):
     """What a provider module (``_openai``, ``_anthropic``) supplies to this mechanism."""
 
@@ -144,6 +160,10 @@ class StainlessProvider(Protocol):
 
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         """If *exc* rejects a ``stream_options`` the wrapper added, remember it; return that call."""
+
+    def read_stream(self, call: Call, response: Any) -> StreamTally | None:
+        """Look at a stream's bytes as the SDK reads them (providers with ``hides_items``), so that
+        the loop layer shows the observer only the items that need it; ``None``: it sees every item."""
 
     def bills_unread(self, call: Call, options: Any) -> bool:
         """Whether a whole body the caller closed unread is estimated, as a stream left early is:
@@ -396,7 +416,9 @@ def _logged(call: Call, item: Any) -> bool:
         return False
 
 
-def _seeing_iter(inner: Generator[Any, None, None], call: Call, response: Any) -> Iterator[Any]:
+def _seeing_iter(
+    inner: Generator[Any, None, None], call: Call, response: Any, tally: StreamTally
+) -> Iterator[Any]:
     """``Stream._iterator`` for ``next(stream)`` callers: the SDK's items, observed, minus hidden ones.
 
     Closing it closes the SDK's generator, as closing the plain SDK's ``_iterator`` does: the SDK's
@@ -405,15 +427,17 @@ def _seeing_iter(inner: Generator[Any, None, None], call: Call, response: Any) -
     try:
         for item in inner:
             if not _seen(call, item, response):
+                tally.delivered += 1
                 yield item
     finally:
         inner.close()
 
 
-async def _seeing_aiter(inner: Any, call: Call, response: Any) -> Any:
+async def _seeing_aiter(inner: Any, call: Call, response: Any, tally: StreamTally) -> Any:
     try:
         async for item in inner:
             if not _seen(call, item, response):
+                tally.delivered += 1
                 yield item
     finally:
         await inner.aclose()
@@ -518,6 +542,21 @@ async def _finish_on_error_async(inner: Any, call: Call) -> Any:
 
 
 _INNER: Final = "_llm_meter_inner"
+_TALLY: Final = "_llm_meter_tally"
+
+
+def _tally(call: Call, response: Any) -> StreamTally:
+    """The provider's tally of a stream it looks at the bytes of, else one that observes every item.
+
+    A failure in the provider's look falls back to observing every item: metering never breaks a
+    stream.
+    """
+    try:
+        tally = call.provider.read_stream(call, response)  # type: ignore[attr-defined]
+    except Exception:
+        log.exception("llm_meter: could not look at the bytes of stream %s", call.response_id)
+        tally = None
+    return tally if tally is not None else StreamTally()
 
 
 def _twin_view(stream: Any) -> Any:
@@ -549,32 +588,38 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
         if call is None or view is None:
             return origin.__stream__(self)  # type: ignore[no-any-return]
         _raw.step_aside(response)
+        tally = _tally(call, response)
         inner = origin.__stream__(view)
         setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
-        return _seeing_iter(inner, call, response)
+        setattr(self, _TALLY, tally)
+        return _seeing_iter(inner, call, response, tally)
 
     def __iter__(self: Any) -> Iterator[Any]:
         response = self.response
         call = _call_of(response)
         inner = getattr(self, _INNER, None)
+        tally = getattr(self, _TALLY, None)
         try:
             # Like the SDK, a `break` leaves the shared iterator open: iteration can resume.
-            if inner is None or call is None:
+            if inner is None or call is None or tally is None:
                 yield from origin.__iter__(self)
             else:
                 call.left_early = False  # read again after a `break`: not abandoned after all
                 for item in inner:
-                    # _seen(), written out: this runs for every item of the stream.
+                    # _seen(), written out: this runs for every item of the stream. The first
+                    # item is observed (its id), the rest only when the bytes said so.
                     observe = call.observe
                     if observe is not None:
-                        try:
-                            if observe(call, item, response):
-                                continue  # hidden: an item the caller did not ask for
-                        except Exception:
-                            if _failed(call, item, response):
-                                continue
+                        if tally.slow or call.response_id is None:
+                            try:
+                                if observe(call, item, response):
+                                    continue  # hidden: an item the caller did not ask for
+                            except Exception:
+                                if _failed(call, item, response):
+                                    continue
                     elif call.injected and _hidden(call, item):
                         continue  # billed early (a flush after a `break`), read on: still hidden
+                    tally.delivered += 1
                     yield item
         except GeneratorExit:
             if call is not None and not call.done:
@@ -600,16 +645,19 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
         if call is None or view is None:
             return origin.__stream__(self)
         _raw.step_aside(response)
+        tally = _tally(call, response)
         inner = origin.__stream__(view)
         setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
-        return _seeing_aiter(inner, call, response)
+        setattr(self, _TALLY, tally)
+        return _seeing_aiter(inner, call, response, tally)
 
     async def __aiter__(self: Any) -> Any:
         response = self.response
         call = _call_of(response)
         inner = getattr(self, _INNER, None)
+        tally = getattr(self, _TALLY, None)
         try:
-            if inner is None or call is None:
+            if inner is None or call is None or tally is None:
                 async for item in origin.__aiter__(self):
                     yield item
             else:
@@ -617,14 +665,16 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
                 async for item in inner:
                     observe = call.observe
                     if observe is not None:
-                        try:
-                            if observe(call, item, response):
-                                continue
-                        except Exception:
-                            if _failed(call, item, response):
-                                continue
+                        if tally.slow or call.response_id is None:
+                            try:
+                                if observe(call, item, response):
+                                    continue
+                            except Exception:
+                                if _failed(call, item, response):
+                                    continue
                     elif call.injected and _hidden(call, item):
                         continue
+                    tally.delivered += 1
                     yield item
         except GeneratorExit:
             if call is not None and not call.done:
