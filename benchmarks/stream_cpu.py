@@ -18,11 +18,10 @@ and its interquartile range. The variants:
 * ``metered``: ``llm_meter.meter(client)`` with the default ``incomplete_streams="estimate"``;
 * ``metered, skip``: the same with ``incomplete_streams="skip"`` (no text kept for estimates).
 
-``--decompose`` adds metered clients whose chat-chunk observer is replaced, to split the per-chunk cost:
-``observer: empty`` (the call alone; the usage chunk then reaches the caller, and the stream is billed as
-an estimate), ``observer: unset usage`` (only what hides the ``"usage": null`` llm_meter asked for from
-each chunk's ``model_fields_set``) and ``observer: unset + text`` (plus keeping each chunk's text for
-estimates). These are diagnostics, not behaviours: they reach into the provider's observer.
+``--decompose`` adds ``every chunk observed``: a metered client whose provider does not look at the
+stream's bytes (``read_stream`` returns ``None``), so that every chunk goes to the chunk observer, which
+unsets the ``"usage": null`` llm_meter asked for and keeps the chunk's text for estimates: the design before
+the byte look, measured in the same rounds. A diagnostic, not a behaviour: it reaches into the provider.
 
 ``--processes K`` repeats the whole measurement in K fresh processes and reports, per variant, the mean
 and spread of the K medians: where one process lands in memory moves a variant by up to about a point,
@@ -52,32 +51,8 @@ import overhead  # this directory's: the fake-server process and the discarding 
 import llm_meter
 
 
-def _empty(self: Any, call: Any, chunk: Any, response: Any) -> bool:
-    return False
-
-
-def _unset_usage(self: Any, call: Any, chunk: Any, response: Any) -> bool:
-    chunk.__pydantic_fields_set__.discard("usage")
-    return False
-
-
-def _unset_and_text(self: Any, call: Any, chunk: Any, response: Any) -> bool:
-    chunk.__pydantic_fields_set__.discard("usage")
-    text = call.text
-    if text is not None:
-        for choice in chunk.choices:
-            piece = choice.delta.content
-            if piece:
-                text.append(piece)
-    return False
-
-
-#: --decompose: observers standing in for the OpenAI provider's chat-chunk observer.
-OBSERVERS: dict[str, Callable[..., bool]] = {
-    "observer: empty": _empty,
-    "observer: unset usage": _unset_usage,
-    "observer: unset + text": _unset_and_text,
-}
+def _no_byte_look(self: Any, call: Any, response: Any) -> None:
+    return None
 
 
 def _variants(url: str, decompose: bool) -> dict[str, Callable[[], None]]:
@@ -104,15 +79,14 @@ def _variants(url: str, decompose: bool) -> dict[str, Callable[[], None]]:
         "metered, skip": consume(metered(incomplete_streams="skip")),
     }
     if decompose:
-        for name, observer in OBSERVERS.items():
-            c = metered()
-            # The client's own copy of its provider, whose prepare() binds this observer to each call.
-            provider = copy.copy(type(c)._llm_meter_provider)
-            if not hasattr(provider, "_observe_chat_chunk"):
-                raise SystemExit("--decompose: the OpenAI provider has no _observe_chat_chunk any more")
-            provider._observe_chat_chunk = types.MethodType(observer, provider)
-            c._llm_meter_provider = provider
-            variants[name] = consume(c)
+        c = metered()
+        # The client's own copy of its provider, whose read_stream() no stream of it uses.
+        provider = copy.copy(type(c)._llm_meter_provider)
+        if not hasattr(provider, "read_stream"):
+            raise SystemExit("--decompose: the OpenAI provider has no read_stream any more")
+        provider.read_stream = types.MethodType(_no_byte_look, provider)
+        c._llm_meter_provider = provider
+        variants["every chunk observed"] = consume(c)
     return variants
 
 
@@ -161,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=150, help="rounds of one stream per variant (≥ 4)")
     parser.add_argument("--processes", type=int, default=1, help="fresh processes to repeat it in (≥ 1)")
-    parser.add_argument("--decompose", action="store_true", help="add the observer-replacing variants")
+    parser.add_argument("--decompose", action="store_true", help="add the every-chunk-observed variant")
     parser.add_argument(
         "--paced",
         type=overhead.paced_seconds,
