@@ -279,7 +279,7 @@ class _Progress(StreamTally):
     """Usage kept for a response that is billed later: the last usage seen and whether it is final;
     for a chunk stream whose bytes llm_meter looks at (:func:`_look_at_bytes`), what they held."""
 
-    __slots__ = ("chat", "choices", "events", "final", "finished", "hides", "reads", "size", "texts", "usage")
+    __slots__ = ("chat", "choices", "events", "final", "finished", "hides", "reads", "texts", "usage")
 
     def __init__(
         self, usage: Any = None, *, final: bool = False, choices: int = 1, hides: bool = False
@@ -290,10 +290,10 @@ class _Progress(StreamTally):
         self.choices = choices  # the choices requested (``n``)
         self.finished = 0  # finish reasons seen on chunks that carried usage
         self.hides = hides  # the usage on chunks with choices is there only because llm_meter asked
-        # The stream's bytes as read, kept for an estimate (``None``: not kept), their size, and
-        # the text and number of the events taken out of them so far (see _kept_reads).
-        self.reads: list[bytes] | None = None
-        self.size = 0
+        # The stream's bytes as read, kept for an estimate (``None``: not kept; one buffer, so that
+        # each read's own bytes are freed at once, as a plain client's are), and the text and
+        # number of the events taken out of them so far (see _reduce).
+        self.reads: bytearray | None = None
         self.texts: list[str] = []
         self.events = 0
         self.chat = True  # chat chunks (``delta.content``), else legacy completions (``text``)
@@ -431,17 +431,16 @@ def _read(progress: _Progress, data: bytes, strip: bool) -> bytes:
     looked at for usage, and kept for an estimate. Runs once per read, not per chunk."""
     if strip:
         data = data.replace(_NULL_USAGE, b"")
-    if not progress.slow and _USAGE_KEY in data:
+    if not progress.every and _USAGE_KEY in data:
         # Usage in another form than the one taken out: a usage chunk (the last one, or vLLM's
         # running usage), Groq's x_groq, or a null written with spaces. Every chunk from here
         # on goes to the observer, which reads (or unsets) it.
-        progress.slow = True
+        progress.every = progress.slow = True
     reads = progress.reads
     if reads is not None:
-        if progress.size > _KEEP_BYTES:
+        if len(reads) > _KEEP_BYTES:
             _reduce(progress, reads)
-        reads.append(data)
-        progress.size += len(data)
+        reads += data
     return data
 
 
@@ -526,21 +525,20 @@ def _chunk_text(chunk: Any, chat: bool) -> str:
     return "".join(pieces)
 
 
-def _reduce(progress: _Progress, reads: list[bytes]) -> None:
-    """Replace the kept reads by the text of their whole events (a long stream's bytes are not all
+def _reduce(progress: _Progress, reads: bytearray) -> None:
+    """Replace the kept bytes by the text of their whole events (a long stream's bytes are not all
     kept). Called as a new read arrives: the SDK has handed every whole event before it on."""
-    found, rest = _events(b"".join(reads))
+    found, rest = _events(bytes(reads))
     progress.texts.append("".join(_chunk_text(chunk, progress.chat) for chunk in found))
     progress.events += len(found)
-    reads[:] = [rest] if rest else []
-    progress.size = len(rest)
+    reads[:] = rest
 
 
 def _delivered_text(progress: _Progress) -> str:
     """The text of the chunks the caller was handed, from the stream's kept bytes."""
-    reads = list(progress.reads or ())
+    reads = bytes(progress.reads or b"")  # a copy: the stream may still be read
     delivered = progress.delivered
-    found, _ = _events(b"".join(reads) + b"\n\n")
+    found, _ = _events(reads + b"\n\n")
     # delivered counts the chunks handed on since the start; the first `events` were reduced.
     found = found[: max(delivered - progress.events, 0)]
     return "".join(progress.texts) + "".join(_chunk_text(chunk, progress.chat) for chunk in found)
@@ -631,10 +629,10 @@ class OpenAIProvider:
         progress = self._progress(call)
         if not _look_at_bytes(response, progress, call.injected):
             return None
-        progress.slow = False
+        progress.every = False  # the first chunk is still shown (``slow``): its id
         progress.chat = call.kind == "chat"
         if call.text is not None:
-            progress.reads = []
+            progress.reads = bytearray()
             call.text = None  # the observer keeps no text: it is in the bytes
         return progress
 

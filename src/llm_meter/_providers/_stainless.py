@@ -111,15 +111,18 @@ class StreamTally:
     """What a provider's look at a stream's bytes tells the stream's loop layer, and what the loop
     counts for it (see :meth:`StainlessProvider.read_stream`).
 
-    ``slow``: every item goes to the observer; else only the first, until the bytes show that the
-    items that follow need it (they carry usage, say). ``delivered``: items handed to the caller
-    (an estimate's delivered text is theirs).
+    ``every``: every item from here on goes to the observer (from the start, unless a provider's look
+    at the bytes says otherwise; set again when the bytes show that the items that follow need it:
+    they carry usage, say). ``slow``: the next item goes to the observer (``every``, or the first
+    items, until one gave the response's id). ``delivered``: items handed to the caller (an
+    estimate's delivered text is theirs).
     """
 
-    __slots__ = ("delivered", "slow")
+    __slots__ = ("delivered", "every", "slow")
 
-    def __init__(self, *, slow: bool = True) -> None:
-        self.slow = slow
+    def __init__(self) -> None:
+        self.every = True
+        self.slow = True
         self.delivered = 0
 
 
@@ -606,19 +609,20 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
             else:
                 call.left_early = False  # read again after a `break`: not abandoned after all
                 for item in inner:
-                    # _seen(), written out: this runs for every item of the stream. The first
-                    # item is observed (its id), the rest only when the bytes said so.
-                    observe = call.observe
-                    if observe is not None:
-                        if tally.slow or call.response_id is None:
+                    # This runs for every item of the stream: the observer sees the first items
+                    # (until the response's id) and those the tally says need it (_seen(), written out).
+                    if tally.slow:
+                        observe = call.observe
+                        if observe is not None:
                             try:
                                 if observe(call, item, response):
                                     continue  # hidden: an item the caller did not ask for
                             except Exception:
                                 if _failed(call, item, response):
                                     continue
-                    elif call.injected and _hidden(call, item):
-                        continue  # billed early (a flush after a `break`), read on: still hidden
+                        elif call.injected and _hidden(call, item):
+                            continue  # billed early (a flush after a `break`), read on: still hidden
+                        tally.slow = tally.every or call.response_id is None
                     tally.delivered += 1
                     yield item
         except GeneratorExit:
@@ -663,17 +667,18 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
             else:
                 call.left_early = False
                 async for item in inner:
-                    observe = call.observe
-                    if observe is not None:
-                        if tally.slow or call.response_id is None:
+                    if tally.slow:
+                        observe = call.observe
+                        if observe is not None:
                             try:
                                 if observe(call, item, response):
                                     continue
                             except Exception:
                                 if _failed(call, item, response):
                                     continue
-                    elif call.injected and _hidden(call, item):
-                        continue
+                        elif call.injected and _hidden(call, item):
+                            continue
+                        tally.slow = tally.every or call.response_id is None
                     tally.delivered += 1
                     yield item
         except GeneratorExit:
