@@ -10,7 +10,9 @@ input and cache numbers are exact once ``message_start`` arrived, output is the 
 from __future__ import annotations
 
 import gc
+import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ from llm_meter._providers import _anthropic_estimate as _estimates
 from llm_meter._providers._stainless import metered_stream_cls
 from llm_meter.transports import CallbackTransport, MemoryTransport
 from support import base_id, delivered, freed_without_gc, only_event, reset_fake, spy_parses, usage
+from web import serve_wsgi
 
 MODEL = "claude-haiku-4-5"
 SERVED_MODEL = "claude-haiku-4-5-20251001"
@@ -494,3 +497,102 @@ def test_an_observer_that_raises_never_reaches_the_caller(
     events = list(client.messages.create(**BODY, stream=True))
     assert text_of(events) == FULL_TEXT
     assert meter_.stats().errors > 0
+
+
+def messages_sse(*, piece: int = 0) -> Any:
+    """A WSGI Messages stream with pings between its events, as Anthropic writes them (``piece``:
+    bytes per write, ``0`` for one write)."""
+
+    def event(name: str, data: dict[str, Any]) -> str:
+        return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        message = {
+            "id": "msg_sse",
+            "type": "message",
+            "role": "assistant",
+            "model": SERVED_MODEL,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 11, "output_tokens": 1},
+        }
+        parts = [
+            event("message_start", {"type": "message_start", "message": message}),
+            "event: ping\ndata: {}\n\n",
+        ]
+        parts.append(
+            event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+        )
+        for i in range(4):
+            delta = {"type": "text_delta", "text": f"w{i} "}
+            parts.append(
+                event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            )
+            parts.append('event: ping\ndata: {"type": "ping"}\n\n')
+        parts.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        delta_usage = {"output_tokens": 4}
+        parts.append(
+            event(
+                "message_delta",
+                {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta_usage},
+            )
+        )
+        parts.append(event("message_stop", {"type": "message_stop"}))
+        data = "".join(parts).encode()
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        for start in range(0, len(data), piece or len(data)):
+            if piece:
+                time.sleep(0.002)
+            yield data[start : start + (piece or len(data))]
+
+    return app
+
+
+@pytest.mark.parametrize("piece", [0, 7], ids=["one-write", "7-byte-writes"])
+def test_stream_with_pings_in_small_reads_is_the_plain_clients_and_billed_exactly(
+    piece: int, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """Pings between the events, and reads cut mid-line (a `message_delta` split between two reads):
+    the caller's events are the plain client's, and the usage is the provider's."""
+    with (
+        serve_wsgi(messages_sse(piece=piece)) as url,
+        anthropic.Anthropic(api_key="test", base_url=url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=meter_) as client,
+    ):
+        metered = [e.to_dict() for e in client.messages.create(**BODY, stream=True)]
+        plain = [e.to_dict() for e in base.messages.create(**BODY, stream=True)]
+    assert metered == plain
+    assert len(metered) == 9
+    event = only_event(meter_, transport)
+    assert event["metadata"]["estimated"] is False
+    assert usage(event) == (11, 4, 15)
+
+
+def test_stream_with_pings_left_early_estimates_the_delivered_text(
+    meter_: Meter, transport: MemoryTransport
+) -> None:
+    """The text an estimate counts is that of the events the caller was handed (pings are no events
+    of the SDK's), read back from the stream's bytes: two deltas of four, in one write."""
+    with (
+        serve_wsgi(messages_sse()) as url,
+        anthropic.Anthropic(api_key="test", base_url=url, max_retries=0) as base,
+        llm_meter.meter(base, customer="cus_1", meter=meter_) as client,
+    ):
+        stream = client.messages.create(**BODY, stream=True)
+        texts = []
+        for item in stream:
+            if item.type == "content_block_delta":
+                texts.append(item.delta.text)
+                if len(texts) == 2:
+                    break
+        stream.close()
+    event = only_event(meter_, transport)
+    md = event["metadata"]
+    assert md["estimated"] is True
+    assert md["request_tokens"] == 11
+    assert md["response_tokens"] == _estimates.estimate_output_tokens("w0 w1 ", model=md["model"])

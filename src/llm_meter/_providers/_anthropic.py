@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from .._call import MAX_TOKENS, Call, snapshot, token_count
 from .._events import UsageRecord
-from . import register
+from . import _sse, register
 from ._stainless import StainlessAdapter
 
 __all__ = ["AnthropicProvider"]
@@ -78,7 +78,7 @@ class _StreamUsage:
     Its attributes are named like the SDK's ``Usage`` fields, so the same code reads both.
     """
 
-    __slots__ = (*_FIELDS, "output_final", "started")
+    __slots__ = (*_FIELDS, "output_final", "started", "tally")
 
     def __init__(self) -> None:
         self.input_tokens: Any = None
@@ -90,6 +90,7 @@ class _StreamUsage:
         self.output_tokens_details: Any = None
         self.started = False  # message_start arrived: input and cache numbers are exact
         self.output_final = False  # a message_delta arrived: output_tokens is the provider's count
+        self.tally: _sse.ByteTally | None = None  # the stream's bytes, looked at (read_stream)
 
     @classmethod
     def of(cls, usage: dict[str, Any]) -> _StreamUsage:
@@ -183,8 +184,20 @@ class AnthropicProvider:
     def rejected_stream_options(self, client: Any, exc: BaseException) -> Call | None:
         return None  # Anthropic streams always carry usage; nothing is added to the request
 
-    def read_stream(self, call: Call, response: Any) -> None:
-        return None  # its streams have no loop layer (``hides_items`` is false)
+    def read_stream(self, call: Call, response: Any) -> _sse.ByteTally | None:
+        """Look at a Messages stream's bytes (see ``_sse``): the observer sees ``message_start``
+        and, from the first read holding ``message_delta`` or ``message_stop`` on, every event;
+        the text deltas between them are read back from the bytes only for an estimate. Bedrock's
+        and Vertex's streams (other framings, other providers) are observed event by event."""
+        state = call.state
+        if call.provider is not self or not isinstance(state, _StreamUsage):
+            return None
+        tally = _sse.ByteTally()
+        if not _sse.look_at_bytes(response, tally, _STREAM_RULES, strip=None, keep=call.text is not None):
+            return None
+        state.tally = tally
+        call.text = None  # the text deltas are in the bytes
+        return tally
 
     def bills_unread(self, call: Call, options: Any) -> bool:
         return True  # every billed endpoint is a message, billed in tokens
@@ -290,7 +303,9 @@ class AnthropicProvider:
             estimated = _estimate_anthropic.estimate_input_tokens(body)
             request_tokens = min(max(estimated, (cache_write or 0) + (cache_read or 0)), MAX_TOKENS - 1)
         if response_tokens is None:
-            response_tokens = _estimate_anthropic.estimate_output_tokens("".join(call.text or ()))
+            tally = state.tally
+            text = _sse.delivered_text(tally) if tally is not None else "".join(call.text or ())
+            response_tokens = _estimate_anthropic.estimate_output_tokens(text)
         record.request_tokens = request_tokens
         record.response_tokens = response_tokens
         record.cached_tokens = cache_read
@@ -301,6 +316,24 @@ class AnthropicProvider:
 #: ``content_block_delta`` event classes of the SDK (messages and beta.messages) -> the getter of
 #: a text delta's text; filled when the provider is made. Names an SDK release lacks are skipped.
 _KEEP_TEXT: dict[type, Any] = {}
+
+
+def _delta_text(event: Any) -> str:
+    """The text a ``content_block_delta`` event parsed from the stream's bytes delivers, as the
+    observer reads it off SDK events (text, thinking, or a tool call's partial JSON)."""
+    if not isinstance(event, dict) or event.get("type") != "content_block_delta":
+        return ""
+    delta = event.get("delta")
+    if not isinstance(delta, dict):
+        return ""
+    piece = delta.get("text") or delta.get("thinking") or delta.get("partial_json")
+    return piece if isinstance(piece, str) else ""
+
+
+#: How a Messages stream reads (see ``_sse``): its usage arrives in ``message_start`` (the first
+#: event, always observed) and ``message_delta``; ``message_stop`` ends it.
+_STREAM_RULES: Final = _sse.Rules(triggers=(b"message_delta", b"message_stop"), named=True, text=_delta_text)
+
 _DELTA_EVENT_CLASSES: Final = (
     ("types", "RawContentBlockDeltaEvent"),
     ("types.beta", "BetaRawContentBlockDeltaEvent"),

@@ -46,18 +46,14 @@ client reaches, recognised once per client from its class and base URL (:func:`s
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import re
 import urllib.parse
-import weakref
-from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from .._call import MAX_TOKENS, Call, snapshot, token_count
 from .._events import UsageRecord
-from . import register
-from ._stainless import StainlessAdapter, StreamTally
+from . import _sse, register
+from ._stainless import StainlessAdapter
 
 __all__ = ["OpenAIProvider"]
 
@@ -275,11 +271,11 @@ def _exact_chat(call: Call, usage: Any, response: Any) -> bool:
     return True
 
 
-class _Progress(StreamTally):
+class _Progress(_sse.ByteTally):
     """Usage kept for a response that is billed later: the last usage seen and whether it is final;
-    for a chunk stream whose bytes llm_meter looks at (:func:`_look_at_bytes`), what they held."""
+    for a chunk stream whose bytes llm_meter looks at (``read_stream``), what they held."""
 
-    __slots__ = ("chat", "choices", "events", "final", "finished", "hides", "reads", "texts", "usage")
+    __slots__ = ("choices", "final", "finished", "hides", "usage")
 
     def __init__(
         self, usage: Any = None, *, final: bool = False, choices: int = 1, hides: bool = False
@@ -290,13 +286,6 @@ class _Progress(StreamTally):
         self.choices = choices  # the choices requested (``n``)
         self.finished = 0  # finish reasons seen on chunks that carried usage
         self.hides = hides  # the usage on chunks with choices is there only because llm_meter asked
-        # The stream's bytes as read, kept for an estimate (``None``: not kept; one buffer, so that
-        # each read's own bytes are freed at once, as a plain client's are), and the text and
-        # number of the events taken out of them so far (see _reduce).
-        self.reads: bytearray | None = None
-        self.texts: list[str] = []
-        self.events = 0
-        self.chat = True  # chat chunks (``delta.content``), else legacy completions (``text``)
 
 
 def _asked_running_usage(call: Call) -> bool:
@@ -383,131 +372,11 @@ def _unset_usage_v1(chunk: Any) -> None:
 
 #: The member an injected ``include_usage`` adds to every other chunk, as OpenAI writes it.
 _NULL_USAGE: Final = b',"usage":null'
-#: A usage member in any form: its chunk (and those after it) go to the observer.
-_USAGE_KEY: Final = b'"usage"'
-#: Bytes kept for an estimate before the events in them are reduced to their text (per stream).
-_KEEP_BYTES: Final = 1 << 20
-#: One event's end: a blank line, in any of the three line endings SSE allows.
-_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
-def _look_at_bytes(response: Any, progress: _Progress, strip: bool) -> bool:
-    """Read *response*'s stream through :func:`_kept_reads` (sync or async, whichever the SDK
-    reads); ``False`` if the response has no ``iter_bytes``/``aiter_bytes`` to read through.
-
-    The replacements reach the response through a weak reference: it holds them.
-    """
-    cls = type(response)
-    iterate = getattr(cls, "iter_bytes", None)
-    aiterate = getattr(cls, "aiter_bytes", None)
-    if iterate is None or aiterate is None:
-        return False
-    ref = weakref.ref(response)
-
-    def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
-        target = ref()
-        if target is None:
-            return iter(())
-        return _kept_reads(iterate(target, chunk_size), progress, strip)
-
-    def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        target = ref()
-        if target is None:
-            return _no_reads()
-        return _akept_reads(aiterate(target, chunk_size), progress, strip)
-
-    response.iter_bytes = iter_bytes
-    response.aiter_bytes = aiter_bytes
-    return True
-
-
-async def _no_reads() -> AsyncIterator[bytes]:
-    return
-    yield b""  # an async generator that yields nothing
-
-
-def _read(progress: _Progress, data: bytes, strip: bool) -> bytes:
-    """One read of whole lines: without the ``"usage": null`` llm_meter's request added (*strip*),
-    looked at for usage, and kept for an estimate. Runs once per read, not per chunk."""
-    if strip:
-        data = data.replace(_NULL_USAGE, b"")
-    if not progress.every and _USAGE_KEY in data:
-        # Usage in another form than the one taken out: a usage chunk (the last one, or vLLM's
-        # running usage), Groq's x_groq, or a null written with spaces. Every chunk from here
-        # on goes to the observer, which reads (or unsets) it.
-        progress.every = progress.slow = True
-    reads = progress.reads
-    if reads is not None:
-        if len(reads) > _KEEP_BYTES:
-            _reduce(progress, reads)
-        reads += data
-    return data
-
-
-def _kept_reads(source: Iterator[bytes], progress: _Progress, strip: bool) -> Iterator[bytes]:
-    """The SDK's reads of a chunk stream, passed on in whole lines (see :func:`_read`).
-
-    A line cut between two reads waits for its end (the SDK's decoder could not use it before);
-    so the member taken out, or a usage key looked for, is never cut in two.
-    """
-    tail = b""
-    for data in source:
-        if tail:
-            data = tail + data
-        end = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
-        if end != len(data):
-            tail = data[end:]
-            data = data[:end]
-        else:
-            tail = b""
-        if data:
-            yield _read(progress, data, strip)
-    if tail:
-        yield _read(progress, tail, strip)
-
-
-async def _akept_reads(
-    source: AsyncIterator[bytes], progress: _Progress, strip: bool
-) -> AsyncIterator[bytes]:
-    """Async twin of :func:`_kept_reads`."""
-    tail = b""
-    async for data in source:
-        if tail:
-            data = tail + data
-        end = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
-        if end != len(data):
-            tail = data[end:]
-            data = data[:end]
-        else:
-            tail = b""
-        if data:
-            yield _read(progress, data, strip)
-    if tail:
-        yield _read(progress, tail, strip)
-
-
-def _events(data: bytes) -> tuple[list[Any], bytes]:
-    """The JSON of each whole event in *data* that the SDK makes an item of (``None`` where it is
-    not JSON), and the bytes after the last whole event."""
-    found: list[Any] = []
-    start = 0
-    for match in _EVENT_END.finditer(data):
-        lines = [line[5:] for line in data[start : match.start()].splitlines() if line.startswith(b"data:")]
-        start = match.end()
-        if not lines:
-            continue  # a comment or a keep-alive: the SDK makes nothing of it
-        payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
-        if payload.startswith(b"[DONE]"):
-            continue
-        try:
-            found.append(json.loads(payload))
-        except ValueError:
-            found.append(None)
-    return found, data[start:]
-
-
-def _chunk_text(chunk: Any, chat: bool) -> str:
-    """The text a chunk parsed as JSON delivers (as the observers read it off SDK chunks)."""
+def _choices_text(chunk: Any, field: str) -> str:
+    """The text a chunk parsed from the stream's bytes delivers, as the observers read it off SDK
+    chunks: ``delta.content`` (chat) or ``text`` (legacy completions) of each choice."""
     if not isinstance(chunk, dict):
         return ""
     choices = chunk.get("choices")
@@ -515,7 +384,7 @@ def _chunk_text(chunk: Any, chat: bool) -> str:
     for choice in choices if isinstance(choices, list) else ():
         if not isinstance(choice, dict):
             continue
-        if chat:
+        if field == "content":
             delta = choice.get("delta")
             piece = delta.get("content") if isinstance(delta, dict) else None
         else:
@@ -525,23 +394,13 @@ def _chunk_text(chunk: Any, chat: bool) -> str:
     return "".join(pieces)
 
 
-def _reduce(progress: _Progress, reads: bytearray) -> None:
-    """Replace the kept bytes by the text of their whole events (a long stream's bytes are not all
-    kept). Called as a new read arrives: the SDK has handed every whole event before it on."""
-    found, rest = _events(bytes(reads))
-    progress.texts.append("".join(_chunk_text(chunk, progress.chat) for chunk in found))
-    progress.events += len(found)
-    reads[:] = rest
-
-
-def _delivered_text(progress: _Progress) -> str:
-    """The text of the chunks the caller was handed, from the stream's kept bytes."""
-    reads = bytes(progress.reads or b"")  # a copy: the stream may still be read
-    delivered = progress.delivered
-    found, _ = _events(reads + b"\n\n")
-    # delivered counts the chunks handed on since the start; the first `events` were reduced.
-    found = found[: max(delivered - progress.events, 0)]
-    return "".join(progress.texts) + "".join(_chunk_text(chunk, progress.chat) for chunk in found)
+#: How chat and legacy completion streams read (see ``_sse``): a ``"usage"`` member in any form
+#: other than the null taken out (a usage chunk, vLLM's running usage, Groq's ``x_groq``, a null
+#: written with spaces) sends every chunk from there on to the observer.
+_STREAM_RULES: Final = {
+    "chat": _sse.Rules(triggers=(b'"usage"',), named=False, text=lambda c: _choices_text(c, "content")),
+    "completions": _sse.Rules(triggers=(b'"usage"',), named=False, text=lambda c: _choices_text(c, "text")),
+}
 
 
 class OpenAIProvider:
@@ -627,13 +486,11 @@ class OpenAIProvider:
         if call.kind not in _INJECTABLE or call.state is not None:
             return None
         progress = self._progress(call)
-        if not _look_at_bytes(response, progress, call.injected):
+        strip = _NULL_USAGE if call.injected else None
+        keep = call.text is not None
+        if not _sse.look_at_bytes(response, progress, _STREAM_RULES[call.kind], strip=strip, keep=keep):
             return None
-        progress.every = False  # the first chunk is still shown (``slow``): its id
-        progress.chat = call.kind == "chat"
-        if call.text is not None:
-            progress.reads = bytearray()
-            call.text = None  # the observer keeps no text: it is in the bytes
+        call.text = None  # the observer keeps no text: it is in the bytes
         return progress
 
     def bills_unread(self, call: Call, options: Any) -> bool:
@@ -966,12 +823,12 @@ class OpenAIProvider:
             return
         progress = call.state = _Progress(usage, final=True)
         if isinstance(kept, _Progress) and kept.reads is not None:  # the stream's bytes, kept
-            progress.reads, progress.delivered, progress.texts, progress.events, progress.chat = (
+            progress.reads, progress.delivered, progress.texts, progress.events, progress.rules = (
                 kept.reads,
                 kept.delivered,
                 kept.texts,
                 kept.events,
-                kept.chat,
+                kept.rules,
             )
         call.estimate(response)
 
@@ -1038,7 +895,7 @@ class OpenAIProvider:
             elif kind == "images":
                 request_tokens = _estimate.estimate_prompt(body.get("prompt"), model)
         if response_tokens is None or not progress.final:
-            text = _delivered_text(progress) if progress.reads is not None else "".join(call.text or ())
+            text = _sse.delivered_text(progress) if progress.reads is not None else "".join(call.text or ())
             from_text = _estimate.count_text(text, model) if text else 0
             response_tokens = from_text if response_tokens is None else max(response_tokens, from_text)
         record.request_tokens = request_tokens

@@ -165,8 +165,8 @@ class StainlessProvider(Protocol):
         """If *exc* rejects a ``stream_options`` the wrapper added, remember it; return that call."""
 
     def read_stream(self, call: Call, response: Any) -> StreamTally | None:
-        """Look at a stream's bytes as the SDK reads them (providers with ``hides_items``), so that
-        the loop layer shows the observer only the items that need it; ``None``: it sees every item."""
+        """Look at a stream's bytes as the SDK reads them, so that the stream's layer shows the
+        observer only the items that need it; ``None``: it sees every item."""
 
     def bills_unread(self, call: Call, options: Any) -> bool:
         """Whether a whole body the caller closed unread is estimated, as a stream left early is:
@@ -554,8 +554,11 @@ def _tally(call: Call, response: Any) -> StreamTally:
     A failure in the provider's look falls back to observing every item: metering never breaks a
     stream.
     """
+    read = getattr(call.provider, "read_stream", None)  # a cloud variant may have none
+    if read is None:
+        return StreamTally()
     try:
-        tally = call.provider.read_stream(call, response)  # type: ignore[attr-defined]
+        tally = read(call, response)
     except Exception:
         log.exception("llm_meter: could not look at the bytes of stream %s", call.response_id)
         tally = None
@@ -715,8 +718,11 @@ def _sdk_twin(client: Any) -> Any:
 _NOTHING_KEPT: Final[Mapping[type, Any]] = types.MappingProxyType({})
 
 
-def _observing_iter(inner: Generator[Any, None, None], call: Call, response: Any) -> Iterator[Any]:
-    """The SDK's stream items, each shown to the call on its way (as the parse hook would).
+def _observing_iter(
+    inner: Generator[Any, None, None], call: Call, response: Any, tally: StreamTally
+) -> Iterator[Any]:
+    """The SDK's stream items, each the tally says needs it shown to the call on its way (as the
+    parse hook would).
 
     Text deltas (``call.keep``), most of a stream, are kept inline: no Python call but the
     C-level getter.
@@ -724,40 +730,46 @@ def _observing_iter(inner: Generator[Any, None, None], call: Call, response: Any
     keep = call.keep or _NOTHING_KEPT
     try:
         for obj in inner:
-            getter = keep.get(type(obj))
-            if getter is None:
-                _show(call, obj, response)
-            else:
-                try:
-                    piece = getter(obj)
-                except AttributeError:  # another shape of the same class: the observer reads it
+            if tally.slow:
+                getter = keep.get(type(obj))
+                if getter is None:
                     _show(call, obj, response)
                 else:
-                    kept = call.text  # None once billed, or when no estimate will need it
-                    if kept is not None:
-                        kept.append(piece)
+                    try:
+                        piece = getter(obj)
+                    except AttributeError:  # another shape of the same class: the observer reads it
+                        _show(call, obj, response)
+                    else:
+                        kept = call.text  # None once billed, or when no estimate will need it
+                        if kept is not None:
+                            kept.append(piece)
+                tally.slow = tally.every or call.response_id is None
+            tally.delivered += 1
             yield obj
     finally:
         inner.close()  # left early: the SDK's own cleanup (it closes the response) runs now
 
 
-async def _observing_aiter(inner: Any, call: Call, response: Any) -> Any:
+async def _observing_aiter(inner: Any, call: Call, response: Any, tally: StreamTally) -> Any:
     """Async twin of :func:`_observing_iter`."""
     keep = call.keep or _NOTHING_KEPT
     try:
         async for obj in inner:
-            getter = keep.get(type(obj))
-            if getter is None:
-                _show(call, obj, response)
-            else:
-                try:
-                    piece = getter(obj)
-                except AttributeError:
+            if tally.slow:
+                getter = keep.get(type(obj))
+                if getter is None:
                     _show(call, obj, response)
                 else:
-                    kept = call.text
-                    if kept is not None:
-                        kept.append(piece)
+                    try:
+                        piece = getter(obj)
+                    except AttributeError:
+                        _show(call, obj, response)
+                    else:
+                        kept = call.text
+                        if kept is not None:
+                            kept.append(piece)
+                tally.slow = tally.every or call.response_id is None
+            tally.delivered += 1
             yield obj
     finally:
         await inner.aclose()
@@ -782,10 +794,10 @@ def _observed_methods(origin: Any, observing: Callable[..., Any]) -> dict[str, A
         response = self.response
         call = _call_of(response)
         view = _twin_view(self) if call is not None else None
-        if view is None:
+        if call is None or view is None:
             return origin.__stream__(self)
         _raw.step_aside(response)
-        return observing(origin.__stream__(view), call, response)
+        return observing(origin.__stream__(view), call, response, _tally(call, response))
 
     return {"__stream__": __stream__}
 

@@ -1,0 +1,213 @@
+"""A server-sent-event stream's bytes, looked at as the SDK reads them, once per read.
+
+Most items of a billed stream carry nothing to bill (text deltas); only a few do (the first, with
+the response's id, and those with usage). Showing every item to the provider's observer costs a
+Python call and a few attribute reads per item, which run cold between the SDK's own work on each
+one. A provider that knows its wire format instead reads the stream's bytes on their way to the
+SDK (``response.iter_bytes`` / ``aiter_bytes`` replaced on the response):
+
+- each read is passed on in whole lines (a line cut between two reads waits for its end, which the
+  SDK's decoder needs anyway), so nothing looked for is ever cut in two;
+- what llm_meter's request added may be taken out of the bytes (``strip``, one ``bytes.replace``);
+- the first read holding one of the provider's ``triggers`` sets ``every`` on the tally: from then
+  on the loop layer shows every item to the observer (until then only the first ones, for the id);
+- the bytes are kept, in one buffer, for an estimate: only if a stream ends early is the text of
+  the items the caller was handed read back from them, on the background worker. Past 1 MiB they
+  are reduced to their events' text as the next read arrives (every whole event before it has been
+  handed on by then: the SDK asks for more bytes only once it has none left to decode).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
+
+from ._stainless import StreamTally
+
+#: Bytes kept for an estimate before the events in them are reduced to their text (per stream).
+KEEP_BYTES: Final = 1 << 20
+#: One event's end: a blank line, in any of the three line endings SSE allows.
+_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+#: Named events an SDK makes no item of.
+_NOT_ITEMS: Final = frozenset({b"ping", b"error"})
+
+
+class Rules:
+    """How one provider's stream reads: what makes the observer see every item from there on, which
+    events the SDK makes items of, and the text an item delivers (from its JSON)."""
+
+    __slots__ = ("named", "text", "triggers")
+
+    def __init__(self, *, triggers: tuple[bytes, ...], named: bool, text: Callable[[Any], str]) -> None:
+        self.triggers = triggers
+        # True: the SDK makes items of events that have a name (``event:``), but pings and errors
+        # (Anthropic); False: of every event with data but ``[DONE]`` (OpenAI).
+        self.named = named
+        self.text = text
+
+
+class ByteTally(StreamTally):
+    """The tally of a stream whose bytes are looked at: also the bytes kept for an estimate
+    (``None``: none kept), and the text and number of the items reduced out of them so far."""
+
+    __slots__ = ("events", "reads", "rules", "strip", "texts")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rules: Rules | None = None
+        self.strip: bytes | None = None  # taken out of every read (what llm_meter's request added)
+        self.reads: bytearray | None = None
+        self.texts: list[str] = []
+        self.events = 0
+
+
+def look_at_bytes(response: Any, tally: ByteTally, rules: Rules, *, strip: bytes | None, keep: bool) -> bool:
+    """Read *response*'s stream through *tally* (sync or async, whichever the SDK reads), keeping
+    its bytes if *keep*; ``False`` (nothing changed) if the response has no ``iter_bytes`` /
+    ``aiter_bytes`` to read through. The replacements reach the response through a weak
+    reference: it holds them."""
+    cls = type(response)
+    iterate = getattr(cls, "iter_bytes", None)
+    aiterate = getattr(cls, "aiter_bytes", None)
+    if iterate is None or aiterate is None:
+        return False
+    tally.rules = rules
+    tally.strip = strip
+    tally.reads = bytearray() if keep else None
+    tally.every = False  # the first items are still shown (``slow``): the response's id
+    ref = weakref.ref(response)
+
+    def iter_bytes(chunk_size: int | None = None) -> Iterator[bytes]:
+        target = ref()
+        if target is None:
+            return iter(())
+        return _kept_reads(iterate(target, chunk_size), tally)
+
+    def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        target = ref()
+        if target is None:
+            return _no_reads()
+        return _akept_reads(aiterate(target, chunk_size), tally)
+
+    response.iter_bytes = iter_bytes
+    response.aiter_bytes = aiter_bytes
+    return True
+
+
+async def _no_reads() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
+def _read(tally: ByteTally, data: bytes) -> bytes:
+    """One read of whole lines, looked at (see the module). Runs once per read, not per item."""
+    strip = tally.strip
+    if strip is not None:
+        data = data.replace(strip, b"")
+    if not tally.every and tally.rules is not None:
+        for trigger in tally.rules.triggers:
+            if trigger in data:
+                tally.every = tally.slow = True
+                break
+    reads = tally.reads
+    if reads is not None:
+        if len(reads) > KEEP_BYTES:
+            _reduce(tally, reads)
+        reads += data
+    return data
+
+
+def _whole_lines(data: bytes) -> int:
+    """Where the last whole line of *data* ends (``0``: none does)."""
+    return data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
+
+
+def _kept_reads(source: Iterator[bytes], tally: ByteTally) -> Iterator[bytes]:
+    """The SDK's reads, passed on in whole lines, each looked at (:func:`_read`)."""
+    tail = b""
+    for data in source:
+        if tail:
+            data = tail + data
+        end = _whole_lines(data)
+        if end != len(data):
+            tail = data[end:]
+            data = data[:end]
+        else:
+            tail = b""
+        if data:
+            yield _read(tally, data)
+    if tail:
+        yield _read(tally, tail)
+
+
+async def _akept_reads(source: AsyncIterator[bytes], tally: ByteTally) -> AsyncIterator[bytes]:
+    """Async twin of :func:`_kept_reads`."""
+    tail = b""
+    async for data in source:
+        if tail:
+            data = tail + data
+        end = _whole_lines(data)
+        if end != len(data):
+            tail = data[end:]
+            data = data[:end]
+        else:
+            tail = b""
+        if data:
+            yield _read(tally, data)
+    if tail:
+        yield _read(tally, tail)
+
+
+def _items(data: bytes, named: bool) -> tuple[list[Any], bytes]:
+    """The JSON of each whole event in *data* the SDK makes an item of (``None`` where it is not
+    JSON), and the bytes after the last whole event."""
+    found: list[Any] = []
+    start = 0
+    for match in _EVENT_END.finditer(data):
+        lines = data[start : match.start()].splitlines()
+        start = match.end()
+        values = [line[5:] for line in lines if line.startswith(b"data:")]
+        payload = b"\n".join(value[1:] if value.startswith(b" ") else value for value in values)
+        if named:
+            name = next((line[6:].strip() for line in lines if line.startswith(b"event:")), None)
+            if not name or name in _NOT_ITEMS or not payload:
+                continue
+        elif not values or payload.startswith(b"[DONE]"):
+            continue  # a comment or a keep-alive, or the end: the SDK makes nothing of it
+        try:
+            found.append(json.loads(payload))
+        except ValueError:
+            found.append(None)
+    return found, data[start:]
+
+
+def _text(rules: Rules, found: list[Any]) -> str:
+    text = rules.text
+    return "".join(text(item) for item in found)
+
+
+def _reduce(tally: ByteTally, reads: bytearray) -> None:
+    """Replace the kept bytes by the text of their whole events (a long stream's bytes are not
+    all kept). Called as a new read arrives: the SDK has handed every whole event before it on."""
+    rules = tally.rules
+    if rules is None:
+        return
+    found, rest = _items(bytes(reads), rules.named)
+    tally.texts.append(_text(rules, found))
+    tally.events += len(found)
+    reads[:] = rest
+
+
+def delivered_text(tally: ByteTally) -> str:
+    """The text of the items the caller was handed, read back from the stream's kept bytes."""
+    rules = tally.rules
+    if rules is None:
+        return ""
+    kept = bytes(tally.reads or b"")  # a copy: the stream may still be read
+    # ``delivered`` counts the items handed on since the start; the first ``events`` were reduced.
+    wanted = max(tally.delivered - tally.events, 0)
+    found, _ = _items(kept + b"\n\n", rules.named)
+    return "".join(tally.texts) + _text(rules, found[:wanted])
