@@ -120,43 +120,67 @@ def _read(tally: ByteTally, data: bytes) -> bytes:
     return data
 
 
-def _whole_lines(data: bytes) -> int:
-    """Where the last whole line of *data* ends (``0``: none does)."""
-    return data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
-
-
 def _kept_reads(source: Iterator[bytes], tally: ByteTally) -> Iterator[bytes]:
-    """The SDK's reads, passed on in whole lines, each looked at (:func:`_read`)."""
+    """The SDK's reads, passed on in whole lines, each looked at (:func:`_read`, written out: on a
+    stream sent as it is generated, this runs once per event)."""
+    strip = tally.strip
+    triggers = tally.rules.triggers if tally.rules is not None else ()
     tail = b""
     for data in source:
         if tail:
             data = tail + data
-        end = _whole_lines(data)
+            tail = b""
+        end = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
         if end != len(data):
             tail = data[end:]
             data = data[:end]
-        else:
-            tail = b""
-        if data:
-            yield _read(tally, data)
+            if not data:
+                continue
+        if strip is not None:
+            data = data.replace(strip, b"")
+        if not tally.every:
+            for trigger in triggers:
+                if trigger in data:
+                    tally.every = tally.slow = True
+                    break
+        reads = tally.reads
+        if reads is not None:
+            if len(reads) > KEEP_BYTES:
+                _reduce(tally, reads)
+            reads += data
+        yield data
     if tail:
         yield _read(tally, tail)
 
 
 async def _akept_reads(source: AsyncIterator[bytes], tally: ByteTally) -> AsyncIterator[bytes]:
     """Async twin of :func:`_kept_reads`."""
+    strip = tally.strip
+    triggers = tally.rules.triggers if tally.rules is not None else ()
     tail = b""
     async for data in source:
         if tail:
             data = tail + data
-        end = _whole_lines(data)
+            tail = b""
+        end = data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
         if end != len(data):
             tail = data[end:]
             data = data[:end]
-        else:
-            tail = b""
-        if data:
-            yield _read(tally, data)
+            if not data:
+                continue
+        if strip is not None:
+            data = data.replace(strip, b"")
+        if not tally.every:
+            for trigger in triggers:
+                if trigger in data:
+                    tally.every = tally.slow = True
+                    break
+        reads = tally.reads
+        if reads is not None:
+            if len(reads) > KEEP_BYTES:
+                _reduce(tally, reads)
+            reads += data
+        yield data
     if tail:
         yield _read(tally, tail)
 
