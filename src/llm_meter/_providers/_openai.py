@@ -687,17 +687,9 @@ class OpenAIProvider:
                 del chunk["usage"]
         text = call.text
         if text is not None:
-            chat = call.kind == "chat"
-            for choice in choices:
-                if not isinstance(choice, dict):
-                    continue
-                if chat:
-                    delta = choice.get("delta")
-                    piece = delta.get("content") if isinstance(delta, dict) else None
-                else:
-                    piece = choice.get("text")
-                if isinstance(piece, str) and piece:
-                    text.append(piece)
+            piece = _choices_text(chunk, "content" if call.kind == "chat" else "text")
+            if piece:
+                text.append(piece)
         return False
 
     def _keep(self, call: Call, usage: Any, choices: Any, finished: int | None = None) -> bool:
@@ -821,15 +813,10 @@ class OpenAIProvider:
             if isinstance(kept, _Progress):
                 kept.reads = None  # billed exactly: the bytes kept for an estimate are let go
             return
-        progress = call.state = _Progress(usage, final=True)
-        if isinstance(kept, _Progress) and kept.reads is not None:  # the stream's bytes, kept
-            progress.reads, progress.delivered, progress.texts, progress.events, progress.rules = (
-                kept.reads,
-                kept.delivered,
-                kept.texts,
-                kept.events,
-                kept.rules,
-            )
+        # The stream's own progress, if it has one, keeps the bytes the estimate reads its text from.
+        progress = call.state = kept if isinstance(kept, _Progress) else _Progress()
+        progress.usage = usage
+        progress.final = True
         call.estimate(response)
 
     def _exact(self, call: Call, usage: Any, response: Any) -> bool:

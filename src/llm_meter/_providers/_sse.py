@@ -103,7 +103,8 @@ async def _no_reads() -> AsyncIterator[bytes]:
 
 
 def _read(tally: ByteTally, data: bytes) -> bytes:
-    """One read of whole lines, looked at (see the module). Runs once per read, not per item."""
+    """One read of whole lines, looked at (see the module): the last piece of a stream that does not
+    end with a line end. The read generators write the same steps out for every other read."""
     strip = tally.strip
     if strip is not None:
         data = data.replace(strip, b"")
