@@ -10,7 +10,9 @@ SDK (``response.iter_bytes`` / ``aiter_bytes`` replaced on the response):
   SDK's decoder needs anyway), so nothing looked for is ever cut in two;
 - what llm_meter's request added may be taken out of the bytes (``strip``, one ``bytes.replace``);
 - the first read holding one of the provider's ``triggers`` sets ``every`` on the tally: from then
-  on the loop layer shows every item to the observer (until then only the first ones, for the id);
+  on the loop layer shows every item to the observer (until then only the first ones, for the id).
+  That read goes on in two pieces, the lines before the trigger's first: the SDK asks for the second
+  only once it has handed on every item of the first, so those items skip the observer too;
 - the bytes are kept, in one buffer, for an estimate: only if a stream ends early is the text of
   the items the caller was handed read back from them, on the background worker. Past 1 MiB they
   are reduced to their events' text as the next read arrives (every whole event before it has been
@@ -139,16 +141,25 @@ def _kept_reads(source: Iterator[bytes], tally: ByteTally) -> Iterator[bytes]:
                 continue
         if strip is not None:
             data = data.replace(strip, b"")
-        if not tally.every:
-            for trigger in triggers:
-                if trigger in data:
-                    tally.every = tally.slow = True
-                    break
         reads = tally.reads
         if reads is not None:
             if len(reads) > KEEP_BYTES:
                 _reduce(tally, reads)
             reads += data
+        if not tally.every:
+            at = -1
+            for trigger in triggers:
+                found = data.find(trigger)
+                if found >= 0 and (at < 0 or found < at):
+                    at = found
+            if at >= 0:
+                # The lines before the trigger's go on first, unobserved: the SDK asks for the
+                # rest only once it has handed on every item they hold.
+                cut = max(data.rfind(b"\n", 0, at), data.rfind(b"\r", 0, at)) + 1
+                if cut:
+                    yield data[:cut]
+                    data = data[cut:]
+                tally.every = tally.slow = True
         yield data
     if tail:
         yield _read(tally, tail)
@@ -172,16 +183,25 @@ async def _akept_reads(source: AsyncIterator[bytes], tally: ByteTally) -> AsyncI
                 continue
         if strip is not None:
             data = data.replace(strip, b"")
-        if not tally.every:
-            for trigger in triggers:
-                if trigger in data:
-                    tally.every = tally.slow = True
-                    break
         reads = tally.reads
         if reads is not None:
             if len(reads) > KEEP_BYTES:
                 _reduce(tally, reads)
             reads += data
+        if not tally.every:
+            at = -1
+            for trigger in triggers:
+                found = data.find(trigger)
+                if found >= 0 and (at < 0 or found < at):
+                    at = found
+            if at >= 0:
+                # The lines before the trigger's go on first, unobserved: the SDK asks for the
+                # rest only once it has handed on every item they hold.
+                cut = max(data.rfind(b"\n", 0, at), data.rfind(b"\r", 0, at)) + 1
+                if cut:
+                    yield data[:cut]
+                    data = data[cut:]
+                tally.every = tally.slow = True
         yield data
     if tail:
         yield _read(tally, tail)
