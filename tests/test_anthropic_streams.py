@@ -9,6 +9,7 @@ input and cache numbers are exact once ``message_start`` arrived, output is the 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types import Message, RawMessageStreamEvent
 
 import llm_meter
 from llm_meter import Meter
@@ -92,13 +94,6 @@ def read_until_text(stream: Any) -> str:
         if event.type == "content_block_delta":
             return str(event.delta.text)
     raise AssertionError("no text delta")
-
-
-def end_if_untracked(stream: Any) -> None:
-    """llm_meter adds no layer to an Anthropic stream's loop (nothing to hide), so it cannot see
-    a loop left early: the stream is billed when it is closed or collected, not at the next
-    flush. Close it there, as a caller would."""
-    stream.close()
 
 
 def assert_partial(event: dict[str, Any], fake: FakeAnthropicServer, delivered_text: str) -> None:
@@ -226,11 +221,11 @@ def test_full_consumption_emits_one_exact_event(
 def test_break_after_first_text_delta_emits_one_event(
     fake: FakeAnthropicServer, client: Any, meter_: Meter, transport: MemoryTransport
 ) -> None:
-    """break bills exact input/cache and output estimated from the delivered text."""
+    """break bills exact input/cache and output estimated from the delivered text, at the next
+    flush: the stream, still open, is not needed for it."""
     stream = client.messages.create(**BODY, stream=True)
     text = read_until_text(stream)
     assert text == "tok0 "
-    end_if_untracked(stream)
     event = only_event(meter_, transport)
     assert event["external_customer_id"] == "cus_1"
     assert_partial(event, fake, text)
@@ -298,7 +293,6 @@ def test_exception_in_loop_body_emits_one_event(
             if event.type == "content_block_delta":
                 text += event.delta.text
                 raise KeyError("boom")
-    end_if_untracked(stream)
     assert_partial(only_event(meter_, transport), fake, text)
     stream.close()
     del stream
@@ -596,3 +590,86 @@ def test_stream_with_pings_left_early_estimates_the_delivered_text(
     assert md["estimated"] is True
     assert md["request_tokens"] == 11
     assert md["response_tokens"] == _estimates.estimate_output_tokens("w0 w1 ", model=md["model"])
+
+
+# -- the SDK's own stream observer (anthropic >= 2.17: OpenTelemetry spans) -----------------------
+
+#: Span attributes that differ between any two calls (ids, timings, the request id).
+_PER_CALL = ("gen_ai.response.id", "gen_ai.response.time_to_first_chunk", "anthropic.request.id")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_stream_loop_reports_each_event_to_the_sdks_stream_observer(
+    fake: FakeAnthropicServer, meter_: Meter, transport: MemoryTransport, mode: str
+) -> None:
+    """llm_meter writes the SDK's stream loop out: where the SDK's loop reports each event to the
+    response's stream observer (its OpenTelemetry span reads the usage off them), the metered loop
+    does too, so the metered call's span is the plain call's."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    if not hasattr(anthropic.Stream, "_observer"):
+        pytest.skip("this anthropic SDK has no stream observer")
+    exporter = InMemorySpanExporter()
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
+    options: Any = {"base_url": fake.url, "api_key": "test", "max_retries": 0}
+    options["open_telemetry"] = {"tracer_provider": tracing}
+    spans = []
+    for metered in (False, True):
+        if mode == "sync":
+            with anthropic.Anthropic(**options) as client:
+                billed = llm_meter.meter(client, customer="cus_1", meter=meter_) if metered else client
+                for _event in billed.messages.create(**BODY, stream=True):
+                    pass
+        else:
+
+            async def consume(metered: bool = metered) -> None:
+                async with anthropic.AsyncAnthropic(**options) as client:
+                    billed = llm_meter.meter(client, customer="cus_1", meter=meter_) if metered else client
+                    async for _event in await billed.messages.create(**BODY, stream=True):
+                        pass
+
+            asyncio.run(consume())
+        (span,) = exporter.get_finished_spans()
+        exporter.clear()
+        spans.append({k: v for k, v in (span.attributes or {}).items() if k not in _PER_CALL})
+    plain, metered_span = spans
+    assert plain["gen_ai.usage.output_tokens"] == fake.chunks  # read off the events by the observer
+    assert metered_span == plain
+    assert usage(only_event(meter_, transport)) == expect(fake)
+
+
+# -- an SDK stream loop of a shape llm_meter does not know ----------------------------------------
+
+
+class _CountingStream(anthropic.Stream[RawMessageStreamEvent]):
+    """An SDK ``Stream`` whose loop does more than llm_meter's written-out copy knows of."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self._iterator:
+            self.counted = getattr(self, "counted", 0) + 1
+            yield item
+
+
+def test_a_stream_loop_of_unknown_shape_is_kept_and_every_event_observed(
+    fake: FakeAnthropicServer, client: Any, meter_: Meter, transport: MemoryTransport
+) -> None:
+    """llm_meter writes out only the SDK loops it knows: another keeps running (here: it counts), over
+    an ``_iterator`` that shows every event to the observer, and the stream is billed exactly."""
+    stream = client.post(
+        "/v1/messages",
+        body={**BODY, "stream": True},
+        cast_to=Message,
+        stream=True,
+        stream_cls=_CountingStream,
+    )
+    assert isinstance(stream, _CountingStream)
+    events = list(stream)
+    assert stream.counted == len(events)
+    assert text_of(events) == FULL_TEXT
+    event = only_event(meter_, transport)
+    assert event["metadata"]["estimated"] is False
+    assert usage(event) == expect(fake)

@@ -199,8 +199,8 @@ class Call:
         #   (a provider that kept usage seen along the way emits it there);
         # - observe: ``observe(call, obj, response)`` for each parsed object, ``None`` once done;
         #   providers bind the variant for the request (body, chat chunk, event) when preparing.
-        #   On the loop layer of a provider that hides items (``hides_items``), a true result hides
-        #   the item from the caller (an item the caller did not ask for, such as a usage chunk).
+        #   On a stream's loop, a true result hides the item from the caller (an item the caller
+        #   did not ask for, such as a usage chunk).
         (
             self.stream,
             self.injected,

@@ -134,7 +134,6 @@ class AnthropicProvider:
 
         self.resource_types: tuple[type, ...] = (SyncAPIResource, AsyncAPIResource)
         self.sync_stream: type = anthropic.Stream
-        self.hides_items = False  # a loop left early is billed at close/collection/exit
         self.injects_options = False  # adds nothing to requests
         self.async_stream: type = anthropic.AsyncStream
         for cls in _sdk_classes(anthropic, _DELTA_EVENT_CLASSES):

@@ -45,7 +45,6 @@ class GroqProvider(OpenAIProvider):
         self.resource_types = (SyncAPIResource, AsyncAPIResource)
         self.sync_stream = groq.Stream
         self.async_stream = groq.AsyncStream
-        self.hides_items = False  # a loop left early is billed at close/collection/exit
         self.injects_options = False  # usage always comes in x_groq: nothing is added to requests
         self._status_error = groq.APIStatusError
         self._named = {}

@@ -414,7 +414,6 @@ class OpenAIProvider:
 
         self.resource_types: tuple[type, ...] = (SyncAPIResource, AsyncAPIResource)
         self.sync_stream: type = openai.Stream
-        self.hides_items = True  # the usage chunk it asks for (its observers say which to hide)
         self.injects_options = True  # stream_options, removed again if an endpoint rejects it
         self.async_stream: type = openai.AsyncStream
         self._status_error: type[BaseException] = openai.APIStatusError

@@ -39,7 +39,7 @@ import logging
 import types
 import urllib.parse
 import weakref
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, get_origin
 
@@ -133,15 +133,12 @@ class StainlessProvider(Protocol):
     resource_types: tuple[type, ...]
     sync_stream: type
     async_stream: type
-    #: Whether streams carry items the caller did not ask for (OpenAI's usage chunk). Such
-    #: streams get a loop layer that observes each item, hides those its observer returns a true
-    #: value for, and notices a loop left early (billed at the next flush); the others are only
-    #: observed in ``__stream__``, and an early exit is billed at close, collection or exit.
-    #: A provider that hides items also has ``hidden(call, item) -> bool``, asked when its
-    #: observer raised on an item. A provider may have ``observer_for(call, item)``: an observer
-    #: for an item of another shape (or ``None``), asked when the call's observer raised on it
-    #: and bound in its place (OpenAI chunks parsed as plain dicts).
-    hides_items: bool
+    # A stream's loop hides the items the observer returns a true value for (items the caller did
+    # not ask for: OpenAI's usage chunk). A provider whose streams carry such items also has
+    # ``hidden(call, item) -> bool``, asked when its observer raised on an item and for items read
+    # after the call was billed. A provider may have ``observer_for(call, item)``: an observer for
+    # an item of another shape (or ``None``), asked when the call's observer raised on it and
+    # bound in its place (OpenAI chunks parsed as plain dicts).
     #: Whether the provider adds options to requests (OpenAI's ``stream_options``) that an
     #: endpoint may reject: ``request`` then resends without them.
     injects_options: bool
@@ -155,7 +152,7 @@ class StainlessProvider(Protocol):
     def observe(self, call: Call, obj: object, response: Any) -> bool | None:
         """Read usage (and stream progress) off one parsed object.
 
-        A true result hides a stream item from the caller (providers with ``hides_items``).
+        A true result hides a stream item from the caller (an item it did not ask for).
         """
 
     def estimate(self, call: Call, record: Any) -> None:
@@ -419,31 +416,63 @@ def _logged(call: Call, item: Any) -> bool:
         return False
 
 
-def _seeing_iter(
-    inner: Generator[Any, None, None], call: Call, response: Any, tally: StreamTally
-) -> Iterator[Any]:
-    """``Stream._iterator`` for ``next(stream)`` callers: the SDK's items, observed, minus hidden ones.
+class _SeeingBase:
+    __slots__ = ("call", "inner", "response", "tally")
+
+    def __init__(self, inner: Any, call: Call, response: Any, tally: StreamTally) -> None:
+        self.inner = inner
+        self.call = call
+        self.response = response
+        self.tally = tally
+
+
+class _Seeing(_SeeingBase):
+    """``Stream._iterator`` of a metered stream: the SDK's items (its ``__stream__`` generator,
+    ``inner``), each observed, minus hidden ones, for ``next(stream)`` and for an SDK ``__iter__``
+    llm_meter does not replace. The stream's own loop reads ``inner`` directly (:func:`_loop_methods`).
 
     Closing it closes the SDK's generator, as closing the plain SDK's ``_iterator`` does: the SDK's
-    cleanup closes the response (which finishes the call).
+    cleanup closes the response (which finishes the call). Dropping it drops the generator, whose
+    own finaliser does the same.
     """
-    try:
-        for item in inner:
+
+    __slots__ = ()
+
+    def __iter__(self) -> _Seeing:
+        return self
+
+    def __next__(self) -> Any:
+        call = self.call
+        response = self.response
+        for item in self.inner:
             if not _seen(call, item, response):
-                tally.delivered += 1
-                yield item
-    finally:
-        inner.close()
+                self.tally.delivered += 1
+                return item
+        raise StopIteration
+
+    def close(self) -> None:
+        self.inner.close()
 
 
-async def _seeing_aiter(inner: Any, call: Call, response: Any, tally: StreamTally) -> Any:
-    try:
-        async for item in inner:
+class _ASeeing(_SeeingBase):
+    """Async twin of :class:`_Seeing` (``AsyncStream._iterator``)."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> _ASeeing:
+        return self
+
+    async def __anext__(self) -> Any:
+        call = self.call
+        response = self.response
+        async for item in self.inner:
             if not _seen(call, item, response):
-                tally.delivered += 1
-                yield item
-    finally:
-        await inner.aclose()
+                self.tally.delivered += 1
+                return item
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def attach_stream(response: Any, call: Call) -> None:
@@ -544,10 +573,6 @@ async def _finish_on_error_async(inner: Any, call: Call) -> Any:
         raise
 
 
-_INNER: Final = "_llm_meter_inner"
-_TALLY: Final = "_llm_meter_tally"
-
-
 def _tally(call: Call, response: Any) -> StreamTally:
     """The provider's tally of a stream it looks at the bytes of, else one that observes every item.
 
@@ -579,42 +604,97 @@ def _twin_view(stream: Any) -> Any:
     return view
 
 
-def _sync_stream_methods(origin: Any) -> dict[str, Any]:
-    """Overrides for a sync SDK ``Stream`` whose items are observed on a loop layer that may hide some.
+#: The names the SDK's own ``Stream.__iter__`` / ``AsyncStream.__aiter__`` reads, in every release
+#: whose loop llm_meter writes out (:func:`_loop_methods`): the items of ``_iterator``, and in newer
+#: anthropic releases each also reported to the response's ``_observer`` (its ``item()``).
+_PLAIN_LOOP: Final = frozenset({"_iterator"})
+_REPORTING_LOOP: Final = frozenset({"_iterator", "_observer", "item"})
 
-    The SDK's generator runs on a twin view (:func:`_twin_view`); ``for`` loops read it directly
-    (one generator layer, as in the SDK) and observe each item inline, which also notices a loop
-    left early; ``_iterator`` is an observing wrapper for ``next()``.
+
+def _loop_shape(loop: Any) -> bool | None:
+    """Whether the SDK's stream loop *loop* reports each item to ``_observer``; ``None`` for a loop
+    of another shape (a release llm_meter does not know), which is then left to the SDK."""
+    try:
+        names = frozenset(loop.__code__.co_names)
+    except AttributeError:
+        return None
+    if names == _PLAIN_LOOP:
+        return False
+    if names == _REPORTING_LOOP:
+        return True
+    return None
+
+
+def _stream_of(origin: Any, seeing: type[_SeeingBase]) -> Any:
+    """``__stream__`` for a metered stream class: the SDK's generator, run on a copy of the stream
+    whose client is the SDK twin (:func:`_twin_view`), behind *seeing*. Streams of clients that are
+    not metered are left to the SDK.
+
+    The SDK may run it on a copy of the caller's stream (newer anthropic releases build
+    ``_iterator`` on first use, on a copy): the loop finds what it needs on ``_iterator``, never on
+    the stream.
     """
 
-    def __stream__(self: Any) -> Iterator[Any]:
+    def __stream__(self: Any) -> Any:
         response = self.response
         call = _call_of(response)
         view = _twin_view(self) if call is not None else None
         if call is None or view is None:
-            return origin.__stream__(self)  # type: ignore[no-any-return]
+            return origin.__stream__(self)
         _raw.step_aside(response)
-        tally = _tally(call, response)
-        inner = origin.__stream__(view)
-        setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
-        setattr(self, _TALLY, tally)
-        return _seeing_iter(inner, call, response, tally)
+        return seeing(origin.__stream__(view), call, response, _tally(call, response))
+
+    return __stream__
+
+
+#: ``Call.keep`` of a call that keeps no text.
+_NOTHING_KEPT: Final[Mapping[type, Any]] = types.MappingProxyType({})
+
+
+def _kept(call: Call, getter: Callable[[Any], str], item: Any) -> bool:
+    """Keep the text of a content-only *item* (``call.keep``); ``False`` if it has another shape."""
+    try:
+        piece = getter(item)
+    except AttributeError:  # another shape of the same class: the observer reads it
+        return False
+    kept = call.text  # None once billed, or when no estimate will need it
+    if kept is not None:
+        kept.append(piece)
+    return True
+
+
+def _sync_stream_methods(origin: Any) -> dict[str, Any]:
+    """``__stream__`` for a sync SDK ``Stream``, and ``__iter__`` where llm_meter knows the SDK's.
+
+    ``for`` loops read the SDK's generator directly (one generator layer, as in the SDK), observe
+    the items the tally says need it inline, hide those the observer says to, and notice a loop
+    left early; ``_iterator`` (:class:`_Seeing`) serves ``next()``.
+    """
+    methods: dict[str, Any] = {"__stream__": _stream_of(origin, _Seeing)}
+    reports = _loop_shape(origin.__iter__)
+    if reports is None:
+        return methods  # the SDK's loop over _iterator: every item observed there
 
     def __iter__(self: Any) -> Iterator[Any]:
-        response = self.response
-        call = _call_of(response)
-        inner = getattr(self, _INNER, None)
-        tally = getattr(self, _TALLY, None)
+        seeing = self._iterator
+        call: Call | None = None
         try:
             # Like the SDK, a `break` leaves the shared iterator open: iteration can resume.
-            if inner is None or call is None or tally is None:
+            if type(seeing) is not _Seeing:
                 yield from origin.__iter__(self)
-            else:
-                call.left_early = False  # read again after a `break`: not abandoned after all
-                for item in inner:
-                    # This runs for every item of the stream: the observer sees the first items
-                    # (until the response's id) and those the tally says need it (_seen(), written out).
-                    if tally.slow:
+                return
+            call = seeing.call
+            inner = seeing.inner
+            response = seeing.response
+            tally = seeing.tally
+            keep = call.keep or _NOTHING_KEPT
+            call.left_early = False  # read again after a `break`: not abandoned after all
+            for item in inner:
+                # This runs for every item of the stream: the observer sees the first items
+                # (until the response's id) and those the tally says need it (_seen(), written out).
+                if tally.slow:
+                    getter = keep.get(type(item))
+                    if getter is None or not _kept(call, getter, item):
                         observe = call.observe
                         if observe is not None:
                             try:
@@ -625,9 +705,13 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
                                     continue
                         elif call.injected and _hidden(call, item):
                             continue  # billed early (a flush after a `break`), read on: still hidden
-                        tally.slow = tally.every or call.response_id is None
-                    tally.delivered += 1
-                    yield item
+                    tally.slow = tally.every or call.response_id is None
+                tally.delivered += 1
+                if reports:
+                    observer = self._observer
+                    if observer is not None:
+                        observer.item(item)
+                yield item
         except GeneratorExit:
             if call is not None and not call.done:
                 call.left_early = True  # billed at close, collection, the next flush, or exit
@@ -639,38 +723,35 @@ def _sync_stream_methods(origin: Any) -> dict[str, Any]:
         if call is not None:
             call.finish()  # no-op when the usage arrived
 
-    return {"__stream__": __stream__, "__iter__": __iter__}
+    methods["__iter__"] = __iter__
+    return methods
 
 
 def _async_stream_methods(origin: Any) -> dict[str, Any]:
     """Async twin of :func:`_sync_stream_methods` for the SDK's ``AsyncStream``."""
-
-    def __stream__(self: Any) -> Any:
-        response = self.response
-        call = _call_of(response)
-        view = _twin_view(self) if call is not None else None
-        if call is None or view is None:
-            return origin.__stream__(self)
-        _raw.step_aside(response)
-        tally = _tally(call, response)
-        inner = origin.__stream__(view)
-        setattr(self, _INNER, inner)  # not via __dict__ (see _unbound)
-        setattr(self, _TALLY, tally)
-        return _seeing_aiter(inner, call, response, tally)
+    methods: dict[str, Any] = {"__stream__": _stream_of(origin, _ASeeing)}
+    reports = _loop_shape(origin.__aiter__)
+    if reports is None:
+        return methods
 
     async def __aiter__(self: Any) -> Any:
-        response = self.response
-        call = _call_of(response)
-        inner = getattr(self, _INNER, None)
-        tally = getattr(self, _TALLY, None)
+        seeing = self._iterator
+        call: Call | None = None
         try:
-            if inner is None or call is None or tally is None:
+            if type(seeing) is not _ASeeing:
                 async for item in origin.__aiter__(self):
                     yield item
-            else:
-                call.left_early = False
-                async for item in inner:
-                    if tally.slow:
+                return
+            call = seeing.call
+            inner = seeing.inner
+            response = seeing.response
+            tally = seeing.tally
+            keep = call.keep or _NOTHING_KEPT
+            call.left_early = False
+            async for item in inner:
+                if tally.slow:
+                    getter = keep.get(type(item))
+                    if getter is None or not _kept(call, getter, item):
                         observe = call.observe
                         if observe is not None:
                             try:
@@ -681,9 +762,13 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
                                     continue
                         elif call.injected and _hidden(call, item):
                             continue
-                        tally.slow = tally.every or call.response_id is None
-                    tally.delivered += 1
-                    yield item
+                    tally.slow = tally.every or call.response_id is None
+                tally.delivered += 1
+                if reports:
+                    observer = self._observer
+                    if observer is not None:
+                        observer.item(item)
+                yield item
         except GeneratorExit:
             if call is not None and not call.done:
                 call.left_early = True
@@ -695,7 +780,8 @@ def _async_stream_methods(origin: Any) -> dict[str, Any]:
         if call is not None:
             call.finish()
 
-    return {"__stream__": __stream__, "__aiter__": __aiter__}
+    methods["__aiter__"] = __aiter__
+    return methods
 
 
 def _sdk_twin(client: Any) -> Any:
@@ -714,67 +800,6 @@ def _sdk_twin(client: Any) -> Any:
     return twin
 
 
-#: ``Call.keep`` of a call that keeps no text.
-_NOTHING_KEPT: Final[Mapping[type, Any]] = types.MappingProxyType({})
-
-
-def _observing_iter(
-    inner: Generator[Any, None, None], call: Call, response: Any, tally: StreamTally
-) -> Iterator[Any]:
-    """The SDK's stream items, each the tally says needs it shown to the call on its way (as the
-    parse hook would).
-
-    Text deltas (``call.keep``), most of a stream, are kept inline: no Python call but the
-    C-level getter.
-    """
-    keep = call.keep or _NOTHING_KEPT
-    try:
-        for obj in inner:
-            if tally.slow:
-                getter = keep.get(type(obj))
-                if getter is None:
-                    _show(call, obj, response)
-                else:
-                    try:
-                        piece = getter(obj)
-                    except AttributeError:  # another shape of the same class: the observer reads it
-                        _show(call, obj, response)
-                    else:
-                        kept = call.text  # None once billed, or when no estimate will need it
-                        if kept is not None:
-                            kept.append(piece)
-                tally.slow = tally.every or call.response_id is None
-            tally.delivered += 1
-            yield obj
-    finally:
-        inner.close()  # left early: the SDK's own cleanup (it closes the response) runs now
-
-
-async def _observing_aiter(inner: Any, call: Call, response: Any, tally: StreamTally) -> Any:
-    """Async twin of :func:`_observing_iter`."""
-    keep = call.keep or _NOTHING_KEPT
-    try:
-        async for obj in inner:
-            if tally.slow:
-                getter = keep.get(type(obj))
-                if getter is None:
-                    _show(call, obj, response)
-                else:
-                    try:
-                        piece = getter(obj)
-                    except AttributeError:
-                        _show(call, obj, response)
-                    else:
-                        kept = call.text
-                        if kept is not None:
-                            kept.append(piece)
-                tally.slow = tally.every or call.response_id is None
-            tally.delivered += 1
-            yield obj
-    finally:
-        await inner.aclose()
-
-
 def _show(call: Call, obj: Any, response: Any) -> None:
     """Hand one parsed item to the call's observer; a failure is counted and logged, never raised."""
     observe = call.observe
@@ -783,23 +808,6 @@ def _show(call: Call, obj: Any, response: Any) -> None:
             observe(call, obj, response)
         except Exception:
             _failed(call, obj, response)
-
-
-def _observed_methods(origin: Any, observing: Callable[..., Any]) -> dict[str, Any]:
-    """``__stream__`` for an SDK stream class whose items need no hiding: the SDK's generator,
-    run on a copy of the stream whose client is the SDK twin (:func:`_sdk_twin`), under one
-    observing layer. Streams of clients that are not metered are left to the SDK."""
-
-    def __stream__(self: Any) -> Any:
-        response = self.response
-        call = _call_of(response)
-        view = _twin_view(self) if call is not None else None
-        if call is None or view is None:
-            return origin.__stream__(self)
-        _raw.step_aside(response)
-        return observing(origin.__stream__(view), call, response, _tally(call, response))
-
-    return {"__stream__": __stream__}
 
 
 _stream_classes: dict[Any, Any] = {}
@@ -818,11 +826,10 @@ def metered_stream_cls(stream_cls: Any, provider: StainlessProvider) -> Any:
     origin = get_origin(stream_cls) or stream_cls
     if not isinstance(origin, type) or getattr(origin, "_llm_meter_stream", False):
         return stream_cls
-    hides = provider.hides_items  # else the observing __stream__ alone (no loop layer)
     if issubclass(origin, provider.async_stream):
-        methods = _async_stream_methods(origin) if hides else _observed_methods(origin, _observing_aiter)
+        methods = _async_stream_methods(origin)
     elif issubclass(origin, provider.sync_stream):
-        methods = _sync_stream_methods(origin) if hides else _observed_methods(origin, _observing_iter)
+        methods = _sync_stream_methods(origin)
     else:
         return stream_cls
     methods["_llm_meter_stream"] = True
