@@ -331,7 +331,14 @@ def _delta_text(event: Any) -> str:
 
 #: How a Messages stream reads (see ``_sse``): its usage arrives in ``message_start`` (the first
 #: event, always observed) and ``message_delta``; ``message_stop`` ends it.
-_STREAM_RULES: Final = _sse.Rules(triggers=(b"message_delta", b"message_stop"), named=True, text=_delta_text)
+#: One needle for both events that need the observer: their data's ``"type"`` value. It also finds
+#: ``message_start`` (the first event, observed anyway), which ``starts`` passes over.
+_STREAM_RULES: Final = _sse.Rules(
+    trigger=b'"message_',
+    starts=(b'"message_delta"', b'"message_stop"'),
+    named=True,
+    text=_delta_text,
+)
 
 _DELTA_EVENT_CLASSES: Final = (
     ("types", "RawContentBlockDeltaEvent"),

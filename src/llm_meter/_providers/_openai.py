@@ -398,8 +398,8 @@ def _choices_text(chunk: Any, field: str) -> str:
 #: other than the null taken out (a usage chunk, vLLM's running usage, Groq's ``x_groq``, a null
 #: written with spaces) sends every chunk from there on to the observer.
 _STREAM_RULES: Final = {
-    "chat": _sse.Rules(triggers=(b'"usage"',), named=False, text=lambda c: _choices_text(c, "content")),
-    "completions": _sse.Rules(triggers=(b'"usage"',), named=False, text=lambda c: _choices_text(c, "text")),
+    "chat": _sse.Rules(trigger=b'"usage"', named=False, text=lambda c: _choices_text(c, "content")),
+    "completions": _sse.Rules(trigger=b'"usage"', named=False, text=lambda c: _choices_text(c, "text")),
 }
 
 
