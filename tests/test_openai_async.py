@@ -445,6 +445,30 @@ def test_async_stream_full_consumption_hides_usage_chunk_and_bills_exactly(
     assert usage(event) == chat_expect()
 
 
+def test_async_usage_chunk_asked_for_is_billed_from_its_bytes_never_parsed_by_the_sdk(
+    server: FakeOpenAIServer, details: tuple[Meter, MemoryTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usage-only chunk llm_meter asked for is read off the stream's bytes and taken out: the
+    SDK parses only the chunks the caller is handed, and the stream is billed exactly."""
+    m, transport = details
+    parsed: list[Any] = []
+    original = openai.AsyncOpenAI._process_response_data
+
+    def spy(self: Any, **kwargs: Any) -> Any:
+        parsed.append(kwargs["data"])
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(openai.AsyncOpenAI, "_process_response_data", spy)
+
+    async def body(c: Any, _: Any) -> Any:
+        return [chunk async for chunk in await c.chat.completions.create(**CHAT_BODY, stream=True)]
+
+    chunks = run_metered(server, m, body)
+    assert len(parsed) == len(chunks)
+    assert text_of(chunks) == FULL_TEXT
+    assert usage(only_event(m, transport)) == chat_expect()
+
+
 def test_async_injected_streams_chunks_serialise_as_the_plain_sdks(
     server: FakeOpenAIServer, meter_: Meter, transport: MemoryTransport
 ) -> None:

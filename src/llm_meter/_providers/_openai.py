@@ -46,8 +46,11 @@ client reaches, recognised once per client from its class and base URL (:func:`s
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import urllib.parse
+import weakref
+from collections.abc import Callable
 from typing import Any, Final
 
 from .._call import MAX_TOKENS, Call, snapshot, token_count
@@ -487,10 +490,36 @@ class OpenAIProvider:
         progress = self._progress(call)
         strip = _NULL_USAGE if call.injected else None
         keep = call.text is not None
-        if not _sse.look_at_bytes(response, progress, _STREAM_RULES[call.kind], strip=strip, keep=keep):
+        take = self._usage_chunk_taker(call, response) if call.injected else None
+        rules = _STREAM_RULES[call.kind]
+        if not _sse.look_at_bytes(response, progress, rules, strip=strip, keep=keep, take=take):
             return None
         call.text = None  # the observer keeps no text: it is in the bytes
         return progress
+
+    def _usage_chunk_taker(self, call: Call, response: Any) -> Callable[[bytes], bool]:
+        """What the byte look asks about the event holding the first usage it found: the usage-only
+        chunk llm_meter asked for is billed from its JSON and taken out of the stream, so the SDK
+        never parses a chunk the caller is not handed (any other event goes on to the SDK, and to
+        the observer). The response is reached through a weak reference: it holds the look."""
+        ref = weakref.ref(response)
+
+        def take(event: bytes) -> bool:
+            lines = event.splitlines()
+            if len(lines) != 1 or not lines[0].startswith(b"data:"):
+                return False
+            chunk = json.loads(lines[0][5:])
+            if (
+                not isinstance(chunk, dict)
+                or chunk.get("choices")
+                or not isinstance(chunk.get("usage"), dict)
+            ):
+                return False
+            if call.observe is None:  # billed already (a flush after a `break`): still hidden
+                return True
+            return self._observe_dict_chunk(call, chunk, ref())
+
+        return take
 
     def bills_unread(self, call: Call, options: Any) -> bool:
         """Generations billed in tokens, as :meth:`_observe_body` estimates them: not images

@@ -22,12 +22,15 @@ SDK (``response.iter_bytes`` / ``aiter_bytes`` replaced on the response):
 from __future__ import annotations
 
 import json
+import logging
 import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 from ._stainless import StreamTally
+
+log = logging.getLogger("llm_meter")
 
 #: Bytes kept for an estimate before the events in them are reduced to their text (per stream).
 KEEP_BYTES: Final = 1 << 20
@@ -72,11 +75,24 @@ class ByteTally(StreamTally):
         self.events = 0
 
 
-def look_at_bytes(response: Any, tally: ByteTally, rules: Rules, *, strip: bytes | None, keep: bool) -> bool:
+def look_at_bytes(
+    response: Any,
+    tally: ByteTally,
+    rules: Rules,
+    *,
+    strip: bytes | None,
+    keep: bool,
+    take: Callable[[bytes], bool] | None = None,
+) -> bool:
     """Read *response*'s stream through *tally* (sync or async, whichever the SDK reads), keeping
     its bytes if *keep*; ``False`` (nothing changed) if the response has no ``iter_bytes`` /
     ``aiter_bytes`` to read through. The replacements reach the response through a weak
-    reference: it holds them."""
+    reference: it holds them.
+
+    *take*: shown the event that holds the trigger (its bytes, when whole in its read) as the SDK
+    reaches it; a true result takes the event out of the stream, so the SDK never parses it (the
+    provider read it: an item llm_meter's request added, which the caller would not see anyway).
+    """
     cls = type(response)
     iterate = getattr(cls, "iter_bytes", None)
     aiterate = getattr(cls, "aiter_bytes", None)
@@ -92,13 +108,13 @@ def look_at_bytes(response: Any, tally: ByteTally, rules: Rules, *, strip: bytes
         target = ref()
         if target is None:
             return iter(())
-        return _kept_reads(iterate(target, chunk_size), tally)
+        return _kept_reads(iterate(target, chunk_size), tally, take)
 
     def aiter_bytes(chunk_size: int | None = None) -> AsyncIterator[bytes]:
         target = ref()
         if target is None:
             return _no_reads()
-        return _akept_reads(aiterate(target, chunk_size), tally)
+        return _akept_reads(aiterate(target, chunk_size), tally, take)
 
     response.iter_bytes = iter_bytes
     response.aiter_bytes = aiter_bytes
@@ -127,6 +143,20 @@ def _read(tally: ByteTally, data: bytes) -> bytes:
     return data
 
 
+def _taken(data: bytes, take: Callable[[bytes], bool]) -> bytes:
+    """*data* (whole lines, from the trigger's on) without its first event if *take* takes it.
+    Never raises: whatever goes wrong, the event stays for the SDK (and the observer)."""
+    end = _EVENT_END.search(data)
+    if end is None:
+        return data  # the event goes on in the next read: the SDK parses it
+    try:
+        taken = take(data[: end.start()])
+    except Exception:
+        log.exception("llm_meter: could not read a stream event's bytes")
+        return data
+    return data[end.end() :] if taken else data
+
+
 def _find(data: bytes, trigger: bytes, starts: tuple[bytes, ...]) -> int:
     """Where *trigger* first begins one of *starts* in *data* (any *trigger* if none), else -1."""
     at = data.find(trigger)
@@ -135,7 +165,9 @@ def _find(data: bytes, trigger: bytes, starts: tuple[bytes, ...]) -> int:
     return at
 
 
-def _kept_reads(source: Iterator[bytes], tally: ByteTally) -> Iterator[bytes]:
+def _kept_reads(
+    source: Iterator[bytes], tally: ByteTally, take: Callable[[bytes], bool] | None = None
+) -> Iterator[bytes]:
     """The SDK's reads, passed on in whole lines, each looked at (:func:`_read`, written out: on a
     stream sent as it is generated, this runs once per event)."""
     strip = tally.strip
@@ -170,13 +202,19 @@ def _kept_reads(source: Iterator[bytes], tally: ByteTally) -> Iterator[bytes]:
                 if cut:
                     yield data[:cut]
                     data = data[cut:]
+                if take is not None:
+                    data = _taken(data, take)
                 tally.every = tally.slow = True
+                if not data:
+                    continue
         yield data
     if tail:
         yield _read(tally, tail)
 
 
-async def _akept_reads(source: AsyncIterator[bytes], tally: ByteTally) -> AsyncIterator[bytes]:
+async def _akept_reads(
+    source: AsyncIterator[bytes], tally: ByteTally, take: Callable[[bytes], bool] | None = None
+) -> AsyncIterator[bytes]:
     """Async twin of :func:`_kept_reads` (a generator and an async generator cannot share a body, and
     a helper call per read measured slower on streams sent as they are generated)."""
     strip = tally.strip
@@ -211,7 +249,11 @@ async def _akept_reads(source: AsyncIterator[bytes], tally: ByteTally) -> AsyncI
                 if cut:
                     yield data[:cut]
                     data = data[cut:]
+                if take is not None:
+                    data = _taken(data, take)
                 tally.every = tally.slow = True
+                if not data:
+                    continue
         yield data
     if tail:
         yield _read(tally, tail)
